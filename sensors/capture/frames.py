@@ -1,0 +1,57 @@
+"""The hand-over between capture readers and the decoder: frames as parallel arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Link-layer header types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+#: DLT_RAW as written by some BSD/OpenBSD tools
+LINKTYPE_RAW_BSD = 12
+LINKTYPE_RAW_OPENBSD = 14
+
+SUPPORTED_LINKTYPES = {
+    LINKTYPE_NULL: "null",
+    LINKTYPE_ETHERNET: "ethernet",
+    LINKTYPE_RAW: "raw",
+    LINKTYPE_RAW_BSD: "raw",
+    LINKTYPE_RAW_OPENBSD: "raw",
+    LINKTYPE_LOOP: "loop",
+    LINKTYPE_LINUX_SLL: "linux_sll",
+    LINKTYPE_LINUX_SLL2: "linux_sll2",
+    LINKTYPE_IPV4: "ipv4",
+    LINKTYPE_IPV6: "ipv6",
+}
+
+
+@dataclass
+class FrameBatch:
+    """A chunk of captured frames; the bytes stay in ``buf`` (no per-packet objects).
+
+    ``buf`` is padded with zeros after the last frame so that decoders may read a
+    few bytes past a truncated frame without bounds checks; they use
+    ``data_off + caplen`` to decide what is real.
+    """
+
+    buf: np.ndarray  # uint8, the chunk's bytes (+ padding)
+    data_off: np.ndarray  # int64, first byte of each frame in buf
+    caplen: np.ndarray  # int64, captured bytes
+    wirelen: np.ndarray  # int64, original length on the wire
+    ts_ns: np.ndarray  # int64, UTC nanoseconds since the epoch
+    link_type: np.ndarray  # uint16, per frame (pcapng interfaces differ)
+    interface_id: np.ndarray  # uint16
+    file_offset: np.ndarray  # int64, record offset in its (decompressed) file
+    file_index: int = 0  # index of the source file in the replay's file list
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.data_off)

@@ -1,0 +1,87 @@
+"""Classic libpcap files (https://www.ietf.org/archive/id/draft-ietf-opsawg-pcap-04.html).
+
+Microsecond (0xa1b2c3d4) and nanosecond (0xa1b23c4d) magics, both byte orders.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensors.capture.walk import Windows, u_view
+
+GLOBAL_HEADER_LEN = 24
+RECORD_HEADER_LEN = 16
+#: libpcap refuses records larger than this; anything bigger is damage
+MAX_RECORD = 262144 * 4
+
+MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000),
+    b"\xa1\xb2\xc3\xd4": (">", 1_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+
+
+@dataclass
+class PcapHeader:
+    endian: str  # '<' or '>'
+    ns_per_unit: int  # 1000 for microsecond files, 1 for nanosecond files
+    snaplen: int
+    link_type: int
+
+
+def parse_global_header(head: bytes) -> PcapHeader | None:
+    """The file header, or None if ``head`` is not a pcap file."""
+    if len(head) < GLOBAL_HEADER_LEN or head[:4] not in MAGICS:
+        return None
+    endian, unit = MAGICS[head[:4]]
+    _major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack(endian + "HHiIII", head[4:24])
+    # the upper 16 bits of `network` may carry FCS information (draft section 4)
+    return PcapHeader(endian, unit, snaplen, network & 0xFFFF)
+
+
+class PcapRecords:
+    """The chain format of pcap records, for :func:`sensors.capture.walk.chain_walk`."""
+
+    header_len = RECORD_HEADER_LEN
+    alignment = 1
+
+    def __init__(self, header: PcapHeader, ts_hint: int | None = None) -> None:
+        self.header = header
+        self.u32 = header.endian + "u4"
+        self.frac_limit = 1_000_000 if header.ns_per_unit == 1000 else 1_000_000_000
+        self.ts_hint = ts_hint  # seconds of a known record, sharpens resynchronisation
+
+    def header_ok(self, buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        v = u_view(buf, self.u32)
+        caplen = v[pos + 8].astype(np.int64)
+        return (caplen <= MAX_RECORD) & (v[pos + 4] < self.frac_limit), pos + RECORD_HEADER_LEN + caplen
+
+    def step(self, buf: np.ndarray, pos: np.ndarray, end: int) -> tuple[np.ndarray, np.ndarray]:
+        ok, nxt = self.header_ok(buf, pos)
+        return ok & (nxt <= end), nxt
+
+    def candidates(self, window: Windows) -> np.ndarray:
+        v = u_view(window.buf, self.u32)
+        caplen = window.at(v, 8)
+        ok = window.at(v, 4) < self.frac_limit
+        ok &= caplen <= MAX_RECORD
+        ok &= caplen <= window.at(v, 12)
+        if self.ts_hint is not None:
+            ts = window.at(v, 0)
+            ok &= (ts >= self.ts_hint - (1 << 22)) & (ts <= self.ts_hint + (1 << 22))  # ~48 days
+        return ok
+
+    def decode(self, buf: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
+        v = u_view(buf, self.u32)
+        caplen = v[offsets + 8].astype(np.int64)
+        ts = v[offsets].astype(np.int64) * 1_000_000_000 + v[offsets + 4].astype(np.int64) * self.header.ns_per_unit
+        return {
+            "data_off": offsets + RECORD_HEADER_LEN,
+            "caplen": caplen,
+            "wirelen": v[offsets + 12].astype(np.int64),
+            "ts_ns": ts,
+        }

@@ -1,0 +1,301 @@
+"""Capture files as a stream of :class:`FrameBatch` chunks with bounded memory.
+
+Each file is read into one reusable buffer (``chunk_bytes`` plus the carried-over
+partial record); memory stays flat whatever the file size.  gzip-compressed
+files are read through :mod:`gzip` the same way.  Damage (a truncated or corrupt
+record) ends that file: everything before it is delivered and the damage is
+reported with its offset.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from sensors.capture import pcap, pcapng
+from sensors.capture.frames import FrameBatch
+from sensors.capture.walk import PAD, chain_walk, u_view
+
+DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".dmp")
+
+
+class CaptureError(Exception):
+    """A file that cannot be read as a capture at all (one clear message)."""
+
+
+@dataclass
+class Damage:
+    path: str
+    offset: int  # byte offset in the (decompressed) file
+    reason: str
+
+
+def _open(path: str) -> BinaryIO:
+    raw = open(path, "rb")
+    head = raw.read(2)
+    raw.seek(0)
+    if head == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def sniff(path: str) -> str:
+    """'pcap' or 'pcapng'; raises CaptureError for anything else."""
+    try:
+        with _open(path) as f:
+            head = f.read(24)
+    except OSError as exc:  # includes gzip.BadGzipFile
+        raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except EOFError:
+        raise CaptureError(f"{path}: compressed stream ends before the capture header") from None
+    if pcap.parse_global_header(head) is not None:
+        return "pcap"
+    if pcapng.is_pcapng(head):
+        return "pcapng"
+    if not head:
+        raise CaptureError(f"{path}: empty file, not a capture")
+    shown = head[:8].hex(" ")
+    raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {shown})")
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files named, files under directories (recursively) and glob matches.
+
+    Explicitly named files must be captures (CaptureError otherwise); files found
+    under a directory are kept only if they look like captures.
+    """
+    files: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _dirs, names in os.walk(item):
+                for name in sorted(names):
+                    p = os.path.join(root, name)
+                    if name.lower().endswith(CAPTURE_SUFFIXES):
+                        try:
+                            sniff(p)
+                        except CaptureError:
+                            continue
+                        files.append(p)
+        elif os.path.exists(item):
+            sniff(item)
+            files.append(item)
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise CaptureError(f"{item}: no such file, directory or glob match")
+            files.extend(expand_inputs(matches))
+    return files
+
+
+def order_by_time(files: list[str]) -> list[str]:
+    """Files sorted by the timestamp of their first frame (unreadable ones last)."""
+
+    def first_ts(path: str) -> tuple[int, str]:
+        for batch in read_frames(path, chunk_bytes=1 << 16, max_batches=1):
+            if len(batch):
+                return int(batch.ts_ns[0]), path
+        return 1 << 62, path
+
+    return [p for _, p in sorted(first_ts(p) for p in files)]
+
+
+class _ChunkBuffer:
+    """One growable byte buffer that holds unconsumed data followed by zero padding."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f = f
+        self.arr = np.zeros(size + PAD, dtype=np.uint8)
+        self.filled = 0
+        self.base = 0  # file offset of arr[0]
+        self.eof = False
+
+    def fill(self) -> None:
+        view = memoryview(self.arr)
+        cap = len(self.arr) - PAD
+        while self.filled < cap and not self.eof:
+            n = self.f.readinto(view[self.filled : cap])  # type: ignore[attr-defined]
+            if not n:
+                self.eof = True
+                break
+            self.filled += n
+        self.arr[self.filled : self.filled + PAD] = 0
+
+    def consume(self, upto: int) -> None:
+        rest = self.filled - upto
+        if rest and upto:
+            self.arr[:rest] = self.arr[upto : self.filled]
+        self.filled = rest
+        self.base += upto
+
+    def grow(self) -> None:
+        new = np.zeros(2 * (len(self.arr) - PAD) + PAD, dtype=np.uint8)
+        new[: self.filled] = self.arr[: self.filled]
+        self.arr = new
+
+
+def read_frames(
+    path: str,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    file_index: int = 0,
+    damages: list[Damage] | None = None,
+    max_batches: int | None = None,
+) -> Iterator[FrameBatch]:
+    """Yield the frames of one file in chunks.  A batch is valid until the next one."""
+    kind = sniff(path)
+    damages = damages if damages is not None else []
+    with _open(path) as f:
+        reader = _read_pcap if kind == "pcap" else _read_pcapng
+        try:
+            yield from reader(path, f, chunk_bytes, file_index, damages, max_batches)
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            damages.append(Damage(path, -1, f"read error: {exc}"))
+
+
+def _read_pcap(
+    path: str, f: BinaryIO, chunk_bytes: int, file_index: int, damages: list[Damage], max_batches: int | None
+) -> Iterator[FrameBatch]:
+    header = pcap.parse_global_header(f.read(pcap.GLOBAL_HEADER_LEN))
+    assert header is not None  # sniffed
+    buf = _ChunkBuffer(f, chunk_bytes)
+    buf.base = pcap.GLOBAL_HEADER_LEN
+    fmt = pcap.PcapRecords(header)
+    batches = 0
+    while True:
+        buf.fill()
+        if buf.filled >= pcap.RECORD_HEADER_LEN and fmt.ts_hint is None:
+            fmt.ts_hint = int(u_view(buf.arr, fmt.u32)[0])
+        walk = chain_walk(fmt, buf.arr, 0, buf.filled)
+        if len(walk.offsets):
+            cols = fmt.decode(buf.arr, walk.offsets)
+            n = len(walk.offsets)
+            yield FrameBatch(
+                buf=buf.arr,
+                data_off=cols["data_off"],
+                caplen=cols["caplen"],
+                wirelen=cols["wirelen"],
+                ts_ns=cols["ts_ns"],
+                link_type=np.full(n, header.link_type, dtype=np.uint16),
+                interface_id=np.zeros(n, dtype=np.uint16),
+                file_offset=walk.offsets + buf.base,
+                file_index=file_index,
+            )
+            batches += 1
+            if max_batches is not None and batches >= max_batches:
+                return
+        if walk.damaged:
+            damages.append(Damage(path, buf.base + walk.next_pos, _pcap_damage_reason(buf.arr, walk.next_pos, fmt)))
+            return
+        if walk.next_pos == 0 and buf.filled == len(buf.arr) - PAD:
+            buf.grow()  # one record larger than the buffer
+            continue
+        buf.consume(walk.next_pos)
+        if buf.eof:
+            if buf.filled:
+                damages.append(Damage(path, buf.base, f"truncated record: file ends {buf.filled} bytes into it"))
+            return
+
+
+def _pcap_damage_reason(arr: np.ndarray, pos: int, fmt: pcap.PcapRecords) -> str:
+    v = u_view(arr, fmt.u32)
+    caplen, frac = int(v[pos + 8]), int(v[pos + 4])
+    if caplen > pcap.MAX_RECORD:
+        return f"corrupt record header: captured length {caplen} exceeds {pcap.MAX_RECORD}"
+    if frac >= fmt.frac_limit:
+        return f"corrupt record header: sub-second timestamp {frac} out of range"
+    return "corrupt record header"
+
+
+def _read_pcapng(
+    path: str, f: BinaryIO, chunk_bytes: int, file_index: int, damages: list[Damage], max_batches: int | None
+) -> Iterator[FrameBatch]:
+    buf = _ChunkBuffer(f, chunk_bytes)
+    section: pcapng.Section | None = None
+    fmt: pcapng.PcapngBlocks | None = None
+    batches = 0
+    while True:
+        buf.fill()
+        start = 0
+        # a section header at the front of the buffer (the first block, or a new section)
+        if buf.filled - start >= 12 and bytes(buf.arr[start : start + 4]) == b"\x0a\x0d\x0d\x0a":
+            shb = _whole_block(buf, start)
+            if shb is None:
+                if buf.eof:
+                    damages.append(Damage(path, buf.base, "truncated section header block"))
+                    return
+                buf.grow()
+                continue
+            new = pcapng.parse_shb(shb)
+            if new is None:
+                damages.append(Damage(path, buf.base, "corrupt section header block (bad byte-order magic)"))
+                return
+            section, fmt = new, pcapng.PcapngBlocks(new.endian)
+            start += len(shb)
+        if section is None or fmt is None:
+            damages.append(Damage(path, buf.base, "no section header block"))
+            return
+        walk = chain_walk(fmt, buf.arr, start, buf.filled)
+        offsets = walk.offsets
+        next_pos = walk.next_pos
+        damaged = walk.damaged
+        btype = u_view(buf.arr, fmt.u32)[offsets]
+        new_section = np.flatnonzero(btype == pcapng.SHB)
+        if len(new_section):
+            cut = int(new_section[0])
+            next_pos, damaged = int(offsets[cut]), False
+            offsets, btype = offsets[:cut], btype[:cut]
+        for off in offsets[btype == pcapng.IDB]:
+            blen = int(u_view(buf.arr, fmt.u32)[off + 4])
+            section.interfaces.append(pcapng.parse_idb(bytes(buf.arr[off : off + blen]), section.endian))
+        if len(offsets):
+            cols = fmt.decode(buf.arr, offsets, section)
+            if len(cols["data_off"]):
+                yield FrameBatch(
+                    buf=buf.arr,
+                    data_off=cols["data_off"],
+                    caplen=cols["caplen"],
+                    wirelen=cols["wirelen"],
+                    ts_ns=cols["ts_ns"],
+                    link_type=cols["link_type"],
+                    interface_id=cols["interface_id"],
+                    file_offset=cols["record_off"] + buf.base,
+                    file_index=file_index,
+                )
+                batches += 1
+                if max_batches is not None and batches >= max_batches:
+                    return
+        if damaged:
+            damages.append(Damage(path, buf.base + next_pos, "corrupt block: bad length or trailer"))
+            return
+        if next_pos == 0 and buf.filled == len(buf.arr) - PAD:
+            buf.grow()
+            continue
+        buf.consume(next_pos)
+        if buf.eof and next_pos == 0:  # nothing left that makes progress
+            if buf.filled:
+                damages.append(Damage(path, buf.base, f"truncated block: file ends {buf.filled} bytes into it"))
+            return
+
+
+def _whole_block(buf: _ChunkBuffer, start: int) -> bytes | None:
+    """The complete block at ``start`` (SHB length is read in both byte orders)."""
+    raw = bytes(buf.arr[start + 4 : start + 12])
+    magic_le = struct.unpack("<I", raw[4:8])[0]
+    endian = "<" if magic_le == pcapng.BYTE_ORDER_MAGIC else ">"
+    (length,) = struct.unpack(endian + "I", raw[:4])
+    if length < 12 or start + length > buf.filled:
+        return None
+    return bytes(buf.arr[start : start + length])
+
+
+__all__ = ["CaptureError", "Damage", "expand_inputs", "order_by_time", "read_frames", "sniff"]

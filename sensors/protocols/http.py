@@ -1,0 +1,55 @@
+"""HTTP/1.x (RFC 9112) request line, Host and User-Agent; response status.
+
+Header fields are found with RE2 regular expressions over a bounded prefix of
+the payload (pyarrow.compute), vectorized over all candidate packets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sensors.protocols.packets import Packets, gather_strings
+from sensors.schema import AppProto
+
+PREFIX_BYTES = 2048
+METHODS = [b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"CONN", b"PATC", b"TRAC"]
+METHOD_WORDS = np.array([int.from_bytes(m, "big") for m in METHODS], dtype=np.uint32)
+HTTP_WORD = int.from_bytes(b"HTTP", "big")
+REQUEST_LINE = r"^(?P<method>[A-Z]{3,8}) (?P<uri>[^ \r\n]+) HTTP/"
+HOST = r"(?i)\r\nhost:[ \t]*(?P<v>[^\r\n]*)"
+USER_AGENT = r"(?i)\r\nuser-agent:[ \t]*(?P<v>[^\r\n]*)"
+
+
+def dissect(pk: Packets, rows: np.ndarray) -> None:
+    off, end = pk.pl_off[rows], pk.pl_end[rows]
+    ok = off + 12 <= end
+    rows, off, end = rows[ok], off[ok], end[ok]
+    word = pk.u32(off)
+    req = np.isin(word, METHOD_WORDS)
+    resp = (word == HTTP_WORD) & (pk.u32(off + 4) >> 8 == int.from_bytes(b"/1.", "big"))
+    _responses(pk, rows[resp], off[resp])
+    rows, off, end = rows[req], off[req], end[req]
+    if not len(rows):
+        return
+    text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES))
+    line = pc.extract_regex(text, REQUEST_LINE)
+    is_req = line.is_valid().to_numpy(zero_copy_only=False)
+    r = np.flatnonzero(is_req)
+    if not len(r):
+        return
+    line, text = line.filter(pa.array(is_req)), text.filter(pa.array(is_req))
+    pk.put("app_proto", rows[r], AppProto.HTTP)
+    pk.put_arrow_str("http_method", rows[r], line.field("method"))
+    pk.put_arrow_str("http_uri", rows[r], line.field("uri"))
+    pk.put_arrow_str("http_host", rows[r], pc.extract_regex(text, HOST).field("v"))
+    pk.put_arrow_str("http_user_agent", rows[r], pc.extract_regex(text, USER_AGENT).field("v"))
+
+
+def _responses(pk: Packets, rows: np.ndarray, off: np.ndarray) -> None:
+    digits = np.stack([pk.u8(off + 9 + i).astype(np.int64) - 48 for i in range(3)])
+    ok = ((digits >= 0) & (digits <= 9)).all(axis=0) & (pk.u8(off + 8) == 0x20)
+    rows, digits = rows[ok], digits[:, ok]
+    pk.put("app_proto", rows, AppProto.HTTP)
+    pk.put("http_status", rows, (digits[0] * 100 + digits[1] * 10 + digits[2]).astype(np.uint16))

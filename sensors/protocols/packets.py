@@ -1,0 +1,218 @@
+"""Decode state shared by the protocol modules: column arrays for one frame batch.
+
+Every protocol module has the same shape: ``dissect(pk, rows, off, ...)`` takes
+the indices of the packets it applies to and the byte offset of its header in
+``pk.buf``, reads fields for all of them at once, writes columns with
+:meth:`Packets.put`, marks problems with :meth:`Packets.fail`, and returns the
+rows/offsets for the next layer.  No Python code runs per packet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from sensors.capture.frames import FrameBatch
+from sensors.capture.walk import u_view
+from sensors.schema import IP, PACKET_FIELDS, PACKET_SCHEMA, DecodeStatus
+
+_NUMPY_OF: dict[pa.DataType, np.dtype] = {
+    pa.uint8(): np.dtype(np.uint8),
+    pa.uint16(): np.dtype(np.uint16),
+    pa.uint32(): np.dtype(np.uint32),
+    pa.uint64(): np.dtype(np.uint64),
+    pa.int64(): np.dtype(np.int64),
+    pa.bool_(): np.dtype(np.bool_),
+}
+
+#: IPv4-mapped IPv6 prefix ::ffff:0:0/96 as the high/low 64-bit halves
+V4_MAPPED_LO = np.uint64(0xFFFF_0000_0000)
+
+
+class Packets:
+    """Columns under construction for one :class:`FrameBatch`."""
+
+    def __init__(self, frames: FrameBatch) -> None:
+        self.frames = frames
+        self.buf = frames.buf
+        self.n = len(frames)
+        self.start = frames.data_off
+        self.end = frames.data_off + frames.caplen
+        self.status = np.zeros(self.n, dtype=np.uint8)
+        self._limit = len(self.buf) - 16
+        self._v16 = u_view(self.buf, ">u2")
+        self._v32 = u_view(self.buf, ">u4")
+        self._v64 = u_view(self.buf, ">u8")
+        self.values: dict[str, np.ndarray] = {}
+        self.valid: dict[str, np.ndarray] = {}
+        self.strings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.dots: dict[str, np.ndarray] = {}  # buf offsets shown as '.' (DNS label lengths)
+        self.arrow_strings: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        # transport payload of the innermost layer: [pl_off, pl_end) in buf, -1 if none
+        self.pl_off = np.full(self.n, -1, dtype=np.int64)
+        self.pl_end = np.full(self.n, -1, dtype=np.int64)
+
+    # -- reads (offsets are clipped so garbage lengths never leave the buffer) --
+    def _clip(self, off: np.ndarray) -> np.ndarray:
+        return np.minimum(off, self._limit)
+
+    def u8(self, off: np.ndarray) -> np.ndarray:
+        return self.buf[self._clip(off)]
+
+    def u16(self, off: np.ndarray) -> np.ndarray:
+        return self._v16[self._clip(off)]
+
+    def u32(self, off: np.ndarray) -> np.ndarray:
+        return self._v32[self._clip(off)]
+
+    def u64(self, off: np.ndarray) -> np.ndarray:
+        return self._v64[self._clip(off)]
+
+    def fits(self, rows: np.ndarray, off: np.ndarray, nbytes: int | np.ndarray) -> np.ndarray:
+        """Which of ``rows`` have ``nbytes`` captured bytes at ``off``."""
+        return off + nbytes <= self.end[rows]
+
+    # -- writes --
+    def _column(self, name: str) -> np.ndarray:
+        arr = self.values.get(name)
+        if arr is None:
+            ftype = PACKET_SCHEMA.field(name).type
+            if ftype == IP:
+                arr = np.zeros((self.n, 2), dtype=np.uint64)
+            else:
+                arr = np.zeros(self.n, dtype=_NUMPY_OF[ftype])
+            self.values[name] = arr
+            self.valid[name] = np.zeros(self.n, dtype=bool)
+        return arr
+
+    def put(self, name: str, rows: np.ndarray, values: np.ndarray | int) -> None:
+        self._column(name)[rows] = values
+        self.valid[name][rows] = True
+
+    def put_ip(self, name: str, rows: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+        col = self._column(name)
+        col[rows, 0] = hi
+        col[rows, 1] = lo
+        self.valid[name][rows] = True
+
+    def get(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self._column(name)[rows]
+
+    def has(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name not in self.valid:
+            return np.zeros(len(rows), dtype=bool)
+        return self.valid[name][rows]
+
+    def clear(self, names: tuple[str, ...], rows: np.ndarray) -> None:
+        for name in names:
+            if name in self.valid:
+                self.valid[name][rows] = False
+
+    def put_str(
+        self, name: str, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None
+    ) -> None:
+        """A string column from ``length`` bytes at ``off`` (see :func:`gather_strings`)."""
+        if dots is not None:
+            prev_dots = self.dots.get(name)
+            self.dots[name] = dots if prev_dots is None else np.concatenate([prev_dots, dots])
+        prev = self.strings.get(name)
+        if prev is not None:  # a later layer overrides: keep the last value per row
+            r0, o0, l0 = prev
+            keep = ~np.isin(r0, rows)
+            rows, off, length = (np.concatenate([r0[keep], rows]), np.concatenate([o0[keep], off]),
+                                 np.concatenate([l0[keep], length]))
+        self.strings[name] = (rows, off, length)
+
+    def put_arrow_str(self, name: str, rows: np.ndarray, values: pa.Array) -> None:
+        """A string column from values already extracted (regular-expression matches)."""
+        self.arrow_strings[name] = (rows, values)
+
+    def fail(self, rows: np.ndarray, code: DecodeStatus) -> None:
+        """Record ``code`` for packets that have no earlier problem."""
+        cur = self.status[rows]
+        self.status[rows] = np.where(cur == 0, np.uint8(code), cur)
+
+    # -- output --
+    def to_arrow(self) -> pa.RecordBatch:
+        f = self.frames
+        arrays: list[pa.Array] = []
+        for fld in PACKET_FIELDS:
+            name = fld.name
+            if name == "ts":
+                arrays.append(pa.array(f.ts_ns, type=pa.int64()).cast(fld.type))
+            elif name == "frame_len":
+                arrays.append(pa.array(f.wirelen.astype(np.uint32)))
+            elif name == "capture_len":
+                arrays.append(pa.array(f.caplen.astype(np.uint32)))
+            elif name == "link_type":
+                arrays.append(pa.array(f.link_type.astype(np.uint16)))
+            elif name == "interface_id":
+                arrays.append(pa.array(f.interface_id.astype(np.uint16)))
+            elif name == "file_index":
+                arrays.append(pa.array(np.full(self.n, f.file_index, dtype=np.uint16)))
+            elif name == "file_offset":
+                arrays.append(pa.array(f.file_offset.astype(np.int64)))
+            elif name == "decode_status":
+                arrays.append(pa.array(self.status))
+            elif fld.type == pa.string():
+                arrays.append(self._string_array(name))
+            elif name in self.values:
+                arrays.append(_masked(self.values[name], self.valid[name], fld.type))
+            else:
+                arrays.append(pa.nulls(self.n, fld.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=PACKET_SCHEMA)
+
+    def _string_array(self, name: str) -> pa.Array:
+        if name in self.arrow_strings:
+            rows, values = self.arrow_strings[name]
+            index = np.full(self.n, len(values), dtype=np.int64)  # -> the appended null
+            index[rows] = np.arange(len(rows))
+            padded = pa.concat_arrays([values.cast(pa.string()), pa.nulls(1, pa.string())])
+            return padded.take(pa.array(index))
+        got = self.strings.get(name)
+        if got is None:
+            return pa.nulls(self.n, pa.string())
+        rows, off, length = got
+        order = np.argsort(rows, kind="stable")
+        rows, off, length = rows[order], off[order], np.maximum(length[order], 0)
+        return gather_strings(self.buf, self.n, rows, off, length, self.dots.get(name))
+
+
+def _masked(values: np.ndarray, valid: np.ndarray, ftype: pa.DataType) -> pa.Array:
+    mask = ~valid
+    if ftype == IP:
+        raw = np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1)
+        buf = pa.py_buffer(raw)
+        validity = None if not mask.any() else pa.array(valid).buffers()[1]
+        return pa.Array.from_buffers(IP, len(valid), [validity, buf], null_count=int(mask.sum()))
+    if not mask.any():
+        return pa.array(values, type=ftype)
+    return pa.array(values, type=ftype, mask=mask)
+
+
+def gather_strings(
+    buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None
+) -> pa.Array:
+    """A string array of ``n`` rows; ``rows`` get ``length`` bytes of ``buf`` from ``off``.
+
+    Bytes outside printable ASCII become '?' so every value is valid UTF-8 and
+    safe to print; bytes at the buffer offsets in ``dots`` become '.'.
+    """
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = length
+    starts = np.zeros(n, dtype=np.int64)
+    starts[rows] = off
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+    data = buf[np.minimum(idx, len(buf) - 1)]
+    data = np.where((data < 0x20) | (data > 0x7E), np.uint8(ord("?")), data)
+    if dots is not None and len(dots):
+        data[np.isin(idx, dots)] = ord(".")
+    valid = np.zeros(n, dtype=bool)
+    valid[rows] = True
+    validity = pa.array(valid).buffers()[1]
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)), validity, null_count=n - len(rows)
+    )
