@@ -58,7 +58,7 @@ class ChainFormat(Protocol):
         """Like ``step`` but judging the header alone (the record may run past the data)."""
         ...
 
-    def candidates(self, window: "Windows") -> np.ndarray:
+    def candidates(self, window: Windows) -> np.ndarray:
         """Cheap prefilter: bool matrix (segments, width) of possible record starts."""
         ...
 

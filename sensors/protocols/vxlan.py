@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from sensors.protocols.packets import Packets
-from sensors.schema import DecodeStatus
 
 PORT = 4789
 ETH_TEB = 0x6558

@@ -1,0 +1,57 @@
+"""The ``liaowang`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sensors.capture.source import CaptureError
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ingest.replay import format_summary, progress_bar, replay
+
+    try:
+        summary = replay(
+            args.inputs,
+            Path(args.out),
+            chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+            idle_timeout_s=args.idle_timeout,
+            active_timeout_s=args.active_timeout,
+            progress=None if args.quiet else progress_bar(),
+        )
+    except CaptureError as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(format_summary(summary))
+        print(f"  output         {args.out}/flows.parquet, {args.out}/eve.json")
+    for d in summary.damages:
+        print(f"liaowang: warning: {d.path}: damaged at byte {d.offset}: {d.reason}", file=sys.stderr)
+    if summary.packets == 0 and summary.damages:
+        return 1  # nothing could be read
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="liaowang", description="Liaowang 5G network security situational awareness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("replay", help="decode captures into flows.parquet and eve.json")
+    p.add_argument("inputs", nargs="+", metavar="PCAP_OR_DIR", help="pcap/pcapng files (gzip ok), directories, globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
+    p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
+    p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_replay)
+    args = parser.parse_args(argv)
+    if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:
+        parser.error("timeouts must be positive")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

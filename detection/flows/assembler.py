@@ -1,0 +1,190 @@
+"""Bidirectional flows from packet batches, in streaming order.
+
+Key: the inner 5-tuple (ordered so both directions meet), the VLAN id, the
+tunnel type and the unordered pair of outer tunnel endpoints.  GTP-U TEIDs are
+per direction (the uplink TEID is the UPF's, the downlink TEID the gNB's), so
+they are not part of the key — keying on them would split every bidirectional
+user-plane flow in two; both TEIDs are kept as flow columns instead.
+
+A flow ends when it has been idle for ``idle_timeout_s`` (a gap of at least
+that long, in whole milliseconds as nfstream counts), when it has lasted
+``active_timeout_s``, or — TCP only — when a bare SYN arrives after the flow
+saw a RST or FINs both ways (port reuse).  Everything is computed per batch
+with numpy; state carried between batches makes any batching give the same
+flows as one big batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from detection.flows.export import build_flow_batch
+from detection.flows.keys import PacketKeys, packet_keys
+from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
+from detection.flows.state import FlowState
+
+SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
+FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
+REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END = 1, 2, 3, 4
+
+
+class FlowAssembler:
+    """Streaming flow table: ``update(packets)`` returns flows that ended."""
+
+    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> None:
+        if idle_timeout_s <= 0 or active_timeout_s <= 0:
+            raise ValueError("flow timeouts must be positive")
+        self.idle_timeout_s = idle_timeout_s
+        self.active_timeout_s = active_timeout_s
+        self._idle_ms = int(round(idle_timeout_s * 1000))
+        self._active_ms = int(round(active_timeout_s * 1000))
+        self._state = FlowState()
+        self._slot_of: dict[int, int] = {}
+        self._clock_ns = np.iinfo(np.int64).min
+        self.flows_exported = 0
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._slot_of)
+
+    def update(self, packets: pa.RecordBatch | pa.Table) -> pa.Table:
+        """Add a packet batch; return the flows that ended (possibly empty)."""
+        k = packet_keys(packets)
+        done: list[tuple[np.ndarray, np.ndarray]] = []
+        if len(k.rows):
+            t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order
+            self._clock_ns = int(t_ns[-1])
+            done.extend(self._absorb(k, t_ns))
+        done.append(self._expire_idle())
+        return self._export(done)
+
+    def flush(self) -> pa.Table:
+        """End of input: every remaining flow."""
+        slots = np.array(sorted(self._slot_of.values()), dtype=np.int64)
+        return self._export([(slots, np.full(len(slots), REASON_END, dtype=np.int8))])
+
+    # -- internals --
+    def _expire_idle(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._slot_of:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int8)
+        now_ms = self._clock_ns // 1_000_000
+        slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+        idle = slots[now_ms - self._state["last_ms"][slots] >= self._idle_ms]
+        return idle, np.full(len(idle), REASON_IDLE, dtype=np.int8)
+
+    def _export(self, done: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+        slots = np.concatenate([d[0] for d in done]) if done else np.empty(0, dtype=np.int64)
+        reasons = np.concatenate([d[1] for d in done]) if done else np.empty(0, dtype=np.int8)
+        if not len(slots):
+            return FLOW_SCHEMA.empty_table()
+        batch = build_flow_batch(self._state, slots, reasons)
+        for h, slot in zip(self._state["hash"][slots].tolist(), slots.tolist()):
+            if self._slot_of.get(h) == slot:  # not replaced by a newer flow of the same key
+                del self._slot_of[h]
+        self._state.release(slots)
+        self.flows_exported += len(slots)
+        return pa.Table.from_batches([batch])
+
+    def _absorb(self, k: PacketKeys, t_ns: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:  # noqa: C901
+        st = self._state
+        order = np.argsort(k.hash, kind="stable")  # groups by key, time order inside
+        h = k.hash[order]
+        t = t_ns[order]
+        t_ms = t // 1_000_000
+        n = len(h)
+        gstart = np.empty(n, dtype=bool)
+        gstart[0] = True
+        np.not_equal(h[1:], h[:-1], out=gstart[1:])
+        gpos = np.flatnonzero(gstart)
+        gid = np.cumsum(gstart) - 1
+        uniq = h[gpos]
+        get = self._slot_of.get
+        gslot = np.array([get(x, -1) for x in uniq.tolist()], dtype=np.int64)
+        gexist = gslot >= 0
+        pslot = gslot[gid]  # existing slot of each packet's group (-1 if new)
+        pexist = pslot >= 0
+        flags = k.tcp_flags[order].astype(np.int64)
+        fwd = k.fwd[order]
+
+        # -- segmentation: where does a new flow start? --
+        prev_ms = np.empty(n, dtype=np.int64)
+        prev_ms[1:] = t_ms[:-1]
+        prev_ms[gpos] = np.where(gexist, st["last_ms"][np.maximum(gslot, 0)], 0)
+        reason = np.zeros(n, dtype=np.int8)  # why the flow before this packet ended
+        split = (t_ms - prev_ms >= self._idle_ms) & ~(gstart & ~pexist)
+        reason[split] = REASON_IDLE
+        split |= gstart & ~pexist
+        syn_only = (flags & (SYN | ACK)) == SYN
+        is_rst = (flags & RST) != 0
+        is_fin = (flags & FIN) != 0
+        # direction bit relative to the flow is only known per segment: use the
+        # canonical orientation for FIN bookkeeping (both ways = both values seen)
+        fin_a = is_fin & fwd
+        fin_b = is_fin & ~fwd
+        st_flow_fwd = st["fwd"]
+        for _ in range(64):
+            seg_start = split | gstart
+            spos = np.flatnonzero(seg_start)
+            sid = np.cumsum(seg_start) - 1
+            cont = ~split[spos] & pexist[spos]  # segment continues the stored flow
+            cslot = np.where(cont, pslot[spos], 0)
+            seg_first = np.where(cont, st["first_ms"][cslot], t_ms[spos])
+            active = (t_ms - seg_first[sid] >= self._active_ms) & ~split
+            # TCP state before each packet, within its segment (+ the stored flow's)
+            before_rst = _count_before(is_rst, spos, sid) + np.where(cont, st["rst"][cslot], 0)[sid]
+            st_fin_a = np.where(st_flow_fwd[cslot], st["fin_s2d"][cslot], st["fin_d2s"][cslot])
+            st_fin_b = np.where(st_flow_fwd[cslot], st["fin_d2s"][cslot], st["fin_s2d"][cslot])
+            before_fa = _count_before(fin_a, spos, sid) + np.where(cont, st_fin_a, 0)[sid]
+            before_fb = _count_before(fin_b, spos, sid) + np.where(cont, st_fin_b, 0)[sid]
+            closed = (before_rst > 0) | ((before_fa > 0) & (before_fb > 0))
+            reuse = closed & syn_only & ~split  # also the batch's first packet of a stored flow
+            cand = np.flatnonzero(active | reuse)
+            if not len(cand):
+                break
+            _, first = np.unique(sid[cand], return_index=True)
+            new = cand[first]
+            split[new] = True
+            reason[new] = np.where(active[new], REASON_ACTIVE, REASON_REUSE)
+        seg_start = split | gstart
+        spos = np.flatnonzero(seg_start)
+        sid = np.cumsum(seg_start) - 1
+        nseg = len(spos)
+        cont = ~split[spos] & pexist[spos]
+
+        # -- slots: continuing segments keep theirs, the others get new ones --
+        ended: list[tuple[np.ndarray, np.ndarray]] = []
+        g_of_seg = gid[spos]
+        replaced = spos[gstart[spos] & split[spos] & pexist[spos]]  # stored flow ended at its first packet
+        if len(replaced):
+            ended.append((pslot[replaced], reason[replaced]))
+        seg_slot = np.empty(nseg, dtype=np.int64)
+        seg_slot[cont] = pslot[spos[cont]]
+        fresh = np.flatnonzero(~cont)
+        seg_slot[fresh] = st.allocate(len(fresh))
+        sfwd = np.where(cont, st["fwd"][np.where(cont, seg_slot, 0)], fwd[spos])
+        first_rows = order[spos[fresh]]
+        st.init_slots(seg_slot[fresh], k, first_rows, h[spos[fresh]], t[spos[fresh]], sfwd[fresh])
+        # a segment followed by another one of the same group has ended inside this batch
+        last_of_group = np.ones(nseg, dtype=bool)
+        last_of_group[:-1] = g_of_seg[1:] != g_of_seg[:-1]
+        finished = np.flatnonzero(~last_of_group)
+        if len(finished):
+            ended.append((seg_slot[finished], reason[spos[finished + 1]]))
+
+        # -- per-packet direction relative to its flow, then aggregate --
+        pdir = (fwd != sfwd[sid]).astype(np.int64)  # 0 src->dst, 1 dst->src
+        st.accumulate(seg_slot, sid, spos, cont, order, k, t, pdir, flags)
+        # the group's last segment is the live flow for that key
+        live = np.flatnonzero(last_of_group)
+        self._slot_of.update(zip(uniq[g_of_seg[live]].tolist(), seg_slot[live].tolist()))
+        return ended
+
+
+def _count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndarray:
+    """For each packet: how many earlier packets of its segment have ``flag``."""
+    c = np.cumsum(flag, dtype=np.int64) - flag
+    return c - c[spos][sid]
+
+
+__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS", "FLAG_BITS"]

@@ -1,0 +1,149 @@
+"""Flow slots -> Arrow rows of ``FLOW_SCHEMA`` (addresses as text, Community ID, statistics)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detection.flows.schema import FLOW_SCHEMA, TCP_FLAGS
+from detection.flows.state import DIR_FLAGS, FlowState
+
+TUNNEL_NAMES = {1: "gtpu", 2: "gre", 3: "vxlan", 4: "geneve", 5: "ipip", 6: "erspan"}
+APP_NAMES = {1: "dns", 2: "tls", 3: "http", 4: "http2", 5: "ssh", 6: "modbus", 7: "pfcp", 8: "gtpc", 9: "gtpu",
+             10: "diameter", 11: "ngap", 12: "s1ap", 13: "arp"}
+REASONS = {1: "idle", 2: "active", 3: "tcp_reuse", 4: "end_of_input"}
+V4_MAPPED = np.uint64(0xFFFF_0000_0000)
+# Community ID v1: ICMP types that have a reverse (request <-> reply)
+ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
+ICMP6_PAIRS = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130, 144: 145, 145: 144}
+PORT_PROTOS = (6, 17, 132)
+
+
+def ip_strings(addr: np.ndarray) -> pa.Array:
+    """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped)."""
+    is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
+    v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
+    text = pc.binary_join_element_wise(*octets, ".")
+    if (~is_v4).any():
+        idx = np.flatnonzero(~is_v4)
+        v6 = [str(ipaddress.IPv6Address((int(h) << 64) | int(lo))) for h, lo in addr[idx].tolist()]
+        values = text.to_pylist()
+        for i, s in zip(idx.tolist(), v6):
+            values[i] = s
+        text = pa.array(values, type=pa.string())
+    return text
+
+
+def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, icmp_type: int, icmp_code: int) -> str:
+    one_way = False
+    if proto in (1, 58):
+        pairs = ICMP4_PAIRS if proto == 1 else ICMP6_PAIRS
+        if icmp_type in pairs:
+            sport, dport = icmp_type, pairs[icmp_type]
+        else:
+            sport, dport, one_way = icmp_type, icmp_code, True
+    if not (one_way or src < dst or (src == dst and sport < dport)):
+        src, dst, sport, dport = dst, src, dport, sport
+    data = struct.pack("!H", 0) + src + dst + struct.pack("!BB", proto, 0)
+    if proto in PORT_PROTOS or proto in (1, 58):
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def _addr_bytes(addr: np.ndarray, v4: bool) -> bytes:
+    raw = struct.pack("!QQ", int(addr[0]), int(addr[1]))
+    return raw[12:] if v4 else raw
+
+
+def _stats(s: np.ndarray, sq: np.ndarray, n: np.ndarray, mn: np.ndarray, mx: np.ndarray, scale: float,
+           m2: np.ndarray | None = None) -> list[np.ndarray]:
+    nz = np.maximum(n, 1)
+    mean = s / nz
+    dev2 = (sq - s * s / nz) if m2 is None else m2
+    var = np.where(n > 1, dev2 / np.maximum(n - 1, 1), 0.0)
+    std = np.sqrt(np.maximum(var, 0.0))
+    return [np.where(n > 0, mn, 0.0) * scale, mean * scale, std * scale, np.where(n > 0, mx, 0.0) * scale]
+
+
+def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> pa.RecordBatch:
+    a = {name: arr[slots] for name, arr in st.arrays.items()}
+    n = len(slots)
+    proto = a["proto"]
+    is_v4 = a["ipver"] == 4
+    has_ports = np.isin(proto, PORT_PROTOS)
+    cid = [
+        community_id(_addr_bytes(s, v), _addr_bytes(d, v), int(p), int(sp), int(dp), int(it), int(ic))
+        for s, d, v, p, sp, dp, it, ic in zip(a["src"], a["dst"], is_v4, proto, a["sport"], a["dport"],
+                                              a["icmp_type"], a["icmp_code"])
+    ]
+    fid = (a["hash"] ^ (a["first_ns"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
+    fid ^= fid >> np.uint64(29)
+    fid = (fid & np.uint64((1 << 53) - 1)).astype(np.int64)
+    tunnelled = a["ttype"] != 0
+    gtp = a["ttype"] == 1
+    pk, by = a["pkts"], a["bytes"]
+    cols: dict[str, pa.Array] = {
+        "flow_id": pa.array(fid),
+        "community_id": pa.array(cid, type=pa.string()),
+        "first_seen": pa.array(a["first_ns"]).cast(pa.timestamp("ns", tz="UTC")),
+        "last_seen": pa.array(a["last_ns"]).cast(pa.timestamp("ns", tz="UTC")),
+        "src_ip": ip_strings(a["src"]),
+        "dst_ip": ip_strings(a["dst"]),
+        "src_port": pa.array(np.where(has_ports, a["sport"], 0).astype(np.uint16)),
+        "dst_port": pa.array(np.where(has_ports, a["dport"], 0).astype(np.uint16)),
+        "ip_proto": pa.array(proto.astype(np.uint8)),
+        "ip_version": pa.array(a["ipver"].astype(np.uint8)),
+        "vlan_id": pa.array(a["vlan"].astype(np.uint16), mask=~a["vlan_valid"]),
+        "tunnel_type": pa.array([TUNNEL_NAMES.get(int(t)) for t in a["ttype"]], type=pa.string()),
+        "teid": pa.array(a["teid"][:, 0].astype(np.uint32), mask=~(gtp & a["teid_valid"][:, 0])),
+        "dst2src_teid": pa.array(a["teid"][:, 1].astype(np.uint32), mask=~(gtp & a["teid_valid"][:, 1])),
+        "gtpu_qfi": pa.array(a["qfi"].astype(np.uint8), mask=~a["qfi_valid"]),
+        "tunnel_src_ip": pc.if_else(pa.array(tunnelled), ip_strings(a["tsrc"]), pa.scalar(None, pa.string())),
+        "tunnel_dst_ip": pc.if_else(pa.array(tunnelled), ip_strings(a["tdst"]), pa.scalar(None, pa.string())),
+        "bidirectional_packets": pa.array(pk.sum(axis=1).astype(np.uint64)),
+        "bidirectional_bytes": pa.array(by.sum(axis=1).astype(np.uint64)),
+        "src2dst_packets": pa.array(pk[:, 0].astype(np.uint64)),
+        "dst2src_packets": pa.array(pk[:, 1].astype(np.uint64)),
+        "src2dst_bytes": pa.array(by[:, 0].astype(np.uint64)),
+        "dst2src_bytes": pa.array(by[:, 1].astype(np.uint64)),
+        "bidirectional_duration_ms": pa.array((a["last_ns"] - a["first_ns"]) / 1e6),
+        "src2dst_payload_bytes": pa.array(a["payload"][:, 0].astype(np.uint64)),
+        "dst2src_payload_bytes": pa.array(a["payload"][:, 1].astype(np.uint64)),
+    }
+    ps = {
+        "bidirectional": (a["ps_sum"].sum(1), a["ps_sq"].sum(1), pk.sum(1), a["ps_min"].min(1), a["ps_max"].max(1)),
+        "src2dst": (a["ps_sum"][:, 0], a["ps_sq"][:, 0], pk[:, 0], a["ps_min"][:, 0], a["ps_max"][:, 0]),
+        "dst2src": (a["ps_sum"][:, 1], a["ps_sq"][:, 1], pk[:, 1], a["ps_min"][:, 1], a["ps_max"][:, 1]),
+    }
+    for prefix, (s, sq, cnt, mn, mx) in ps.items():
+        for stat, v in zip(("min", "mean", "stddev", "max"), _stats(s, sq, cnt, mn, mx, 1.0)):
+            cols[f"{prefix}_{stat}_ps"] = pa.array(v)
+    for prefix, j in (("bidirectional", 2), ("src2dst", 0), ("dst2src", 1)):
+        v4 = _stats(a["iat_sum"][:, j], a["iat_m2"][:, j], a["iat_n"][:, j], a["iat_min"][:, j],
+                    a["iat_max"][:, j], 1e-6, m2=a["iat_m2"][:, j])
+        for stat, v in zip(("min", "mean", "stddev", "max"), v4):
+            cols[f"{prefix}_{stat}_piat_ms"] = pa.array(v)
+    for j, f in enumerate(TCP_FLAGS):
+        cols[f"bidirectional_{f}_packets"] = pa.array(a["flags"][:, j].astype(np.uint64))
+    for j, f in enumerate(DIR_FLAGS):
+        cols[f"src2dst_{f}_packets"] = pa.array(a["dir_flags"][:, 0, j].astype(np.uint64))
+        cols[f"dst2src_{f}_packets"] = pa.array(a["dir_flags"][:, 1, j].astype(np.uint64))
+    width = a["splt_bytes"].shape[1]
+    lengths = np.minimum(pk.sum(axis=1), width)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    keep = np.arange(width)[None, :] < lengths[:, None]
+    cols["splt_payload_bytes"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(a["splt_bytes"][keep]))
+    cols["splt_direction"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(a["splt_dir"][keep]))
+    cols["application_hint"] = pa.array([APP_NAMES.get(int(x)) for x in a["app"]], type=pa.string())
+    cols["server_name"] = pa.array(a["server"].tolist(), type=pa.string())
+    cols["decode_error_packets"] = pa.array(a["errors"].astype(np.uint64))
+    cols["expiration_reason"] = pa.array([REASONS[int(r)] for r in reasons], type=pa.string())
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: set up, lint, type-check, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check sensors detection ingest console tests
+.venv/bin/python -m pytest -q tests

@@ -1,0 +1,84 @@
+"""The decoder against tshark's view of the bundled captures (golden files)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from tests.conftest import GOLDEN, PCAPS, decode_file
+
+GOLDEN_FILES = sorted((GOLDEN / "packets").glob("*.json"))
+INT_FIELDS = {"teid": 16, "pfcp_seid": 16, "gtpu_qfi": 0, "pfcp_msg_type": 0, "sctp_ppid": 0, "gtpc_msg_type": 0}
+
+
+def ip_text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+
+
+def tshark_ip(g: dict, depth: int, which: str) -> str | None:
+    layers = [x for x in g.get("protocols", "").split(":") if x in ("ip", "ipv6")]
+    if depth >= len(layers):
+        return None
+    kind = layers[depth]
+    k = layers[:depth].count(kind)
+    vals = g.get(("ip_" if kind == "ip" else "ipv6_") + which, "").split("|")
+    return vals[k] if k < len(vals) else None
+
+
+def comparable(g: dict, row: dict) -> bool:
+    """Frames where tshark shows more than a packet decoder can: reassembly, ICMP-quoted packets, QUIC."""
+    protos = g.get("protocols", "")
+    return not (row["ip_is_fragment"] or "icmp:ip" in protos or "icmpv6:ipv6" in protos or "quic" in protos)
+
+
+@pytest.mark.parametrize("golden", GOLDEN_FILES, ids=lambda p: p.stem)
+def test_fields_agree_with_tshark(golden) -> None:  # type: ignore[no-untyped-def]
+    gold = json.loads(golden.read_text())
+    rows = decode_file(PCAPS / golden.stem).drop(["ts"]).to_pylist()
+    assert len(rows) == len(gold)
+    checked = 0
+    for i, (g, r) in enumerate(zip(gold, rows)):
+        if not comparable(g, r):
+            continue
+        depth = r["tunnel_depth"] or 0
+        src = tshark_ip(g, depth, "src")
+        if src is not None:  # tshark may stop before a malformed inner packet that we still decode
+            assert ip_text(r["src_ip"]) == src, f"frame {i + 1} src_ip"
+            assert ip_text(r["dst_ip"]) == tshark_ip(g, depth, "dst"), f"frame {i + 1} dst_ip"
+        for name, base in INT_FIELDS.items():
+            if name == "teid" and name in g and r["gtpc_teid"] is not None:  # tshark's gtp.teid covers GTPv1-C
+                assert r["gtpc_teid"] == int(g[name], base)
+                checked += 1
+            elif name in g:
+                assert r[name] == int(g[name], base), f"frame {i + 1} {name}"
+                checked += 1
+            elif name in ("pfcp_seid", "sctp_ppid", "pfcp_msg_type"):
+                assert r[name] is None, f"frame {i + 1} {name} where tshark has none"
+        for name in ("tls_sni", "dns_qname"):
+            doh = "http2" in g.get("protocols", "")  # DNS inside HTTP/2 bodies (DoH) is not a packet field
+            if name in g and not doh:  # every name tshark finds, we find (we also read retransmissions)
+                assert r[name] == g[name], f"frame {i + 1} {name}"
+                checked += 1
+    assert checked or not any(k in g for g in gold for k in INT_FIELDS if k != "teid")
+
+
+def test_gtpu_5g_fields() -> None:
+    t = decode_file(PCAPS / "telekom-5g-trace-visualizer_free5gc.pcap").drop(["ts"]).to_pylist()
+    http2 = [r for r in t if r["app_proto"] == 4]
+    assert len(http2) > 200  # SBI h2c without the preface is recognised
+    pfcp = [r for r in t if r["pfcp_msg_type"] is not None]
+    assert {r["pfcp_msg_type"] for r in pfcp} >= {50, 51}  # session establishment request/response
+    ngap = [r for r in t if r["sctp_ppid"] == 60]
+    assert ngap and all(r["app_proto"] == 11 for r in ngap)
+
+
+def test_malformed_packets_are_marked_not_raised() -> None:
+    t = decode_file(PCAPS / "zeek_tunnels_gtp_gtp1_gn_normal_incl_fragmentation.pcap")
+    assert t.num_rows == 108
+    frag = [r for r in t.drop(["ts"]).to_pylist() if r["ip_is_fragment"]]
+    assert frag
