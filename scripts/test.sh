@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check sensors detection ingest console tests
+.venv/bin/mypy
 .venv/bin/python -m pytest -q tests

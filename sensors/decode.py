@@ -60,11 +60,12 @@ def decode(frames: FrameBatch) -> pa.RecordBatch:
     for level in range(MAX_TUNNEL_DEPTH + 1):
         l4rows, l4off, ip_end, proto = _network(pk, rows, off, etype)
         _transport(pk, l4rows, l4off, ip_end, proto)
-        if level == MAX_TUNNEL_DEPTH:
-            inner_rows, _, _ = _tunnels(pk, l4rows, proto, depth, dry_run=True)
-            pk.fail(inner_rows, DecodeStatus.TOO_MANY_LAYERS)
+        found = _find_tunnels(pk, l4rows, proto)
+        if level == MAX_TUNNEL_DEPTH:  # the tunnel headers are decoded, their payloads are not
+            for _kind, (inner_rows, _, _) in found:
+                pk.fail(inner_rows, DecodeStatus.TOO_MANY_LAYERS)
             break
-        rows, off, etype = _tunnels(pk, l4rows, proto, depth)
+        rows, off, etype = _decapsulate(pk, found, depth)
         if not len(rows):
             break
     if depth.any():
@@ -101,12 +102,13 @@ def _transport(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarra
     pk.pl_end[rows[other]] = np.minimum(ip_end[other], pk.end[rows[other]])
 
 
-def _tunnels(
-    pk: Packets, rows: np.ndarray, proto: np.ndarray, depth: np.ndarray, dry_run: bool = False
-) -> link.Layer:
-    """Find tunnels among ``rows`` and return the inner packets' (rows, l3_off, ethertype)."""
+Tunnels = list[tuple[TunnelType, link.Layer]]
+
+
+def _find_tunnels(pk: Packets, rows: np.ndarray, proto: np.ndarray) -> Tunnels:
+    """Decode the tunnel headers among ``rows``: per kind, the inner packets' (rows, l3_off, ethertype)."""
     udp_rows = rows[(proto == PROTO_UDP) & (pk.pl_off[rows] >= 0)]
-    found: list[tuple[TunnelType, link.Layer]] = []
+    found: Tunnels = []
     gtp_rows = gtpu.candidates(pk, udp_rows)
     if len(gtp_rows):
         # a G-PDU whose payload is again GTP-U is an injection attempt: flag it, don't unwrap twice
@@ -136,12 +138,11 @@ def _tunnels(
         r = rows[ipip]
         et = np.where(proto[ipip] == PROTO_IPIP, ETH_IPV4, ETH_IPV6)
         found.append((TunnelType.IPIP, (r, pk.pl_off[r], et)))
-    if not found:
-        e = np.empty(0, dtype=np.int64)
-        return e, e, e
-    out_rows = np.concatenate([f[1][0] for f in found])
-    if dry_run:
-        return out_rows, out_rows, out_rows
+    return found
+
+
+def _decapsulate(pk: Packets, found: Tunnels, depth: np.ndarray) -> link.Layer:
+    """Move the outer addresses to the tunnel columns and start the inner packets' next round."""
     parts: list[link.Layer] = []
     for kind, (r, o, et) in found:
         if not len(r):

@@ -142,7 +142,12 @@ PACKET_FIELDS: list[Field] = [
     Field("modbus_func", pa.uint8(), "Modbus/TCP function code (bit 7 set = exception response)"),
 ]
 
-PACKET_SCHEMA = pa.schema(
-    [pa.field(f.name, f.type, metadata={"doc": f.doc}) for f in PACKET_FIELDS],
-    metadata={"liaowang.schema": "packets", "liaowang.version": str(PACKET_SCHEMA_VERSION)},
-)
+def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:
+    """An Arrow schema whose fields carry their docs and whose metadata names the table and version."""
+    return pa.schema(
+        [pa.field(f.name, f.type, metadata={"doc": f.doc}) for f in fields],
+        metadata={"liaowang.schema": name, "liaowang.version": str(version)},
+    )
+
+
+PACKET_SCHEMA = arrow_schema(PACKET_FIELDS, "packets", PACKET_SCHEMA_VERSION)

@@ -8,8 +8,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.schema import TunnelType
+
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
+TUNNEL_GTPU = int(TunnelType.GTPU)
+
+
+#: integer packet columns the flows need: PacketKeys attribute -> packet column
+NUMERIC = {
+    "src_port": "src_port",
+    "dst_port": "dst_port",
+    "ip_proto": "ip_proto",
+    "ip_version": "ip_version",
+    "icmp_type": "icmp_type",
+    "icmp_code": "icmp_code",
+    "vlan_id": "vlan_id",
+    "tunnel_type": "tunnel_type",
+    "teid": "teid",
+    "qfi": "gtpu_qfi",
+    "frame_len": "frame_len",
+    "payload_len": "payload_len",
+    "tcp_flags": "tcp_flags",
+    "app_proto": "app_proto",
+    "decode_status": "decode_status",
+}
 
 
 @dataclass
@@ -22,6 +45,12 @@ class PacketKeys:
     ts_ns: np.ndarray
     src: np.ndarray  # (n, 2) uint64 address halves
     dst: np.ndarray
+    tunnel_src: np.ndarray
+    tunnel_dst: np.ndarray
+    vlan_valid: np.ndarray
+    teid_valid: np.ndarray  # a GTP-U TEID of a decapsulated packet
+    qfi_valid: np.ndarray
+    server_name: pa.Array  # string, null where none
     src_port: np.ndarray
     dst_port: np.ndarray
     ip_proto: np.ndarray
@@ -29,25 +58,19 @@ class PacketKeys:
     icmp_type: np.ndarray
     icmp_code: np.ndarray
     vlan_id: np.ndarray
-    vlan_valid: np.ndarray
     tunnel_type: np.ndarray
-    tunnel_src: np.ndarray
-    tunnel_dst: np.ndarray
     teid: np.ndarray
-    teid_valid: np.ndarray
     qfi: np.ndarray
-    qfi_valid: np.ndarray
     frame_len: np.ndarray
     payload_len: np.ndarray
     tcp_flags: np.ndarray
     app_proto: np.ndarray
-    decode_error: np.ndarray
-    server_name: pa.Array  # string, null where none
+    decode_status: np.ndarray
 
 
-def _num(col: pa.Array | pa.ChunkedArray, dtype: type, rows: np.ndarray) -> np.ndarray:
+def _num(col: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
     arr = pc.fill_null(col, 0) if col.null_count else col
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)[rows]
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)[rows]
 
 
 def _valid(col: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
@@ -80,13 +103,10 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     later_fragment = np.asarray(pc.fill_null(batch.column("ip_frag_offset"), 0).to_numpy(zero_copy_only=False)) > 0
     rows = np.flatnonzero(is_ip & ~later_fragment)
     col = batch.column
+    num = {attr: _num(col(name), rows) for attr, name in NUMERIC.items()}
     src, dst = _ip(col("src_ip"), rows), _ip(col("dst_ip"), rows)
-    sport, dport = _num(col("src_port"), np.int64, rows), _num(col("dst_port"), np.int64, rows)
-    proto = _num(col("ip_proto"), np.int64, rows)
-    vlan_valid = _valid(col("vlan_id"), rows)
-    vlan = _num(col("vlan_id"), np.int64, rows)
-    ttype = _num(col("tunnel_type"), np.int64, rows)
     tsrc, tdst = _ip(col("tunnel_src_ip"), rows), _ip(col("tunnel_dst_ip"), rows)
+    sport, dport = num["src_port"], num["dst_port"]
     fwd = _less(src, dst, sport, dport)
     lo = np.where(fwd[:, None], src, dst)
     hi = np.where(fwd[:, None], dst, src)
@@ -96,18 +116,16 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     tfwd = _less(tsrc, tdst, zero, zero)
     tlo = np.where(tfwd[:, None], tsrc, tdst)
     thi = np.where(tfwd[:, None], tdst, tsrc)
+    ports_proto = lo_port << 16 | hi_port | num["ip_proto"] << 32 | num["vlan_id"] << 40 | num["tunnel_type"] << 56
     h = np.full(len(rows), 0x243F6A8885A308D3, dtype=np.uint64)
-    for x in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1],
-              (lo_port << 16) | hi_port | (proto << 32) | (vlan << 40) | (ttype << 56),
-              tlo[:, 0], tlo[:, 1], thi[:, 0], thi[:, 1]):
+    for x in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1], ports_proto, tlo[:, 0], tlo[:, 1], thi[:, 0], thi[:, 1]):
         h = _mix(h, x)
     h = (h ^ (h >> np.uint64(29))) * _M2
     h ^= h >> np.uint64(32)
     server = pc.coalesce(col("tls_sni"), col("http_host"), col("dns_qname"))
     if isinstance(server, pa.ChunkedArray):
         server = server.combine_chunks()
-    ts = col("ts")
-    ts_ns = np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False))[rows]
+    ts_ns = np.asarray(col("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))[rows]
     return PacketKeys(
         rows=rows,
         hash=h,
@@ -115,25 +133,11 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
         ts_ns=ts_ns,
         src=src,
         dst=dst,
-        src_port=sport,
-        dst_port=dport,
-        ip_proto=proto,
-        ip_version=_num(col("ip_version"), np.int64, rows),
-        icmp_type=_num(col("icmp_type"), np.int64, rows),
-        icmp_code=_num(col("icmp_code"), np.int64, rows),
-        vlan_id=vlan,
-        vlan_valid=vlan_valid,
-        tunnel_type=ttype,
         tunnel_src=tsrc,
         tunnel_dst=tdst,
-        teid=_num(col("teid"), np.int64, rows),
-        teid_valid=_valid(col("teid"), rows) & (ttype == 1),
-        qfi=_num(col("gtpu_qfi"), np.int64, rows),
+        vlan_valid=_valid(col("vlan_id"), rows),
+        teid_valid=_valid(col("teid"), rows) & (num["tunnel_type"] == TUNNEL_GTPU),
         qfi_valid=_valid(col("gtpu_qfi"), rows),
-        frame_len=_num(col("frame_len"), np.int64, rows),
-        payload_len=_num(col("payload_len"), np.int64, rows),
-        tcp_flags=_num(col("tcp_flags"), np.int64, rows),
-        app_proto=_num(col("app_proto"), np.int64, rows),
-        decode_error=_num(col("decode_status"), np.int64, rows) != 0,
         server_name=server.take(pa.array(rows)),
+        **num,
     )

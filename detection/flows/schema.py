@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from sensors.schema import Field
+from sensors.schema import Field, arrow_schema
 
 FLOW_SCHEMA_VERSION = 1
 
@@ -67,7 +67,4 @@ FLOW_FIELDS: list[Field] = [
     Field("expiration_reason", pa.string(), "idle, active, tcp_reuse (new SYN after FIN/RST) or end_of_input"),
 ]
 
-FLOW_SCHEMA = pa.schema(
-    [pa.field(f.name, f.type, metadata={"doc": f.doc}) for f in FLOW_FIELDS],
-    metadata={"liaowang.schema": "flows", "liaowang.version": str(FLOW_SCHEMA_VERSION)},
-)
+FLOW_SCHEMA = arrow_schema(FLOW_FIELDS, "flows", FLOW_SCHEMA_VERSION)

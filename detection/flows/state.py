@@ -6,7 +6,7 @@ a flow updated by many batches ends with the same values as one update.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,7 @@ DIR_FLAGS = ("syn", "fin", "rst")  # also counted per direction
 DIR_BITS = np.array([2, 1, 4], dtype=np.int64)
 
 # name -> (trailing shape, dtype, initial value)
-FIELDS: dict[str, tuple[tuple[int, ...], object, object]] = {
+FIELDS: dict[str, tuple[tuple[int, ...], Any, Any]] = {
     "hash": ((), np.uint64, 0),
     "fwd": ((), np.bool_, False),
     "src": ((2,), np.uint64, 0),
@@ -68,6 +68,12 @@ FIELDS: dict[str, tuple[tuple[int, ...], object, object]] = {
     "errors": ((), np.int64, 0),
 }
 _RST = TCP_FLAGS.index("rst")
+#: flow fields taken from the flow's first packet: state field -> PacketKeys attribute
+FROM_FIRST_PACKET = {
+    "src": "src", "dst": "dst", "sport": "src_port", "dport": "dst_port", "proto": "ip_proto",
+    "ipver": "ip_version", "icmp_type": "icmp_type", "icmp_code": "icmp_code", "vlan": "vlan_id",
+    "vlan_valid": "vlan_valid", "ttype": "tunnel_type", "tsrc": "tunnel_src", "tdst": "tunnel_dst",
+}
 
 
 class FlowState:
@@ -123,19 +129,8 @@ class FlowState:
             a[name][slots] = init
         a["hash"][slots] = hashes
         a["fwd"][slots] = fwd
-        a["src"][slots] = k.src[rows]
-        a["dst"][slots] = k.dst[rows]
-        a["sport"][slots] = k.src_port[rows]
-        a["dport"][slots] = k.dst_port[rows]
-        a["proto"][slots] = k.ip_proto[rows]
-        a["ipver"][slots] = k.ip_version[rows]
-        a["icmp_type"][slots] = k.icmp_type[rows]
-        a["icmp_code"][slots] = k.icmp_code[rows]
-        a["vlan"][slots] = k.vlan_id[rows]
-        a["vlan_valid"][slots] = k.vlan_valid[rows]
-        a["ttype"][slots] = k.tunnel_type[rows]
-        a["tsrc"][slots] = k.tunnel_src[rows]
-        a["tdst"][slots] = k.tunnel_dst[rows]
+        for name, attr in FROM_FIRST_PACKET.items():
+            a[name][slots] = getattr(k, attr)[rows]
         a["first_ns"][slots] = t_first
         a["first_ms"][slots] = t_first // 1_000_000
 
@@ -194,7 +189,7 @@ class FlowState:
         for j, bit in enumerate(DIR_BITS):
             c = np.bincount(key2, weights=(flags & bit) != 0, minlength=2 * nseg).reshape(nseg, 2)
             a["dir_flags"][slot, :, j] += c.astype(np.int64)
-        a["errors"][slot] += np.bincount(sid, weights=k.decode_error[order], minlength=nseg).astype(np.int64)
+        a["errors"][slot] += np.bincount(sid, weights=(k.decode_status[order] != 0), minlength=nseg).astype(np.int64)
         # first packets: payload sizes and directions
         rank = prior[sid] + (np.arange(n) - spos[sid])
         early = rank < a["splt_bytes"].shape[1]

@@ -120,7 +120,7 @@ class _ChunkBuffer:
         self.eof = False
 
     def fill(self) -> None:
-        view = memoryview(self.arr)
+        view = memoryview(self.arr.data)
         cap = len(self.arr) - PAD
         while self.filled < cap and not self.eof:
             n = self.f.readinto(view[self.filled : cap])  # type: ignore[attr-defined]

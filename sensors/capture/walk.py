@@ -207,5 +207,5 @@ def _parallel_pass(
         # overshot starts[j+1]: that start was a false guess; resume from pos[j]
         return offs[keep], int(pos[j]), "resync"
     # walker j stopped at an implausible or incomplete record inside its segment
-    p = int(pos[j])
-    return offs[keep], p, "damaged" if _is_damage(fmt, buf, p, end) else "done"
+    stop_at = int(pos[j])
+    return offs[keep], stop_at, "damaged" if _is_damage(fmt, buf, stop_at, end) else "done"

@@ -89,7 +89,7 @@ class Packets:
         self._column(name)[rows] = values
         self.valid[name][rows] = True
 
-    def put_ip(self, name: str, rows: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+    def put_ip(self, name: str, rows: np.ndarray, hi: np.ndarray | int, lo: np.ndarray | int) -> None:
         col = self._column(name)
         col[rows, 0] = hi
         col[rows, 1] = lo
