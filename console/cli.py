@@ -36,6 +36,21 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from sensors.generate.mixed import generate
+
+    if args.packets <= 0:
+        print("liaowang: error: --packets must be positive", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    made = generate(out, args.packets, seed=args.seed, duration_s=args.duration)
+    print(f"{made.path}: {made.packets:,} packets, {made.flows_planned:,} flows planned, "
+          f"{made.gtp_packets / max(made.packets, 1):.0%} GTP-U")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="liaowang", description="Liaowang 5G network security situational awareness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_replay)
+    g = sub.add_parser("generate", help="write a deterministic mixed 5G/enterprise capture (scapy templates)")
+    g.add_argument("--out", required=True, metavar="FILE", help="pcap file to write")
+    g.add_argument("--packets", type=int, default=1_000_000, help="number of packets")
+    g.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
+    g.add_argument("--duration", type=float, default=300.0, metavar="S", help="capture span, seconds")
+    g.set_defaults(func=_generate)
     args = parser.parse_args(argv)
     if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:
         parser.error("timeouts must be positive")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,8 +115,9 @@ def _count(counter: collections.Counter[int], col: pa.Array) -> None:
         counter[int(v)] += int(c)
 
 
-def progress_bar(stream=sys.stderr) -> Callable[[ReplaySummary, int, int], None]:  # type: ignore[no-untyped-def]
+def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, int], None]:
     """A one-line progress display for terminals (no output when not a TTY)."""
+    stream = stream or sys.stderr
     if not stream.isatty():
         return lambda s, d, t: None
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +14,28 @@ from sensors.decode import decode
 ROOT = Path(__file__).resolve().parent.parent
 PCAPS = ROOT / "pcaps" / "shared"
 GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+#: generated captures the golden files were made from: name -> (packets, seed, sha256)
+GENERATED = {
+    "generated_mixed_10k.pcap": (10_000, 2, "6480c30c919af5aa63e5d17949f3397e9b3175b75649eee3c4bb134a013c3be9"),
+}
+_made: dict[str, Path] = {}
+
+
+def capture_path(name: str) -> Path:
+    """A bundled capture, or a generated one (made once per test session, byte-identical to the golden's)."""
+    if name not in GENERATED:
+        return PCAPS / name
+    if name not in _made:
+        from sensors.generate.mixed import generate
+
+        packets, seed, digest = GENERATED[name]
+        path = Path(tempfile.mkdtemp(prefix="liaowang-gen-")) / name
+        generate(path, packets, seed=seed)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, "the generator's output changed"
+        _made[name] = path
+    return _made[name]
 
 
 def decode_file(path: Path, chunk_bytes: int = 32 << 20) -> pa.Table:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import GOLDEN, PCAPS, decode_file
+from tests.conftest import GOLDEN, PCAPS, capture_path, decode_file
 
 GOLDEN_FILES = sorted((GOLDEN / "packets").glob("*.json"))
 INT_FIELDS = {"teid": 16, "pfcp_seid": 16, "gtpu_qfi": 0, "pfcp_msg_type": 0, "sctp_ppid": 0, "gtpc_msg_type": 0}
@@ -39,7 +39,7 @@ def comparable(g: dict, row: dict) -> bool:
 @pytest.mark.parametrize("golden", GOLDEN_FILES, ids=lambda p: p.stem)
 def test_fields_agree_with_tshark(golden) -> None:  # type: ignore[no-untyped-def]
     gold = json.loads(golden.read_text())
-    rows = decode_file(PCAPS / golden.stem).drop(["ts"]).to_pylist()
+    rows = decode_file(capture_path(golden.stem)).drop(["ts"]).to_pylist()
     assert len(rows) == len(gold)
     checked = 0
     for i, (g, r) in enumerate(zip(gold, rows)):

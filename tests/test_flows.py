@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import GOLDEN, PCAPS, flows_of
+from tests.conftest import GOLDEN, PCAPS, capture_path, flows_of
 
 # captures where Liaowang sees more than nfstream 6.6, by design
 NFSTREAM_CANNOT = {
@@ -39,10 +39,10 @@ def totals(rows: list[list]) -> dict[tuple, list[int]]:
 @pytest.mark.parametrize("golden", GOLDEN_FILES, ids=lambda p: p.stem)
 def test_flow_totals_agree_with_nfstream(golden) -> None:  # type: ignore[no-untyped-def]
     gold = json.loads(golden.read_text())
-    ours = [list(r.values()) for r in flows_of([PCAPS / golden.stem]).select(COLS).to_pylist()]
+    ours = [list(r.values()) for r in flows_of([capture_path(golden.stem)]).select(COLS).to_pylist()]
     assert totals(ours) == totals(gold)
     no_sctp = [r for r in gold if r[4] != 132]
-    reasons = flows_of([PCAPS / golden.stem]).column("expiration_reason").to_pylist()
+    reasons = flows_of([capture_path(golden.stem)]).column("expiration_reason").to_pylist()
     reused = reasons.count("tcp_reuse")
     # flow counts agree except where a TCP connection was closed and its ports reused
     assert len([r for r in ours if r[4] != 132]) == len(no_sctp) + reused

@@ -1,0 +1,65 @@
+"""`liaowang replay` and `liaowang generate` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from console.cli import main
+from tests.conftest import PCAPS
+
+REQUIRED = ["flow_id", "community_id", "first_seen", "last_seen", "src_ip", "dst_ip", "src_port", "dst_port",
+            "ip_proto", "teid", "tunnel_src_ip", "tunnel_dst_ip", "bidirectional_packets", "bidirectional_bytes",
+            "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes"]
+
+
+def test_replay_writes_flows_and_eve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(PCAPS / "arkime_gtp-u.pcap"), str(PCAPS / "5greplay_oai.pcap"), "--out", str(out)]) == 0
+    flows = pq.read_table(out / "flows.parquet")
+    assert flows.column_names[: len(REQUIRED)] == REQUIRED
+    assert flows.schema.metadata[b"liaowang.version"] == b"1"
+    events = [json.loads(line) for line in (out / "eve.json").read_text().splitlines()]
+    assert [e["event_type"] for e in events].count("flow") == flows.num_rows
+    assert events[-1]["event_type"] == "stats" and events[-1]["stats"]["capture"]["packets"] == 855
+    gtp = [e for e in events if e.get("tunnel")]
+    assert gtp and all(e["tunnel"]["proto"] == "gtpu" and "teid" in e["tunnel"] for e in gtp)
+    summary = capsys.readouterr().out
+    assert "packets" in summary and "855" in summary and "flows" in summary
+
+
+def test_not_a_capture_exits_2_and_keeps_previous_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(PCAPS / "arkime_gtp-u.pcap"), "--out", str(out), "-q"]) == 0
+    before = (out / "flows.parquet").read_bytes()
+    bad = tmp_path / "notes.pcap"
+    bad.write_text("hello")
+    assert main(["replay", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a pcap or pcapng capture" in err
+    assert (out / "flows.parquet").read_bytes() == before
+
+
+def test_damaged_file_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = (PCAPS / "5greplay_oai.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:5000])
+    assert main(["replay", str(cut), "--out", str(tmp_path / "a"), "-q"]) == 0  # something was read
+    assert "damaged at byte" in capsys.readouterr().err
+    empty = tmp_path / "empty_records.pcap"
+    empty.write_bytes(data[:24] + data[24:30])  # header and a torn first record
+    assert main(["replay", str(empty), "--out", str(tmp_path / "b"), "-q"]) == 1  # nothing could be read
+
+
+def test_generate_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    assert main(["generate", "--packets", "3000", "--seed", "5", "--out", str(a)]) == 0
+    assert main(["generate", "--packets", "3000", "--seed", "5", "--out", str(b)]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert main(["replay", str(a), "--out", str(tmp_path / "o"), "-q"]) == 0
+    flows = pq.read_table(tmp_path / "o" / "flows.parquet")
+    assert set(flows.column("tunnel_type").drop_null().to_pylist()) == {"gtpu"}
+    assert {"dns", "tls", "http", "pfcp", "ssh", "modbus"} <= set(flows.column("application_hint").drop_null().to_pylist())
