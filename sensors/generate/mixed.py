@@ -37,7 +37,7 @@ class GeneratedCapture:
     gtp_packets: int
 
 
-def _ip(a: int, b: int, c: int, d: int) -> np.ndarray:
+def _ip(a: int, b: np.ndarray | int, c: np.ndarray | int, d: np.ndarray | int) -> np.ndarray:
     return (np.uint32(a) << 24) | (np.asarray(b, np.uint32) << 16) | (np.asarray(c, np.uint32) << 8) | np.asarray(d, np.uint32)
 
 
@@ -91,7 +91,7 @@ def _field_table(plans: list[tuple[FlowTemplate, np.ndarray, int]]) -> dict[str,
             for k in ("c2s", "ip", "l4", "outer_ip", "gtp", "name", "seid"):
                 cols[k].append(int(getattr(p, k)))
             cols["kind"].append(kinds.get(t.name, 0))
-    out = {k: np.array(v, dtype=np.int64) for k, v in cols.items()}
+    out: dict[str, np.ndarray] = {k: np.array(v, dtype=np.int64) for k, v in cols.items()}
     out["gtp_off"] = out.pop("gtp")
     out["gtp"] = out["gtp_off"] >= 0
     return out

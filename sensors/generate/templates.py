@@ -11,6 +11,7 @@ packet.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scapy.contrib.gtp import GTP_U_Header, GTPPDUSessionContainer
@@ -128,7 +129,11 @@ def _inner_ip(c2s: bool) -> IP:
     return IP(src="10.255.0.1", dst="10.255.0.2", id=1) if c2s else IP(src="10.255.0.2", dst="10.255.0.1", id=1)
 
 
-def _build(name: str, steps: list[tuple[bool, Packet, float]], gtp: bool, server_port: int) -> FlowTemplate:
+#: (client -> server?, packet from the IP layer up, typical gap to the previous packet in ms)
+Step = tuple[bool, Packet, float]
+
+
+def _build(name: str, steps: Sequence[Step], gtp: bool, server_port: int) -> FlowTemplate:
     t = FlowTemplate(name, gtp=gtp, server_port=server_port)
     for c2s, inner, gap in steps:
         p = _wrap(inner, c2s, gtp)
@@ -146,7 +151,7 @@ def _build(name: str, steps: list[tuple[bool, Packet, float]], gtp: bool, server
 
 
 def _tcp_template(name: str, session: list[tuple[bool, str, bytes]], port: int, gtp: bool) -> FlowTemplate:
-    steps = []
+    steps: list[Step] = []
     seq = {True: 1000, False: 5000}  # next sequence number of each side
     for i, (c2s, flags, payload) in enumerate(session):
         sport, dport = (61001, port) if c2s else (port, 61001)
