@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE", 50: "ESP"}
@@ -39,84 +41,110 @@ def _iso(ts: Any) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+0000"
 
 
+ISO_WIDTH = len("2024-01-02T03:04:05.123456+0000")
+
+
+def _digits(out: np.ndarray, col: int, value: np.ndarray, width: int) -> None:
+    for k in range(width - 1, -1, -1):
+        out[:, col + k] = 48 + value % 10
+        value = value // 10
+
+
+def _iso_column(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Suricata-style UTC timestamps, formatted with integer arithmetic (Arrow's strftime is ~30x slower)."""
+    us = np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False)) // 1000
+    days, us_of_day = np.divmod(us, 86_400_000_000)
+    # civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    z = days + 719468
+    era = np.floor_divide(z, 146097)
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    out = np.empty((len(us), ISO_WIDTH), dtype=np.uint8)
+    out[:] = np.frombuffer(b"0000-00-00T00:00:00.000000+0000", dtype=np.uint8)
+    sec, frac = np.divmod(us_of_day, 1_000_000)
+    for pos, value, width in ((0, year, 4), (5, month, 2), (8, day, 2), (11, sec // 3600, 2),
+                              (14, sec // 60 % 60, 2), (17, sec % 60, 2), (20, frac, 6)):
+        _digits(out, pos, value, width)
+    offsets = np.arange(len(us) + 1, dtype=np.int32) * ISO_WIDTH
+    return pa.StringArray.from_buffers(len(us), pa.py_buffer(offsets), pa.py_buffer(out))
+
+
+def _text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return col.cast(pa.string())
+
+
+def _join(*parts: Any) -> pa.Array:
+    """Concatenate literal strings and string columns; a null column makes the whole piece null."""
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _lookup(col: pa.ChunkedArray | pa.Array, mapping: dict[str, str], default: str) -> pa.Array:
+    keys = pa.array(list(mapping))
+    idx = pc.fill_null(pc.index_in(col, value_set=keys), len(mapping))
+    return pa.array([*mapping.values(), default]).take(idx)
+
+
 class EveSink:
-    """``eve.json``: one JSON object per line (flow events now; alerts later; stats last)."""
+    """``eve.json``: one JSON object per line (flow events now; alerts later; stats last).
+
+    Flow events are assembled column-wise with Arrow string kernels: every value
+    in them is a number or text we produced (addresses, names from fixed sets,
+    base64), so no JSON escaping is needed.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
-        self._f = open(self._tmp, "w", encoding="utf-8")
+        self._f = open(self._tmp, "wb")
         self.events = 0
 
     def write_flows(self, flows: pa.Table) -> None:
         if not flows.num_rows:
             return
-        us = pa.timestamp("us", tz="UTC")
-        flows = flows.set_column(flows.schema.get_field_index("first_seen"), "first_seen",
-                                 flows.column("first_seen").cast(us, safe=False))
-        flows = flows.set_column(flows.schema.get_field_index("last_seen"), "last_seen",
-                                 flows.column("last_seen").cast(us, safe=False))
-        cols = flows.select([
-            "flow_id", "community_id", "first_seen", "last_seen", "src_ip", "dst_ip", "src_port", "dst_port",
-            "ip_proto", "vlan_id", "tunnel_type", "teid", "dst2src_teid", "gtpu_qfi", "tunnel_src_ip",
-            "tunnel_dst_ip", "src2dst_packets", "dst2src_packets", "src2dst_bytes", "dst2src_bytes",
-            "application_hint", "expiration_reason", "bidirectional_syn_packets", "bidirectional_fin_packets",
-            "bidirectional_rst_packets",
-        ]).to_pydict()
-        lines = []
-        for i in range(flows.num_rows):
-            first, last = cols["first_seen"][i], cols["last_seen"][i]
-            proto = cols["ip_proto"][i]
-            ev: dict[str, Any] = {
-                "timestamp": _iso(last),
-                "flow_id": cols["flow_id"][i],
-                "event_type": "flow",
-                "src_ip": cols["src_ip"][i],
-                "src_port": cols["src_port"][i],
-                "dest_ip": cols["dst_ip"][i],
-                "dest_port": cols["dst_port"][i],
-                "proto": PROTO_NAMES.get(proto, str(proto)),
-                "community_id": cols["community_id"][i],
-            }
-            if cols["vlan_id"][i] is not None:
-                ev["vlan"] = [cols["vlan_id"][i]]
-            if cols["application_hint"][i]:
-                ev["app_proto"] = cols["application_hint"][i]
-            ev["flow"] = {
-                "pkts_toserver": cols["src2dst_packets"][i],
-                "pkts_toclient": cols["dst2src_packets"][i],
-                "bytes_toserver": cols["src2dst_bytes"][i],
-                "bytes_toclient": cols["dst2src_bytes"][i],
-                "start": _iso(first),
-                "end": _iso(last),
-                "age": int((last - first).total_seconds()),
-                "state": "closed" if (cols["bidirectional_fin_packets"][i] or cols["bidirectional_rst_packets"][i])
-                else "established" if cols["dst2src_packets"][i] else "new",
-                "reason": {"idle": "timeout", "active": "timeout", "tcp_reuse": "forced"}.get(
-                    cols["expiration_reason"][i], "shutdown"),
-                "alerted": False,
-            }
-            if cols["tunnel_type"][i]:
-                tun: dict[str, Any] = {
-                    "src_ip": cols["tunnel_src_ip"][i],
-                    "dest_ip": cols["tunnel_dst_ip"][i],
-                    "proto": cols["tunnel_type"][i],
-                    "depth": 1,
-                }
-                if cols["teid"][i] is not None:
-                    tun["teid"] = cols["teid"][i]
-                if cols["dst2src_teid"][i] is not None:
-                    tun["teid_toclient"] = cols["dst2src_teid"][i]
-                if cols["gtpu_qfi"][i] is not None:
-                    tun["qfi"] = cols["gtpu_qfi"][i]
-                ev["tunnel"] = tun
-            lines.append(json.dumps(ev, separators=(",", ":")))
-        self._f.write("\n".join(lines) + "\n")
-        self.events += len(lines)
+        c = flows.column
+        quoted = lambda name: _join('"', c(name), '"')  # noqa: E731
+        proto = _lookup(_text(c("ip_proto")), {str(k): v for k, v in PROTO_NAMES.items()}, "")
+        proto = pc.if_else(pc.equal(proto, ""), _text(c("ip_proto")), proto)
+        closed = pc.or_(pc.greater(c("bidirectional_fin_packets"), 0), pc.greater(c("bidirectional_rst_packets"), 0))
+        state = pc.if_else(closed, "closed", pc.if_else(pc.greater(c("dst2src_packets"), 0), "established", "new"))
+        reason = _lookup(c("expiration_reason"), {"idle": "timeout", "active": "timeout", "tcp_reuse": "forced"},
+                         "shutdown")
+        age = pc.divide(pc.subtract(c("last_seen").cast(pa.int64()), c("first_seen").cast(pa.int64())), 1_000_000_000)
+        tunnel = _join(
+            ',"tunnel":{"src_ip":', quoted("tunnel_src_ip"), ',"dest_ip":', quoted("tunnel_dst_ip"),
+            ',"proto":', quoted("tunnel_type"), ',"depth":1',
+            pc.fill_null(_join(',"teid":', _text(c("teid"))), ""),
+            pc.fill_null(_join(',"teid_toclient":', _text(c("dst2src_teid"))), ""),
+            pc.fill_null(_join(',"qfi":', _text(c("gtpu_qfi"))), ""),
+            "}",
+        )
+        line = _join(
+            '{"timestamp":"', _iso_column(c("last_seen")), '","flow_id":', _text(c("flow_id")),
+            ',"event_type":"flow","src_ip":', quoted("src_ip"), ',"src_port":', _text(c("src_port")),
+            ',"dest_ip":', quoted("dst_ip"), ',"dest_port":', _text(c("dst_port")),
+            ',"proto":"', proto, '","community_id":', quoted("community_id"),
+            pc.fill_null(_join(',"vlan":[', _text(c("vlan_id")), "]"), ""),
+            pc.fill_null(_join(',"app_proto":', quoted("application_hint")), ""),
+            ',"flow":{"pkts_toserver":', _text(c("src2dst_packets")), ',"pkts_toclient":', _text(c("dst2src_packets")),
+            ',"bytes_toserver":', _text(c("src2dst_bytes")), ',"bytes_toclient":', _text(c("dst2src_bytes")),
+            ',"start":"', _iso_column(c("first_seen")), '","end":"', _iso_column(c("last_seen")),
+            '","age":', _text(age), ',"state":"', state, '","reason":"', reason, '","alerted":false}',
+            pc.fill_null(tunnel, ""), "}\n",
+        )
+        for chunk in (line.chunks if isinstance(line, pa.ChunkedArray) else [line]):
+            # the lines end in newlines and lie back to back in the array's data buffer
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1, offset=4 * chunk.offset)
+            self._f.write(chunk.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]])
+        self.events += flows.num_rows
 
     def write_stats(self, timestamp: Any, stats: dict[str, Any]) -> None:
         ev = {"timestamp": _iso(timestamp), "event_type": "stats", "stats": stats}
-        self._f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        self._f.write((json.dumps(ev, separators=(",", ":")) + "\n").encode())
         self.events += 1
 
     def close(self) -> None:

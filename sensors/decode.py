@@ -185,9 +185,11 @@ def _applications(pk: Packets) -> None:
         dns.dissect(pk, unclassified)
     if len(tcp_rows):
         dns.dissect(pk, tcp_rows)
-        tls.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
-        http.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
-        ssh.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        # the first payload byte, read once, picks the candidates of each text/TLS dissector
+        first = pk.u8(pk.pl_off[tcp_rows])
+        tls.dissect(pk, tcp_rows[first == tls.HANDSHAKE])
+        http.dissect(pk, tcp_rows[http.FIRST_BYTES[first]])
+        ssh.dissect(pk, tcp_rows[first == ord("S")])
         modbus.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):

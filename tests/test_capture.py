@@ -122,3 +122,18 @@ def test_pcapng_interfaces_and_link_types() -> None:
     frames = list(read_frames(str(PCAPS / "5greplay_ue_authetication.pcapng")))
     assert sum(len(b) for b in frames) == 13
     assert json.dumps(sorted({int(x) for b in frames for x in b.link_type})) != "[65535]"
+
+
+def test_parallel_walk_on_a_large_generated_capture() -> None:
+    from tests.conftest import capture_path
+
+    data = capture_path("generated_mixed_10k.pcap").read_bytes()
+    buf = np.zeros(len(data) + 256, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, np.uint8)
+    hdr = pcap.parse_global_header(data[:24])
+    assert hdr is not None
+    fmt = pcap.PcapRecords(hdr, ts_hint=int.from_bytes(data[24:28], "little"))
+    fast = chain_walk(fmt, buf[24:], 0, len(data) - 24)  # default segments: the parallel path
+    slow = sequential_walk(fmt, buf[24:], 0, len(data) - 24)
+    assert len(fast.offsets) == 10_000
+    assert np.array_equal(fast.offsets, slow.offsets)

@@ -63,3 +63,17 @@ def test_generate_is_deterministic(tmp_path: Path) -> None:
     flows = pq.read_table(tmp_path / "o" / "flows.parquet")
     assert set(flows.column("tunnel_type").drop_null().to_pylist()) == {"gtpu"}
     assert {"dns", "tls", "http", "pfcp", "ssh", "modbus"} <= set(flows.column("application_hint").drop_null().to_pylist())
+
+
+def test_eve_timestamps_match_arrow_strftime() -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ingest.sinks import _iso_column
+
+    ns = np.array([0, 951782400_000000000, 4102444799_999999000, 1709208000_123456789, -86400_000000000,
+                   1_700_000_000_000_000_000], dtype=np.int64)
+    col = pa.array(ns).cast(pa.timestamp("ns", tz="UTC"))
+    ref = pc.strftime(col.cast(pa.timestamp("us", tz="UTC"), safe=False), format="%Y-%m-%dT%H:%M:%S+0000")
+    assert _iso_column(col).to_pylist() == ref.to_pylist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections import defaultdict
 
@@ -86,3 +87,18 @@ def test_community_id_reference_vectors() -> None:
     assert community_id(s, d, 6, 34855, 80, 0, 0) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
     assert community_id(bytes([192, 168, 0, 89]), bytes([192, 168, 0, 1]), 1, 0, 0, 8, 0) == \
         "1:X0snYXpgwiv9TZtqg64sgzUn6Dk="
+    assert community_id(bytes([192, 168, 1, 52]), bytes([8, 8, 8, 8]), 17, 54585, 53, 0, 0) == \
+        "1:d/FP5EW3wiY1vCndhwleRRKHowQ="
+
+
+def test_community_id_is_direction_free() -> None:
+    flows = flows_of([PCAPS / "arkime_gtp-iphone.pcap", PCAPS / "5greplay_oai.pcap"])
+    from detection.flows.export import community_id
+
+    for r in flows.select(["src_ip", "dst_ip", "ip_proto", "src_port", "dst_port", "community_id"]).to_pylist():
+        if r["ip_proto"] in (6, 17):
+            fwd = community_id(ipaddress.ip_address(r["src_ip"]).packed, ipaddress.ip_address(r["dst_ip"]).packed,
+                               r["ip_proto"], r["src_port"], r["dst_port"], 0, 0)
+            rev = community_id(ipaddress.ip_address(r["dst_ip"]).packed, ipaddress.ip_address(r["src_ip"]).packed,
+                               r["ip_proto"], r["dst_port"], r["src_port"], 0, 0)
+            assert fwd == rev == r["community_id"]

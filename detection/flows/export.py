@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from detection.flows.schema import FLOW_SCHEMA, TCP_FLAGS
 from detection.flows.state import DIR_FLAGS, FlowState
+from sensors.protocols.packets import masked_array
 
 TUNNEL_NAMES = {1: "gtpu", 2: "gre", 3: "vxlan", 4: "geneve", 5: "ipip", 6: "erspan"}
 APP_NAMES = {1: "dns", 2: "tls", 3: "http", 4: "http2", 5: "ssh", 6: "modbus", 7: "pfcp", 8: "gtpc", 9: "gtpu",
@@ -26,40 +27,73 @@ PORT_PROTOS = (6, 17, 132)
 
 
 def ip_strings(addr: np.ndarray) -> pa.Array:
-    """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped)."""
+    """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped, RFC 5952 for IPv6)."""
     is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
     v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
+    octets = [pa.array(((v4 >> s) & 0xFF)).cast(pa.string()) for s in (24, 16, 8, 0)]
     text = pc.binary_join_element_wise(*octets, ".")
-    if (~is_v4).any():
-        idx = np.flatnonzero(~is_v4)
-        v6 = [str(ipaddress.IPv6Address((int(h) << 64) | int(lo))) for h, lo in addr[idx].tolist()]
+    v6 = np.flatnonzero(~is_v4 & ((addr[:, 0] != 0) | (addr[:, 1] != 0)))
+    if len(v6):  # rare in flows: formatted one by one
         values = text.to_pylist()
-        for i, s in zip(idx.tolist(), v6):
-            values[i] = s
+        for i, (h, lo) in zip(v6.tolist(), addr[v6].tolist()):
+            values[i] = str(ipaddress.IPv6Address((h << 64) | lo))
         text = pa.array(values, type=pa.string())
     return text
 
 
+def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np.ndarray, sport: np.ndarray,
+                  dport: np.ndarray, icmp_type: np.ndarray, icmp_code: np.ndarray) -> list[str]:
+    """Community ID v1 (seed 0) of many flows: pre-images built with numpy, one SHA-1 per flow."""
+    n = len(proto)
+    sport, dport = sport.copy(), dport.copy()
+    one_way = np.zeros(n, dtype=bool)
+    for code, pairs in ((1, ICMP4_PAIRS), (58, ICMP6_PAIRS)):
+        m = proto == code
+        if m.any():
+            paired = m & np.isin(icmp_type, list(pairs))
+            mapped = np.array([pairs.get(int(t), 0) for t in icmp_type[paired]], dtype=np.int64)
+            sport[m], dport[m] = icmp_type[m], icmp_code[m]
+            dport[paired] = mapped
+            one_way |= m & ~paired
+    # order endpoints: (src, sport) < (dst, dport), unless one-way ICMP
+    lt = (src[:, 0] < dst[:, 0]) | ((src[:, 0] == dst[:, 0]) & ((src[:, 1] < dst[:, 1]) | (
+        (src[:, 1] == dst[:, 1]) & (sport < dport))))
+    swap = ~(one_way | lt)
+    a = np.where(swap[:, None], dst, src).astype(">u8").view(np.uint8).reshape(n, 16)
+    b = np.where(swap[:, None], src, dst).astype(">u8").view(np.uint8).reshape(n, 16)
+    pa_, pb = np.where(swap, dport, sport), np.where(swap, sport, dport)
+    tail = np.zeros((n, 6), dtype=np.uint8)
+    tail[:, 0] = proto
+    tail[:, 2:4] = pa_.astype(">u2").view(np.uint8).reshape(n, 2)
+    tail[:, 4:6] = pb.astype(">u2").view(np.uint8).reshape(n, 2)
+    has_ports = np.isin(proto, (*PORT_PROTOS, 1, 58))
+    out: list[str] = [""] * n
+    for v4 in (True, False):
+        for ports in (True, False):
+            idx = np.flatnonzero((is_v4 == v4) & (has_ports == ports))
+            if not len(idx):
+                continue
+            addr = slice(12, 16) if v4 else slice(0, 16)
+            rows = np.concatenate([np.zeros((len(idx), 2), np.uint8), a[idx][:, addr], b[idx][:, addr],
+                                   tail[idx][:, : 6 if ports else 2]], axis=1)
+            data, width = rows.tobytes(), rows.shape[1]
+            for j, i in enumerate(idx.tolist()):
+                digest = hashlib.sha1(data[j * width : (j + 1) * width]).digest()
+                out[i] = "1:" + base64.b64encode(digest).decode()
+    return out
+
+
 def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, icmp_type: int, icmp_code: int) -> str:
-    one_way = False
-    if proto in (1, 58):
-        pairs = ICMP4_PAIRS if proto == 1 else ICMP6_PAIRS
-        if icmp_type in pairs:
-            sport, dport = icmp_type, pairs[icmp_type]
-        else:
-            sport, dport, one_way = icmp_type, icmp_code, True
-    if not (one_way or src < dst or (src == dst and sport < dport)):
-        src, dst, sport, dport = dst, src, dport, sport
-    data = struct.pack("!H", 0) + src + dst + struct.pack("!BB", proto, 0)
-    if proto in PORT_PROTOS or proto in (1, 58):
-        data += struct.pack("!HH", sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+    """Community ID v1 of one flow (addresses as 4 or 16 bytes); reference for :func:`community_ids`."""
+    v4 = len(src) == 4
 
+    def halves(b: bytes) -> list[int]:
+        full = b"\x00" * 10 + b"\xff\xff" + b if v4 else b
+        return list(struct.unpack("!QQ", full))
 
-def _addr_bytes(addr: np.ndarray, v4: bool) -> bytes:
-    raw = struct.pack("!QQ", int(addr[0]), int(addr[1]))
-    return raw[12:] if v4 else raw
+    return community_ids(np.array([halves(src)], dtype=np.uint64), np.array([halves(dst)], dtype=np.uint64),
+                         np.array([v4]), np.array([proto]), np.array([sport]), np.array([dport]),
+                         np.array([icmp_type]), np.array([icmp_code]))[0]
 
 
 def _stats(s: np.ndarray, sq: np.ndarray, n: np.ndarray, mn: np.ndarray, mx: np.ndarray, scale: float,
@@ -78,11 +112,7 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     proto = a["proto"]
     is_v4 = a["ipver"] == 4
     has_ports = np.isin(proto, PORT_PROTOS)
-    cid = [
-        community_id(_addr_bytes(s, v), _addr_bytes(d, v), int(p), int(sp), int(dp), int(it), int(ic))
-        for s, d, v, p, sp, dp, it, ic in zip(a["src"], a["dst"], is_v4, proto, a["sport"], a["dport"],
-                                              a["icmp_type"], a["icmp_code"])
-    ]
+    cid = community_ids(a["src"], a["dst"], is_v4, proto, a["sport"], a["dport"], a["icmp_type"], a["icmp_code"])
     fid = (a["hash"] ^ (a["first_ns"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
     fid ^= fid >> np.uint64(29)
     fid = (fid & np.uint64((1 << 53) - 1)).astype(np.int64)
@@ -100,11 +130,11 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
         "dst_port": pa.array(np.where(has_ports, a["dport"], 0).astype(np.uint16)),
         "ip_proto": pa.array(proto.astype(np.uint8)),
         "ip_version": pa.array(a["ipver"].astype(np.uint8)),
-        "vlan_id": pa.array(a["vlan"].astype(np.uint16), mask=~a["vlan_valid"]),
+        "vlan_id": masked_array(a["vlan"], a["vlan_valid"], pa.uint16()),
         "tunnel_type": pa.array([TUNNEL_NAMES.get(int(t)) for t in a["ttype"]], type=pa.string()),
-        "teid": pa.array(a["teid"][:, 0].astype(np.uint32), mask=~(gtp & a["teid_valid"][:, 0])),
-        "dst2src_teid": pa.array(a["teid"][:, 1].astype(np.uint32), mask=~(gtp & a["teid_valid"][:, 1])),
-        "gtpu_qfi": pa.array(a["qfi"].astype(np.uint8), mask=~a["qfi_valid"]),
+        "teid": masked_array(a["teid"][:, 0], gtp & a["teid_valid"][:, 0], pa.uint32()),
+        "dst2src_teid": masked_array(a["teid"][:, 1], gtp & a["teid_valid"][:, 1], pa.uint32()),
+        "gtpu_qfi": masked_array(a["qfi"], a["qfi_valid"], pa.uint8()),
         "tunnel_src_ip": pc.if_else(pa.array(tunnelled), ip_strings(a["tsrc"]), pa.scalar(None, pa.string())),
         "tunnel_dst_ip": pc.if_else(pa.array(tunnelled), ip_strings(a["tdst"]), pa.scalar(None, pa.string())),
         "bidirectional_packets": pa.array(pk.sum(axis=1).astype(np.uint64)),

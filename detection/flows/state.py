@@ -136,126 +136,148 @@ class FlowState:
 
     def accumulate(self, seg_slot: np.ndarray, sid: np.ndarray, spos: np.ndarray, cont: np.ndarray,
                    order: np.ndarray, k: PacketKeys, t: np.ndarray, pdir: np.ndarray, flags: np.ndarray) -> None:
-        """Add the packets (sorted by flow, then time) to their segments' slots."""
+        """Add the packets (sorted by flow segment, then time) to their segments' slots.
+
+        Segments are contiguous runs, and so are (segment, direction) pairs once
+        sorted by ``sid * 2 + pdir``: every statistic is one ``reduceat`` over runs.
+        """
         a = self.arrays
-        nseg = len(spos)
-        n = len(sid)
+        nseg, n = len(spos), len(sid)
         slot = seg_slot
-        key2 = sid * 2 + pdir
+        prior = a["pkts"][slot].sum(axis=1)  # packets before this batch (0 for new flows)
         frame = k.frame_len[order].astype(np.float64)
         payload = k.payload_len[order]
-        # counts and sizes per direction
-        pk2 = np.bincount(key2, minlength=2 * nseg).reshape(nseg, 2)
-        prior = a["pkts"][slot].sum(axis=1)  # packets before this batch (0 for new flows)
-        a["pkts"][slot] += pk2
-        a["bytes"][slot] += np.bincount(key2, weights=frame, minlength=2 * nseg).reshape(nseg, 2).astype(np.int64)
-        a["payload"][slot] += np.bincount(key2, weights=payload, minlength=2 * nseg).reshape(nseg, 2).astype(np.int64)
-        a["ps_sum"][slot] += np.bincount(key2, weights=frame, minlength=2 * nseg).reshape(nseg, 2)
-        a["ps_sq"][slot] += np.bincount(key2, weights=frame * frame, minlength=2 * nseg).reshape(nseg, 2)
-        mn = np.full(2 * nseg, np.inf)
-        mx = np.full(2 * nseg, -np.inf)
-        np.minimum.at(mn, key2, frame)
-        np.maximum.at(mx, key2, frame)
-        a["ps_min"][slot] = np.minimum(a["ps_min"][slot], mn.reshape(nseg, 2))
-        a["ps_max"][slot] = np.maximum(a["ps_max"][slot], mx.reshape(nseg, 2))
-        # inter-arrival times: bidirectional (index 2), then per direction
+        # -- per direction: runs of equal (segment, direction)
+        key2 = sid * 2 + pdir
+        o2 = np.argsort(key2, kind="stable")
+        k2, t2, fr2 = key2[o2], t[o2], frame[o2]
+        runs = _run_starts(k2)
+        rs, rd = k2[runs] // 2, k2[runs] % 2
+
+        def per_dir(values: np.ndarray, fill: float | int, dtype: type = np.float64) -> np.ndarray:
+            out = np.full((nseg, 2, *values.shape[1:]), fill, dtype=dtype)
+            out[rs, rd] = values
+            return out
+
+        sums = np.add.reduceat(np.stack([np.ones(n), fr2, payload[o2].astype(np.float64), fr2 * fr2], axis=1), runs)
+        a["pkts"][slot] += per_dir(sums[:, 0], 0, np.int64)
+        a["bytes"][slot] += per_dir(sums[:, 1], 0, np.int64)
+        a["payload"][slot] += per_dir(sums[:, 2], 0, np.int64)
+        a["ps_sum"][slot] += per_dir(sums[:, 1], 0.0)
+        a["ps_sq"][slot] += per_dir(sums[:, 3], 0.0)
+        a["ps_min"][slot] = np.minimum(a["ps_min"][slot], per_dir(np.minimum.reduceat(fr2, runs), np.inf))
+        a["ps_max"][slot] = np.maximum(a["ps_max"][slot], per_dir(np.maximum.reduceat(fr2, runs), -np.inf))
+        dir_bits = ((flags[o2][:, None] & DIR_BITS[None, :]) != 0).astype(np.int64)
+        a["dir_flags"][slot] += per_dir(np.add.reduceat(dir_bits, runs), 0, np.int64)
+        # inter-arrival times per direction: the first packet of a run follows the stored flow's last one
+        prev2 = np.empty(n, dtype=np.int64)
+        prev2[1:] = t2[:-1]
+        prev2[runs] = np.where(cont[rs], a["last_dir_ns"][slot[rs], rd], -1)
+        iat = _run_iat(t2, prev2, runs)
+        for d in (0, 1):
+            m = rd == d
+            self._iat(slot[rs[m]], d, *(x[m] for x in iat))
+        last_dir = per_dir(t2[np.append(runs[1:], n) - 1], -1, np.int64)
+        a["last_dir_ns"][slot] = np.maximum(a["last_dir_ns"][slot], last_dir)
+        # -- per segment (bidirectional)
         prev = np.empty(n, dtype=np.int64)
         prev[1:] = t[:-1]
         prev[spos] = np.where(cont, a["last_ns"][slot], -1)
-        self._iat(slot, sid, nseg, 2, t, prev)
-        o2 = np.argsort(key2, kind="stable")
-        t2, k2 = t[o2], key2[o2]
-        first2 = np.empty(n, dtype=bool)
-        first2[0] = True
-        np.not_equal(k2[1:], k2[:-1], out=first2[1:])
-        prev2 = np.empty(n, dtype=np.int64)
-        prev2[1:] = t2[:-1]
-        f = np.flatnonzero(first2)
-        s_of, d_of = k2[f] // 2, k2[f] % 2
-        prev2[f] = np.where(cont[s_of], a["last_dir_ns"][slot[s_of], d_of], -1)
-        for d in (0, 1):
-            m = (k2 % 2) == d
-            self._iat(slot, k2[m] // 2, nseg, d, t2[m], prev2[m])
-        last_dir = np.full(2 * nseg, -1, dtype=np.int64)
-        np.maximum.at(last_dir, key2, t)
-        a["last_dir_ns"][slot] = np.maximum(a["last_dir_ns"][slot], last_dir.reshape(nseg, 2))
+        self._iat(slot, 2, *_run_iat(t, prev, spos))
         seg_end = np.append(spos[1:], n) - 1
         a["last_ns"][slot] = t[seg_end]
         a["last_ms"][slot] = t[seg_end] // 1_000_000
-        # TCP flags
-        bits = (flags[:, None] & FLAG_BITS[None, :]) != 0
-        for j in range(len(FLAG_BITS)):
-            a["flags"][slot, j] += np.bincount(sid, weights=bits[:, j], minlength=nseg).astype(np.int64)
-        for j, bit in enumerate(DIR_BITS):
-            c = np.bincount(key2, weights=(flags & bit) != 0, minlength=2 * nseg).reshape(nseg, 2)
-            a["dir_flags"][slot, :, j] += c.astype(np.int64)
-        a["errors"][slot] += np.bincount(sid, weights=(k.decode_status[order] != 0), minlength=nseg).astype(np.int64)
-        # first packets: payload sizes and directions
+        bits = ((flags[:, None] & FLAG_BITS[None, :]) != 0).astype(np.int64)
+        a["flags"][slot] += np.add.reduceat(bits, spos)
+        a["errors"][slot] += np.add.reduceat((k.decode_status[order] != 0).astype(np.int64), spos)
+        # the first packets: payload sizes and directions
         rank = prior[sid] + (np.arange(n) - spos[sid])
         early = rank < a["splt_bytes"].shape[1]
         a["splt_bytes"][slot[sid[early]], rank[early]] = payload[early]
         a["splt_dir"][slot[sid[early]], rank[early]] = pdir[early]
-        # first value per flow of the sparse attributes
-        self._first_value("qfi", "qfi_valid", slot, sid, k.qfi[order], k.qfi_valid[order])
+        # the first value per flow of the sparse attributes
+        self._first_value("qfi", slot, sid, k.qfi[order], k.qfi_valid[order])
         app = k.app_proto[order]
-        has_app = app != 0
-        if has_app.any():
-            segs, idx = np.unique(sid[has_app], return_index=True)
-            vals = app[has_app][idx]
-            s = slot[segs]
-            a["app"][s] = np.where(a["app"][s] == 0, vals, a["app"][s])
-        tv = k.teid_valid[order]
+        self._first_value("app", slot, sid, app, app != 0)
+        tv = k.teid_valid[order][o2]
         if tv.any():
+            teid2 = k.teid[order][o2]
             for d in (0, 1):
-                m = tv & (pdir == d)
-                if m.any():
-                    segs, idx = np.unique(sid[m], return_index=True)
-                    s = slot[segs]
-                    unset = ~a["teid_valid"][s, d]
-                    a["teid"][s[unset], d] = k.teid[order][m][idx][unset]
-                    a["teid_valid"][s[unset], d] = True
+                m = tv & (k2 % 2 == d)
+                self._first_value("teid", slot, k2 // 2, teid2, m, column=d)
         names = k.server_name.take(order) if k.server_name.null_count < len(k.server_name) else None
         if names is not None:
             valid = np.asarray(names.is_valid().to_numpy(zero_copy_only=False))
-            segs, idx = np.unique(sid[valid], return_index=True)
-            s = slot[segs]
+            pos = _first_per_run(sid, valid)
+            s = slot[sid[pos]]
             unset = np.array([v is None for v in a["server"][s]], dtype=bool)
             if unset.any():
-                vals = names.filter(pa.array(valid)).take(idx[unset]).to_pylist()
-                a["server"][s[unset]] = np.array(vals, dtype=object)
+                a["server"][s[unset]] = np.array(names.take(pos[unset]).to_pylist(), dtype=object)
 
-    def _iat(self, slot: np.ndarray, seg: np.ndarray, nseg: int, col: int, t: np.ndarray, prev: np.ndarray) -> None:
+    def _iat(self, slots: np.ndarray, col: int, n_b: np.ndarray, sum_b: np.ndarray, m2_b: np.ndarray,
+             min_b: np.ndarray, max_b: np.ndarray) -> None:
+        """Merge a batch's inter-arrival statistics into ``slots`` (Chan et al.'s parallel variance)."""
         a = self.arrays
-        has = prev >= 0
-        if not has.any():
-            return
-        d = (t - prev)[has].astype(np.float64)
-        s = seg[has]
-        nb = np.bincount(s, minlength=nseg).astype(np.float64)
-        sb = np.bincount(s, weights=d, minlength=nseg)
-        mb = sb / np.maximum(nb, 1)
-        m2b = np.bincount(s, weights=(d - mb[s]) ** 2, minlength=nseg)
-        na = a["iat_n"][slot, col].astype(np.float64)
-        ma = a["iat_sum"][slot, col] / np.maximum(na, 1)
-        tot = np.maximum(na + nb, 1)
-        delta = mb - ma
-        a["iat_m2"][slot, col] += m2b + delta * delta * na * nb / tot
-        a["iat_n"][slot, col] += nb.astype(np.int64)
-        a["iat_sum"][slot, col] += sb
-        mn = np.full(nseg, np.inf)
-        mx = np.full(nseg, -np.inf)
-        np.minimum.at(mn, s, d)
-        np.maximum.at(mx, s, d)
-        a["iat_min"][slot, col] = np.minimum(a["iat_min"][slot, col], mn)
-        a["iat_max"][slot, col] = np.maximum(a["iat_max"][slot, col], mx)
+        na = a["iat_n"][slots, col].astype(np.float64)
+        mean_a = a["iat_sum"][slots, col] / np.maximum(na, 1)
+        mean_b = sum_b / np.maximum(n_b, 1)
+        delta = mean_b - mean_a
+        a["iat_m2"][slots, col] += m2_b + delta * delta * na * n_b / np.maximum(na + n_b, 1)
+        a["iat_n"][slots, col] += n_b.astype(np.int64)
+        a["iat_sum"][slots, col] += sum_b
+        a["iat_min"][slots, col] = np.minimum(a["iat_min"][slots, col], min_b)
+        a["iat_max"][slots, col] = np.maximum(a["iat_max"][slots, col], max_b)
 
-    def _first_value(self, name: str, valid_name: str, slot: np.ndarray, sid: np.ndarray,
-                     values: np.ndarray, valid: np.ndarray) -> None:
-        if not valid.any():
+    def _first_value(self, name: str, slot: np.ndarray, run_id: np.ndarray, values: np.ndarray,
+                     valid: np.ndarray, column: int | None = None) -> None:
+        """Set ``name`` of flows that have none yet to their first valid value in this batch."""
+        pos = _first_per_run(run_id, valid)
+        if not len(pos):
             return
         a = self.arrays
-        segs, idx = np.unique(sid[valid], return_index=True)
-        s = slot[segs]
-        unset = ~a[valid_name][s]
-        a[name][s[unset]] = values[valid][idx][unset]
-        a[valid_name][s[unset]] = True
+        s = slot[run_id[pos]]
+        flag = a[name + "_valid"] if name + "_valid" in a else None
+        if column is not None:
+            assert flag is not None
+            unset = ~flag[s, column]
+            a[name][s[unset], column] = values[pos[unset]]
+            flag[s[unset], column] = True
+        elif flag is not None:
+            unset = ~flag[s]
+            a[name][s[unset]] = values[pos[unset]]
+            flag[s[unset]] = True
+        else:  # no validity column: 0 means unset
+            unset = a[name][s] == 0
+            a[name][s[unset]] = values[pos[unset]]
+
+
+def _run_starts(keys: np.ndarray) -> np.ndarray:
+    """Start positions of runs of equal values in a sorted array."""
+    first = np.empty(len(keys), dtype=bool)
+    first[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    return np.flatnonzero(first)
+
+
+def _first_per_run(run_id: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Position of the first valid element of each run (``run_id`` sorted ascending)."""
+    pos = np.flatnonzero(valid)
+    if len(pos) < 2:
+        return pos
+    r = run_id[pos]
+    return pos[np.concatenate([[True], r[1:] != r[:-1]])]
+
+
+def _run_iat(t: np.ndarray, prev: np.ndarray, runs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per run: count, sum, squared deviations, min and max of ``t - prev`` where prev >= 0."""
+    has = prev >= 0
+    d = np.where(has, t - prev, 0).astype(np.float64)
+    n_b = np.add.reduceat(has.astype(np.float64), runs)
+    sum_b = np.add.reduceat(d, runs)
+    mean = sum_b / np.maximum(n_b, 1)
+    lengths = np.diff(np.append(runs, len(t)))
+    dev = np.where(has, d - np.repeat(mean, lengths), 0.0)
+    m2_b = np.add.reduceat(dev * dev, runs)
+    min_b = np.minimum.reduceat(np.where(has, d, np.inf), runs)
+    max_b = np.maximum.reduceat(np.where(has, d, -np.inf), runs)
+    return n_b, sum_b, m2_b, min_b, max_b

@@ -16,6 +16,8 @@ GLOBAL_HEADER_LEN = 24
 RECORD_HEADER_LEN = 16
 #: libpcap refuses records larger than this; anything bigger is damage
 MAX_RECORD = 262144 * 4
+#: a resynchronisation candidate's seconds must lie this close to a known record's (~97 days)
+TS_SLACK = 1 << 23
 
 MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000),
@@ -65,14 +67,20 @@ class PcapRecords:
         return ok & (nxt <= end), nxt
 
     def candidates(self, window: Windows) -> np.ndarray:
-        v = u_view(window.buf, self.u32)
-        caplen = window.at(v, 8)
-        ok = window.at(v, 4) < self.frac_limit
-        ok &= caplen <= MAX_RECORD
-        ok &= caplen <= window.at(v, 12)
+        # one byte per position: the top byte of the seconds changes every ~194 days
+        if self.ts_hint is None:
+            return np.ones((window.count, window.width), dtype=bool)
+        top = window.at(window.buf, 3 if self.header.endian == "<" else 0)
+        lo, hi = ((self.ts_hint - TS_SLACK) >> 24) & 0xFF, ((self.ts_hint + TS_SLACK) >> 24) & 0xFF
+        return top == lo if lo == hi else (top == lo) | (top == hi)
+
+    def start_ok(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        v = u_view(buf, self.u32)
+        caplen = v[pos + 8]
+        ok = (caplen <= MAX_RECORD) & (caplen <= v[pos + 12]) & (v[pos + 4] < self.frac_limit)
         if self.ts_hint is not None:
-            ts = window.at(v, 0)
-            ok &= (ts >= self.ts_hint - (1 << 22)) & (ts <= self.ts_hint + (1 << 22))  # ~48 days
+            ts = v[pos].astype(np.int64)
+            ok &= np.abs(ts - self.ts_hint) < TS_SLACK
         return ok
 
     def decode(self, buf: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:

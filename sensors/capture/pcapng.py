@@ -105,8 +105,10 @@ class PcapngBlocks:
         return ok, nxt
 
     def candidates(self, window: Windows) -> np.ndarray:
-        v = u_view(window.buf, self.u32)
-        return window.at(v, 0) == EPB
+        return window.at(window.buf, 0 if self.u32[0] == "<" else 3) == EPB  # low byte of the block type
+
+    def start_ok(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return u_view(buf, self.u32)[pos] == EPB
 
     def decode(self, buf: np.ndarray, offsets: np.ndarray, section: Section) -> dict[str, np.ndarray]:
         """Frames of the packet blocks among ``offsets`` (other blocks are dropped)."""

@@ -172,7 +172,7 @@ def _read_pcap(
     batches = 0
     while True:
         buf.fill()
-        if buf.filled >= pcap.RECORD_HEADER_LEN and fmt.ts_hint is None:
+        if buf.filled >= pcap.RECORD_HEADER_LEN:  # the chunk's first record is a known one
             fmt.ts_hint = int(u_view(buf.arr, fmt.u32)[0])
         walk = chain_walk(fmt, buf.arr, 0, buf.filled)
         if len(walk.offsets):

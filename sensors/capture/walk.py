@@ -114,8 +114,8 @@ def chain_walk(
     buf: np.ndarray,
     start: int,
     end: int,
-    segment_bytes: int = 65536,
-    window: int = 1024,
+    segment_bytes: int = 32768,
+    window: int = 2048,
 ) -> WalkResult:
     """Walk all complete records in ``buf[start:end]`` (see module docstring)."""
     parts: list[np.ndarray] = []
@@ -154,14 +154,16 @@ def _find_starts(
     mask = fmt.candidates(Windows(buf, int(seg_starts[0]), stride, len(seg_starts), window))
     if align > 1:
         mask[:, np.arange(window) % align != 0] = False
-    seg_idx, col = np.nonzero(mask)
+    flat = np.flatnonzero(mask)
+    seg_idx, col = np.divmod(flat, window)
     cand = seg_starts[seg_idx] + col
-    # chain check: the candidate and its next two successors are plausible
+    # chain check: the candidate and its next two successors pass the full test
     ok = np.ones(len(cand), dtype=bool)
     p = cand
     for _ in range(3):
-        good, nxt = fmt.step(buf, p, end)
         at_end = p >= end
+        good, nxt = fmt.step(buf, p, end)
+        good &= fmt.start_ok(buf, p)
         ok &= good | at_end
         p = np.where(good, nxt, end)
     seg_idx, cand = seg_idx[ok], cand[ok]

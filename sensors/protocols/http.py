@@ -17,6 +17,9 @@ PREFIX_BYTES = 2048
 METHODS = [b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"CONN", b"PATC", b"TRAC"]
 METHOD_WORDS = np.array([int.from_bytes(m, "big") for m in METHODS], dtype=np.uint32)
 HTTP_WORD = int.from_bytes(b"HTTP", "big")
+#: lookup table: can a payload starting with this byte be HTTP/1 (a method or "HTTP/")?
+FIRST_BYTES = np.zeros(256, dtype=bool)
+FIRST_BYTES[[m[0] for m in METHODS] + [ord("H")]] = True
 REQUEST_LINE = r"^(?P<method>[A-Z]{3,8}) (?P<uri>[^ \r\n]+) HTTP/"
 HOST = r"(?i)\r\nhost:[ \t]*(?P<v>[^\r\n]*)"
 USER_AGENT = r"(?i)\r\nuser-agent:[ \t]*(?P<v>[^\r\n]*)"

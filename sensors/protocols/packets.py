@@ -157,7 +157,7 @@ class Packets:
             elif fld.type == pa.string():
                 arrays.append(self._string_array(name))
             elif name in self.values:
-                arrays.append(_masked(self.values[name], self.valid[name], fld.type))
+                arrays.append(masked_array(self.values[name], self.valid[name], fld.type))
             else:
                 arrays.append(pa.nulls(self.n, fld.type))
         return pa.RecordBatch.from_arrays(arrays, schema=PACKET_SCHEMA)
@@ -178,16 +178,21 @@ class Packets:
         return gather_strings(self.buf, self.n, rows, off, length, self.dots.get(name))
 
 
-def _masked(values: np.ndarray, valid: np.ndarray, ftype: pa.DataType) -> pa.Array:
-    mask = ~valid
+def masked_array(values: np.ndarray, valid: np.ndarray | None, ftype: pa.DataType) -> pa.Array:
+    """An Arrow array straight from numpy buffers; ``valid`` False marks nulls (None: no nulls).
+
+    Packing the validity bitmap with numpy is ~100x faster than ``pa.array(mask=...)``.
+    """
+    n = len(values)
+    nulls = 0 if valid is None else n - int(np.count_nonzero(valid))
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
     if ftype == IP:
-        raw = np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1)
-        buf = pa.py_buffer(raw)
-        validity = None if not mask.any() else pa.array(valid).buffers()[1]
-        return pa.Array.from_buffers(IP, len(valid), [validity, buf], null_count=int(mask.sum()))
-    if not mask.any():
-        return pa.array(values, type=ftype)
-    return pa.array(values, type=ftype, mask=mask)
+        data = pa.py_buffer(np.ascontiguousarray(values.astype(">u8")).view(np.uint8))
+    elif ftype == pa.bool_():
+        data = pa.py_buffer(np.packbits(values.astype(bool), bitorder="little"))
+    else:
+        data = pa.py_buffer(np.ascontiguousarray(values, dtype=ftype.to_pandas_dtype()))
+    return pa.Array.from_buffers(ftype, n, [validity, data], null_count=nulls)
 
 
 def gather_strings(
@@ -212,7 +217,7 @@ def gather_strings(
         data[np.isin(idx, dots)] = ord(".")
     valid = np.zeros(n, dtype=bool)
     valid[rows] = True
-    validity = pa.array(valid).buffers()[1]
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
     return pa.StringArray.from_buffers(
         n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)), validity, null_count=n - len(rows)
     )
