@@ -20,6 +20,7 @@ def _replay(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
             active_timeout_s=args.active_timeout,
             progress=None if args.quiet else progress_bar(),
+            processes=args.processes,
         )
     except CaptureError as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
     p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
     p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
+    p.add_argument("--processes", type=int, default=2, choices=(1, 2),
+                   help="2: decode in a second process (default, when the machine has 2+ cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_replay)
     g = sub.add_parser("generate", help="write a deterministic mixed 5G/enterprise capture (scapy templates)")

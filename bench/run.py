@@ -1,0 +1,133 @@
+"""Side-by-side benchmark: `liaowang replay` vs nfstream on one generated capture.
+
+    bash bench/run.sh            # 1M packets, 3 runs each, writes bench/results.md
+    bash bench/run.sh --large    # also a 10x file, to show that memory stays flat
+
+Both tools run as whole processes on the same file in the same session, runs
+alternating; reported: median wall time, packets/s, peak memory (RSS summed
+over the process and its children, sampled every 20 ms), and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench" / "data"
+NFSTREAM = """
+import sys
+from nfstream import NFStreamer
+n = sum(1 for _ in NFStreamer(source=sys.argv[1], statistical_analysis=True, n_dissections=0, decode_tunnels=True))
+print(n)
+"""
+
+
+def tree_rss_kb(pid: int) -> int:
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def measure(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS of the process tree (KiB), stdout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_kb(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}):\n{err}")
+    return wall, peak, out
+
+
+def ensure_capture(packets: int) -> Path:
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"mixed_{packets // 1_000_000}m.pcap" if packets >= 1_000_000 else DATA / f"mixed_{packets}.pcap"
+    if not path.exists():
+        subprocess.run([str(ROOT / ".venv" / "bin" / "liaowang"), "generate", "--packets", str(packets), "--seed", "1",
+                        "--out", str(path)], check=True)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peers-python", default=str(ROOT / "bench" / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--large", action="store_true", help="also replay a 10x capture (Liaowang only: memory)")
+    args = ap.parse_args()
+    capture = ensure_capture(args.packets)
+    out_dir = DATA / "out"
+    liaowang = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(capture), "--out", str(out_dir), "-q"]
+    single = [*liaowang, "--processes", "1"]
+    peer = [args.peers_python, "-c", NFSTREAM, str(capture)]
+    results: dict[str, list[tuple[float, int]]] = {"liaowang": [], "liaowang (1 process)": [], "nfstream": []}
+    flows = {}
+    for _ in range(args.runs):
+        for name, cmd in (("liaowang", liaowang), ("liaowang (1 process)", single), ("nfstream", peer)):
+            wall, rss, out = measure(cmd)
+            results[name].append((wall, rss))
+            if name == "nfstream":
+                flows[name] = int(out.strip())
+            print(f"{name:22} {wall:6.2f} s {rss / 1024:7.0f} MiB", file=sys.stderr)
+    import pyarrow.parquet as pq
+
+    flows["liaowang"] = pq.read_metadata(out_dir / "flows.parquet").num_rows
+    rows = []
+    base = statistics.median(w for w, _ in results["nfstream"])
+    for name, runs in results.items():
+        wall = statistics.median(w for w, _ in runs)
+        rss = max(r for _, r in runs)
+        rows.append(f"| {name} | {wall:.2f} | {args.packets / wall:,.0f} | {base / wall:.2f}x | {rss / 1024:,.0f} |")
+    size_mb = capture.stat().st_size / 2**20
+    lines = [
+        f"Capture: `liaowang generate --packets {args.packets} --seed 1` ({size_mb:,.0f} MiB, ~20% GTP-U); "
+        f"flows: Liaowang {flows['liaowang']:,}, nfstream {flows['nfstream']:,}. "
+        f"Median of {args.runs} alternating runs, whole process, on this machine ({os.cpu_count()} cores).",
+        "",
+        "| tool | seconds | packets/s | vs nfstream | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
+    if args.large:
+        big = ensure_capture(10 * args.packets)
+        wall, rss, _ = measure([*liaowang[:2], str(big), "--out", str(out_dir), "-q"])
+        lines += ["", f"10x capture ({big.stat().st_size / 2**30:.1f} GiB, {10 * args.packets:,} packets): "
+                      f"Liaowang {wall:.1f} s, {10 * args.packets / wall:,.0f} packets/s, peak RSS {rss / 1024:,.0f} MiB."]
+    table = "\n".join(lines) + "\n"
+    (ROOT / "bench" / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
