@@ -46,7 +46,7 @@ def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
-    made = generate(out, args.packets, seed=args.seed, duration_s=args.duration)
+    made = generate(out, args.packets, seed=args.seed, duration_s=args.duration, profile=args.profile)
     print(f"{made.path}: {made.packets:,} packets, {made.flows_planned:,} flows planned, "
           f"{made.gtp_packets / max(made.packets, 1):.0%} GTP-U")
     return 0
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--packets", type=int, default=1_000_000, help="number of packets")
     g.add_argument("--seed", type=int, default=1, help="random seed (same seed, same bytes)")
     g.add_argument("--duration", type=float, default=300.0, metavar="S", help="capture span, seconds")
+    g.add_argument("--profile", default="standard", choices=("standard", "short-flows"),
+                   help="traffic mix: standard (~76 packets per flow) or short-flows (~19)")
     g.set_defaults(func=_generate)
     args = parser.parse_args(argv)
     if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:

@@ -11,15 +11,16 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
+from detection.flows.keys import key_packets
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.sinks import EveSink, ParquetSink
 from ingest.workers import can_fork, packet_batches, packet_batches_forked
@@ -80,31 +81,38 @@ def replay(
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
 
-    def emit(table: pa.Table) -> None:
+    # one writer thread: Parquet encoding and the EVE string kernels run in Arrow's
+    # C++ without the GIL, overlapping the next batch's flow work; one write in flight
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liaowang-sink")
+    pending: list[Future[None]] = []
+
+    def write(table: pa.Table) -> None:
         flow_sink.write(table)
         eve.write_flows(table)
 
+    def emit(table: pa.Table) -> None:
+        while pending:
+            pending.pop().result()
+        if table.num_rows:
+            pending.append(writer.submit(write, table))
+
     forked = processes >= 2 and can_fork()
     source = packet_batches_forked if forked else packet_batches
-    for packets in source(files, chunk_bytes, summary.damages):
-        n = packets.num_rows
-        if not n:
-            continue
-        summary.packets += n
-        summary.bytes += pc.sum(packets.column("frame_len")).as_py()
-        lo, hi = pc.min_max(packets.column("ts").cast(pa.int64())).values()
-        first, last = lo.as_py(), hi.as_py()
-        summary.first_ts_ns = first if summary.first_ts_ns is None else min(first, summary.first_ts_ns)
-        summary.last_ts_ns = last if summary.last_ts_ns is None else max(last, summary.last_ts_ns)
-        _count(errors, packets.column("decode_status"))
-        _count(protos, packets.column("app_proto"))
-        emit(flows.update(packets))
+    for keyed, stats in source(files, chunk_bytes, summary.damages, key_packets):
+        summary.packets += stats.packets
+        summary.bytes += stats.bytes
+        summary.first_ts_ns = min(stats.first_ts_ns, summary.first_ts_ns or stats.first_ts_ns)
+        summary.last_ts_ns = max(stats.last_ts_ns, summary.last_ts_ns or stats.last_ts_ns)
+        errors.update(stats.decode_status)
+        protos.update(stats.app_proto)
+        emit(flows.update(keyed))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
-            file_index = packets.column("file_index")[-1].as_py()
-            done = sum(sizes[:file_index]) + min(packets.column("file_offset")[-1].as_py(), sizes[file_index])
+            done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
     emit(flows.flush())
+    emit(FLOW_SCHEMA.empty_table())  # waits for the last write
+    writer.shutdown()
     summary.flows = flows.flows_exported
     summary.seconds = time.perf_counter() - started
     summary.decode_errors = {DecodeStatus(c).name.lower(): v for c, v in sorted(errors.items()) if c != 0}
@@ -114,12 +122,6 @@ def replay(
     flow_sink.close()
     eve.close()
     return summary
-
-
-def _count(counter: collections.Counter[int], col: pa.Array) -> None:
-    vc = pc.value_counts(pc.drop_null(col))
-    for v, c in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
-        counter[int(v)] += int(c)
 
 
 def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, int], None]:

@@ -1,7 +1,8 @@
 """Packet batches from capture files, decoded in this process or in a second one.
 
 The decoder and the flow stage each take about half of a replay's time, so on a
-machine with two cores the decoder runs in a forked process.  Each packet batch
+machine with two cores the decoder runs in a forked process, together with any
+stateless stage that follows it (``transform``, e.g. flow keying).  Each batch
 crosses as an Arrow IPC file in shared memory (/dev/shm): written once by the
 decoder, memory-mapped by the consumer, no copy through a pipe.  A semaphore
 keeps at most ``MAX_IN_FLIGHT`` batches outstanding, so memory stays bounded.
@@ -14,47 +15,92 @@ import multiprocessing as mp
 import os
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Semaphore
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sensors.capture.source import Damage, read_frames
 from sensors.decode import decode
 
 MAX_IN_FLIGHT = 3
 SHM_DIR = "/dev/shm"
+Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
 
-def packet_batches(files: list[str], chunk_bytes: int, damages: list[Damage]) -> Iterator[pa.RecordBatch]:
-    """Read and decode in this process."""
+@dataclass
+class BatchStats:
+    """What a run summary needs from one packet batch, computed where the batch is made."""
+
+    packets: int = 0
+    bytes: int = 0
+    first_ts_ns: int = 0
+    last_ts_ns: int = 0
+    file_index: int = 0
+    file_offset: int = 0  # of the batch's last frame
+    decode_status: dict[int, int] = field(default_factory=dict)
+    app_proto: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, packets: pa.RecordBatch) -> BatchStats:
+        ts = pc.min_max(packets.column("ts").cast(pa.int64()))
+        return cls(
+            packets=packets.num_rows,
+            bytes=pc.sum(packets.column("frame_len")).as_py(),
+            first_ts_ns=ts["min"].as_py(),
+            last_ts_ns=ts["max"].as_py(),
+            file_index=packets.column("file_index")[-1].as_py(),
+            file_offset=packets.column("file_offset")[-1].as_py(),
+            decode_status=_counts(packets.column("decode_status")),
+            app_proto=_counts(packets.column("app_proto")),
+        )
+
+
+def _counts(col: pa.Array) -> dict[int, int]:
+    vc = pc.value_counts(pc.drop_null(col))
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+def packet_batches(
+    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None
+) -> Iterator[tuple[pa.RecordBatch, BatchStats]]:
+    """Read, decode and ``transform`` in this process."""
     for i, path in enumerate(files):
         for frames in read_frames(path, chunk_bytes, file_index=i, damages=damages):
-            yield decode(frames)
+            if not len(frames):
+                continue
+            packets = decode(frames)
+            yield (transform(packets) if transform else packets), BatchStats.of(packets)
 
 
 def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods() and os.path.isdir(SHM_DIR) and (os.cpu_count() or 1) > 1
 
 
-def packet_batches_forked(files: list[str], chunk_bytes: int, damages: list[Damage]) -> Iterator[pa.RecordBatch]:
-    """The same batches, decoded in a forked process (see module docstring)."""
+def packet_batches_forked(
+    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None
+) -> Iterator[tuple[pa.RecordBatch, BatchStats]]:
+    """The same as :func:`packet_batches`, computed in a forked process (see module docstring)."""
     ctx = mp.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
     slots = ctx.Semaphore(MAX_IN_FLIGHT)
     workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
-    child = ctx.Process(target=_decoder_main, args=(files, chunk_bytes, sender, slots, workdir), daemon=True)
+    child = ctx.Process(target=_decoder_main, args=(files, chunk_bytes, transform, sender, slots, workdir),
+                        daemon=True)
     child.start()
     sender.close()
     try:
         while True:
             kind, payload = receiver.recv()
             if kind == "batch":
-                with pa.memory_map(payload) as source:
+                path, stats = payload
+                with pa.memory_map(path) as source:
                     batch = pa.ipc.open_file(source).get_batch(0)
-                os.unlink(payload)  # the mapping stays valid until the batch is released
-                yield batch
+                os.unlink(path)  # the mapping stays valid until the batch is released
+                yield batch, stats
                 del batch
                 slots.release()
             elif kind == "done":
@@ -71,15 +117,16 @@ def packet_batches_forked(files: list[str], chunk_bytes: int, damages: list[Dama
         os.rmdir(workdir)
 
 
-def _decoder_main(files: list[str], chunk_bytes: int, out: Connection, slots: Semaphore, workdir: str) -> None:
+def _decoder_main(files: list[str], chunk_bytes: int, transform: Transform | None, out: Connection,
+                  slots: Semaphore, workdir: str) -> None:
     try:
         damages: list[Damage] = []
-        for n, batch in enumerate(packet_batches(files, chunk_bytes, damages)):
+        for n, (batch, stats) in enumerate(packet_batches(files, chunk_bytes, damages, transform)):
             slots.acquire()
             path = os.path.join(workdir, f"{n}.arrow")
             with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
                 writer.write_batch(batch)
-            out.send(("batch", path))
+            out.send(("batch", (path, stats)))
         out.send(("done", damages))
     except BaseException:  # report everything, including KeyboardInterrupt, to the consumer
         out.send(("error", traceback.format_exc()))

@@ -17,7 +17,7 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 #: generated captures the golden files were made from: name -> (packets, seed, sha256)
-GENERATED = {
+GENERATED = {  # the "short-flows" profile: many small flows per packet
     "generated_mixed_10k.pcap": (10_000, 2, "6480c30c919af5aa63e5d17949f3397e9b3175b75649eee3c4bb134a013c3be9"),
 }
 _made: dict[str, Path] = {}
@@ -32,7 +32,7 @@ def capture_path(name: str) -> Path:
 
         packets, seed, digest = GENERATED[name]
         path = Path(tempfile.mkdtemp(prefix="liaowang-gen-")) / name
-        generate(path, packets, seed=seed)
+        generate(path, packets, seed=seed, profile="short-flows")
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, "the generator's output changed"
         _made[name] = path
     return _made[name]

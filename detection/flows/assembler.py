@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from detection.flows.export import build_flow_batch
-from detection.flows.keys import PacketKeys, packet_keys
+from detection.flows.keys import PacketKeys, keys_of
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
 
@@ -49,8 +49,8 @@ class FlowAssembler:
         return len(self._slot_of)
 
     def update(self, packets: pa.RecordBatch | pa.Table) -> pa.Table:
-        """Add a packet batch; return the flows that ended (possibly empty)."""
-        k = packet_keys(packets)
+        """Add a packet batch (or keyed-packet batch); return the flows that ended (possibly empty)."""
+        k = keys_of(packets)
         done: list[tuple[np.ndarray, np.ndarray]] = []
         if len(k.rows):
             t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order

@@ -30,7 +30,7 @@ def ip_strings(addr: np.ndarray) -> pa.Array:
     """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped, RFC 5952 for IPv6)."""
     is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
     v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    octets = [pa.array(((v4 >> s) & 0xFF)).cast(pa.string()) for s in (24, 16, 8, 0)]
+    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
     text = pc.binary_join_element_wise(*octets, ".")
     v6 = np.flatnonzero(~is_v4 & ((addr[:, 0] != 0) | (addr[:, 1] != 0)))
     if len(v6):  # rare in flows: formatted one by one
@@ -76,10 +76,16 @@ def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np
             addr = slice(12, 16) if v4 else slice(0, 16)
             rows = np.concatenate([np.zeros((len(idx), 2), np.uint8), a[idx][:, addr], b[idx][:, addr],
                                    tail[idx][:, : 6 if ports else 2]], axis=1)
-            data, width = rows.tobytes(), rows.shape[1]
+            data, width = memoryview(rows.tobytes()), rows.shape[1]
+            # SHA-1 per flow; base64 for all at once: a 20-byte digest plus one zero byte encodes to
+            # the digest's 27 base64 characters followed by one more, which becomes the '=' padding
+            digests = b"".join(hashlib.sha1(data[j * width : (j + 1) * width]).digest() + b"\x00"
+                               for j in range(len(idx)))
+            text = np.frombuffer(base64.b64encode(digests), dtype=np.uint8).reshape(len(idx), 28).copy()
+            text[:, 27] = ord("=")
+            encoded = text.tobytes().decode()
             for j, i in enumerate(idx.tolist()):
-                digest = hashlib.sha1(data[j * width : (j + 1) * width]).digest()
-                out[i] = "1:" + base64.b64encode(digest).decode()
+                out[i] = "1:" + encoded[28 * j : 28 * j + 28]
     return out
 
 

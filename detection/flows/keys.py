@@ -1,4 +1,9 @@
-"""Per-packet flow keys: the columns flows need, as numpy, and a 64-bit key hash."""
+"""Per-packet flow keys: the columns flows need, as numpy, and a 64-bit key hash.
+
+Keying is the stateless half of the flow stage (packet table -> keyed-packet
+table, ``KEYED_SCHEMA``), so it can run wherever the packets are decoded; the
+stateful :class:`~detection.flows.assembler.FlowAssembler` takes either table.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.protocols.packets import masked_array
 from sensors.schema import TunnelType
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
@@ -67,21 +73,86 @@ class PacketKeys:
     app_proto: np.ndarray
     decode_status: np.ndarray
 
+    def to_arrow(self) -> pa.RecordBatch:
+        """The keyed-packet table (``KEYED_SCHEMA``)."""
+        cols: list[pa.Array] = []
+        for f in KEYED_SCHEMA:
+            name = f.name
+            if name == "server_name":
+                cols.append(self.server_name)
+            elif name.endswith(("_hi", "_lo")):
+                addr = getattr(self, name[:-3])
+                cols.append(masked_array(addr[:, 0 if name.endswith("_hi") else 1], None, f.type))
+            else:
+                cols.append(masked_array(getattr(self, name), None, f.type))
+        return pa.RecordBatch.from_arrays(cols, schema=KEYED_SCHEMA)
 
-def _num(col: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    @classmethod
+    def from_arrow(cls, keyed: pa.RecordBatch | pa.Table) -> PacketKeys:
+        def col(name: str) -> np.ndarray:
+            return np.asarray(keyed.column(name).to_numpy(zero_copy_only=False))
+
+        fields: dict[str, object] = {}
+        for f in KEYED_SCHEMA:
+            name = f.name
+            if name == "server_name":
+                c = keyed.column(name)
+                fields[name] = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+            elif name.endswith("_hi"):
+                base = name[:-3]
+                fields[base] = np.stack([col(base + "_hi"), col(base + "_lo")], axis=1)
+            elif not name.endswith("_lo"):
+                fields[name] = col(name)
+        fields["rows"] = np.arange(keyed.num_rows)
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+#: the keyed-packet table: one row per IP packet that can belong to a flow
+KEYED_SCHEMA = pa.schema([
+    ("hash", pa.uint64()), ("fwd", pa.bool_()), ("ts_ns", pa.int64()),
+    ("src_hi", pa.uint64()), ("src_lo", pa.uint64()), ("dst_hi", pa.uint64()), ("dst_lo", pa.uint64()),
+    ("tunnel_src_hi", pa.uint64()), ("tunnel_src_lo", pa.uint64()),
+    ("tunnel_dst_hi", pa.uint64()), ("tunnel_dst_lo", pa.uint64()),
+    ("vlan_valid", pa.bool_()), ("teid_valid", pa.bool_()), ("qfi_valid", pa.bool_()),
+    ("src_port", pa.uint16()), ("dst_port", pa.uint16()), ("ip_proto", pa.uint8()), ("ip_version", pa.uint8()),
+    ("icmp_type", pa.uint8()), ("icmp_code", pa.uint8()), ("vlan_id", pa.uint16()), ("tunnel_type", pa.uint8()),
+    ("teid", pa.uint32()), ("qfi", pa.uint8()), ("frame_len", pa.uint32()), ("payload_len", pa.uint32()),
+    ("tcp_flags", pa.uint16()), ("app_proto", pa.uint8()), ("decode_status", pa.uint8()),
+    ("server_name", pa.string()),
+], metadata={"liaowang.schema": "keyed_packets", "liaowang.version": "1"})
+
+
+def key_packets(packets: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """Stage: packet table -> keyed-packet table."""
+    return packet_keys(packets).to_arrow()
+
+
+def keys_of(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
+    """Keys of a packet table or of an already keyed table."""
+    if batch.schema.metadata and batch.schema.metadata.get(b"liaowang.schema") == b"keyed_packets":
+        return PacketKeys.from_arrow(batch)
+    return packet_keys(batch)
+
+
+def _rows(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return values if rows is None else values[rows]
+
+
+def _num(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
+    """Values in their own (narrow) dtype, nulls as 0; ``rows`` None means all."""
     arr = pc.fill_null(col, 0) if col.null_count else col
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)[rows]
+    return _rows(np.asarray(arr.to_numpy(zero_copy_only=False)), rows)
 
 
-def _valid(col: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(col.is_valid().to_numpy(zero_copy_only=False))[rows]
+def _valid(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
+    return _rows(np.asarray(col.is_valid().to_numpy(zero_copy_only=False)), rows)
 
 
-def _ip(col: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+def _ip(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     raw = np.frombuffer(col.buffers()[1], dtype=">u8", count=2 * (len(col) + col.offset))
-    return raw.reshape(-1, 2)[col.offset :][rows].astype(np.uint64)
+    return _rows(raw.reshape(-1, 2)[col.offset :], rows).astype(np.uint64)
 
 
 def _mix(h: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -101,22 +172,26 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     # unknown, so they cannot be attributed to a flow (nfstream drops them too)
     is_ip = np.asarray(batch.column("ip_version").is_valid().to_numpy(zero_copy_only=False))
     later_fragment = np.asarray(pc.fill_null(batch.column("ip_frag_offset"), 0).to_numpy(zero_copy_only=False)) > 0
-    rows = np.flatnonzero(is_ip & ~later_fragment)
+    keep = is_ip & ~later_fragment
+    rows = np.flatnonzero(keep)
+    sel = None if len(rows) == len(keep) else rows  # most batches: every packet
     col = batch.column
-    num = {attr: _num(col(name), rows) for attr, name in NUMERIC.items()}
-    src, dst = _ip(col("src_ip"), rows), _ip(col("dst_ip"), rows)
-    tsrc, tdst = _ip(col("tunnel_src_ip"), rows), _ip(col("tunnel_dst_ip"), rows)
-    sport, dport = num["src_port"], num["dst_port"]
+    num = {attr: _num(col(name), sel) for attr, name in NUMERIC.items()}
+    src, dst = _ip(col("src_ip"), sel), _ip(col("dst_ip"), sel)
+    tsrc, tdst = _ip(col("tunnel_src_ip"), sel), _ip(col("tunnel_dst_ip"), sel)
+    sport, dport = num["src_port"].astype(np.uint64), num["dst_port"].astype(np.uint64)
     fwd = _less(src, dst, sport, dport)
     lo = np.where(fwd[:, None], src, dst)
     hi = np.where(fwd[:, None], dst, src)
     lo_port = np.where(fwd, sport, dport)
     hi_port = np.where(fwd, dport, sport)
-    zero = np.zeros(len(rows), dtype=np.int64)
+    zero = np.zeros(len(rows), dtype=np.uint64)
     tfwd = _less(tsrc, tdst, zero, zero)
     tlo = np.where(tfwd[:, None], tsrc, tdst)
     thi = np.where(tfwd[:, None], tdst, tsrc)
-    ports_proto = lo_port << 16 | hi_port | num["ip_proto"] << 32 | num["vlan_id"] << 40 | num["tunnel_type"] << 56
+    wide = {name: num[name].astype(np.uint64) for name in ("ip_proto", "vlan_id", "tunnel_type")}
+    ports_proto = (lo_port << np.uint64(16) | hi_port | wide["ip_proto"] << np.uint64(32)
+                   | wide["vlan_id"] << np.uint64(40) | wide["tunnel_type"] << np.uint64(56))
     h = np.full(len(rows), 0x243F6A8885A308D3, dtype=np.uint64)
     for x in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1], ports_proto, tlo[:, 0], tlo[:, 1], thi[:, 0], thi[:, 1]):
         h = _mix(h, x)
@@ -125,7 +200,7 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     server = pc.coalesce(col("tls_sni"), col("http_host"), col("dns_qname"))
     if isinstance(server, pa.ChunkedArray):
         server = server.combine_chunks()
-    ts_ns = np.asarray(col("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))[rows]
+    ts_ns = _rows(np.asarray(col("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)), sel)
     return PacketKeys(
         rows=rows,
         hash=h,
@@ -135,9 +210,9 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
         dst=dst,
         tunnel_src=tsrc,
         tunnel_dst=tdst,
-        vlan_valid=_valid(col("vlan_id"), rows),
-        teid_valid=_valid(col("teid"), rows) & (num["tunnel_type"] == TUNNEL_GTPU),
-        qfi_valid=_valid(col("gtpu_qfi"), rows),
-        server_name=server.take(pa.array(rows)),
+        vlan_valid=_valid(col("vlan_id"), sel),
+        teid_valid=_valid(col("teid"), sel) & (num["tunnel_type"] == TUNNEL_GTPU),
+        qfi_valid=_valid(col("gtpu_qfi"), sel),
+        server_name=server if sel is None else server.take(pa.array(rows)),
         **num,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from detection.flows.schema import SPLT_PACKETS, TCP_FLAGS
 
