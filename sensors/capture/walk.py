@@ -59,7 +59,11 @@ class ChainFormat(Protocol):
         ...
 
     def candidates(self, window: Windows) -> np.ndarray:
-        """Cheap prefilter: bool matrix (segments, width) of possible record starts."""
+        """Cheap prefilter, one byte per position: bool matrix (segments, width) of possible record starts."""
+        ...
+
+    def start_ok(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Full check of one record start, for candidates that passed the prefilter."""
         ...
 
 

@@ -185,7 +185,7 @@ def masked_array(values: np.ndarray, valid: np.ndarray | None, ftype: pa.DataTyp
     """
     n = len(values)
     nulls = 0 if valid is None else n - int(np.count_nonzero(valid))
-    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls and valid is not None else None
     if ftype == IP:
         data = pa.py_buffer(np.ascontiguousarray(values.astype(">u8")).view(np.uint8))
     elif ftype == pa.bool_():
