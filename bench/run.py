@@ -70,61 +70,71 @@ def measure(cmd: list[str]) -> tuple[float, int, str]:
     return wall, peak, out
 
 
-def ensure_capture(packets: int) -> Path:
+def ensure_capture(packets: int, profile: str) -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"mixed_{packets // 1_000_000}m.pcap" if packets >= 1_000_000 else DATA / f"mixed_{packets}.pcap"
+    path = DATA / f"{profile}_{packets}.pcap"
     if not path.exists():
         subprocess.run([str(ROOT / ".venv" / "bin" / "liaowang"), "generate", "--packets", str(packets), "--seed", "1",
-                        "--out", str(path)], check=True)
+                        "--profile", profile, "--out", str(path)], check=True)
     return path
+
+
+def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[str]:
+    out_dir = DATA / "out"
+    liaowang = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(capture), "--out", str(out_dir), "-q"]
+    tools = {
+        "liaowang": liaowang,
+        "liaowang --processes 1": [*liaowang, "--processes", "1"],
+        "nfstream 6.6 (flows + statistics)": [peers_python, "-c", NFSTREAM, str(capture)],
+    }
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}
+    nf_flows = 0
+    for _ in range(runs):
+        for name, cmd in tools.items():
+            wall, rss, out = measure(cmd)
+            results[name].append((wall, rss))
+            if name.startswith("nfstream"):
+                nf_flows = int(out.strip())
+            print(f"{capture.name:28} {name:34} {wall:6.2f} s {rss / 1024:7.0f} MiB", file=sys.stderr)
+    import pyarrow.parquet as pq
+
+    flows = pq.read_metadata(out_dir / "flows.parquet").num_rows
+    base = statistics.median(w for w, _ in results["nfstream 6.6 (flows + statistics)"])
+    lines = [
+        f"`{capture.name}`: {packets:,} packets, {capture.stat().st_size / 2**20:,.0f} MiB, ~20% GTP-U; "
+        f"flows: Liaowang {flows:,}, nfstream {nf_flows:,}. Median of {runs} alternating runs.",
+        "",
+        "| tool | seconds | packets/s | vs nfstream | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        wall = statistics.median(w for w, _ in r)
+        lines.append(f"| {name} | {wall:.2f} | {packets / wall:,.0f} | {base / wall:.2f}x | "
+                     f"{max(m for _, m in r) / 1024:,.0f} |")
+    return lines + [""]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profiles", default="standard,short-flows")
     ap.add_argument("--peers-python", default=str(ROOT / "bench" / ".venv-peers" / "bin" / "python"))
     ap.add_argument("--large", action="store_true", help="also replay a 10x capture (Liaowang only: memory)")
     args = ap.parse_args()
-    capture = ensure_capture(args.packets)
-    out_dir = DATA / "out"
-    liaowang = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(capture), "--out", str(out_dir), "-q"]
-    single = [*liaowang, "--processes", "1"]
-    peer = [args.peers_python, "-c", NFSTREAM, str(capture)]
-    results: dict[str, list[tuple[float, int]]] = {"liaowang": [], "liaowang (1 process)": [], "nfstream": []}
-    flows = {}
-    for _ in range(args.runs):
-        for name, cmd in (("liaowang", liaowang), ("liaowang (1 process)", single), ("nfstream", peer)):
-            wall, rss, out = measure(cmd)
-            results[name].append((wall, rss))
-            if name == "nfstream":
-                flows[name] = int(out.strip())
-            print(f"{name:22} {wall:6.2f} s {rss / 1024:7.0f} MiB", file=sys.stderr)
-    import pyarrow.parquet as pq
-
-    flows["liaowang"] = pq.read_metadata(out_dir / "flows.parquet").num_rows
-    rows = []
-    base = statistics.median(w for w, _ in results["nfstream"])
-    for name, runs in results.items():
-        wall = statistics.median(w for w, _ in runs)
-        rss = max(r for _, r in runs)
-        rows.append(f"| {name} | {wall:.2f} | {args.packets / wall:,.0f} | {base / wall:.2f}x | {rss / 1024:,.0f} |")
-    size_mb = capture.stat().st_size / 2**20
-    lines = [
-        f"Capture: `liaowang generate --packets {args.packets} --seed 1` ({size_mb:,.0f} MiB, ~20% GTP-U); "
-        f"flows: Liaowang {flows['liaowang']:,}, nfstream {flows['nfstream']:,}. "
-        f"Median of {args.runs} alternating runs, whole process, on this machine ({os.cpu_count()} cores).",
-        "",
-        "| tool | seconds | packets/s | vs nfstream | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-    ]
+    lines = [f"Whole process, same machine, same session ({os.cpu_count()} cores); "
+             "`liaowang generate --seed 1 --profile P`.", ""]
+    for profile in args.profiles.split(","):
+        capture = ensure_capture(args.packets, profile)
+        lines += [f"### profile `{profile}`", "", *compare(capture, args.packets, args.runs, args.peers_python)]
     if args.large:
-        big = ensure_capture(10 * args.packets)
-        wall, rss, _ = measure([*liaowang[:2], str(big), "--out", str(out_dir), "-q"])
-        lines += ["", f"10x capture ({big.stat().st_size / 2**30:.1f} GiB, {10 * args.packets:,} packets): "
-                      f"Liaowang {wall:.1f} s, {10 * args.packets / wall:,.0f} packets/s, peak RSS {rss / 1024:,.0f} MiB."]
-    table = "\n".join(lines) + "\n"
+        big = ensure_capture(10 * args.packets, "standard")
+        cmd = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(big), "--out", str(DATA / "out"), "-q"]
+        wall, rss, _ = measure(cmd)
+        lines += ["### 10x capture (memory stays flat)", "",
+                  f"`{big.name}`: {big.stat().st_size / 2**30:.1f} GiB; Liaowang {wall:.1f} s, "
+                  f"{10 * args.packets / wall:,.0f} packets/s, peak RSS {rss / 1024:,.0f} MiB.", ""]
+    table = "\n".join(lines)
     (ROOT / "bench" / "results.md").write_text(table)
     print(table)
 

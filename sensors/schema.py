@@ -126,7 +126,7 @@ PACKET_FIELDS: list[Field] = [
     Field("http2_frame_type", pa.uint8(), "type of the first HTTP/2 frame in the segment"),
     Field("http2_stream_id", pa.uint32(), "stream id of the first HTTP/2 frame"),
     Field("http2_preface", pa.bool_(), "segment starts with the HTTP/2 connection preface"),
-    Field("dns_qname", pa.string(), "first question name (lower case as sent, no trailing dot)"),
+    Field("dns_qname", pa.string(), "first question name as sent, no trailing dot"),
     Field("dns_qtype", pa.uint16(), "first question type"),
     Field("dns_rcode", pa.uint8(), "response code"),
     Field("dns_is_response", pa.bool_(), "QR bit"),

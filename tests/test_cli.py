@@ -77,3 +77,9 @@ def test_eve_timestamps_match_arrow_strftime() -> None:
     col = pa.array(ns).cast(pa.timestamp("ns", tz="UTC"))
     ref = pc.strftime(col.cast(pa.timestamp("us", tz="UTC"), safe=False), format="%Y-%m-%dT%H:%M:%S+0000")
     assert _iso_column(col).to_pylist() == ref.to_pylist()
+
+
+def test_schema_document_is_current() -> None:
+    from ingest.schemadoc import main as schemadoc
+
+    assert schemadoc(["--check"]) == 0, "docs/schemas.md is out of date: run python -m ingest.schemadoc"
