@@ -8,6 +8,7 @@ The declarations in the code are the source; this page is their readable copy.
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
 
@@ -24,8 +25,8 @@ def _fields(fields: list[Field]) -> list[str]:
     return rows
 
 
-def _enum(title: str, enum: type) -> list[str]:
-    return [f"`{title}`: " + ", ".join(f"{m.value} {m.name.lower()}" for m in enum), ""]
+def _enum(title: str, codes: type[enum.IntEnum]) -> list[str]:
+    return [f"`{title}`: " + ", ".join(f"{m.value} {m.name.lower()}" for m in codes), ""]
 
 
 def render() -> str:

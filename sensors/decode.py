@@ -35,7 +35,7 @@ from sensors.protocols import (
     udp,
     vxlan,
 )
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto, DecodeStatus, TunnelType
 
 MAX_TUNNEL_DEPTH = 3
@@ -93,11 +93,11 @@ def _transport(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarra
         ((PROTO_ICMP, PROTO_ICMPV6), icmp.dissect),
         ((PROTO_SCTP,), sctp.dissect),
     ):
-        m = np.isin(proto, codes)
+        m = one_of(proto, codes)
         if m.any():
             fn(pk, rows[m], off[m], ip_end[m])
     # protocols carried directly in IP (GRE, IP-in-IP) start right after the IP header
-    other = ~np.isin(proto, (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP))
+    other = ~one_of(proto, (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP))
     pk.pl_off[rows[other]] = off[other]
     pk.pl_end[rows[other]] = np.minimum(ip_end[other], pk.end[rows[other]])
 
@@ -133,7 +133,7 @@ def _find_tunnels(pk: Packets, rows: np.ndarray, proto: np.ndarray) -> Tunnels:
             m = kinds == kind
             if m.any():
                 found.append((kind, (inner[0][m], inner[1][m], inner[2][m])))
-    ipip = np.isin(proto, (PROTO_IPIP, PROTO_IPV6))
+    ipip = one_of(proto, (PROTO_IPIP, PROTO_IPV6))
     if ipip.any():
         r = rows[ipip]
         et = np.where(proto[ipip] == PROTO_IPIP, ETH_IPV4, ETH_IPV6)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto
 
 PORT = 3868
@@ -15,7 +15,7 @@ PORT = 3868
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
     on_port = (pk.get("src_port", rows) == PORT) | (pk.get("dst_port", rows) == PORT)
-    by_ppid = pk.has("sctp_ppid", rows) & np.isin(pk.get("sctp_ppid", rows), (46, 47))
+    by_ppid = pk.has("sctp_ppid", rows) & one_of(pk.get("sctp_ppid", rows), (46, 47))
     rows = rows[on_port | by_ppid]
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 20 <= end

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto
 
 PORTS = (53, 5353, 5355)
@@ -16,7 +16,7 @@ TCP = 6
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
     sport, dport = pk.get("src_port", rows), pk.get("dst_port", rows)
-    rows = rows[np.isin(sport, PORTS) | np.isin(dport, PORTS)]
+    rows = rows[one_of(sport, PORTS) | one_of(dport, PORTS)]
     off, end = pk.pl_off[rows].copy(), pk.pl_end[rows]
     is_tcp = pk.get("ip_proto", rows) == TCP
     off[is_tcp] += 2  # TCP messages carry a 2-byte length prefix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import DecodeStatus
 
 PORT = 6081
@@ -27,6 +27,6 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
     opt_len = ((w0 >> 24) & 0x3F).astype(np.int64) * 4
     etype = (w0 & 0xFFFF).astype(np.int64)
     pk.put("vni", rows, pk.u32(off + 4) >> 8)
-    known = np.isin(etype, (ETH_TEB, ETH_IPV4, ETH_IPV6))
+    known = one_of(etype, (ETH_TEB, ETH_IPV4, ETH_IPV6))
     pk.fail(rows[~known], DecodeStatus.UNKNOWN_ENCAPSULATION)
     return rows[known], (off + 8 + opt_len)[known], etype[known]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import DecodeStatus
 
 IP_PROTO = 47
@@ -43,7 +43,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
         obit = (pk.u8(inner + 11) & 0x01).astype(np.int64)
         inner = np.where(e3, inner + 12 + 8 * obit, inner)
     etype = np.where(e2 | e3, ETH_TEB, etype)
-    known = np.isin(etype, (ETH_IPV4, ETH_IPV6, ETH_TEB))
+    known = one_of(etype, (ETH_IPV4, ETH_IPV6, ETH_TEB))
     pk.fail(rows[~known], DecodeStatus.UNKNOWN_ENCAPSULATION)
     return rows[known], inner[known], etype[known]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.protocols.packets import Packets, gather_strings
+from sensors.protocols.packets import Packets, gather_strings, one_of
 from sensors.schema import AppProto
 
 PREFIX_BYTES = 2048
@@ -30,13 +30,14 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     ok = off + 12 <= end
     rows, off, end = rows[ok], off[ok], end[ok]
     word = pk.u32(off)
-    req = np.isin(word, METHOD_WORDS)
+    req = one_of(word, METHOD_WORDS)
     resp = (word == HTTP_WORD) & (pk.u32(off + 4) >> 8 == int.from_bytes(b"/1.", "big"))
     _responses(pk, rows[resp], off[resp])
     rows, off, end = rows[req], off[req], end[req]
     if not len(rows):
         return
-    text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES))
+    text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES),
+                          keep_line_breaks=True)
     line = pc.extract_regex(text, REQUEST_LINE)
     is_req = line.is_valid().to_numpy(zero_copy_only=False)
     r = np.flatnonzero(is_req)

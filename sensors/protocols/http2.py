@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto
 
 PREFACE_WORD = int.from_bytes(b"PRI * HT", "big")
@@ -47,8 +47,8 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
         nxt = q + 9 + flen
         bad = ~ok_q
         exact = ok_q & (nxt == end[act])
-        spans = ok_q & (nxt > end[act]) & np.isin(t_q, SPANNING)
-        overrun = ok_q & (nxt > end[act]) & ~np.isin(t_q, SPANNING)
+        spans = ok_q & (nxt > end[act]) & one_of(t_q, SPANNING)
+        overrun = ok_q & (nxt > end[act]) & ~one_of(t_q, SPANNING)
         short_hdr = ok_q & (nxt < end[act]) & (nxt + 9 > end[act])
         good[act[bad | overrun | short_hdr]] = False
         settled[act[exact | spans]] = True
@@ -69,8 +69,8 @@ def _frame_ok(pk: Packets, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     sid_word = pk.u32(q + 5)
     sid = sid_word & 0x7FFFFFFF
     ok = (ftype <= 9) & (flen <= MAX_FRAME) & ((sid_word >> 31) == 0)
-    ok &= ~np.isin(ftype, STREAM_ZERO) | (sid == 0)
-    ok &= ~np.isin(ftype, STREAM_NONZERO) | (sid != 0)
+    ok &= ~one_of(ftype, STREAM_ZERO) | (sid == 0)
+    ok &= ~one_of(ftype, STREAM_NONZERO) | (sid != 0)
     for t, n in FIXED_LEN.items():
         ok &= (ftype != t) | (flen == n)
     ok &= (ftype != 4) | (flen % 6 == 0)  # SETTINGS

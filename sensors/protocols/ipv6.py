@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sensors.protocols.ipv4 import L4
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import DecodeStatus
 
 EXT_8OCTET = (0, 43, 60, 135, 139, 140, 253, 254)  # length in 8-octet units, excluding the first 8
@@ -37,7 +37,7 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     is_frag = np.zeros(len(rows), dtype=bool)
     alive = np.ones(len(rows), dtype=bool)
     for _ in range(MAX_EXT):
-        ext = alive & (np.isin(nxt, EXT_8OCTET) | (nxt == FRAGMENT) | (nxt == AH))
+        ext = alive & (one_of(nxt, EXT_8OCTET) | (nxt == FRAGMENT) | (nxt == AH))
         if not ext.any():
             break
         i = np.flatnonzero(ext)
@@ -58,7 +58,7 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
         nxt[i] = b0 >> 8
         cur[i] = cur[i] + length
     else:
-        deep = alive & (np.isin(nxt, EXT_8OCTET) | (nxt == FRAGMENT) | (nxt == AH))
+        deep = alive & (one_of(nxt, EXT_8OCTET) | (nxt == FRAGMENT) | (nxt == AH))
         pk.fail(rows[deep], DecodeStatus.TOO_MANY_LAYERS)
         alive &= ~deep
     pk.put("ip_proto", rows, nxt.astype(np.uint8))

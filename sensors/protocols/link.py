@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sensors.capture import frames as lt
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto, DecodeStatus
 
 ETH_IPV4 = 0x0800
@@ -38,7 +38,7 @@ def dissect_frames(pk: Packets) -> Layer:
         ((lt.LINKTYPE_NULL, lt.LINKTYPE_LOOP), loopback),
         ((lt.LINKTYPE_RAW, lt.LINKTYPE_RAW_BSD, lt.LINKTYPE_RAW_OPENBSD, lt.LINKTYPE_IPV4, lt.LINKTYPE_IPV6), raw_ip),
     ):
-        m = np.isin(link, codes)
+        m = one_of(link, codes)
         if m.any():
             rows = np.flatnonzero(m)
             handled |= m
@@ -69,7 +69,7 @@ def _after_ethertype(pk: Packets, rows: np.ndarray, off: np.ndarray, etype: np.n
     """VLAN tags and MPLS labels, then record the final ethertype."""
     depth = np.zeros(len(rows), dtype=np.uint8)
     for _ in range(MAX_TAGS):
-        tagged = np.isin(etype, VLAN_TPIDS)
+        tagged = one_of(etype, VLAN_TPIDS)
         if not tagged.any():
             break
         t = np.flatnonzero(tagged)
@@ -85,7 +85,7 @@ def _after_ethertype(pk: Packets, rows: np.ndarray, off: np.ndarray, etype: np.n
         off[t] += 4
     if depth.any():
         pk.put("vlan_depth", rows, depth)
-    mpls = np.flatnonzero(np.isin(etype, MPLS_TYPES))
+    mpls = np.flatnonzero(one_of(etype, MPLS_TYPES))
     if len(mpls):
         _mpls(pk, rows, off, etype, mpls)
     keep = etype >= 0
@@ -147,7 +147,7 @@ def loopback(pk: Packets, rows: np.ndarray, off: np.ndarray) -> Layer:
     be = pk.u32(off)
     le = be.byteswap()
     fam = np.where(be < 256, be, le)
-    etype = np.select([fam == 2, np.isin(fam, (10, 24, 28, 30))], [ETH_IPV4, ETH_IPV6], 0).astype(np.int64)
+    etype = np.select([fam == 2, one_of(fam, (10, 24, 28, 30))], [ETH_IPV4, ETH_IPV6], 0).astype(np.int64)
     pk.put("eth_type", rows, etype.astype(np.uint16))
     return rows, off + 4, etype
 

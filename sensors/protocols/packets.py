@@ -29,6 +29,14 @@ _NUMPY_OF: dict[pa.DataType, np.dtype] = {
 V4_MAPPED_LO = np.uint64(0xFFFF_0000_0000)
 
 
+def one_of(values: np.ndarray, choices: tuple[int, ...] | list[int] | np.ndarray) -> np.ndarray:
+    """``np.isin`` for a handful of choices: equality tests, no sorting (np.isin sorts large-range sets)."""
+    out = np.zeros(values.shape, dtype=bool)
+    for c in np.asarray(choices).tolist():
+        out |= values == c
+    return out
+
+
 class Packets:
     """Columns under construction for one :class:`FrameBatch`."""
 
@@ -165,10 +173,7 @@ class Packets:
     def _string_array(self, name: str) -> pa.Array:
         if name in self.arrow_strings:
             rows, values = self.arrow_strings[name]
-            index = np.full(self.n, len(values), dtype=np.int64)  # -> the appended null
-            index[rows] = np.arange(len(rows))
-            padded = pa.concat_arrays([values.cast(pa.string()), pa.nulls(1, pa.string())])
-            return padded.take(pa.array(index))
+            return scatter_strings(self.n, rows, values)
         got = self.strings.get(name)
         if got is None:
             return pa.nulls(self.n, pa.string())
@@ -195,13 +200,43 @@ def masked_array(values: np.ndarray, valid: np.ndarray | None, ftype: pa.DataTyp
     return pa.Array.from_buffers(ftype, n, [validity, data], null_count=nulls)
 
 
+def scatter_strings(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
+    """A string array of ``n`` rows holding ``values`` at the (ascending) ``rows``, null elsewhere.
+
+    The values' bytes are reused as they are; only offsets and validity are built.
+    """
+    values = values.cast(pa.string())
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if len(rows) > 1 and bool((np.diff(rows) < 0).any()):
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], values.take(pa.array(order))
+    k = len(values)
+    src_off = np.frombuffer(values.buffers()[1], dtype=np.int32, count=k + 1, offset=4 * values.offset)
+    src_valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False))
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[rows] = np.diff(src_off)
+    offsets = np.empty(n + 1, dtype=np.int32)
+    offsets[0] = src_off[0]
+    np.cumsum(lengths, out=offsets[1:])
+    offsets[1:] += src_off[0]
+    valid = np.zeros(n, dtype=bool)
+    valid[rows] = src_valid
+    nulls = n - int(valid.sum())
+    data = values.buffers()[2] if values.buffers()[2] is not None else pa.py_buffer(b"")
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), data,
+                                       pa.py_buffer(np.packbits(valid, bitorder="little")), null_count=nulls)
+
+
 def gather_strings(
-    buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None
+    buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None,
+    keep_line_breaks: bool = False,
 ) -> pa.Array:
     """A string array of ``n`` rows; ``rows`` get ``length`` bytes of ``buf`` from ``off``.
 
     Bytes outside printable ASCII become '?' so every value is valid UTF-8 and
-    safe to print; bytes at the buffer offsets in ``dots`` become '.'.
+    safe to print (CR, LF and TAB are kept with ``keep_line_breaks``, for text
+    that is parsed further); bytes at the buffer offsets in ``dots`` become '.'.
     """
     lengths = np.zeros(n, dtype=np.int64)
     lengths[rows] = length
@@ -212,7 +247,10 @@ def gather_strings(
     total = int(offsets[-1])
     idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
     data = buf[np.minimum(idx, len(buf) - 1)]
-    data = np.where((data < 0x20) | (data > 0x7E), np.uint8(ord("?")), data)
+    bad = (data < 0x20) | (data > 0x7E)
+    if keep_line_breaks:
+        bad &= (data != 0x0D) & (data != 0x0A) & (data != 0x09)
+    data = np.where(bad, np.uint8(ord("?")), data)
     if dots is not None and len(dots):
         data[np.isin(idx, dots)] = ord(".")
     valid = np.zeros(n, dtype=bool)

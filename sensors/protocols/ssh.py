@@ -20,7 +20,8 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     rows, off, end = rows[hit], off[hit], end[hit]
     if not len(rows):
         return
-    text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, MAX_BANNER))
+    text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, MAX_BANNER),
+                          keep_line_breaks=True)
     banner = pc.extract_regex(text, r"^(?P<v>SSH-[^\r\n]+)").field("v")
     pk.put("app_proto", rows, AppProto.SSH)
     pk.put_arrow_str("ssh_banner", rows, banner)

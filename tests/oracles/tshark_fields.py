@@ -29,6 +29,11 @@ FIELDS = {
     "tls_sni": ("tls.handshake.extensions_server_name", 0),
     "dns_qname": ("dns.qry.name", 0),
     "sctp_ppid": ("sctp.data_payload_proto_id", 0),
+    "http_method": ("http.request.method", 0),
+    "http_host": ("http.host", 0),
+    "http_uri": ("http.request.uri", 0),
+    "http_user_agent": ("http.user_agent", 0),
+    "ssh_banner": ("ssh.protocol", 0),
 }
 DECODE_AS = ["-d", "tcp.port==7777,http2", "-d", "tcp.port==29500-29599,http2"]
 
