@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import glob
 import gzip
+import io
+import mmap
 import os
 import struct
 import zlib
@@ -110,13 +112,17 @@ def order_by_time(files: list[str]) -> list[str]:
 
 
 class _ChunkBuffer:
-    """One growable byte buffer that holds unconsumed data followed by zero padding."""
+    """One growable byte buffer that holds unconsumed data followed by zero padding.
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    For compressed files: the stream is read into it.  ``arr[0]`` is at file
+    offset ``base``; ``arr[:filled]`` is data.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, base: int = 0) -> None:
         self.f = f
         self.arr = np.zeros(size + PAD, dtype=np.uint8)
         self.filled = 0
-        self.base = 0  # file offset of arr[0]
+        self.base = base
         self.eof = False
 
     def fill(self) -> None:
@@ -130,6 +136,9 @@ class _ChunkBuffer:
             self.filled += n
         self.arr[self.filled : self.filled + PAD] = 0
 
+    def full(self) -> bool:
+        return self.filled == len(self.arr) - PAD
+
     def consume(self, upto: int) -> None:
         rest = self.filled - upto
         if rest and upto:
@@ -141,6 +150,66 @@ class _ChunkBuffer:
         new = np.zeros(2 * (len(self.arr) - PAD) + PAD, dtype=np.uint8)
         new[: self.filled] = self.arr[: self.filled]
         self.arr = new
+
+
+class _MappedFile:
+    """The same interface over a memory-mapped file: windows are views, not copies.
+
+    Reading an 800 MB capture with ``readinto`` costs ~0.2 s of copying; mapped
+    pages cost ~0.02 s.  Only the last window of the file is copied, to get the
+    zero padding.  Consumed pages are released (MADV_DONTNEED), so resident
+    memory stays flat however large the file.  The mapping is released with the
+    last array that views it (a caller may still hold the final batch).
+    """
+
+    def __init__(self, f: BinaryIO, size: int, base: int = 0) -> None:
+        self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._file = np.frombuffer(self._mm, dtype=np.uint8)
+        self._size = size
+        self._released = 0
+        self.arr = self._file[:0]
+        self.filled = 0
+        self.base = base
+        self.eof = False
+
+    def fill(self) -> None:
+        total = len(self._file)
+        n = min(self._size, total - self.base)
+        if self.base + n + PAD <= total:
+            self.arr = self._file[self.base : self.base + n + PAD]
+        else:  # the file's tail: copy, to have the zero padding after it
+            self.arr = np.zeros(n + PAD, dtype=np.uint8)
+            self.arr[:n] = self._file[self.base : self.base + n]
+        self.filled = n
+        self.eof = self.base + n >= total
+
+    def full(self) -> bool:
+        return not self.eof and self.filled == self._size
+
+    def consume(self, upto: int) -> None:
+        self.base += upto
+        self.filled -= upto
+        page = mmap.PAGESIZE
+        done = (self.base // page) * page
+        if done - self._released >= 64 * page and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)
+            self._released = done
+
+    def grow(self) -> None:
+        self._size *= 2
+
+
+Buffer = _ChunkBuffer | _MappedFile
+
+
+def _buffer(f: BinaryIO, size: int, base: int) -> Buffer:
+    """A mapped file when possible (plain files), else a read buffer (gzip, pipes)."""
+    if isinstance(f, io.BufferedReader):
+        try:
+            return _MappedFile(f, size, base)
+        except (OSError, ValueError):  # not mappable (special files, empty files)
+            pass
+    return _ChunkBuffer(f, size, base)
 
 
 def read_frames(
@@ -166,8 +235,7 @@ def _read_pcap(
 ) -> Iterator[FrameBatch]:
     header = pcap.parse_global_header(f.read(pcap.GLOBAL_HEADER_LEN))
     assert header is not None  # sniffed
-    buf = _ChunkBuffer(f, chunk_bytes)
-    buf.base = pcap.GLOBAL_HEADER_LEN
+    buf = _buffer(f, chunk_bytes, pcap.GLOBAL_HEADER_LEN)
     fmt = pcap.PcapRecords(header)
     batches = 0
     while True:
@@ -195,7 +263,7 @@ def _read_pcap(
         if walk.damaged:
             damages.append(Damage(path, buf.base + walk.next_pos, _pcap_damage_reason(buf.arr, walk.next_pos, fmt)))
             return
-        if walk.next_pos == 0 and buf.filled == len(buf.arr) - PAD:
+        if walk.next_pos == 0 and buf.full():
             buf.grow()  # one record larger than the buffer
             continue
         buf.consume(walk.next_pos)
@@ -218,7 +286,7 @@ def _pcap_damage_reason(arr: np.ndarray, pos: int, fmt: pcap.PcapRecords) -> str
 def _read_pcapng(
     path: str, f: BinaryIO, chunk_bytes: int, file_index: int, damages: list[Damage], max_batches: int | None
 ) -> Iterator[FrameBatch]:
-    buf = _ChunkBuffer(f, chunk_bytes)
+    buf = _buffer(f, chunk_bytes, 0)
     section: pcapng.Section | None = None
     fmt: pcapng.PcapngBlocks | None = None
     batches = 0
@@ -276,7 +344,7 @@ def _read_pcapng(
         if damaged:
             damages.append(Damage(path, buf.base + next_pos, "corrupt block: bad length or trailer"))
             return
-        if next_pos == 0 and buf.filled == len(buf.arr) - PAD:
+        if next_pos == 0 and buf.full():
             buf.grow()
             continue
         buf.consume(next_pos)
@@ -286,7 +354,7 @@ def _read_pcapng(
             return
 
 
-def _whole_block(buf: _ChunkBuffer, start: int) -> bytes | None:
+def _whole_block(buf: Buffer, start: int) -> bytes | None:
     """The complete block at ``start`` (SHB length is read in both byte orders)."""
     raw = bytes(buf.arr[start + 4 : start + 12])
     magic_le = struct.unpack("<I", raw[4:8])[0]
