@@ -70,12 +70,12 @@ def measure(cmd: list[str]) -> tuple[float, int, str]:
     return wall, peak, out
 
 
-def ensure_capture(packets: int, profile: str) -> Path:
+def ensure_capture(packets: int, profile: str, duration_s: float = 300.0) -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{profile}_{packets}.pcap"
+    path = DATA / f"{profile}_{packets}_{duration_s:.0f}s.pcap"
     if not path.exists():
         subprocess.run([str(ROOT / ".venv" / "bin" / "liaowang"), "generate", "--packets", str(packets), "--seed", "1",
-                        "--profile", profile, "--out", str(path)], check=True)
+                        "--profile", profile, "--duration", str(duration_s), "--out", str(path)], check=True)
     return path
 
 
@@ -124,11 +124,12 @@ def main() -> None:
     args = ap.parse_args()
     lines = [f"Whole process, same machine, same session ({os.cpu_count()} cores); "
              "`liaowang generate --seed 1 --profile P`.", ""]
-    for profile in args.profiles.split(","):
+    for profile in filter(None, args.profiles.split(",")):
         capture = ensure_capture(args.packets, profile)
         lines += [f"### profile `{profile}`", "", *compare(capture, args.packets, args.runs, args.peers_python)]
     if args.large:
-        big = ensure_capture(10 * args.packets, "standard")
+        # ten times the packets over ten times the span: the same traffic, for longer
+        big = ensure_capture(10 * args.packets, "standard", 3000.0)
         cmd = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(big), "--out", str(DATA / "out"), "-q"]
         wall, rss, _ = measure(cmd)
         lines += ["### 10x capture (memory stays flat)", "",

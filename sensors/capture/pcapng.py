@@ -140,7 +140,6 @@ class PcapngBlocks:
         caplen = np.clip(caplen, 0, np.maximum(body, 0))
         nif = len(section.interfaces)
         known = iface < nif
-        iface = np.where(known, iface, 0)
         ts_ns = np.zeros(n, dtype=np.int64)
         link = np.full(n, 0xFFFF, dtype=np.uint16)  # undescribed interface
         for i, itf in enumerate(section.interfaces):
@@ -159,7 +158,6 @@ class PcapngBlocks:
             "wirelen": wirelen,
             "ts_ns": ts_ns,
             "link_type": link,
-            "interface_id": iface.astype(np.uint16),
+            "interface_id": np.minimum(iface, 0xFFFF).astype(np.uint16),
             "record_off": offs,
-            "known_interface": known,
         }
