@@ -138,8 +138,6 @@ class PcapngBlocks:
         # a caplen that overruns its block is damage inside the block: clip it
         body = blen - (data_off - offs) - 4
         caplen = np.clip(caplen, 0, np.maximum(body, 0))
-        nif = len(section.interfaces)
-        known = iface < nif
         ts_ns = np.zeros(n, dtype=np.int64)
         link = np.full(n, 0xFFFF, dtype=np.uint16)  # undescribed interface
         for i, itf in enumerate(section.interfaces):
