@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
-from detection.flows.keys import key_packets
+from detection.flows.keys import project
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.sinks import EveSink, ParquetSink
 from ingest.workers import can_fork, packet_batches, packet_batches_forked
@@ -98,7 +98,7 @@ def replay(
 
     forked = processes >= 2 and can_fork()
     source = packet_batches_forked if forked else packet_batches
-    for keyed, stats in source(files, chunk_bytes, summary.damages, key_packets):
+    for keyed, stats in source(files, chunk_bytes, summary.damages, project):
         summary.packets += stats.packets
         summary.bytes += stats.bytes
         summary.first_ts_ns = min(stats.first_ts_ns, summary.first_ts_ns or stats.first_ts_ns)

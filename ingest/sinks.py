@@ -18,20 +18,36 @@ PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47:
 
 
 class ParquetSink:
-    """Appends tables to one Parquet file (zstd); the file is valid once closed."""
+    """Appends tables to one Parquet file (zstd); the file is valid once closed.
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    Small tables are gathered into row groups of at least ``row_group_rows``:
+    each row group costs a fixed amount per column, whatever its size.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 65536) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._row_group_rows = row_group_rows
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self._writer.write_table(table)
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
             self.rows += table.num_rows
+            if self._pending_rows >= self._row_group_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._pending_rows, 1))
+            self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:
+        self._flush()
         self._writer.close()
         self._tmp.replace(self.path)  # never leave a half-written file under the final name
 
@@ -97,15 +113,27 @@ class EveSink:
     base64), so no JSON escaping is needed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, batch_rows: int = 65536) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
         self._f = open(self._tmp, "wb")
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._batch_rows = batch_rows  # the string kernels cost per call: format many flows at once
         self.events = 0
 
     def write_flows(self, flows: pa.Table) -> None:
-        if not flows.num_rows:
+        if flows.num_rows:
+            self._pending.append(flows)
+            self._pending_rows += flows.num_rows
+            if self._pending_rows >= self._batch_rows:
+                self._flush_flows()
+
+    def _flush_flows(self) -> None:
+        if not self._pending:
             return
+        flows = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
         c = flows.column
         quoted = lambda name: _join('"', c(name), '"')  # noqa: E731
         proto = _lookup(_text(c("ip_proto")), {str(k): v for k, v in PROTO_NAMES.items()}, "")
@@ -143,10 +171,12 @@ class EveSink:
         self.events += flows.num_rows
 
     def write_stats(self, timestamp: Any, stats: dict[str, Any]) -> None:
+        self._flush_flows()
         ev = {"timestamp": _iso(timestamp), "event_type": "stats", "stats": stats}
         self._f.write((json.dumps(ev, separators=(",", ":")) + "\n").encode())
         self.events += 1
 
     def close(self) -> None:
+        self._flush_flows()
         self._f.close()
         self._tmp.replace(self.path)

@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check sensors detection ingest console tests
+.venv/bin/ruff check sensors detection ingest console tests bench
 .venv/bin/mypy
 .venv/bin/python -m pytest -q tests

@@ -30,9 +30,14 @@ REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END = 1, 2, 3, 4
 
 
 class FlowAssembler:
-    """Streaming flow table: ``update(packets)`` returns flows that ended."""
+    """Streaming flow table: ``update(packets)`` returns flows that ended.
 
-    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> None:
+    Ended flows are handed out in tables of at least ``export_rows`` (and all of
+    them by ``flush``): building a table costs a fixed amount per column.
+    """
+
+    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
+                 export_rows: int = 8192) -> None:
         if idle_timeout_s <= 0 or active_timeout_s <= 0:
             raise ValueError("flow timeouts must be positive")
         self.idle_timeout_s = idle_timeout_s
@@ -42,6 +47,9 @@ class FlowAssembler:
         self._state = FlowState()
         self._slot_of: dict[int, int] = {}
         self._clock_ns = np.iinfo(np.int64).min
+        self._export_rows = export_rows
+        self._ended: list[tuple[np.ndarray, np.ndarray]] = []  # ended, not yet exported
+        self._ended_count = 0
         self.flows_exported = 0
 
     @property
@@ -57,12 +65,14 @@ class FlowAssembler:
             self._clock_ns = int(t_ns[-1])
             done.extend(self._absorb(k, t_ns))
         done.append(self._expire_idle())
-        return self._export(done)
+        self._retire(done)
+        return self._export() if self._ended_count >= self._export_rows else FLOW_SCHEMA.empty_table()
 
     def flush(self) -> pa.Table:
         """End of input: every remaining flow."""
         slots = np.array(sorted(self._slot_of.values()), dtype=np.int64)
-        return self._export([(slots, np.full(len(slots), REASON_END, dtype=np.int8))])
+        self._retire([(slots, np.full(len(slots), REASON_END, dtype=np.int8))])
+        return self._export()
 
     # -- internals --
     def _expire_idle(self) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +83,24 @@ class FlowAssembler:
         idle = slots[now_ms - self._state["last_ms"][slots] >= self._idle_ms]
         return idle, np.full(len(idle), REASON_IDLE, dtype=np.int8)
 
-    def _export(self, done: list[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
-        slots = np.concatenate([d[0] for d in done]) if done else np.empty(0, dtype=np.int64)
-        reasons = np.concatenate([d[1] for d in done]) if done else np.empty(0, dtype=np.int8)
-        if not len(slots):
+    def _retire(self, done: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Ended flows leave the key index at once (the key's next packet starts a new flow)."""
+        for slots, reasons in done:
+            if not len(slots):
+                continue
+            for h, slot in zip(self._state["hash"][slots].tolist(), slots.tolist()):
+                if self._slot_of.get(h) == slot:  # not replaced by a newer flow of the same key
+                    del self._slot_of[h]
+            self._ended.append((slots, reasons))
+            self._ended_count += len(slots)
+
+    def _export(self) -> pa.Table:
+        if not self._ended_count:
             return FLOW_SCHEMA.empty_table()
+        slots = np.concatenate([d[0] for d in self._ended])
+        reasons = np.concatenate([d[1] for d in self._ended])
+        self._ended, self._ended_count = [], 0
         batch = build_flow_batch(self._state, slots, reasons)
-        for h, slot in zip(self._state["hash"][slots].tolist(), slots.tolist()):
-            if self._slot_of.get(h) == slot:  # not replaced by a newer flow of the same key
-                del self._slot_of[h]
         self._state.release(slots)
         self.flows_exported += len(slots)
         return pa.Table.from_batches([batch])

@@ -122,6 +122,16 @@ KEYED_SCHEMA = pa.schema([
 ], metadata={"liaowang.schema": "keyed_packets", "liaowang.version": "1"})
 
 
+#: the packet columns keying reads (an upstream process may ship just these)
+INPUT_COLUMNS = sorted({*NUMERIC.values(), "ip_version", "ts", "src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip",
+                        "ip_frag_offset", "tls_sni", "http_host", "dns_qname"})
+
+
+def project(packets: pa.RecordBatch) -> pa.RecordBatch:
+    """Stage: keep only ``INPUT_COLUMNS`` (what crosses to the flow stage's process)."""
+    return packets.select(INPUT_COLUMNS)
+
+
 def key_packets(packets: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     """Stage: packet table -> keyed-packet table."""
     return packet_keys(packets).to_arrow()
