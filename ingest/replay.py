@@ -6,7 +6,6 @@ that the scale-out deployment runs behind Kafka.
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import sys
 import time
@@ -23,32 +22,47 @@ from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.sinks import EveSink, ParquetSink
-from ingest.workers import can_fork, packet_batches, packet_batches_forked
+from ingest.workers import BatchStats, can_fork, packet_batches, packet_batches_forked
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage, expand_inputs, order_by_time
-from sensors.schema import DecodeStatus
+from sensors.schema import DecodeStatus, TunnelType
 
 
 @dataclass
 class ReplaySummary:
     files: int = 0
-    packets: int = 0
-    bytes: int = 0
     flows: int = 0
     seconds: float = 0.0
-    first_ts_ns: int | None = None
-    last_ts_ns: int | None = None
-    decode_errors: dict[str, int] = field(default_factory=dict)
-    protocols: dict[str, int] = field(default_factory=dict)
+    traffic: BatchStats = field(default_factory=BatchStats)
     damages: list[Damage] = field(default_factory=list)
+
+    @property
+    def packets(self) -> int:
+        return self.traffic.packets
+
+    @property
+    def bytes(self) -> int:
+        return self.traffic.bytes
 
     @property
     def packets_per_second(self) -> float:
         return self.packets / self.seconds if self.seconds else 0.0
 
+    @property
+    def decode_errors(self) -> dict[str, int]:
+        return {DecodeStatus(c).name.lower(): v for c, v in sorted(self.traffic.decode_status.items()) if c != 0}
+
+    @property
+    def protocols(self) -> dict[str, int]:
+        return {APP_NAMES.get(c, str(c)): v for c, v in self.traffic.app_proto.most_common() if c}
+
+    @property
+    def tunnels(self) -> dict[str, int]:
+        return {TunnelType(c).name.lower(): v for c, v in self.traffic.tunnel_type.most_common() if c}
+
     def as_stats(self) -> dict[str, object]:
         return {
             "capture": {"files": self.files, "packets": self.packets, "bytes": self.bytes},
-            "decoder": {"errors": self.decode_errors, "protocols": self.protocols},
+            "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
             "flow": {"total": self.flows},
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
@@ -73,8 +87,6 @@ def replay(
     files = order_by_time(expand_inputs(inputs))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))
-    errors: collections.Counter[int] = collections.Counter()
-    protos: collections.Counter[int] = collections.Counter()
     started = time.perf_counter()
     sizes = [Path(f).stat().st_size for f in files]
     flows = FlowAssembler(idle_timeout_s, active_timeout_s)
@@ -99,12 +111,7 @@ def replay(
     forked = processes >= 2 and can_fork()
     source = packet_batches_forked if forked else packet_batches
     for keyed, stats in source(files, chunk_bytes, summary.damages, project):
-        summary.packets += stats.packets
-        summary.bytes += stats.bytes
-        summary.first_ts_ns = min(stats.first_ts_ns, summary.first_ts_ns or stats.first_ts_ns)
-        summary.last_ts_ns = max(stats.last_ts_ns, summary.last_ts_ns or stats.last_ts_ns)
-        errors.update(stats.decode_status)
-        protos.update(stats.app_proto)
+        summary.traffic.add(stats)
         emit(flows.update(keyed))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
@@ -115,9 +122,7 @@ def replay(
     writer.shutdown()
     summary.flows = flows.flows_exported
     summary.seconds = time.perf_counter() - started
-    summary.decode_errors = {DecodeStatus(c).name.lower(): v for c, v in sorted(errors.items()) if c != 0}
-    summary.protocols = {APP_NAMES.get(c, str(c)): v for c, v in protos.most_common() if c}
-    last = summary.last_ts_ns or 0
+    last = summary.traffic.last_ts_ns or 0
     eve.write_stats(dt.datetime.fromtimestamp(last / 1e9, tz=dt.UTC), summary.as_stats())
     flow_sink.close()
     eve.close()
@@ -149,6 +154,7 @@ def format_summary(s: ReplaySummary) -> str:
         ("packets/s", f"{s.packets_per_second:,.0f}"),
         ("decode errors", ", ".join(f"{k} {v:,}" for k, v in s.decode_errors.items()) or "none"),
         ("protocols", ", ".join(f"{k} {v:,}" for k, v in list(s.protocols.items())[:12]) or "none"),
+        ("tunnelled packets", ", ".join(f"{k} {v:,}" for k, v in s.tunnels.items()) or "none"),
     ]
     for d in s.damages:
         rows.append(("damaged file", f"{d.path} at byte {d.offset}: {d.reason}"))

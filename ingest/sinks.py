@@ -24,7 +24,7 @@ class ParquetSink:
     each row group costs a fixed amount per column, whatever its size.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 65536) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 16384) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
         self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
@@ -113,7 +113,7 @@ class EveSink:
     base64), so no JSON escaping is needed.
     """
 
-    def __init__(self, path: Path, batch_rows: int = 65536) -> None:
+    def __init__(self, path: Path, batch_rows: int = 16384) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
         self._f = open(self._tmp, "wb")

@@ -11,6 +11,7 @@ Both ways give the same batches in the same order.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import os
 import tempfile
@@ -33,16 +34,17 @@ Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
 @dataclass
 class BatchStats:
-    """What a run summary needs from one packet batch, computed where the batch is made."""
+    """Traffic counters of packet batches, computed where a batch is made; they add up."""
 
     packets: int = 0
     bytes: int = 0
-    first_ts_ns: int = 0
-    last_ts_ns: int = 0
-    file_index: int = 0
-    file_offset: int = 0  # of the batch's last frame
-    decode_status: dict[int, int] = field(default_factory=dict)
-    app_proto: dict[int, int] = field(default_factory=dict)
+    first_ts_ns: int | None = None
+    last_ts_ns: int | None = None
+    file_index: int = 0  # of the last batch added
+    file_offset: int = 0  # of that batch's last frame
+    decode_status: collections.Counter[int] = field(default_factory=collections.Counter)
+    app_proto: collections.Counter[int] = field(default_factory=collections.Counter)
+    tunnel_type: collections.Counter[int] = field(default_factory=collections.Counter)
 
     @classmethod
     def of(cls, packets: pa.RecordBatch) -> BatchStats:
@@ -56,12 +58,25 @@ class BatchStats:
             file_offset=packets.column("file_offset")[-1].as_py(),
             decode_status=_counts(packets.column("decode_status")),
             app_proto=_counts(packets.column("app_proto")),
+            tunnel_type=_counts(packets.column("tunnel_type")),
         )
 
+    def add(self, other: BatchStats) -> None:
+        self.packets += other.packets
+        self.bytes += other.bytes
+        firsts = [t for t in (self.first_ts_ns, other.first_ts_ns) if t is not None]
+        lasts = [t for t in (self.last_ts_ns, other.last_ts_ns) if t is not None]
+        self.first_ts_ns = min(firsts) if firsts else None
+        self.last_ts_ns = max(lasts) if lasts else None
+        self.file_index, self.file_offset = other.file_index, other.file_offset
+        self.decode_status.update(other.decode_status)
+        self.app_proto.update(other.app_proto)
+        self.tunnel_type.update(other.tunnel_type)
 
-def _counts(col: pa.Array) -> dict[int, int]:
+
+def _counts(col: pa.Array) -> collections.Counter[int]:
     vc = pc.value_counts(pc.drop_null(col))
-    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+    return collections.Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
 
 
 def packet_batches(
