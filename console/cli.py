@@ -28,8 +28,7 @@ def _replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-        print(format_summary(summary))
-        print(f"  output         {args.out}/flows.parquet, {args.out}/eve.json")
+        print(format_summary(summary, [("output", f"{args.out}/flows.parquet, {args.out}/eve.json")]))
     for d in summary.damages:
         print(f"liaowang: warning: {d.path}: damaged at byte {d.offset}: {d.reason}", file=sys.stderr)
     if summary.packets == 0 and summary.damages:

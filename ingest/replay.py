@@ -144,7 +144,7 @@ def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, 
     return show
 
 
-def format_summary(s: ReplaySummary) -> str:
+def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None) -> str:
     rows = [
         ("files", f"{s.files}"),
         ("packets", f"{s.packets:,}"),
@@ -158,6 +158,7 @@ def format_summary(s: ReplaySummary) -> str:
     ]
     for d in s.damages:
         rows.append(("damaged file", f"{d.path} at byte {d.offset}: {d.reason}"))
+    rows += extra or []
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
