@@ -15,7 +15,8 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     ok = pk.fits(rows, off, 20)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
     rows, off = rows[ok], off[ok]
-    w0 = pk.u32(off)  # version/IHL, TOS, total length
+    q0 = pk.u64(off)  # version/IHL, TOS, total length | id, flags, fragment offset
+    w0 = (q0 >> np.uint64(32)).astype(np.uint32)
     version = w0 >> 28
     ihl = ((w0 >> 24) & 0x0F).astype(np.int64) * 4
     total = (w0 & 0xFFFF).astype(np.int64)
@@ -27,19 +28,20 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     fits = pk.fits(rows, off, ihl)
     pk.fail(rows[ok & ~fits], DecodeStatus.TRUNCATED)
     ok &= fits
-    rows, off, ihl, total = rows[ok], off[ok], ihl[ok], total[ok]
+    rows, off, ihl, total, q0 = rows[ok], off[ok], ihl[ok], total[ok], q0[ok]
     # total length 0 is seen with TCP segmentation offload: trust the capture
     total = np.where(total == 0, pk.end[rows] - off, total)
     bad_total = total < ihl
     pk.fail(rows[bad_total], DecodeStatus.BAD_TOTAL_LENGTH)
     total = np.maximum(total, ihl)
-    w1 = pk.u32(off + 4)  # id, flags, fragment offset
-    w2 = pk.u32(off + 8)  # ttl, protocol, checksum
+    w1 = (q0 & np.uint64(0xFFFFFFFF)).astype(np.uint32)  # id, flags, fragment offset
+    q1 = pk.u64(off + 8)  # ttl, protocol, checksum | source address
+    w2 = (q1 >> np.uint64(32)).astype(np.uint32)
     frag_off = ((w1 & 0x1FFF) * 8).astype(np.uint16)
     more = (w1 & 0x2000) != 0
     proto = ((w2 >> 16) & 0xFF).astype(np.int64)
     pk.put("ip_version", rows, 4)
-    pk.put_ip("src_ip", rows, 0, V4_MAPPED_LO | pk.u32(off + 12).astype(np.uint64))
+    pk.put_ip("src_ip", rows, 0, V4_MAPPED_LO | (q1 & np.uint64(0xFFFFFFFF)))
     pk.put_ip("dst_ip", rows, 0, V4_MAPPED_LO | pk.u32(off + 16).astype(np.uint64))
     pk.put("ip_proto", rows, proto.astype(np.uint8))
     pk.put("ip_ttl", rows, (w2 >> 24).astype(np.uint8))
