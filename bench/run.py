@@ -84,6 +84,7 @@ def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[s
     liaowang = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(capture), "--out", str(out_dir), "-q"]
     tools = {
         "liaowang": liaowang,
+        "liaowang --processes 2": [*liaowang, "--processes", "2"],
         "liaowang --processes 1": [*liaowang, "--processes", "1"],
         "nfstream 6.6 (flows + statistics)": [peers_python, "-c", NFSTREAM, str(capture)],
     }

@@ -1,12 +1,14 @@
-"""Packet batches from capture files, decoded in this process or in a second one.
+"""Packet batches from capture files, decoded in this process or in forked ones.
 
-The decoder and the flow stage each take about half of a replay's time, so on a
-machine with two cores the decoder runs in a forked process, together with any
-stateless stage that follows it (``transform``, e.g. flow keying).  Each batch
-crosses as an Arrow IPC file in shared memory (/dev/shm): written once by the
-decoder, memory-mapped by the consumer, no copy through a pipe.  A semaphore
-keeps at most ``MAX_IN_FLIGHT`` batches outstanding, so memory stays bounded.
-Both ways give the same batches in the same order.
+Decoding takes about 60% of a replay and the flow stage the rest, so on a
+machine with two cores decoding runs in forked processes while this one
+assembles flows: a reader walks the files and decodes every other batch, a
+helper decodes the others (it gets a batch's frame index and maps the same
+file, so the bytes are never copied).  Each decoder runs any stateless stage
+that follows (``transform``, e.g. flow keying).  Each batch crosses as an
+Arrow IPC file in shared memory (/dev/shm): written once by its decoder,
+memory-mapped by the consumer.  A semaphore bounds the batches outstanding, so
+memory stays bounded.  Every way gives the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -16,20 +18,24 @@ import multiprocessing as mp
 import os
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Semaphore
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.capture.source import Damage, read_frames
+from sensors.capture.source import Damage, FrameMapper, MappedFrames, read_frames
 from sensors.decode import decode
 
 MAX_IN_FLIGHT = 3
 SHM_DIR = "/dev/shm"
-Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
+#: a stateless stage after decoding: packets -> named output tables (e.g. flow keys and rule hits)
+Transform = Callable[[pa.RecordBatch], dict[str, pa.RecordBatch]]
+Outputs = dict[str, pa.RecordBatch]
 
 
 @dataclass
@@ -79,44 +85,64 @@ def _counts(col: pa.Array) -> collections.Counter[int]:
     return collections.Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
 
 
+def _stage(packets: pa.RecordBatch, transform: Transform | None) -> Outputs:
+    return transform(packets) if transform else {"packets": packets}
+
+
 def packet_batches(
     files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None
-) -> Iterator[tuple[pa.RecordBatch, BatchStats]]:
-    """Read, decode and ``transform`` in this process."""
+) -> Iterator[tuple[Outputs, BatchStats]]:
+    """Read, decode and ``transform`` in this process (without a transform: ``{"packets": batch}``)."""
     for i, path in enumerate(files):
         for frames in read_frames(path, chunk_bytes, file_index=i, damages=damages):
             if not len(frames):
                 continue
             packets = decode(frames)
-            yield (transform(packets) if transform else packets), BatchStats.of(packets)
+            yield _stage(packets, transform), BatchStats.of(packets)
 
 
 def can_fork() -> bool:
     return "fork" in mp.get_all_start_methods() and os.path.isdir(SHM_DIR) and (os.cpu_count() or 1) > 1
 
 
+def default_processes() -> int:
+    """Processes for a replay: the flow stage plus one decoder per core (at most two), when forking works."""
+    return 1 + min(2, os.cpu_count() or 1) if can_fork() else 1
+
+
 def packet_batches_forked(
-    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None
-) -> Iterator[tuple[pa.RecordBatch, BatchStats]]:
-    """The same as :func:`packet_batches`, computed in a forked process (see module docstring)."""
+    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None,
+    decoders: int = 1,
+) -> Iterator[tuple[Outputs, BatchStats]]:
+    """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring)."""
     ctx = mp.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    slots = ctx.Semaphore(MAX_IN_FLIGHT)
+    slots = ctx.Semaphore(MAX_IN_FLIGHT + decoders - 1)
     workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
-    child = ctx.Process(target=_decoder_main, args=(files, chunk_bytes, transform, sender, slots, workdir),
-                        daemon=True)
-    child.start()
-    sender.close()
+    reader_rx, reader_tx = ctx.Pipe(duplex=False)
+    requests = [ctx.Pipe(duplex=False) for _ in range(decoders - 1)]
+    results = [ctx.Pipe(duplex=False) for _ in range(decoders - 1)]
+    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir), daemon=True)
+             for (req_rx, _), (_, res_tx) in zip(requests, results)]
+    procs.append(ctx.Process(target=_reader_main, daemon=True, args=(
+        files, chunk_bytes, transform, reader_tx, [tx for _, tx in requests], slots, workdir)))
+    for p in procs:
+        p.start()
+    for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
+        conn.close()  # the children hold these ends
     try:
         while True:
-            kind, payload = receiver.recv()
+            kind, payload = _receive(reader_rx, procs)
+            if kind == "helper":  # this batch was decoded by a helper: its result is next on that helper's pipe
+                kind, payload = _receive(results[payload][0], procs)
             if kind == "batch":
-                path, stats = payload
-                with pa.memory_map(path) as source:
-                    batch = pa.ipc.open_file(source).get_batch(0)
-                os.unlink(path)  # the mapping stays valid until the batch is released
-                yield batch, stats
-                del batch
+                paths, stats = payload
+                outputs = {}
+                for name, path in paths.items():
+                    with pa.memory_map(path) as source:
+                        outputs[name] = pa.ipc.open_file(source).get_batch(0)
+                    os.unlink(path)  # the mapping stays valid until the batch is released
+                yield outputs, stats
+                del outputs
                 slots.release()
             elif kind == "done":
                 damages.extend(payload)
@@ -124,26 +150,78 @@ def packet_batches_forked(
             else:
                 raise RuntimeError(f"decoder process failed:\n{payload}")
     finally:
-        child.join(timeout=5)
-        if child.is_alive():
-            child.terminate()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
         for name in os.listdir(workdir):
             os.unlink(os.path.join(workdir, name))
         os.rmdir(workdir)
 
 
-def _decoder_main(files: list[str], chunk_bytes: int, transform: Transform | None, out: Connection,
-                  slots: Semaphore, workdir: str) -> None:
+def _receive(conn: Connection, procs: Sequence[BaseProcess]) -> tuple[str, Any]:
+    """The next message, or an error if a decoder died without saying why (e.g. killed)."""
+    while not conn.poll(0.5):
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            return "error", f"decoder process {dead[0].pid} exited with code {dead[0].exitcode}"
+    message: tuple[str, Any] = conn.recv()
+    return message
+
+
+def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
+    paths = {}
+    for name, batch in outputs.items():
+        paths[name] = os.path.join(workdir, f"{n}.{name}.arrow")
+        with pa.OSFile(paths[name], "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+    return paths
+
+
+def _reader_main(files: list[str], chunk_bytes: int, transform: Transform | None, out: Connection,
+                 helpers: list[Connection], slots: Semaphore, workdir: str) -> None:
+    """Reads every file, decodes every other batch itself and hands the rest to helpers, in turn.
+
+    A helper gets a batch's frame index, not its bytes: it maps the same file.
+    Batches of files that cannot be mapped (gzip) are decoded here.
+    """
     try:
         damages: list[Damage] = []
-        for n, (batch, stats) in enumerate(packet_batches(files, chunk_bytes, damages, transform)):
-            slots.acquire()
-            path = os.path.join(workdir, f"{n}.arrow")
-            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
-                writer.write_batch(batch)
-            out.send(("batch", (path, stats)))
+        n = 0
+        for i, path in enumerate(files):
+            for frames in read_frames(path, chunk_bytes, file_index=i, damages=damages):
+                if not len(frames):
+                    continue
+                slots.acquire()
+                turn = n % (len(helpers) + 1)
+                ref = MappedFrames.of(path, frames) if turn else None
+                if ref is not None:
+                    helpers[turn - 1].send((n, ref))
+                    out.send(("helper", turn - 1))
+                else:
+                    packets = decode(frames)
+                    out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)), BatchStats.of(packets))))
+                n += 1
         out.send(("done", damages))
     except BaseException:  # report everything, including KeyboardInterrupt, to the consumer
+        out.send(("error", traceback.format_exc()))
+    finally:
+        for h in helpers:
+            h.send(None)
+            h.close()
+        out.close()
+
+
+def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str) -> None:
+    try:
+        mapper = FrameMapper()
+        while (request := requests.recv()) is not None:
+            n, ref = request
+            frames = mapper.attach(ref)
+            packets = decode(frames)
+            out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)), BatchStats.of(packets))))
+            mapper.release(frames)
+    except BaseException:
         out.send(("error", traceback.format_exc()))
     finally:
         out.close()

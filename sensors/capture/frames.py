@@ -51,6 +51,9 @@ class FrameBatch:
     interface_id: np.ndarray  # uint16
     file_offset: np.ndarray  # int64, record offset in its (decompressed) file
     file_index: int = 0  # index of the source file in the replay's file list
+    #: file offset of ``buf[0]`` when ``buf`` is a view of a memory-mapped file
+    #: (then another process can map the same bytes instead of receiving them), else -1
+    mapped_at: int = -1
     notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:

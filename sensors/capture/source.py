@@ -9,6 +9,7 @@ reported with its offset.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import io
@@ -18,7 +19,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -146,6 +147,9 @@ class _ChunkBuffer:
         self.filled = rest
         self.base += upto
 
+    def mapped_at(self) -> int:
+        return -1
+
     def grow(self) -> None:
         new = np.zeros(2 * (len(self.arr) - PAD) + PAD, dtype=np.uint8)
         new[: self.filled] = self.arr[: self.filled]
@@ -185,6 +189,9 @@ class _MappedFile:
 
     def full(self) -> bool:
         return not self.eof and self.filled == self._size
+
+    def mapped_at(self) -> int:
+        return self.base
 
     def consume(self, upto: int) -> None:
         self.base += upto
@@ -337,6 +344,7 @@ def _read_pcapng(
                     interface_id=cols["interface_id"],
                     file_offset=cols["record_off"] + buf.base,
                     file_index=file_index,
+                    mapped_at=buf.mapped_at(),
                 )
                 batches += 1
                 if max_batches is not None and batches >= max_batches:
@@ -365,4 +373,58 @@ def _whole_block(buf: Buffer, start: int) -> bytes | None:
     return bytes(buf.arr[start : start + length])
 
 
-__all__ = ["CaptureError", "Damage", "expand_inputs", "order_by_time", "read_frames", "sniff"]
+class MappedFrames(NamedTuple):
+    """A :class:`FrameBatch` without its bytes, for a process that maps the same file."""
+
+    path: str
+    buf_len: int
+    frames: FrameBatch
+
+    @classmethod
+    def of(cls, path: str, frames: FrameBatch) -> MappedFrames | None:
+        """None unless the batch's bytes are in a memory-mapped file (not for gzip or pipes)."""
+        if frames.mapped_at < 0:
+            return None
+        return cls(path, len(frames.buf), dataclasses.replace(frames, buf=np.empty(0, dtype=np.uint8)))
+
+
+class FrameMapper:
+    """Re-attaches :class:`MappedFrames` to the bytes of their file, mapped once per file.
+
+    The batch gets exactly the bytes its reader saw (a view of the mapping, or a
+    zero-padded copy of the file's tail).  ``release`` drops the mapped pages of
+    a decoded batch from this process (they stay in the page cache), so
+    resident memory stays flat here too.
+    """
+
+    def __init__(self) -> None:
+        self._path = ""
+        self._mm: mmap.mmap | None = None
+        self._file = np.empty(0, dtype=np.uint8)
+
+    def attach(self, ref: MappedFrames) -> FrameBatch:
+        if ref.path != self._path:
+            self._file = np.empty(0, dtype=np.uint8)  # the old mapping goes with its last view
+            with open(ref.path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._file, self._path = np.frombuffer(self._mm, dtype=np.uint8), ref.path
+        start, end = ref.frames.mapped_at, ref.frames.mapped_at + ref.buf_len
+        if end <= len(self._file):
+            buf = self._file[start:end]
+        else:
+            buf = np.zeros(ref.buf_len, dtype=np.uint8)
+            buf[: len(self._file) - start] = self._file[start:]
+        return dataclasses.replace(ref.frames, buf=buf)
+
+    def release(self, frames: FrameBatch) -> None:
+        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = frames.mapped_at // page * page
+        end = min(frames.mapped_at + len(frames.buf), len(self._file)) // page * page
+        if end > start:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+__all__ = ["CaptureError", "Damage", "FrameMapper", "MappedFrames", "expand_inputs", "order_by_time", "read_frames",
+           "sniff"]

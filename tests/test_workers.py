@@ -1,0 +1,45 @@
+"""Decoding in one, two or three processes gives the same output, byte for byte."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.replay import replay
+from ingest.workers import can_fork
+from tests.conftest import PCAPS, capture_path
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="needs fork, /dev/shm and 2+ cores")
+
+
+def _inputs(tmp_path: Path) -> list[str]:
+    """Mapped pcap and pcapng files, a gzip file (not mappable) and a damaged file."""
+    gz = tmp_path / "gtp.pcap.gz"
+    with open(PCAPS / "arkime_gtp-u.pcap", "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    cut = tmp_path / "cut.pcap"
+    data = (PCAPS / "5greplay_oai.pcap").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return [str(capture_path("generated_mixed_10k.pcap")), str(PCAPS / "5greplay_ue_authetication.pcapng"),
+            str(gz), str(cut)]
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_forked_decoders_give_the_in_process_result(tmp_path: Path, processes: int) -> None:
+    inputs = _inputs(tmp_path)
+    # small chunks: many batches, so every decoder gets several, the file tails included
+    one = replay(inputs, tmp_path / "one", chunk_bytes=64 << 10, processes=1)
+    many = replay(inputs, tmp_path / "many", chunk_bytes=64 << 10, processes=processes)
+    assert one.packets == many.packets > 10_000
+    assert one.traffic.decode_status == many.traffic.decode_status
+    assert [(d.path, d.offset, d.reason) for d in one.damages] == [(d.path, d.offset, d.reason) for d in many.damages]
+    assert len(one.damages) == 1 and "truncated" in one.damages[0].reason
+    a, b = pq.read_table(tmp_path / "one" / "flows.parquet"), pq.read_table(tmp_path / "many" / "flows.parquet")
+    assert a.num_rows > 500 and a.equals(b)
+    eve_one = (tmp_path / "one" / "eve.json").read_text().splitlines()
+    eve_many = (tmp_path / "many" / "eve.json").read_text().splitlines()
+    assert eve_one[:-1] == eve_many[:-1]  # the last line is the stats event, with the run time in it
