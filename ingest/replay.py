@@ -6,6 +6,7 @@ that the scale-out deployment runs behind Kafka.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import sys
 import time
@@ -17,12 +18,15 @@ from typing import TextIO
 
 import pyarrow as pa
 
+from detection.alerts import ALERT_SCHEMA
+from detection.engine import DetectionEngine
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
 from detection.flows.schema import FLOW_SCHEMA
+from detection.rules.loader import load_rules
 from ingest.sinks import EveSink, ParquetSink
-from ingest.workers import BatchStats, can_fork, packet_batches, packet_batches_forked
+from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage, expand_inputs, order_by_time
 from sensors.schema import DecodeStatus, TunnelType
 
@@ -31,6 +35,8 @@ from sensors.schema import DecodeStatus, TunnelType
 class ReplaySummary:
     files: int = 0
     flows: int = 0
+    alerts: int = 0
+    alert_levels: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
     traffic: BatchStats = field(default_factory=BatchStats)
     damages: list[Damage] = field(default_factory=list)
@@ -64,6 +70,7 @@ class ReplaySummary:
             "capture": {"files": self.files, "packets": self.packets, "bytes": self.bytes},
             "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
             "flow": {"total": self.flows},
+            "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels)},
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
         }
@@ -77,55 +84,84 @@ def replay(
     idle_timeout_s: float = 120.0,
     active_timeout_s: float = 1800.0,
     progress: Callable[[ReplaySummary, int, int], None] | None = None,
-    processes: int = 2,
+    processes: int | None = None,
+    rules: list[Path] | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError before writing anything if an input is unusable.
 
-    With ``processes=2`` (and a fork-capable machine with 2+ cores) decoding runs
-    in a second process; the output is identical either way.
+    With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
+    decoding runs in ``processes - 1`` forked processes while this one assembles
+    flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))
     started = time.perf_counter()
     sizes = [Path(f).stat().st_size for f in files]
+    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s)
     flows = FlowAssembler(idle_timeout_s, active_timeout_s)
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
+    alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
 
-    # one writer thread: Parquet encoding and the EVE string kernels run in Arrow's
-    # C++ without the GIL, overlapping the next batch's flow work; one write in flight
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liaowang-sink")
+    # two writer threads, one per sink: Parquet encoding and the EVE string kernels
+    # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
+    # and each other; one write per sink in flight
+    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(2)]
     pending: list[Future[None]] = []
 
-    def write(table: pa.Table) -> None:
-        flow_sink.write(table)
-        eve.write_flows(table)
-
-    def emit(table: pa.Table) -> None:
+    def emit(table: pa.Table, alerts: pa.Table) -> None:
         while pending:
             pending.pop().result()
         if table.num_rows:
-            pending.append(writer.submit(write, table))
+            pending.append(writers[0].submit(flow_sink.write, table))
+            pending.append(writers[1].submit(eve.write_flows, table))
+        if alerts.num_rows:
+            summary.alerts += alerts.num_rows
+            summary.alert_levels.update(alerts.column("level").to_pylist())
+            pending.append(writers[0].submit(alert_sink.write, alerts))
+            pending.append(writers[1].submit(eve.write_alerts, alerts))
 
-    forked = processes >= 2 and can_fork()
-    source = packet_batches_forked if forked else packet_batches
-    for keyed, stats in source(files, chunk_bytes, summary.damages, project):
+    def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
+        """What the decoders do after decoding: flow keys and packet-rule hits."""
+        return {"keyed": project(packets), "hits": engine.packet_hits(packets)}
+
+    processes = default_processes() if processes is None else processes
+    if processes >= 2 and can_fork():
+        source = packet_batches_forked(files, chunk_bytes, summary.damages, stage, decoders=processes - 1)
+    else:
+        source = packet_batches(files, chunk_bytes, summary.damages, stage)
+    for outputs, stats in source:
         summary.traffic.add(stats)
-        emit(flows.update(keyed))
+        finished = flows.update(outputs["keyed"])
+        emit(finished, engine.update(outputs["hits"], finished, stats.last_ts_ns))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
-    emit(flows.flush())
-    emit(FLOW_SCHEMA.empty_table())  # waits for the last write
-    writer.shutdown()
+    finished = flows.flush()
+    emit(finished, engine.update(None, finished, None))
+    emit(FLOW_SCHEMA.empty_table(), engine.flush())
+    emit(FLOW_SCHEMA.empty_table(), ALERT_SCHEMA.empty_table())  # waits for the last writes
     summary.flows = flows.flows_exported
     summary.seconds = time.perf_counter() - started
     last = summary.traffic.last_ts_ns or 0
-    eve.write_stats(dt.datetime.fromtimestamp(last / 1e9, tz=dt.UTC), summary.as_stats())
-    flow_sink.close()
-    eve.close()
+
+    def finish_eve() -> None:
+        eve.write_stats(dt.datetime.fromtimestamp(last / 1e9, tz=dt.UTC), summary.as_stats())
+        eve.close()
+
+    # both sinks still hold up to a row group of flows: finish them side by side
+    def finish_parquet() -> None:
+        flow_sink.close()
+        alert_sink.close()
+
+    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
+    for f in closing:
+        f.result()
+    for w in writers:
+        w.shutdown()
+    summary.seconds = time.perf_counter() - started
     return summary
 
 
@@ -150,6 +186,8 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         ("packets", f"{s.packets:,}"),
         ("bytes", f"{s.bytes:,}"),
         ("flows", f"{s.flows:,}"),
+        ("alerts", f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"
+                                      if s.alerts else "")),
         ("time", f"{s.seconds:.2f} s"),
         ("packets/s", f"{s.packets_per_second:,.0f}"),
         ("decode errors", ", ".join(f"{k} {v:,}" for k, v in s.decode_errors.items()) or "none"),

@@ -5,6 +5,7 @@ Same small contract for every sink: ``write(table)`` then ``close()``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ def _iso(ts: Any) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+0000"
 
 
+def _iso_ns(ns: int) -> str:
+    return _iso(_EPOCH + dt.timedelta(microseconds=ns // 1000))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ISO_WIDTH = len("2024-01-02T03:04:05.123456+0000")
 
 
@@ -169,6 +175,31 @@ class EveSink:
             offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1, offset=4 * chunk.offset)
             self._f.write(chunk.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]])
         self.events += flows.num_rows
+
+    def write_alerts(self, alerts: pa.Table) -> None:
+        """EVE ``alert`` events (few: one per alert episode), with the ``liaowang`` warning object."""
+        times = {c: alerts.column(c).cast(pa.int64()).to_pylist() for c in ("first_seen", "last_seen")}
+        alerts = alerts.drop_columns(["first_seen", "last_seen"])
+        for i, a in enumerate(alerts.to_pylist()):
+            a["first_seen"], a["last_seen"] = _iso_ns(times["first_seen"][i]), _iso_ns(times["last_seen"][i])
+            ev: dict[str, Any] = {"timestamp": a["first_seen"], "event_type": "alert"}
+            if a["flow_id"] is not None:
+                ev["flow_id"] = a["flow_id"]
+            ev.update({"src_ip": a["src_ip"], "src_port": a["src_port"], "dest_ip": a["dst_ip"],
+                       "dest_port": a["dst_port"], "proto": PROTO_NAMES.get(a["ip_proto"], str(a["ip_proto"]))})
+            if a["community_id"]:
+                ev["community_id"] = a["community_id"]
+            if a["tunnel_src_ip"]:
+                ev["tunnel"] = {"src_ip": a["tunnel_src_ip"], "dest_ip": a["tunnel_dst_ip"], "depth": 1,
+                                **({"teid": a["teid"]} if a["teid"] is not None else {})}
+            ev["alert"] = {"action": "allowed", "gid": 1, "signature_id": a["signature_id"], "rev": 1,
+                           "signature": a["signature"], "category": a["category"], "severity": a["severity"]}
+            ev["liaowang"] = {"alert_id": a["alert_id"], "level": a["level"], "detector": a["detector"],
+                              "rule_id": a["rule_id"], "score": a["score"], "tags": a["tags"],
+                              "count": a["event_count"], "first_seen": a["first_seen"], "last_seen": a["last_seen"],
+                              "evidence": json.loads(a["evidence"])}
+            self._f.write((json.dumps(ev, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
+            self.events += 1
 
     def write_stats(self, timestamp: Any, stats: dict[str, Any]) -> None:
         self._flush_flows()

@@ -1,0 +1,294 @@
+"""Rule selections and conditions -> vectorized filters over Arrow tables.
+
+Each field test is one Arrow/numpy kernel over the whole column; a selection
+AND-s its tests, the condition combines selections with and/or/not and Sigma's
+``1 of``/``all of`` quantifiers.  Nothing is evaluated row by row in Python.
+String tests ignore case (as Sigma's do).  Address fields take IP addresses
+and networks whether the column holds 16-byte addresses (packets) or text (flows).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detection.flows.keys import _ip as binary_ip_halves
+from detection.flows.schema import FLOW_SCHEMA
+from detection.rules.model import Condition, Rule
+from sensors.schema import PACKET_SCHEMA
+
+ADDRESS_FIELDS = {"src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"}
+SOURCE_SCHEMAS = {"packets": PACKET_SCHEMA, "flows": FLOW_SCHEMA}
+Table: TypeAlias = pa.Table | pa.RecordBatch
+Mask: TypeAlias = np.ndarray  # bool, one per row
+
+
+def check_rule(rule: Rule) -> None:
+    """Raise ValueError if the rule names unknown fields, misuses a modifier or has a bad condition."""
+    schema = SOURCE_SCHEMAS[rule.source]
+    for name in rule.fields():
+        if name not in schema.names:
+            raise ValueError(f"unknown {rule.source} field '{name}'")
+    for alts in rule.selections.values():
+        for conds in alts:
+            for c in conds:
+                _check_condition(c, schema.field(c.field).type)
+    parse_condition(rule.condition, list(rule.selections))
+
+
+def _check_condition(c: Condition, ftype: pa.DataType) -> None:
+    if c.modifier == "not":
+        _check_condition(c.values[0], ftype)
+        return
+    text = pa.types.is_string(ftype) or pa.types.is_large_string(ftype)
+    if c.modifier in ("contains", "startswith", "endswith", "re") and not text:
+        raise ValueError(f"{c.field}|{c.modifier}: needs a text field")
+    if c.modifier in ("gt", "gte", "lt", "lte", "bits_all", "bits_any", "bits_none"):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in c.values):
+            raise ValueError(f"{c.field}|{c.modifier}: needs numbers")
+    if c.modifier == "cidr":
+        if c.field not in ADDRESS_FIELDS:
+            raise ValueError(f"{c.field}|cidr: needs an address field")
+        for v in c.values:
+            try:
+                ipaddress.ip_network(str(v), strict=False)
+            except ValueError:
+                raise ValueError(f"{c.field}|cidr: '{v}' is not a network") from None
+    if c.modifier == "re":
+        for v in c.values:
+            try:
+                re.compile(str(v))
+            except re.error as exc:
+                raise ValueError(f"{c.field}|re: bad regular expression '{v}': {exc}") from None
+    if c.modifier in ("equals", "in") and c.field in ADDRESS_FIELDS:
+        for v in c.values:
+            if v is not None:
+                try:
+                    ipaddress.ip_address(str(v))
+                except ValueError:
+                    raise ValueError(f"{c.field}: '{v}' is not an IP address") from None
+
+
+# -- the condition language -------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*]+)")
+Node = Callable[[dict[str, Mask], int], Mask]
+
+
+def parse_condition(text: str, names: list[str]) -> Node:
+    """``sel1 and not (sel2 or 1 of filter_*)`` -> a function of the selections' masks."""
+    tokens = _tokens(text)
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take(expected: str | None = None) -> str:
+        nonlocal pos
+        tok = peek()
+        if tok is None or (expected is not None and tok.lower() != expected):
+            raise ValueError(f"condition '{text}': expected {expected or 'more'} at token {pos + 1}")
+        pos += 1
+        return tok
+
+    def expr() -> Node:
+        left = term()
+        while (peek() or "").lower() == "or":
+            take()
+            left = _either(left, term())
+        return left
+
+    def term() -> Node:
+        left = factor()
+        while (peek() or "").lower() == "and":
+            take()
+            left = _both(left, factor())
+        return left
+
+    def factor() -> Node:
+        tok = peek()
+        if tok is None:
+            raise ValueError(f"condition '{text}': ends too early")
+        low = tok.lower()
+        if low == "not":
+            take()
+            inner = factor()
+            return lambda m, n: ~inner(m, n)
+        if tok == "(":
+            take()
+            inner = expr()
+            take(")")
+            return inner
+        if (low == "all" or low.isdigit()) and pos + 1 < len(tokens) and tokens[pos + 1].lower() == "of":
+            take()
+            take("of")
+            pattern = take()
+            chosen = names if pattern.lower() == "them" else fnmatch.filter(names, pattern)
+            if not chosen:
+                raise ValueError(f"condition '{text}': no selection matches '{pattern}'")
+            if low == "all":
+                return lambda m, n: np.logical_and.reduce([m[c] for c in chosen])
+            need = int(low)
+            return lambda m, n: np.sum([m[c] for c in chosen], axis=0) >= need
+        name = take()
+        if name not in names:
+            raise ValueError(f"condition '{text}': unknown selection '{name}'")
+        return lambda m, n: m[name]
+
+    node = expr()
+    if pos != len(tokens):
+        raise ValueError(f"condition '{text}': unexpected '{tokens[pos]}'")
+    return node
+
+
+def _either(a: Node, b: Node) -> Node:
+    return lambda m, n: a(m, n) | b(m, n)
+
+
+def _both(a: Node, b: Node) -> Node:
+    return lambda m, n: a(m, n) & b(m, n)
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"condition '{text}': cannot read '{text[pos:]}'")
+        out.append(m.group(1))
+        pos = m.end()
+    return out
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+class CompiledRule:
+    """A rule's selection and condition as a vectorized filter: ``matches(table)`` -> bool mask."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self._condition = parse_condition(rule.condition, list(rule.selections))
+
+    def matches(self, table: Table) -> Mask:
+        n = table.num_rows
+        cache: dict[str, Any] = {}
+        masks = {name: _any([_all([_test(table, c, cache) for c in conds], n) for conds in alts], n)
+                 for name, alts in self.rule.selections.items()}
+        return np.asarray(self._condition(masks, n), dtype=bool)
+
+
+def _all(masks: list[Mask], n: int) -> Mask:
+    out = np.ones(n, dtype=bool)
+    for m in masks:
+        out &= m
+    return out
+
+
+def _any(masks: list[Mask], n: int) -> Mask:
+    out = np.zeros(n, dtype=bool)
+    for m in masks:
+        out |= m
+    return out
+
+
+def _bool(arr: pa.Array | pa.ChunkedArray) -> Mask:
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _test(table: Table, c: Condition, cache: dict[str, Any]) -> Mask:
+    n = table.num_rows
+    if c.modifier == "not":
+        return ~_test(table, c.values[0], cache)
+    col = table.column(c.field)
+    if c.field in ADDRESS_FIELDS and c.modifier in ("equals", "in", "cidr"):
+        return _address_test(col, c, cache)
+    results = []
+    for v in c.values:
+        results.append(_scalar_test(col, c.modifier, v, cache, c.field))
+    return _all(results, n) if c.match_all else _any(results, n)
+
+
+def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: dict[str, Any], field: str) -> Mask:
+    text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    if v is None:
+        return _bool(col.is_null())
+    if modifier in ("equals", "in"):
+        if text:
+            key = "lower:" + field
+            if key not in cache:
+                cache[key] = pc.utf8_lower(col)
+            return _bool(pc.equal(cache[key], str(v).lower()))
+        return _bool(pc.equal(col, pa.scalar(v).cast(col.type) if not isinstance(v, bool) else v))
+    if modifier == "contains":
+        return _bool(pc.match_substring(col, str(v), ignore_case=True))
+    if modifier == "startswith":
+        return _bool(pc.starts_with(col, str(v), ignore_case=True))
+    if modifier == "endswith":
+        return _bool(pc.ends_with(col, str(v), ignore_case=True))
+    if modifier == "re":
+        return _bool(pc.match_substring_regex(col, str(v)))
+    if modifier in ("gt", "gte", "lt", "lte"):
+        op = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}[modifier]
+        return _bool(op(col, v))
+    if modifier in ("bits_all", "bits_any", "bits_none"):
+        anded = pc.bit_wise_and(col, pa.scalar(int(v)).cast(col.type))
+        if modifier == "bits_all":
+            return _bool(pc.equal(anded, pa.scalar(int(v)).cast(col.type)))
+        if modifier == "bits_any":
+            return _bool(pc.not_equal(anded, 0))
+        return _bool(pc.equal(anded, 0))
+    raise ValueError(f"unknown modifier {modifier}")
+
+
+def address_halves(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) uint64 of an address column (IPv4 as IPv4-mapped IPv6); null -> (0, 0)."""
+    if pa.types.is_fixed_size_binary(col.type):
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        halves = binary_ip_halves(col, None) if len(col) else np.zeros((0, 2), dtype=np.uint64)
+        return halves[:, 0], halves[:, 1]
+    uniques = pc.unique(col)
+    table = np.zeros((len(uniques) + 1, 2), dtype=np.uint64)
+    for i, text in enumerate(uniques.to_pylist()):
+        if text:
+            v = _as_int(ipaddress.ip_address(text))
+            table[i] = (v >> 64, v & 0xFFFF_FFFF_FFFF_FFFF)
+    idx = np.asarray(pc.fill_null(pc.index_in(col, value_set=uniques), len(uniques)).to_numpy(zero_copy_only=False))
+    return table[idx, 0], table[idx, 1]
+
+
+def _as_int(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
+
+
+def _address_test(col: pa.Array | pa.ChunkedArray, c: Condition, cache: dict[str, Any]) -> Mask:
+    key = "addr:" + c.field
+    if key not in cache:
+        cache[key] = address_halves(col)
+    hi, lo = cache[key]
+    valid = _bool(col.is_valid())
+    out = np.zeros(len(hi), dtype=bool)
+    for v in c.values:
+        if v is None:
+            out |= ~valid
+            continue
+        if c.modifier == "cidr":
+            net = ipaddress.ip_network(str(v), strict=False)
+            prefix = net.prefixlen + (96 if net.version == 4 else 0)
+            base = _as_int(net.network_address)
+        else:
+            prefix, base = 128, _as_int(ipaddress.ip_address(str(v)))
+        mask = ((1 << 128) - 1) ^ ((1 << (128 - prefix)) - 1)
+        mhi, mlo = np.uint64(mask >> 64), np.uint64(mask & 0xFFFF_FFFF_FFFF_FFFF)
+        bhi, blo = np.uint64(base >> 64), np.uint64(base & 0xFFFF_FFFF_FFFF_FFFF)
+        out |= valid & ((hi & mhi) == bhi) & ((lo & mlo) == blo)
+    return out

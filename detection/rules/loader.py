@@ -1,0 +1,144 @@
+"""Load rule files: YAML -> validated :class:`Rule` objects, errors naming file and line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from detection.rules.model import Aggregate, Condition, Rule
+
+SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
+BUNDLED_RULES = Path(__file__).resolve().parents[2] / "rules"
+SID_BASE = 9_000_000  # derived signature ids live in 9,000,000..9,999,999 (Suricata's local range)
+
+
+class RuleError(Exception):
+    """A rule file that cannot be used; the message starts with ``file:line:``."""
+
+
+@functools.cache
+def rule_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    return schema
+
+
+def load_rules(paths: list[Path] | None = None) -> list[Rule]:
+    """Rules from files and directories (``*.yml``/``*.yaml``, recursively); the bundled set by default."""
+    files: list[Path] = []
+    for p in paths or [BUNDLED_RULES]:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml")))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise RuleError(f"{p}: no such rule file or directory")
+    rules: list[Rule] = []
+    seen: dict[str, Rule] = {}
+    sids: dict[int, Rule] = {}
+    for f in files:
+        for rule in load_file(f):
+            if rule.id in seen:
+                other = seen[rule.id]
+                raise RuleError(f"{rule.path}:{rule.line}: duplicate rule id {rule.id} "
+                                f"(first in {other.path}:{other.line})")
+            if rule.signature_id in sids:
+                other = sids[rule.signature_id]
+                raise RuleError(f"{rule.path}:{rule.line}: signature id {rule.signature_id} already used by "
+                                f"{other.path}:{other.line}; set a distinct 'sid'")
+            seen[rule.id], sids[rule.signature_id] = rule, rule
+            rules.append(rule)
+    return rules
+
+
+def load_file(path: Path) -> list[Rule]:
+    """All rules of one file (several YAML documents may be separated by ``---``)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RuleError(f"{path}:{line}: not valid YAML: {problem}") from None
+    rules = []
+    validator = jsonschema.Draft202012Validator(rule_schema())
+    for node, doc in zip(nodes, docs):
+        if doc is None:
+            continue
+        line = node.start_mark.line + 1
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+        if errors:
+            err = errors[0]
+            where = _line_of(node, list(err.absolute_path)) or line
+            field = "/".join(str(p) for p in err.absolute_path) or "(rule)"
+            raise RuleError(f"{path}:{where}: {field}: {err.message}")
+        try:
+            rules.append(_build(doc, str(path), line))
+        except ValueError as exc:
+            raise RuleError(f"{path}:{line}: {exc}") from None
+    return rules
+
+
+def _line_of(node: yaml.Node, path: list[Any]) -> int | None:
+    """The line of the YAML node at ``path`` (mapping keys and sequence indexes), 1-based."""
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == step]
+            if not match:
+                break
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            break
+    return int(node.start_mark.line) + 1
+
+
+def _build(doc: dict[str, Any], path: str, line: int) -> Rule:
+    detection = dict(doc["detection"])
+    condition = detection.pop("condition")
+    selections = {name: [_conditions(alt) for alt in (body if isinstance(body, list) else [body])]
+                  for name, body in detection.items()}
+    agg = doc.get("aggregate", {})
+    function = agg.get("function", "count")
+    if function == "distinct_count" and not agg.get("field"):
+        raise ValueError("aggregate: distinct_count needs a 'field'")
+    aggregate = Aggregate(function=function, field=agg.get("field"), by=tuple(agg.get("by", ("src_ip", "dst_ip"))),
+                          window_s=float(agg.get("window_s", 60.0)), threshold=int(agg.get("threshold", 1)))
+    rule_id = str(doc["id"]).lower()
+    tags = [str(t) for t in doc.get("tags", [])]
+    rule = Rule(
+        id=rule_id, title=doc["title"], status=doc["status"], level=doc["level"], source=doc["logsource"]["source"],
+        selections=selections, condition=condition, aggregate=aggregate, description=doc.get("description", ""),
+        references=list(doc.get("references", [])), tags=tags,
+        category=doc.get("category", "Potentially Bad Traffic"),
+        signature_id=int(doc.get("sid") or SID_BASE + uuid.UUID(rule_id).int % 1_000_000), path=path, line=line,
+    )
+    from detection.rules.compiler import check_rule  # the compiler validates fields and the condition
+
+    check_rule(rule)
+    return rule
+
+
+def _conditions(selection: dict[str, Any]) -> list[Condition]:
+    out = []
+    for key, value in selection.items():
+        field, *mods = key.split("|")
+        match_all = "all" in mods
+        mods = [m for m in mods if m != "all"]
+        negate = "not" in mods
+        mods = [m for m in mods if m != "not"]
+        if len(mods) > 1:
+            raise ValueError(f"{key}: one modifier per field (besides 'all' and 'not')")
+        modifier = mods[0] if mods else "equals"
+        values = tuple(value) if isinstance(value, list) else (value,)
+        cond = Condition(field, modifier, values, match_all)
+        out.append(Condition(field, "not", (cond,)) if negate else cond)
+    return out

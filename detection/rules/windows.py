@@ -1,0 +1,225 @@
+"""Stateful stage: hits -> counts over time windows -> alert episodes.
+
+Every rule is an aggregation (a rule without one counts its events per source
+and destination address, threshold 1).  Windows of ``window_s`` hop by half
+a window, so a burst shorter than half a window is never split across two
+windows.  Hits are pre-aggregated per half-window bucket on arrival (memory
+follows distinct groups, not events), and a window is evaluated once, when
+the event time (the largest seen, less ``lateness_s``) has passed its end:
+any batching of the same hits gives the same alerts.  Consecutive firing
+windows of one rule and group form one episode, which becomes one alert with
+its event count, first and last time, so repeats do not flood the analyst.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detection.rules.hits import HIT_SCHEMA
+from detection.rules.model import Rule
+
+TUPLE = ["src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "teid", "tunnel_src_ip", "tunnel_dst_ip", "flow_id"]
+KEYS = ["rule", "group", "bucket", "value"]
+NEVER = -(1 << 62)
+
+
+@dataclass
+class Episode:
+    """Consecutive firing windows of one rule and group: one alert."""
+
+    rule: int
+    group: str
+    first_window: int  # bucket index of the first firing window
+    last_window: int
+    first_ts: int
+    last_ts: int
+    events: int = 0
+    peak: int = 0
+    windows: int = 0
+    counted: set[int] = field(default_factory=set)  # buckets whose events are in ``events``
+    first: dict[str, Any] = field(default_factory=dict)  # the 5-tuple of the first event
+    samples: list[int] = field(default_factory=list)  # flow ids, when the source is flows
+
+    def alert_id(self, rule_id: str, hop_ns: int) -> str:
+        key = f"{rule_id}|{self.group}|{self.first_window * hop_ns}".encode()
+        return hashlib.blake2b(key, digest_size=10).hexdigest()
+
+
+class WindowCounter:
+    """Counts hits of many rules per group and window; ``update(hits)`` / ``flush()`` -> closed episodes."""
+
+    def __init__(self, rules: list[Rule], lateness_s: float = 5.0) -> None:
+        self.rules = rules
+        self.hop_ns = np.array([max(int(r.aggregate.window_s * 1e9) // 2, 1) for r in rules] or [1], dtype=np.int64)
+        self.threshold = np.array([r.aggregate.threshold for r in rules] or [1], dtype=np.int64)
+        self.distinct = np.array([r.aggregate.function == "distinct_count" for r in rules] or [False])
+        self.lateness_ns = int(lateness_s * 1e9)
+        self.done = np.full(max(len(rules), 1), NEVER, dtype=np.int64)  # last evaluated window, per rule
+        self.watermark = NEVER
+        self.partials: pa.Table | None = None
+        self.open: dict[tuple[int, str], Episode] = {}
+        self.late_events = 0
+
+    def update(self, hits: pa.RecordBatch | pa.Table, watermark_ns: int | None = None) -> list[Episode]:
+        """Add hits; ``watermark_ns`` is the event time reached by the input (default: the latest hit)."""
+        late: list[Episode] = []
+        if hits.num_rows:
+            late = self._absorb(hits)
+        if watermark_ns is not None:
+            self.watermark = max(self.watermark, watermark_ns)
+        elif hits.num_rows:
+            self.watermark = max(self.watermark, int(pc.max(hits.column("ts")).as_py()))
+        return late + self._advance(self.watermark - self.lateness_ns)
+
+    def flush(self) -> list[Episode]:
+        closed = self._advance(1 << 62)
+        closed.extend(self.open.values())
+        self.open.clear()
+        return sorted(closed, key=lambda e: (e.first_ts, e.rule, e.group))
+
+    # -- internals ------------------------------------------------------------------
+
+    def _absorb(self, hits: pa.RecordBatch | pa.Table) -> list[Episode]:
+        """Add hits to the open buckets; late ones (their windows are evaluated) are counted on their own.
+
+        Late hits happen when a replay's files overlap in time (a long capture and
+        a short one inside its span): they form episodes of their own, right away.
+        """
+        rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        late = hits.column("ts").to_numpy(zero_copy_only=False).astype(np.int64) // self.hop_ns[rule] <= self.done[rule]
+        episodes: list[Episode] = []
+        if late.any():
+            self.late_events += int(late.sum())
+            partials = _combine(self._partials(hits.filter(pa.array(late))))
+            found = self._windows(partials, np.full_like(self.done, NEVER), np.full_like(self.done, 1 << 61))
+            if found is not None:
+                own: dict[tuple[int, str], Episode] = {}
+                episodes = self._episodes(self._fired(found[0]), found[1], own) + list(own.values())
+            hits = hits.filter(pa.array(~late))
+        table = self._partials(hits)
+        parts = [table] if self.partials is None else [self.partials, table]
+        self.partials = _combine(pa.concat_tables(parts))
+        return episodes
+
+    def _partials(self, hits: pa.RecordBatch | pa.Table) -> pa.Table:
+        rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        ts = hits.column("ts").to_numpy(zero_copy_only=False).astype(np.int64)
+        bucket = ts // self.hop_ns[rule]
+        return pa.table({
+            "rule": hits.column("rule"), "group": hits.column("group"), "bucket": pa.array(bucket),
+            "value": hits.column("value"), "n": pa.array(np.ones(len(bucket), dtype=np.int64)),
+            "first_ts": pa.array(ts), "last_ts": pa.array(ts), **{c: hits.column(c) for c in TUPLE},
+        })
+
+    def _advance(self, event_time_ns: int) -> list[Episode]:
+        """Evaluate every window that ended before ``event_time_ns``; return the episodes that can grow no more."""
+        if not self.rules:
+            return []
+        final = event_time_ns >= (1 << 62)
+        # window b covers buckets b and b+1: evaluable once bucket b+1 is complete
+        last_window = np.full_like(self.done, 1 << 61) if final else event_time_ns // self.hop_ns - 2
+        closed: list[Episode] = []
+        p = self.partials
+        if p is not None:
+            found = self._windows(p, self.done, last_window)
+            if found is not None:
+                closed = self._episodes(self._fired(found[0]), found[1], self.open)
+        if final:
+            self.partials = None
+            return closed
+        self.done = np.maximum(self.done, last_window)
+        if p is not None:  # drop the buckets no window needs any more
+            rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+            keep = p.column("bucket").to_numpy() > self.done[rule]
+            self.partials = p if keep.all() else p.filter(pa.array(keep))
+        for key, ep in list(self.open.items()):
+            if self.done[ep.rule] >= ep.last_window + 2:  # the next windows did not continue it
+                closed.append(self.open.pop(key))
+        return closed
+
+    def _windows(self, p: pa.Table, after: np.ndarray, upto: np.ndarray) -> tuple[pa.Table, pa.Table] | None:
+        """Partials repeated once per window they feed, for windows in (after, upto] of their rule; and
+        those partials once each."""
+        rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        bucket = p.column("bucket").to_numpy()
+        rows, starts = [], []
+        for shift in (1, 0):  # bucket k feeds windows k-1 and k
+            w = bucket - shift
+            ok = (w > after[rule]) & (w <= upto[rule])
+            rows.append(np.flatnonzero(ok))
+            starts.append(w[ok])
+        take = np.concatenate(rows)
+        if not len(take):
+            return None
+        return (p.take(pa.array(take)).append_column("window", pa.array(np.concatenate(starts))),
+                p.take(pa.array(np.unique(take))))
+
+    def _fired(self, win: pa.Table) -> pa.Table:
+        agg = win.group_by(["rule", "group", "window"], use_threads=False).aggregate(
+            [("n", "sum"), ("value", "count_distinct")])
+        rule = agg.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        metric = np.where(self.distinct[rule], agg.column("value_count_distinct").to_numpy(zero_copy_only=False),
+                          agg.column("n_sum").to_numpy(zero_copy_only=False))
+        agg = agg.append_column("metric", pa.array(metric.astype(np.int64)))
+        fired = agg.filter(pa.array(metric >= self.threshold[rule]))
+        return fired.sort_by([("rule", "ascending"), ("group", "ascending"), ("window", "ascending")])
+
+    def _episodes(self, fired: pa.Table, used: pa.Table, open_: dict[tuple[int, str], Episode]) -> list[Episode]:
+        """Fold firing windows into episodes; ``used`` holds the partials of the evaluated windows, once each."""
+        if not fired.num_rows:
+            return []
+        # the buckets of firing windows, with their events and first 5-tuple
+        key = pc.binary_join_element_wise(used.column("rule").cast(pa.string()), used.column("group"), "\x1f")
+        fkey = pc.binary_join_element_wise(fired.column("rule").cast(pa.string()), fired.column("group"), "\x1f")
+        mine = pc.is_in(key, value_set=pc.unique(fkey))
+        per_bucket = used.filter(mine).group_by(["rule", "group", "bucket"], use_threads=False).aggregate(
+            [("n", "sum"), ("first_ts", "min"), ("last_ts", "max"), *[(c, "first") for c in TUPLE]])
+        buckets: dict[tuple[int, str, int], dict[str, Any]] = {
+            (r["rule"], r["group"], r["bucket"]): r for r in per_bucket.to_pylist()}
+        closed = []
+        for row in fired.to_pylist():
+            r, g, w = row["rule"], row["group"], row["window"]
+            ep = open_.get((r, g))
+            if ep is not None and w > ep.last_window + 2:  # a quiet window between: a new episode
+                closed.append(open_.pop((r, g)))
+                ep = None
+            if ep is None:
+                ep = Episode(rule=r, group=g, first_window=w, last_window=w, first_ts=1 << 62, last_ts=NEVER)
+                open_[(r, g)] = ep
+            ep.last_window, ep.windows, ep.peak = w, ep.windows + 1, max(ep.peak, row["metric"])
+            for b in (w, w + 1):
+                info = buckets.get((r, g, b))
+                if info is None or b in ep.counted:
+                    continue
+                ep.counted.add(b)
+                ep.events += info["n_sum"]
+                if info["first_ts_min"] < ep.first_ts:
+                    ep.first_ts = info["first_ts_min"]
+                    ep.first = {c: info[f"{c}_first"] for c in TUPLE}
+                ep.last_ts = max(ep.last_ts, info["last_ts_max"])
+                fid = info["flow_id_first"]
+                if fid is not None and len(ep.samples) < 5 and fid not in ep.samples:
+                    ep.samples.append(fid)
+        return closed
+
+
+def _combine(t: pa.Table) -> pa.Table:
+    """Merge partial aggregates with the same rule, group, bucket and value (the earliest 5-tuple kept).
+
+    Sorted first, so the kept 5-tuple does not depend on arrival order (flows
+    arrive in the order they end, which depends on batching); the sort is stable.
+    """
+    t = t.sort_by([("first_ts", "ascending"), ("flow_id", "ascending")])
+    agg = t.group_by(KEYS, use_threads=False).aggregate(
+        [("n", "sum"), ("first_ts", "min"), ("last_ts", "max"), *[(c, "first") for c in TUPLE]])
+    names = {"n_sum": "n", "first_ts_min": "first_ts", "last_ts_max": "last_ts", **{f"{c}_first": c for c in TUPLE}}
+    return agg.rename_columns([names.get(c, c) for c in agg.column_names])
+
+
+__all__ = ["HIT_SCHEMA", "Episode", "WindowCounter"]
