@@ -83,9 +83,10 @@ def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[s
     out_dir = DATA / "out"
     liaowang = [str(ROOT / ".venv" / "bin" / "liaowang"), "replay", str(capture), "--out", str(out_dir), "-q"]
     tools = {
-        "liaowang": liaowang,
-        "liaowang --processes 2": [*liaowang, "--processes", "2"],
-        "liaowang --processes 1": [*liaowang, "--processes", "1"],
+        "liaowang (all bundled rules)": liaowang,
+        "liaowang --no-rules": [*liaowang, "--no-rules"],
+        "liaowang --no-rules --processes 2": [*liaowang, "--no-rules", "--processes", "2"],
+        "liaowang --no-rules --processes 1": [*liaowang, "--no-rules", "--processes", "1"],
         "nfstream 6.6 (flows + statistics)": [peers_python, "-c", NFSTREAM, str(capture)],
     }
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}

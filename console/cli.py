@@ -7,6 +7,7 @@ import ctypes
 import sys
 from pathlib import Path
 
+from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
 
 
@@ -22,8 +23,9 @@ def _replay(args: argparse.Namespace) -> int:
             active_timeout_s=args.active_timeout,
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
+            rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
         )
-    except CaptureError as exc:
+    except (CaptureError, RuleError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
                    help="1: all in this process; 2: decode in a second one; 3: in two more "
                         "(default: 1 + cores, at most 3)")
+    p.add_argument("--rules", action="append", metavar="PATH",
+                   help="rule file or directory (repeatable; default: the bundled rules/)")
+    p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_replay)
     g = sub.add_parser("generate", help="write a deterministic mixed 5G/enterprise capture (scapy templates)")

@@ -2,49 +2,42 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 
-import numpy as np
 import pyarrow as pa
 
 from detection.flows.export import community_id
+from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
-from detection.rules.windows import Episode
+from detection.rules.windows import TUPLE, Episode
+from sensors.schema import Field, arrow_schema
 
-ALERT_SCHEMA = pa.schema(
-    [
-        pa.field("alert_id", pa.string(), nullable=False),  # deterministic: same input, same id
-        pa.field("first_seen", pa.timestamp("ns", tz="UTC")),
-        pa.field("last_seen", pa.timestamp("ns", tz="UTC")),
-        pa.field("level", pa.string()),  # early-warning grade: red / orange / yellow / blue
-        pa.field("signature_id", pa.uint32()),
-        pa.field("signature", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("severity", pa.uint8()),  # EVE: 1 (highest) .. 4
-        pa.field("rule_id", pa.string()),
-        pa.field("rule_level", pa.string()),  # Sigma level of the rule
-        pa.field("detector", pa.string()),
-        pa.field("score", pa.float64()),  # 0..100
-        pa.field("tags", pa.list_(pa.string())),
-        pa.field("event_count", pa.uint64()),  # events in the episode's firing windows
-        pa.field("window_count", pa.uint32()),
-        pa.field("peak", pa.uint64()),  # the largest count (or distinct count) in one window
-        pa.field("group", pa.string()),
-        pa.field("src_ip", pa.string()),
-        pa.field("dst_ip", pa.string()),
-        pa.field("src_port", pa.uint16()),
-        pa.field("dst_port", pa.uint16()),
-        pa.field("ip_proto", pa.uint8()),
-        pa.field("teid", pa.uint32()),
-        pa.field("tunnel_src_ip", pa.string()),
-        pa.field("tunnel_dst_ip", pa.string()),
-        pa.field("flow_id", pa.int64()),
-        pa.field("community_id", pa.string()),
-        pa.field("evidence", pa.string()),  # JSON: counts, window, threshold, group, sample flow ids
-    ],
-    metadata={"liaowang.schema": "alerts", "liaowang.version": "1"},
-)
+ALERT_SCHEMA_VERSION = 1
+ALERT_FIELDS: list[Field] = [
+    Field("alert_id", pa.string(), "deterministic: hash of rule, group and first window (same input, same id)"),
+    Field("first_seen", pa.timestamp("ns", tz="UTC"), "first event of the episode"),
+    Field("last_seen", pa.timestamp("ns", tz="UTC"), "last event of the episode"),
+    Field("level", pa.string(), "early-warning grade: red, orange, yellow or blue"),
+    Field("signature_id", pa.uint32(), "EVE signature id (the rule's sid)"),
+    Field("signature", pa.string(), "the rule's title"),
+    Field("category", pa.string(), "EVE alert category"),
+    Field("severity", pa.uint8(), "EVE severity, 1 (highest) to 4"),
+    Field("rule_id", pa.string(), "the rule's UUID"),
+    Field("rule_level", pa.string(), "the rule's Sigma level"),
+    Field("detector", pa.string(), "what raised it: rule"),
+    Field("score", pa.float64(), "0-100: the level's base, plus up to 20 for how far the peak exceeds the threshold"),
+    Field("tags", pa.list_(pa.string()), "ATT&CK and FiGHT technique tags"),
+    Field("event_count", pa.uint64(), "events in the episode's firing windows"),
+    Field("window_count", pa.uint32(), "firing windows in the episode"),
+    Field("peak", pa.uint64(), "the largest count (or distinct count) in one window"),
+    Field("group", pa.string(), "the rule's aggregate.by values: field=value,field=value"),
+    *TUPLE_FIELDS,
+    Field("community_id", pa.string(), "Community ID v1 of the first event's 5-tuple"),
+    Field("evidence", pa.string(), "JSON: events, peak, function, field, threshold, window_s, windows, group, samples"),
+]
+ALERT_SCHEMA = arrow_schema(ALERT_FIELDS, "alerts", ALERT_SCHEMA_VERSION)
 LEVEL_BASE_SCORE = {"critical": 80.0, "high": 60.0, "medium": 40.0, "low": 20.0, "informational": 10.0}
 
 
@@ -55,8 +48,7 @@ def score(rule: Rule, peak: int) -> float:
 
 
 def _community_id(t: dict[str, object]) -> str | None:
-    import ipaddress
-
+    """Of the first event's 5-tuple (ICMP type and code are not in hits: ports stand in, as 0)."""
     try:
         src, dst = ipaddress.ip_address(str(t["src_ip"])), ipaddress.ip_address(str(t["dst_ip"]))
     except ValueError:
@@ -85,15 +77,11 @@ def alert_table(episodes: list[Episode], rules: list[Rule]) -> pa.Table:
             "level": rule.grade, "signature_id": rule.signature_id, "signature": rule.title, "category": rule.category,
             "severity": rule.severity, "rule_id": rule.id, "rule_level": rule.level, "detector": rule.detector,
             "score": score(rule, ep.peak), "tags": rule.tags, "event_count": ep.events, "window_count": ep.windows,
-            "peak": ep.peak, "group": ep.group, **{k: t.get(k) for k in ("src_ip", "dst_ip", "src_port", "dst_port",
-                                                                          "ip_proto", "teid", "tunnel_src_ip",
-                                                                          "tunnel_dst_ip", "flow_id")},
+            "peak": ep.peak, "group": ep.group, **{k: t.get(k) for k in TUPLE},
             "community_id": _community_id(t) if t.get("src_ip") else None,
             "evidence": json.dumps(evidence, separators=(",", ":"), ensure_ascii=False),
         })
     if not rows:
         return ALERT_SCHEMA.empty_table()
-    table = pa.Table.from_pylist(rows, schema=ALERT_SCHEMA)
-    order = np.lexsort((table.column("alert_id").to_numpy(zero_copy_only=False),
-                        table.column("first_seen").cast(pa.int64()).to_numpy()))
-    return table.take(pa.array(order))
+    return pa.Table.from_pylist(rows, schema=ALERT_SCHEMA).sort_by([("first_seen", "ascending"),
+                                                                     ("alert_id", "ascending")])

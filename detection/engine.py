@@ -11,15 +11,12 @@ Two stages, so each runs where it belongs:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA, alert_table
 from detection.rules.hits import HIT_SCHEMA, HitExtractor
-from detection.rules.loader import load_rules
 from detection.rules.model import Rule
-from detection.rules.windows import WindowCounter
+from detection.rules.windows import Episode, WindowCounter
 
 #: how late a packet may come after a later one (files of one replay overlap a little)
 PACKET_LATENESS_S = 5.0
@@ -35,10 +32,6 @@ class DetectionEngine:
         self._flow_windows = WindowCounter(rules, flow_lateness_s)
         self.alerts = 0
 
-    @classmethod
-    def from_paths(cls, paths: list[Path] | None = None, **kw: float) -> DetectionEngine:
-        return cls(load_rules(paths), **kw)
-
     def packet_hits(self, packets: pa.RecordBatch) -> pa.RecordBatch:
         return self._packet_rules.hits(packets)
 
@@ -52,7 +45,7 @@ class DetectionEngine:
     def flush(self) -> pa.Table:
         return self._alerts(self._packet_windows.flush() + self._flow_windows.flush())
 
-    def _alerts(self, episodes: list) -> pa.Table:  # type: ignore[type-arg]
+    def _alerts(self, episodes: list[Episode]) -> pa.Table:
         table = alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()
         self.alerts += table.num_rows
         return table

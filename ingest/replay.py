@@ -87,18 +87,20 @@ def replay(
     processes: int | None = None,
     rules: list[Path] | None = None,
 ) -> ReplaySummary:
-    """Run the embedded pipeline; raises CaptureError before writing anything if an input is unusable.
+    """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
+
+    ``rules``: rule files or directories; None for the bundled rules, [] for none.
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
+    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))
     started = time.perf_counter()
     sizes = [Path(f).stat().st_size for f in files]
-    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s)
     flows = FlowAssembler(idle_timeout_s, active_timeout_s)
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)

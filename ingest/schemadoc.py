@@ -12,8 +12,10 @@ import enum
 import sys
 from pathlib import Path
 
+from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
 from detection.flows.keys import KEYED_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
+from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from sensors.schema import PACKET_FIELDS, PACKET_SCHEMA_VERSION, AppProto, DecodeStatus, Field, TunnelType
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "schemas.md"
@@ -66,6 +68,20 @@ def render() -> str:
         "fragments excluded), as the flow assembler consumes it. Addresses are split in 64-bit halves.",
         "",
         *_fields(keyed),
+        "",
+        f"## hits (version {HIT_SCHEMA_VERSION}) — `detection/rules/hits.py`",
+        "",
+        "The rules' stateless half: one row per packet or flow a rule's selection matched, as the",
+        "windowed counting consumes it.",
+        "",
+        *_fields(HIT_FIELDS),
+        "",
+        f"## alerts (version {ALERT_SCHEMA_VERSION}) — `detection/alerts.py`",
+        "",
+        "One row per alert episode (consecutive firing windows of one rule and group), `alerts.parquet`;",
+        "the same alerts are EVE `alert` events in `eve.json`.",
+        "",
+        *_fields(ALERT_FIELDS),
         "",
     ]
     return "\n".join(lines)

@@ -5,7 +5,6 @@ Same small contract for every sink: ``write(table)`` then ``close()``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -58,11 +57,6 @@ def _iso(ts: Any) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+0000"
 
 
-def _iso_ns(ns: int) -> str:
-    return _iso(_EPOCH + dt.timedelta(microseconds=ns // 1000))
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 ISO_WIDTH = len("2024-01-02T03:04:05.123456+0000")
 
 
@@ -178,10 +172,9 @@ class EveSink:
 
     def write_alerts(self, alerts: pa.Table) -> None:
         """EVE ``alert`` events (few: one per alert episode), with the ``liaowang`` warning object."""
-        times = {c: alerts.column(c).cast(pa.int64()).to_pylist() for c in ("first_seen", "last_seen")}
-        alerts = alerts.drop_columns(["first_seen", "last_seen"])
-        for i, a in enumerate(alerts.to_pylist()):
-            a["first_seen"], a["last_seen"] = _iso_ns(times["first_seen"][i]), _iso_ns(times["last_seen"][i])
+        for c in ("first_seen", "last_seen"):  # nanoseconds: Python's datetime would refuse them
+            alerts = alerts.set_column(alerts.schema.get_field_index(c), c, _iso_column(alerts.column(c)))
+        for a in alerts.to_pylist():
             ev: dict[str, Any] = {"timestamp": a["first_seen"], "event_type": "alert"}
             if a["flow_id"] is not None:
                 ev["flow_id"] = a["flow_id"]

@@ -98,19 +98,18 @@ def parse_condition(text: str, names: list[str]) -> Node:
         pos += 1
         return tok
 
-    def expr() -> Node:
-        left = term()
-        while (peek() or "").lower() == "or":
+    def chain(operand: Callable[[], Node], word: str, combine: Callable[[Node, Node], Node]) -> Node:
+        left = operand()
+        while (peek() or "").lower() == word:
             take()
-            left = _either(left, term())
+            left = combine(left, operand())
         return left
 
+    def expr() -> Node:
+        return chain(term, "or", _either)
+
     def term() -> Node:
-        left = factor()
-        while (peek() or "").lower() == "and":
-            take()
-            left = _both(left, factor())
-        return left
+        return chain(factor, "and", _both)
 
     def factor() -> Node:
         tok = peek()

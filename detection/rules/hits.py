@@ -15,25 +15,29 @@ import pyarrow.compute as pc
 from detection.flows.export import ip_strings
 from detection.rules.compiler import ADDRESS_FIELDS, CompiledRule, Table, address_halves
 from detection.rules.model import Rule
+from sensors.schema import Field, arrow_schema
 
-HIT_SCHEMA = pa.schema(
-    [
-        pa.field("rule", pa.uint16()),
-        pa.field("ts", pa.int64()),  # ns since the epoch, UTC: packet time, or a flow's first_seen
-        pa.field("group", pa.string()),  # "field=value,field=value" of the rule's aggregate.by
-        pa.field("value", pa.string()),  # aggregate.field as text, for distinct counts
-        pa.field("src_ip", pa.string()),
-        pa.field("dst_ip", pa.string()),
-        pa.field("src_port", pa.uint16()),
-        pa.field("dst_port", pa.uint16()),
-        pa.field("ip_proto", pa.uint8()),
-        pa.field("teid", pa.uint32()),
-        pa.field("tunnel_src_ip", pa.string()),
-        pa.field("tunnel_dst_ip", pa.string()),
-        pa.field("flow_id", pa.int64()),
-    ],
-    metadata={"liaowang.schema": "hits", "liaowang.version": "1"},
-)
+HIT_SCHEMA_VERSION = 1
+#: the event's 5-tuple and tunnel, carried from a hit to its alert
+TUPLE_FIELDS: list[Field] = [
+    Field("src_ip", pa.string(), "source address (inner when tunnelled)"),
+    Field("dst_ip", pa.string(), "destination address"),
+    Field("src_port", pa.uint16(), "source port"),
+    Field("dst_port", pa.uint16(), "destination port"),
+    Field("ip_proto", pa.uint8(), "IP protocol number"),
+    Field("teid", pa.uint32(), "GTP-U TEID, null when not tunnelled in GTP-U"),
+    Field("tunnel_src_ip", pa.string(), "outer source address, null when not tunnelled"),
+    Field("tunnel_dst_ip", pa.string(), "outer destination address"),
+    Field("flow_id", pa.int64(), "the flow, for flow rules (null for packet rules)"),
+]
+HIT_FIELDS: list[Field] = [
+    Field("rule", pa.uint16(), "index of the rule in the loaded rule list"),
+    Field("ts", pa.int64(), "event time, ns since the epoch (UTC): the packet's, or the flow's first_seen"),
+    Field("group", pa.string(), "the rule's aggregate.by values: field=value,field=value"),
+    Field("value", pa.string(), "the rule's aggregate.field as text, for distinct counts"),
+    *TUPLE_FIELDS,
+]
+HIT_SCHEMA = arrow_schema(HIT_FIELDS, "hits", HIT_SCHEMA_VERSION)
 
 
 def _text(col: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:

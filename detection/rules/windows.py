@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.rules.hits import HIT_SCHEMA
+from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
 
-TUPLE = ["src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "teid", "tunnel_src_ip", "tunnel_dst_ip", "flow_id"]
+TUPLE = [f.name for f in TUPLE_FIELDS]
 KEYS = ["rule", "group", "bucket", "value"]
 NEVER = -(1 << 62)
 
@@ -222,4 +222,4 @@ def _combine(t: pa.Table) -> pa.Table:
     return agg.rename_columns([names.get(c, c) for c in agg.column_names])
 
 
-__all__ = ["HIT_SCHEMA", "Episode", "WindowCounter"]
+__all__ = ["Episode", "WindowCounter"]
