@@ -32,6 +32,10 @@ class DetectionEngine:
         self._flow_windows = WindowCounter(rules, flow_lateness_s)
         self.alerts = 0
 
+    @property
+    def has_packet_rules(self) -> bool:
+        return bool(self._packet_rules.compiled)
+
     def packet_hits(self, packets: pa.RecordBatch) -> pa.RecordBatch:
         return self._packet_rules.hits(packets)
 

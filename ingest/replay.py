@@ -126,6 +126,8 @@ def replay(
 
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys and packet-rule hits."""
+        if not engine.has_packet_rules:
+            return {"keyed": project(packets)}
         return {"keyed": project(packets), "hits": engine.packet_hits(packets)}
 
     processes = default_processes() if processes is None else processes
@@ -136,7 +138,7 @@ def replay(
     for outputs, stats in source:
         summary.traffic.add(stats)
         finished = flows.update(outputs["keyed"])
-        emit(finished, engine.update(outputs["hits"], finished, stats.last_ts_ns))
+        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
