@@ -191,7 +191,7 @@ def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:
     ssh = pc.fill_null(pc.starts_with(packets.column("ssh_banner"), "SSH-2.0", ignore_case=True), False)
     big = pc.greater_equal(packets.column("frame_len"), 1000)
     expected = in_net & np.asarray(pc.or_(ssh, big).to_numpy(zero_copy_only=False))
-    assert hits.num_rows == expected.sum() > 0
+    assert pc.sum(hits.column("n")).as_py() == expected.sum() > 0
     assert pc.all(pc.starts_with(hits.column("dst_ip"), "192.168.56.")).as_py()
 
 

@@ -177,9 +177,10 @@ class CompiledRule:
         self.rule = rule
         self._condition = parse_condition(rule.condition, list(rule.selections))
 
-    def matches(self, table: Table) -> Mask:
+    def matches(self, table: Table, cache: dict[str, Any] | None = None) -> Mask:
+        """``cache``: shared by the rules evaluated on one table, so common tests run once."""
         n = table.num_rows
-        cache: dict[str, Any] = {}
+        cache = {} if cache is None else cache
         masks = {name: _any([_all([_test(table, c, cache) for c in conds], n) for conds in alts], n)
                  for name, alts in self.rule.selections.items()}
         return np.asarray(self._condition(masks, n), dtype=bool)
@@ -212,14 +213,53 @@ def _test(table: Table, c: Condition, cache: dict[str, Any]) -> Mask:
         return _address_test(col, c, cache)
     results = []
     for v in c.values:
-        results.append(_scalar_test(col, c.modifier, v, cache, c.field))
+        key = f"{c.field}|{c.modifier}|{v!r}"
+        if key not in cache:
+            cache[key] = _scalar_test(col, c.modifier, v, cache, c.field)
+        results.append(cache[key])
     return _all(results, n) if c.match_all else _any(results, n)
+
+
+def _numbers(col: pa.Array | pa.ChunkedArray, cache: dict[str, Any], field: str) -> tuple[np.ndarray, Mask | None]:
+    """A numeric column as numpy values (nulls as 0) and its validity (None: no nulls), once per table."""
+    key = "num:" + field
+    if key not in cache:
+        valid = _bool(col.is_valid()) if col.null_count else None
+        values = (pc.fill_null(col, pa.scalar(0).cast(col.type)) if col.null_count else col)
+        cache[key] = (np.asarray(values.to_numpy(zero_copy_only=False)), valid)
+    found: tuple[np.ndarray, Mask | None] = cache[key]
+    return found
+
+
+def _numeric_test(values: np.ndarray, valid: Mask | None, modifier: str, v: Any) -> Mask | None:
+    """Numeric tests in numpy (None: not a numeric test)."""
+    if isinstance(v, str):
+        try:
+            v = float(v) if "." in v else int(v, 0)
+        except ValueError:
+            return None
+    if modifier in ("equals", "in"):
+        out = values == v
+    elif modifier in ("gt", "gte", "lt", "lte"):
+        op = {"gt": np.greater, "gte": np.greater_equal, "lt": np.less, "lte": np.less_equal}[modifier]
+        out = op(values, v)
+    elif modifier in ("bits_all", "bits_any", "bits_none"):
+        anded = values & values.dtype.type(int(v))
+        out = anded == int(v) if modifier == "bits_all" else (anded != 0 if modifier == "bits_any" else anded == 0)
+    else:
+        return None
+    return out & valid if valid is not None else np.asarray(out, dtype=bool)
 
 
 def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: dict[str, Any], field: str) -> Mask:
     text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
     if v is None:
         return _bool(col.is_null())
+    numeric = pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
+    if numeric and not (modifier.startswith("bits") and not pa.types.is_integer(col.type)):
+        found = _numeric_test(*_numbers(col, cache, field), modifier, v)
+        if found is not None:
+            return found
     if modifier in ("equals", "in"):
         if text:
             key = "lower:" + field

@@ -1,12 +1,15 @@
-"""Stateless stage: a packet or flow table -> the rows each rule selects ("hits").
+"""Stateless stage: a packet or flow table -> what each rule selects, pre-counted ("hits").
 
-Runs where the data is (a decoder process for packets), so only the few
-selected rows travel on to the stateful window stage.  Hits of all rules share
-one schema: the rule's index, the event time, its aggregation group and
-distinct value as text, and the event's 5-tuple for the alert.
+Runs where the data is (a decoder process for packets).  The selected rows of
+a rule are counted per aggregation group, half-window bucket and distinct
+value before they leave, on the raw columns, so a flood of 100,000 packets
+travels on as a few rows and only those rows are turned into text.  Every hit
+keeps the 5-tuple of its earliest event for the alert.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +20,7 @@ from detection.rules.compiler import ADDRESS_FIELDS, CompiledRule, Table, addres
 from detection.rules.model import Rule
 from sensors.schema import Field, arrow_schema
 
-HIT_SCHEMA_VERSION = 1
+HIT_SCHEMA_VERSION = 2
 #: the event's 5-tuple and tunnel, carried from a hit to its alert
 TUPLE_FIELDS: list[Field] = [
     Field("src_ip", pa.string(), "source address (inner when tunnelled)"),
@@ -32,10 +35,13 @@ TUPLE_FIELDS: list[Field] = [
 ]
 HIT_FIELDS: list[Field] = [
     Field("rule", pa.uint16(), "index of the rule in the loaded rule list"),
-    Field("ts", pa.int64(), "event time, ns since the epoch (UTC): the packet's, or the flow's first_seen"),
     Field("group", pa.string(), "the rule's aggregate.by values: field=value,field=value"),
+    Field("bucket", pa.int64(), "event time // the rule's hop (half its window)"),
     Field("value", pa.string(), "the rule's aggregate.field as text, for distinct counts"),
-    *TUPLE_FIELDS,
+    Field("n", pa.int64(), "events of this rule, group, bucket and value"),
+    Field("first_ts", pa.int64(), "earliest event time, ns since the epoch (UTC): packet ts or flow first_seen"),
+    Field("last_ts", pa.int64(), "latest event time"),
+    *[Field(f.name, f.type, f.doc + ", of the earliest event") for f in TUPLE_FIELDS],
 ]
 HIT_SCHEMA = arrow_schema(HIT_FIELDS, "hits", HIT_SCHEMA_VERSION)
 
@@ -57,36 +63,68 @@ class HitExtractor:
 
     def __init__(self, rules: list[Rule], source: str, first_index: int = 0) -> None:
         self.source = source
+        self.time_column = "ts" if source == "packets" else "first_seen"
         self.compiled = [(first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
+        self.tuple_columns = [f.name for f in TUPLE_FIELDS if f.name != "flow_id" or source == "flows"]
 
     def hits(self, table: Table) -> pa.RecordBatch:
-        parts = []
+        cache: dict[str, Any] = {}
+        found = []  # (rule index, rule, counts per group/bucket/value, row of each count's earliest event)
         for index, compiled in self.compiled:
-            rows = np.flatnonzero(compiled.matches(table))
+            rows = np.flatnonzero(compiled.matches(table, cache))
             if len(rows):
-                parts.append(self._rows(table.take(pa.array(rows)), index, compiled.rule))
-        if not parts:
+                found.append((index, compiled.rule, *self._count(table, rows, compiled.rule)))
+        if not found:
             return pa.RecordBatch.from_pylist([], schema=HIT_SCHEMA)
-        return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
-
-    def _rows(self, sel: Table, index: int, rule: Rule) -> pa.RecordBatch:
-        n = sel.num_rows
-        agg = rule.aggregate
-        parts = [pc.binary_join_element_wise(f, pc.fill_null(_text(sel.column(f), f), ""), "=") for f in agg.by]
-        group = pc.binary_join_element_wise(*parts, ",") if parts else pa.array([""] * n, pa.string())
-        value = _text(sel.column(agg.field), agg.field) if agg.field else pa.nulls(n, pa.string())
-        time_col = "ts" if self.source == "packets" else "first_seen"
-        cols = {
-            "rule": pa.array(np.full(n, index, dtype=np.uint16)),
-            "ts": sel.column(time_col).cast(pa.int64()),
-            "group": group,
-            "value": value,
+        # the earliest events of all rules' counts, turned into text together (one call per column)
+        firsts = np.concatenate([f[3] for f in found])
+        keys = {k for _, rule, _, _ in found for k in (*rule.aggregate.by, rule.aggregate.field) if k}
+        columns = list(dict.fromkeys([*self.tuple_columns, *sorted(keys)]))
+        first = table.select(columns).take(pa.array(firsts))
+        text = {c: _text(first.column(c), c) for c in columns if c in keys or c in ADDRESS_FIELDS}
+        n = len(firsts)
+        cols: dict[str, Any] = {
+            "rule": pa.array(np.concatenate([np.full(len(f[3]), f[0], dtype=np.uint16) for f in found])),
+            "bucket": pa.array(np.concatenate([f[2]["bucket"] for f in found])),
+            "n": pa.array(np.concatenate([f[2]["n"] for f in found])),
+            "first_ts": pa.array(np.concatenate([f[2]["first_ts"] for f in found])),
+            "last_ts": pa.array(np.concatenate([f[2]["last_ts"] for f in found])),
         }
-        for name in ("src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"):
-            cols[name] = _text(sel.column(name), name)
-        for name in ("src_port", "dst_port", "ip_proto", "teid"):
-            cols[name] = sel.column(name)
-        cols["flow_id"] = sel.column("flow_id") if "flow_id" in sel.column_names else pa.nulls(n, pa.int64())
+        groups, values, start = [], [], 0
+        for _, rule, _, rows in found:
+            end = start + len(rows)
+            parts = [pc.binary_join_element_wise(k, pc.fill_null(text[k][start:end], ""), "=")
+                     for k in rule.aggregate.by]
+            groups.append(pc.binary_join_element_wise(*parts, ",") if parts else pa.array([""] * len(rows),
+                                                                                            pa.string()))
+            values.append(text[rule.aggregate.field][start:end] if rule.aggregate.field
+                          else pa.nulls(len(rows), pa.string()))
+            start = end
+        cols["group"] = pa.concat_arrays(groups)
+        cols["value"] = pa.concat_arrays(values)
+        for name in self.tuple_columns:
+            cols[name] = text[name] if name in ADDRESS_FIELDS else first.column(name)
+        if "flow_id" not in cols:
+            cols["flow_id"] = pa.nulls(n, pa.int64())
         arrays = [cols[f.name].combine_chunks() if isinstance(cols[f.name], pa.ChunkedArray) else cols[f.name]
                   for f in HIT_SCHEMA]
         return pa.RecordBatch.from_arrays([a.cast(f.type) for a, f in zip(arrays, HIT_SCHEMA)], schema=HIT_SCHEMA)
+
+    def _count(self, table: Table, rows: np.ndarray, rule: Rule) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A rule's selected rows -> counts per (group, bucket, value), and the row of each one's earliest event."""
+        agg = rule.aggregate
+        ts = np.asarray(table.column(self.time_column).take(pa.array(rows)).cast(pa.int64())
+                        .to_numpy(zero_copy_only=False))
+        order = np.argsort(ts, kind="stable")  # ties keep input order, as the window stage's merge does
+        keys = list(dict.fromkeys([*agg.by, *([agg.field] if agg.field else [])]))
+        selected = table.select(keys).take(pa.array(rows))
+        counted = pa.table({
+            **{f"k{i}": selected.column(i) for i in range(len(keys))},
+            "bucket": pa.array(ts // agg.hop_ns),
+            "rank": pa.array(np.argsort(order, kind="stable")),  # position in time order
+            "ts": pa.array(ts),
+        }).group_by([*(f"k{i}" for i in range(len(keys))), "bucket"], use_threads=False).aggregate(
+            [("rank", "min"), ("rank", "count"), ("ts", "min"), ("ts", "max")])
+        return ({"bucket": counted.column("bucket").to_numpy(), "n": counted.column("rank_count").to_numpy(),
+                 "first_ts": counted.column("ts_min").to_numpy(), "last_ts": counted.column("ts_max").to_numpy()},
+                rows[order[counted.column("rank_min").to_numpy()]])

@@ -34,6 +34,11 @@ class Aggregate:
     window_s: float = 60.0
     threshold: int = 1
 
+    @property
+    def hop_ns(self) -> int:
+        """Windows hop by half their length; events are counted per hop ("bucket")."""
+        return max(int(self.window_s * 1e9) // 2, 1)
+
 
 @dataclass
 class Rule:

@@ -56,7 +56,7 @@ class WindowCounter:
 
     def __init__(self, rules: list[Rule], lateness_s: float = 5.0) -> None:
         self.rules = rules
-        self.hop_ns = np.array([max(int(r.aggregate.window_s * 1e9) // 2, 1) for r in rules] or [1], dtype=np.int64)
+        self.hop_ns = np.array([r.aggregate.hop_ns for r in rules] or [1], dtype=np.int64)
         self.threshold = np.array([r.aggregate.threshold for r in rules] or [1], dtype=np.int64)
         self.distinct = np.array([r.aggregate.function == "distinct_count" for r in rules] or [False])
         self.lateness_ns = int(lateness_s * 1e9)
@@ -74,7 +74,7 @@ class WindowCounter:
         if watermark_ns is not None:
             self.watermark = max(self.watermark, watermark_ns)
         elif hits.num_rows:
-            self.watermark = max(self.watermark, int(pc.max(hits.column("ts")).as_py()))
+            self.watermark = max(self.watermark, int(pc.max(hits.column("last_ts")).as_py()))
         return late + self._advance(self.watermark - self.lateness_ns)
 
     def flush(self) -> list[Episode]:
@@ -92,7 +92,7 @@ class WindowCounter:
         a short one inside its span): they form episodes of their own, right away.
         """
         rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-        late = hits.column("ts").to_numpy(zero_copy_only=False).astype(np.int64) // self.hop_ns[rule] <= self.done[rule]
+        late = hits.column("bucket").to_numpy(zero_copy_only=False) <= self.done[rule]
         episodes: list[Episode] = []
         if late.any():
             self.late_events += int(late.sum())
@@ -108,14 +108,8 @@ class WindowCounter:
         return episodes
 
     def _partials(self, hits: pa.RecordBatch | pa.Table) -> pa.Table:
-        rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-        ts = hits.column("ts").to_numpy(zero_copy_only=False).astype(np.int64)
-        bucket = ts // self.hop_ns[rule]
-        return pa.table({
-            "rule": hits.column("rule"), "group": hits.column("group"), "bucket": pa.array(bucket),
-            "value": hits.column("value"), "n": pa.array(np.ones(len(bucket), dtype=np.int64)),
-            "first_ts": pa.array(ts), "last_ts": pa.array(ts), **{c: hits.column(c) for c in TUPLE},
-        })
+        """Hits are partial aggregates already (counted per batch where they were found)."""
+        return pa.Table.from_batches([hits]) if isinstance(hits, pa.RecordBatch) else hits
 
     def _advance(self, event_time_ns: int) -> list[Episode]:
         """Evaluate every window that ended before ``event_time_ns``; return the episodes that can grow no more."""
