@@ -22,6 +22,7 @@ from sensors.protocols import (
     gtpu,
     http,
     http2,
+    login,
     icmp,
     ipv4,
     ipv6,
@@ -29,6 +30,7 @@ from sensors.protocols import (
     modbus,
     pfcp,
     sctp,
+    smb,
     ssh,
     tcp,
     tls,
@@ -191,6 +193,8 @@ def _applications(pk: Packets) -> None:
         http.dissect(pk, tcp_rows[http.FIRST_BYTES[first]])
         ssh.dissect(pk, tcp_rows[first == ord("S")])
         modbus.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        smb.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        login.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):
         http2.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])

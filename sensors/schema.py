@@ -46,6 +46,9 @@ class AppProto(enum.IntEnum):
     NGAP = 11
     S1AP = 12
     ARP = 13
+    SMB = 14
+    MAIL = 15  # POP3 / IMAP / SMTP commands
+    FTP = 16
 
 
 class TunnelType(enum.IntEnum):
@@ -138,8 +141,14 @@ PACKET_FIELDS: list[Field] = [
     Field("http_uri", pa.string(), "HTTP/1 request target"),
     Field("http_user_agent", pa.string(), "HTTP/1 User-Agent header"),
     Field("http_status", pa.uint16(), "HTTP/1 response status code"),
+    Field("http_auth_scheme", pa.string(), "HTTP/1 request Authorization scheme (Basic, Digest, Bearer...), never its value"),
+    Field("http_server", pa.string(), "HTTP/1 response Server header"),
     Field("ssh_banner", pa.string(), "SSH identification string (RFC 4253 4.2)"),
     Field("modbus_func", pa.uint8(), "Modbus/TCP function code (bit 7 set = exception response)"),
+    Field("smb_version", pa.uint8(), "SMB dialect family of the message: 1 (SMBv1, \\xffSMB), 2 (SMB2/3), 3 (SMB3 transform)"),
+    Field("login_command", pa.string(),
+          "cleartext login command sent (FTP/POP3 USER, PASS, APOP; IMAP LOGIN, AUTHENTICATE; SMTP AUTH),"
+          " never the credential"),
 ]
 
 def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:

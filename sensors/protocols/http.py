@@ -1,4 +1,4 @@
-"""HTTP/1.x (RFC 9112) request line, Host and User-Agent; response status.
+"""HTTP/1.x (RFC 9112) request line, Host, User-Agent, Authorization scheme; response status and Server.
 
 Header fields are found with RE2 regular expressions over a bounded prefix of
 the payload (pyarrow.compute), vectorized over all candidate packets.
@@ -23,6 +23,8 @@ FIRST_BYTES[[m[0] for m in METHODS] + [ord("H")]] = True
 REQUEST_LINE = r"^(?P<method>[A-Z]{3,8}) (?P<uri>[^ \r\n]+) HTTP/"
 HOST = r"(?i)\r\nhost:[ \t]*(?P<v>[^\r\n]*)"
 USER_AGENT = r"(?i)\r\nuser-agent:[ \t]*(?P<v>[^\r\n]*)"
+AUTH_SCHEME = r"(?i)\r\nauthorization:[ \t]*(?P<v>[A-Za-z0-9_-]+)"  # the scheme only: credentials stay out
+SERVER = r"(?i)\r\nserver:[ \t]*(?P<v>[^\r\n]*)"
 
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
@@ -32,7 +34,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     word = pk.u32(off)
     req = one_of(word, METHOD_WORDS)
     resp = (word == HTTP_WORD) & (pk.u32(off + 4) >> 8 == int.from_bytes(b"/1.", "big"))
-    _responses(pk, rows[resp], off[resp])
+    _responses(pk, rows[resp], off[resp], end[resp])
     rows, off, end = rows[req], off[req], end[req]
     if not len(rows):
         return
@@ -47,13 +49,18 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     pk.put("app_proto", rows[r], AppProto.HTTP)
     pk.put_arrow_str("http_method", rows[r], line.field("method"))
     pk.put_arrow_str("http_uri", rows[r], line.field("uri"))
-    pk.put_arrow_str("http_host", rows[r], pc.extract_regex(text, HOST).field("v"))
-    pk.put_arrow_str("http_user_agent", rows[r], pc.extract_regex(text, USER_AGENT).field("v"))
+    pk.put_arrow_str("http_host", rows[r], pc.struct_field(pc.extract_regex(text, HOST), "v"))
+    pk.put_arrow_str("http_user_agent", rows[r], pc.struct_field(pc.extract_regex(text, USER_AGENT), "v"))
+    pk.put_arrow_str("http_auth_scheme", rows[r], pc.struct_field(pc.extract_regex(text, AUTH_SCHEME), "v"))
 
 
-def _responses(pk: Packets, rows: np.ndarray, off: np.ndarray) -> None:
+def _responses(pk: Packets, rows: np.ndarray, off: np.ndarray, end: np.ndarray) -> None:
     digits = np.stack([pk.u8(off + 9 + i).astype(np.int64) - 48 for i in range(3)])
     ok = ((digits >= 0) & (digits <= 9)).all(axis=0) & (pk.u8(off + 8) == 0x20)
-    rows, digits = rows[ok], digits[:, ok]
+    rows, off, end, digits = rows[ok], off[ok], end[ok], digits[:, ok]
     pk.put("app_proto", rows, AppProto.HTTP)
     pk.put("http_status", rows, (digits[0] * 100 + digits[1] * 10 + digits[2]).astype(np.uint16))
+    if len(rows):
+        text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES),
+                              keep_line_breaks=True)
+        pk.put_arrow_str("http_server", rows, pc.struct_field(pc.extract_regex(text, SERVER), "v"))
