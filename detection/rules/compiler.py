@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection.features import feature_fields
 from detection.flows.keys import _ip as binary_ip_halves
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.model import Condition, Rule
@@ -33,6 +34,8 @@ Mask: TypeAlias = np.ndarray  # bool, one per row
 def check_rule(rule: Rule) -> None:
     """Raise ValueError if the rule names unknown fields, misuses a modifier or has a bad condition."""
     schema = SOURCE_SCHEMAS[rule.source]
+    for f in feature_fields(rule.source):
+        schema = schema.append(pa.field(f.name, f.type))
     for name in rule.fields():
         if name not in schema.names:
             raise ValueError(f"unknown {rule.source} field '{name}'")

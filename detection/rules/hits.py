@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection.features import FEATURES, with_features
 from detection.flows.export import ip_strings
 from detection.rules.compiler import ADDRESS_FIELDS, CompiledRule, Table, address_halves
 from detection.rules.model import Rule
@@ -66,8 +67,10 @@ class HitExtractor:
         self.time_column = "ts" if source == "packets" else "first_seen"
         self.compiled = [(first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
         self.tuple_columns = [f.name for f in TUPLE_FIELDS if f.name != "flow_id" or source == "flows"]
+        self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES[source]))
 
     def hits(self, table: Table) -> pa.RecordBatch:
+        table = with_features(table, self.source, self.features) if self.features else table
         cache: dict[str, Any] = {}
         found = []  # (rule index, rule, counts per group/bucket/value, row of each count's earliest event)
         for index, compiled in self.compiled:

@@ -101,7 +101,7 @@ def _tls(n_data: int) -> list[tuple[bool, str, bytes]]:
 
 
 def _ssh(n_data: int) -> list[tuple[bool, str, bytes]]:
-    seq = _tcp_session(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3\r\n", [b"SSH-2.0-OpenSSH_7.4\r\n"] + [bytes(600)] * n_data,
+    seq = _tcp_session(b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3\r\n", [b"SSH-2.0-OpenSSH_9.6\r\n"] + [bytes(600)] * n_data,
                        [bytes(120)] * 3)
     return seq
 
