@@ -14,7 +14,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA, alert_table
-from detection.rules.hits import HIT_SCHEMA, HitExtractor
+from detection.detectors.base import NEVER, FlowDetector, WindowedFlows
+from detection.rules.hits import HIT_SCHEMA, Everything, HitExtractor
 from detection.rules.model import Rule
 from detection.rules.windows import Episode, WindowCounter
 
@@ -23,13 +24,21 @@ PACKET_LATENESS_S = 5.0
 
 
 class DetectionEngine:
-    def __init__(self, rules: list[Rule], flow_lateness_s: float = 1800.0 + 120.0) -> None:
-        self.rules = rules
+    """Rules over packets and flows, and stateful flow detectors, -> alert tables."""
+
+    def __init__(self, rules: list[Rule], flow_lateness_s: float = 1800.0 + 120.0,
+                 detectors: list[FlowDetector] | None = None) -> None:
+        detectors = detectors or []
+        # detectors raise alerts like rules: each gets a rule entry after the loaded rules
+        self.rules = rules + [d.rule for d in detectors]
         self._packet_rules = HitExtractor(rules, "packets")
         self._flow_rules = HitExtractor(rules, "flows")
-        self._packet_windows = WindowCounter(rules, PACKET_LATENESS_S)
+        self._detectors = [(WindowedFlows(d, flow_lateness_s),
+                            HitExtractor([], "flows", matchers=[(len(rules) + i, Everything(d.rule))]))
+                           for i, d in enumerate(detectors)]
+        self._packet_windows = WindowCounter(self.rules, PACKET_LATENESS_S)
         # a flow's event time is its first packet, and flows are exported when they end
-        self._flow_windows = WindowCounter(rules, flow_lateness_s)
+        self._flow_windows = WindowCounter(self.rules, flow_lateness_s)
         self.alerts = 0
 
     @property
@@ -42,12 +51,39 @@ class DetectionEngine:
     def update(self, packet_hits: pa.RecordBatch | None, flows: pa.Table | None, watermark_ns: int | None) -> pa.Table:
         hits = packet_hits if packet_hits is not None else HIT_SCHEMA.empty_table()
         episodes = self._packet_windows.update(hits, watermark_ns)
-        flow_hits = self._flow_rules.hits(flows) if flows is not None and flows.num_rows else HIT_SCHEMA.empty_table()
+        has_flows = flows is not None and flows.num_rows
+        parts = [self._flow_rules.hits(flows)] if has_flows and self._flow_rules.compiled else []
+        for windows, extractor in self._detectors:
+            flagged = windows.update(flows, watermark_ns)
+            if flagged is not None:
+                parts.append(extractor.hits(flagged))
+        flow_hits = pa.Table.from_batches(parts) if parts else HIT_SCHEMA.empty_table()
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
 
+    def new_timeline(self) -> pa.Table:
+        """End every window and episode and start the clock again: for an input that starts earlier
+        than the one before it ended (unrelated captures replayed together), so that its events
+        are counted in their own windows rather than as late ones.  Returns the alerts closed."""
+        alerts = self.flush()
+        for counter in (self._packet_windows, self._flow_windows):
+            counter.reset()
+        for windows, _ in self._detectors:
+            windows.closed = NEVER
+        return alerts
+
+    @property
+    def watermark_ns(self) -> int:
+        return max(self._packet_windows.watermark, self._flow_windows.watermark)
+
     def flush(self) -> pa.Table:
-        return self._alerts(self._packet_windows.flush() + self._flow_windows.flush())
+        parts = []
+        for windows, extractor in self._detectors:
+            flagged = windows.flush()
+            if flagged is not None:
+                parts.append(extractor.hits(flagged))
+        episodes = self._flow_windows.update(pa.Table.from_batches(parts), None) if parts else []
+        return self._alerts(episodes + self._packet_windows.flush() + self._flow_windows.flush())
 
     def _alerts(self, episodes: list[Episode]) -> pa.Table:
         table = alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()

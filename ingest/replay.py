@@ -19,7 +19,8 @@ from typing import TextIO
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA
-from detection.engine import DetectionEngine
+from detection.detectors import FlowDetector, default_detectors
+from detection.engine import PACKET_LATENESS_S, DetectionEngine
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
@@ -76,6 +77,9 @@ class ReplaySummary:
         }
 
 
+PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
+
+
 def replay(
     inputs: list[str],
     out_dir: Path,
@@ -86,17 +90,22 @@ def replay(
     progress: Callable[[ReplaySummary, int, int], None] | None = None,
     processes: int | None = None,
     rules: list[Path] | None = None,
+    detectors: list[FlowDetector] | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
     ``rules``: rule files or directories; None for the bundled rules, [] for none.
+    ``detectors``: stateful flow detectors; None for the defaults (none when ``rules`` is []).
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
-    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s)
+    if detectors is None:
+        detectors = [] if rules == [] else default_detectors()
+    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s,
+                             detectors=detectors)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))
     started = time.perf_counter()
@@ -135,7 +144,12 @@ def replay(
         source = packet_batches_forked(files, chunk_bytes, summary.damages, stage, decoders=processes - 1)
     else:
         source = packet_batches(files, chunk_bytes, summary.damages, stage)
+    file_index = 0
     for outputs, stats in source:
+        if stats.file_index != file_index:  # a new input: does it go back in time?
+            file_index = stats.file_index
+            if stats.first_ts_ns is not None and stats.first_ts_ns < engine.watermark_ns - PACKET_LATENESS_NS:
+                emit(FLOW_SCHEMA.empty_table(), engine.new_timeline())
         summary.traffic.add(stats)
         finished = flows.update(outputs["keyed"])
         emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns))

@@ -9,7 +9,7 @@ keeps the 5-tuple of its earliest event for the alert.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -59,13 +59,34 @@ def _text(col: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:
     return col.cast(pa.string())
 
 
-class HitExtractor:
-    """Evaluates every rule of one source on a table; ``hits(table)`` -> HIT_SCHEMA batch."""
+class Matcher(Protocol):
+    rule: Rule
 
-    def __init__(self, rules: list[Rule], source: str, first_index: int = 0) -> None:
+    def matches(self, table: Table, cache: dict[str, Any] | None = None) -> np.ndarray: ...
+
+
+class Everything:
+    """Selects every row: the tables a stateful detector flagged are its hits as they are."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def matches(self, table: Table, cache: dict[str, Any] | None = None) -> np.ndarray:
+        return np.ones(table.num_rows, dtype=bool)
+
+
+class HitExtractor:
+    """Evaluates every rule of one source on a table; ``hits(table)`` -> HIT_SCHEMA batch.
+
+    ``matchers`` replace the rules' compiled selections (index, matcher), e.g. ``Everything``.
+    """
+
+    def __init__(self, rules: list[Rule], source: str, first_index: int = 0,
+                 matchers: list[tuple[int, Matcher]] | None = None) -> None:
         self.source = source
         self.time_column = "ts" if source == "packets" else "first_seen"
-        self.compiled = [(first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
+        self.compiled: list[tuple[int, Matcher]] = matchers if matchers is not None else [
+            (first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
         self.tuple_columns = [f.name for f in TUPLE_FIELDS if f.name != "flow_id" or source == "flows"]
         self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES[source]))
 

@@ -77,6 +77,13 @@ class WindowCounter:
             self.watermark = max(self.watermark, int(pc.max(hits.column("last_ts")).as_py()))
         return late + self._advance(self.watermark - self.lateness_ns)
 
+    def reset(self) -> None:
+        """Forget the event time reached (after ``flush``): the next hits start a new timeline."""
+        self.done[:] = NEVER
+        self.watermark = NEVER
+        self.partials = None
+        self.open.clear()
+
     def flush(self) -> list[Episode]:
         closed = self._advance(1 << 62)
         closed.extend(self.open.values())

@@ -1,0 +1,45 @@
+"""Large outbound transfer to an external host never seen before (exfiltration)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from detection.detectors.base import FlowDetector, multicast_or_broadcast, private
+
+
+class LargeTransferToNewHost(FlowDetector):
+    """Flows from an internal host that send at least ``min_bytes`` to an external address that no
+    earlier window (or the baseline given to ``fit``) had seen."""
+
+    rule_id = "ac2a4a0e-6f0b-4c43-9d2e-4b7f6a1e93c5"
+    title = "Large outbound transfer to a never-seen external host"
+    description = ("An internal host sent at least min_bytes in one flow to an external address not seen before "
+                   "in the baseline or earlier traffic: possible exfiltration.")
+    level = "high"
+    tags = ["attack.exfiltration", "attack.t1048", "attack.t1567"]
+    category = "Potential Corporate Privacy Violation"
+    columns: ClassVar[list[str]] = ["flow_id", "first_seen", "src_ip", "dst_ip", "src2dst_bytes"]
+    group_by = ("src_ip", "dst_ip")
+
+    def __init__(self, window_s: float = 600.0, min_bytes: int = 20_000_000) -> None:
+        self.window_s = window_s
+        self.min_bytes = min_bytes
+
+    def fit(self, flows: pa.Table) -> LargeTransferToNewHost:
+        self.seen_: set[str] = set(flows.column("dst_ip").drop_null().to_pylist())
+        return self
+
+    def evaluate(self, flows: pa.Table) -> np.ndarray:
+        seen: set[str] = getattr(self, "seen_", set())
+        dst = flows.column("dst_ip")
+        big = flows.column("src2dst_bytes").to_numpy(zero_copy_only=False) >= self.min_bytes
+        outbound = private(flows.column("src_ip")) & ~private(dst) & ~multicast_or_broadcast(dst)
+        out = big & outbound
+        if out.any():
+            names = dst.to_pylist()
+            out &= np.array([names[i] not in seen for i in range(len(names))])
+        self.seen_ = seen | set(dst.drop_null().to_pylist())
+        return out
