@@ -12,9 +12,14 @@ from sensors.capture.source import CaptureError
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from detection.detectors import default_detectors
+    from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel, ModelError
     from ingest.replay import format_summary, progress_bar, replay
 
     try:
+        detectors = None
+        if args.model:
+            detectors = default_detectors() + [AnomalyDetector(FlowAnomalyModel.load(Path(args.model)))]
         summary = replay(
             args.inputs,
             Path(args.out),
@@ -24,8 +29,9 @@ def _replay(args: argparse.Namespace) -> int:
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
             rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
+            detectors=detectors,
         )
-    except (CaptureError, RuleError) as exc:
+    except (CaptureError, RuleError, ModelError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -36,6 +42,56 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"liaowang: warning: {d.path}: damaged at byte {d.offset}: {d.reason}", file=sys.stderr)
     if summary.packets == 0 and summary.damages:
         return 1  # nothing could be read
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from detection.detectors.anomaly import FlowAnomalyModel
+    from ingest.replay import replay
+
+    if not 0 < args.target_fpr < 0.5:
+        print("liaowang: error: --target-fpr must be between 0 and 0.5", file=sys.stderr)
+        return 2
+    model_path = Path(args.model)
+    if not model_path.parent.exists():
+        print(f"liaowang: error: {model_path.parent}: no such directory", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="liaowang-train-") as tmp:
+        try:
+            replay(args.baseline, Path(tmp), rules=[], idle_timeout_s=args.idle_timeout,
+                   active_timeout_s=args.active_timeout)
+        except CaptureError as exc:
+            print(f"liaowang: error: {exc}", file=sys.stderr)
+            return 2
+        flows = pq.read_table(Path(tmp) / "flows.parquet")
+    model = FlowAnomalyModel(target_fpr=args.target_fpr).fit(flows)
+    if not model.models_:
+        print(f"liaowang: error: the baseline has {flows.num_rows} flows: too few in every traffic class "
+              f"(at least {model.min_class_flows} needed)", file=sys.stderr)
+        return 2
+    model.save(model_path)
+    classes = ", ".join(f"{k} {v:,}" + ("" if k in model.models_ else " (too few, not modelled)")
+                        for k, v in model.baseline_flows_.items() if v)
+    print(f"{model_path}: {flows.num_rows:,} baseline flows; per class: {classes}; "
+          f"threshold at {args.target_fpr:.2%} false positives")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ingest.evaluate import evaluate
+
+    shared = Path(args.shared) if args.shared else None
+    if shared is not None and not shared.is_dir():
+        print(f"liaowang: error: {shared}: no such directory", file=sys.stderr)
+        return 2
+    table = evaluate(shared).markdown()
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
     return 0
 
 
@@ -86,8 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", action="append", metavar="PATH",
                    help="rule file or directory (repeatable; default: the bundled rules/)")
     p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
+    p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_replay)
+    t = sub.add_parser("train", help="learn a network's normal flows into an anomaly model")
+    t.add_argument("--baseline", nargs="+", required=True, metavar="PCAP_OR_DIR", help="benign captures")
+    t.add_argument("--model", required=True, metavar="FILE", help="model file to write")
+    t.add_argument("--target-fpr", type=float, default=0.001, metavar="RATE",
+                   help="share of baseline flows the threshold lets through as anomalies (default 0.001)")
+    t.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
+    t.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
+    t.set_defaults(func=_train)
+    e = sub.add_parser("evaluate", help="precision and recall per attack class on labelled captures")
+    e.add_argument("--shared", metavar="DIR", help="the shared public corpus (its manifest.json labels benign sets)")
+    e.add_argument("--out", metavar="FILE", help="also write the markdown table here")
+    e.set_defaults(func=_evaluate)
     g = sub.add_parser("generate", help="write a deterministic mixed 5G/enterprise capture (scapy templates)")
     g.add_argument("--out", required=True, metavar="FILE", help="pcap file to write")
     g.add_argument("--packets", type=int, default=1_000_000, help="number of packets")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,101 +10,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from scapy.contrib.gtp import GTP_U_Header
-from scapy.layers.dns import DNS, DNSQR
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.l2 import Ether
 
 from console.cli import main
 from detection.detectors import default_detectors
 from detection.engine import DetectionEngine
 from detection.rules.loader import RuleError, load_file, load_rules
 from ingest.replay import replay
+from sensors.generate.attacks import generated_attacks
 from tests.conftest import PCAPS, capture_path, decode_file
 
 RULES = {r.title: r for r in load_rules() + [d.rule for d in default_detectors()]}
-
-
-def _write(path: Path, frames: list[tuple[float, bytes]]) -> Path:
-    """A pcap from (seconds, frame) pairs: flood tests need thousands of packets, fast."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for t, frame in frames:
-            f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
-    return path
-
-
-def _variants(template: bytes, n: int, patch_at: int) -> list[bytes]:
-    """``n`` copies of a frame, two bytes at ``patch_at`` counting up (ports or addresses differ)."""
-    return [template[:patch_at] + struct.pack("!H", i % 65536) + template[patch_at + 2 :] for i in range(n)]
-
-
-def _eth(pkt: object) -> bytes:
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / pkt)  # type: ignore[operator]
-
-
-def _tcp(src: str, dst: str, dport: int, payload: bytes, sport: int = 40001) -> bytes:
-    return _eth(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="PA") / payload)
-
-
-def _encoded_names(n: int, domain: str) -> list[str]:
-    """Names as a DNS tunnel makes them: base32-like data labels under one domain."""
-    rng = np.random.default_rng(7)
-    alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz234567"))
-    return [f"{''.join(rng.choice(alphabet, 50))}.{''.join(rng.choice(alphabet, 10))}.{domain}" for _ in range(n)]
-
-
-def generated_attacks(tmp: Path) -> dict[str, Path]:
-    """Attacks the public record lacks (or lacks under a permissive licence) as small scapy captures."""
-    syn = _eth(IP(src="198.51.100.7", dst="10.0.0.5") / TCP(sport=40000, dport=80, flags="S"))
-    udp = _eth(IP(src="198.51.100.8", dst="10.0.0.6") / UDP(sport=5000, dport=9999) / (b"x" * 64))
-    icmp = _eth(IP(src="198.51.100.9", dst="10.0.0.7") / ICMP(type=8) / (b"p" * 32))
-    sweep = _eth(IP(src="198.51.100.10", dst="10.1.0.0") / TCP(sport=50000, dport=445, flags="S"))
-    t0 = 1_700_000_000.0
-    return {
-        "syn_flood": _write(tmp / "syn.pcap", [(t0 + i * 0.001, f) for i, f in enumerate(_variants(syn, 3000, 34))]),
-        "udp_flood": _write(tmp / "udp.pcap", [(t0 + i * 0.0004, udp) for i in range(12000)]),
-        "icmp_flood": _write(tmp / "icmp.pcap", [(t0 + i * 0.004, icmp) for i in range(1500)]),
-        # 14 + 16: the last two bytes of the destination address
-        "sweep": _write(tmp / "sweep.pcap", [(t0 + i * 0.1, f) for i, f in enumerate(_variants(sweep, 80, 32))]),
-        "dns_tunnel": _write(tmp / "dns_tunnel.pcap", [
-            (t0 + i * 0.5, _eth(IP(src="10.0.0.20", dst="10.0.0.53") / UDP(sport=30000 + i, dport=53)
-                                / DNS(id=i, rd=1, qd=DNSQR(qname=name, qtype="TXT" if i % 2 else "A"))))
-            for i, name in enumerate(_encoded_names(40, "t.exfil-example.com.cn"))]),
-        "icmp_tunnel": _write(tmp / "icmp_tunnel.pcap", [
-            (t0 + i * 2.0, _eth(IP(src="10.0.0.21", dst="203.0.113.9") / ICMP(type=8, id=77, seq=i)
-                                / (b"\x17" * (80 + 37 * i))))
-            for i in range(12)]),
-        "cleartext_credentials": _write(tmp / "cleartext.pcap", [
-            (t0, _tcp("10.0.0.22", "10.0.0.110", 110, b"USER alice\r\n")),
-            (t0 + 1, _tcp("10.0.0.22", "10.0.0.110", 110, b"PASS s3cret\r\n")),
-            (t0 + 2, _tcp("10.0.0.22", "10.0.0.143", 143, b"a001 LOGIN alice s3cret\r\n")),
-            (t0 + 3, _tcp("10.0.0.22", "10.0.0.80", 80,
-                          b"GET /admin HTTP/1.1\r\nHost: nas\r\nAuthorization: Basic YWxpY2U6czNjcmV0\r\n\r\n")),
-            (t0 + 4, _tcp("10.0.0.22", "10.0.0.80", 8080,
-                          b"GET / HTTP/1.1\r\nHost: nas\r\nAuthorization: Bearer eyJhbGciOi\r\n\r\n")),
-        ]),
-        "smb1": _write(tmp / "smb1.pcap", [
-            (t0, _tcp("10.0.0.23", "10.0.0.45", 445, b"\x00\x00\x00\x2f\xffSMBr" + bytes(38)))]),
-        "beaconing": _write(tmp / "beacon.pcap", [
-            (t0 + i * 30.0 + 0.2 * (i % 3) + k * 0.05,
-             _eth(IP(src="10.0.0.30", dst="203.0.113.50") / TCP(sport=41000 + i, dport=443, flags=flags) / data))
-            for i in range(12) for k, (flags, data) in enumerate([("S", b""), ("PA", b"b" * 180), ("FA", b"")])]),
-        "teid_spoofing": _write(tmp / "teid_spoofing.pcap", [
-            (t0 + i, _eth(IP(src="172.16.0.2", dst="172.16.0.1") / UDP(sport=2152, dport=2152)
-                          / GTP_U_Header(teid=0x100, gtp_type=255) / IP(src=src, dst=dst) / UDP(sport=5000 + i, dport=53)
-                          / b"q"))
-            for i, (src, dst) in enumerate([("10.45.0.2", "8.8.8.8"), ("10.45.0.2", "1.1.1.1"),
-                                            ("10.45.0.2", "9.9.9.9"), ("10.45.0.99", "8.8.4.4")])]),
-        "large_transfer": _write(tmp / "upload.pcap", [
-            (t0 + i * 0.001, frame) for i, frame in enumerate(
-                [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="S"))]
-                + [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="A")
-                        / (b"u" * 1400))] * 15000)]),
-        "old_web_server": _write(tmp / "old_web.pcap", [
-            (t0, _tcp("10.0.0.80", "10.0.0.24", 40002,
-                      b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.49 (Unix)\r\nContent-Length: 0\r\n\r\n", sport=80))]),
-    }
 
 
 def _alerts(tmp: Path, inputs: list[Path], name: str = "out", **kw: object) -> list[dict[str, object]]:

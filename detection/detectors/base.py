@@ -68,6 +68,10 @@ class FlowDetector:
         """One closed window's flows (sorted by first_seen, flow_id) -> bool mask of the flows to report."""
         raise NotImplementedError
 
+    def explain(self, flows: pa.Table) -> list[str | None]:
+        """Per reported flow, why (shown in the alert's ``detail``); None when the title says it all."""
+        return [None] * flows.num_rows
+
     # -- the alert's rule --------------------------------------------------------------
 
     @property
@@ -124,7 +128,9 @@ class WindowedFlows:
             rows = ready.filter(pa.array(w == value)).drop_columns(["window"])
             mask = np.asarray(self.detector.evaluate(rows), dtype=bool)
             if mask.any():
-                flagged.append(rows.filter(pa.array(mask)))
+                found = rows.filter(pa.array(mask))
+                detail = self.detector.explain(found)
+                flagged.append(found.append_column("detail", pa.array(detail, pa.string())))
         self.closed = max(self.closed, int(w.max()))
         return pa.concat_tables(flagged) if flagged else None
 

@@ -33,6 +33,7 @@ TUPLE_FIELDS: list[Field] = [
     Field("tunnel_src_ip", pa.string(), "outer source address, null when not tunnelled"),
     Field("tunnel_dst_ip", pa.string(), "outer destination address"),
     Field("flow_id", pa.int64(), "the flow, for flow rules (null for packet rules)"),
+    Field("detail", pa.string(), "a detector's explanation (e.g. an anomaly's most unusual features), else null"),
 ]
 HIT_FIELDS: list[Field] = [
     Field("rule", pa.uint16(), "index of the rule in the loaded rule list"),
@@ -87,7 +88,7 @@ class HitExtractor:
         self.time_column = "ts" if source == "packets" else "first_seen"
         self.compiled: list[tuple[int, Matcher]] = matchers if matchers is not None else [
             (first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
-        self.tuple_columns = [f.name for f in TUPLE_FIELDS if f.name != "flow_id" or source == "flows"]
+        self.tuple_columns = [f.name for f in TUPLE_FIELDS]
         self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES[source]))
 
     def hits(self, table: Table) -> pa.RecordBatch:
@@ -103,7 +104,8 @@ class HitExtractor:
         # the earliest events of all rules' counts, turned into text together (one call per column)
         firsts = np.concatenate([f[3] for f in found])
         keys = {k for _, rule, _, _ in found for k in (*rule.aggregate.by, rule.aggregate.field) if k}
-        columns = list(dict.fromkeys([*self.tuple_columns, *sorted(keys)]))
+        present = [c for c in self.tuple_columns if c in table.column_names]
+        columns = list(dict.fromkeys([*present, *sorted(keys)]))
         first = table.select(columns).take(pa.array(firsts))
         text = {c: _text(first.column(c), c) for c in columns if c in keys or c in ADDRESS_FIELDS}
         n = len(firsts)
@@ -127,9 +129,10 @@ class HitExtractor:
         cols["group"] = pa.concat_arrays(groups)
         cols["value"] = pa.concat_arrays(values)
         for name in self.tuple_columns:
-            cols[name] = text[name] if name in ADDRESS_FIELDS else first.column(name)
-        if "flow_id" not in cols:
-            cols["flow_id"] = pa.nulls(n, pa.int64())
+            if name not in present:
+                cols[name] = pa.nulls(n, HIT_SCHEMA.field(name).type)
+            else:
+                cols[name] = text[name] if name in ADDRESS_FIELDS else first.column(name)
         arrays = [cols[f.name].combine_chunks() if isinstance(cols[f.name], pa.ChunkedArray) else cols[f.name]
                   for f in HIT_SCHEMA]
         return pa.RecordBatch.from_arrays([a.cast(f.type) for a, f in zip(arrays, HIT_SCHEMA)], schema=HIT_SCHEMA)
