@@ -64,7 +64,6 @@ def alert_table(episodes: list[Episode], rules: list[Rule]) -> pa.Table:
     rows = []
     for ep in episodes:
         rule = rules[ep.rule]
-        hop_ns = max(int(rule.aggregate.window_s * 1e9) // 2, 1)
         t = ep.first
         evidence = {
             "events": ep.events, "peak": ep.peak, "function": rule.aggregate.function, "field": rule.aggregate.field,
@@ -73,7 +72,7 @@ def alert_table(episodes: list[Episode], rules: list[Rule]) -> pa.Table:
             "sample_flow_ids": ep.samples,
         }
         rows.append({
-            "alert_id": ep.alert_id(rule.id, hop_ns), "first_seen": ep.first_ts, "last_seen": ep.last_ts,
+            "alert_id": ep.alert_id(rule.id, rule.aggregate.hop_ns), "first_seen": ep.first_ts, "last_seen": ep.last_ts,
             "level": rule.grade, "signature_id": rule.signature_id, "signature": rule.title, "category": rule.category,
             "severity": rule.severity, "rule_id": rule.id, "rule_level": rule.level, "detector": rule.detector,
             "score": score(rule, ep.peak), "tags": rule.tags, "event_count": ep.events, "window_count": ep.windows,

@@ -21,6 +21,7 @@ from detection.rules.windows import Episode, WindowCounter
 
 #: how late a packet may come after a later one (files of one replay overlap a little)
 PACKET_LATENESS_S = 5.0
+PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
 
 
 class DetectionEngine:
@@ -53,18 +54,18 @@ class DetectionEngine:
         episodes = self._packet_windows.update(hits, watermark_ns)
         has_flows = flows is not None and flows.num_rows
         parts = [self._flow_rules.hits(flows)] if has_flows and self._flow_rules.compiled else []
-        for windows, extractor in self._detectors:
-            flagged = windows.update(flows, watermark_ns)
-            if flagged is not None:
-                parts.append(extractor.hits(flagged))
+        parts += self._detector_hits(flows, watermark_ns)
         flow_hits = pa.Table.from_batches(parts) if parts else HIT_SCHEMA.empty_table()
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
 
-    def new_timeline(self) -> pa.Table:
-        """End every window and episode and start the clock again: for an input that starts earlier
-        than the one before it ended (unrelated captures replayed together), so that its events
-        are counted in their own windows rather than as late ones.  Returns the alerts closed."""
+    def input_starts(self, first_ts_ns: int | None) -> pa.Table:
+        """Call before the first events of a new input.  An input that starts earlier than the event
+        time reached (unrelated captures replayed together) gets a timeline of its own: every window
+        and episode is closed first, so its events are counted in their own windows rather than as
+        late ones.  Returns the alerts that closed."""
+        if first_ts_ns is None or first_ts_ns >= self.watermark_ns - PACKET_LATENESS_NS:
+            return ALERT_SCHEMA.empty_table()
         alerts = self.flush()
         for counter in (self._packet_windows, self._flow_windows):
             counter.reset()
@@ -72,16 +73,21 @@ class DetectionEngine:
             windows.closed = NEVER
         return alerts
 
+    def _detector_hits(self, flows: pa.Table | None, watermark_ns: int | None, final: bool = False
+                       ) -> list[pa.RecordBatch]:
+        parts = []
+        for windows, extractor in self._detectors:
+            flagged = windows.flush() if final else windows.update(flows, watermark_ns)
+            if flagged is not None:
+                parts.append(extractor.hits(flagged))
+        return parts
+
     @property
     def watermark_ns(self) -> int:
         return max(self._packet_windows.watermark, self._flow_windows.watermark)
 
     def flush(self) -> pa.Table:
-        parts = []
-        for windows, extractor in self._detectors:
-            flagged = windows.flush()
-            if flagged is not None:
-                parts.append(extractor.hits(flagged))
+        parts = self._detector_hits(None, None, final=True)
         episodes = self._flow_windows.update(pa.Table.from_batches(parts), None) if parts else []
         return self._alerts(episodes + self._packet_windows.flush() + self._flow_windows.flush())
 

@@ -94,9 +94,8 @@ class Evaluation:
 
 def _alerts_and_hours(inputs: list[Path], tmp: Path) -> tuple[list[str], float]:
     out = tmp / "run"
-    summary = replay([str(p) for p in inputs], out, processes=1)
+    replay([str(p) for p in inputs], out, processes=1)
     signatures = pq.read_table(out / "alerts.parquet", columns=["signature"]).column("signature").to_pylist()
-    del summary
     return signatures, _traffic_hours(out / "flows.parquet")
 
 

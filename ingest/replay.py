@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import FlowDetector, default_detectors
-from detection.engine import PACKET_LATENESS_S, DetectionEngine
+from detection.engine import DetectionEngine
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
@@ -75,9 +75,6 @@ class ReplaySummary:
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
         }
-
-
-PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
 
 
 def replay(
@@ -146,10 +143,9 @@ def replay(
         source = packet_batches(files, chunk_bytes, summary.damages, stage)
     file_index = 0
     for outputs, stats in source:
-        if stats.file_index != file_index:  # a new input: does it go back in time?
+        if stats.file_index != file_index:
             file_index = stats.file_index
-            if stats.first_ts_ns is not None and stats.first_ts_ns < engine.watermark_ns - PACKET_LATENESS_NS:
-                emit(FLOW_SCHEMA.empty_table(), engine.new_timeline())
+            emit(FLOW_SCHEMA.empty_table(), engine.input_starts(stats.first_ts_ns))
         summary.traffic.add(stats)
         finished = flows.update(outputs["keyed"])
         emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns))

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.detectors.base import FlowDetector
+from detection.detectors.base import Estimator, FlowDetector
 
 MODEL_FORMAT = "liaowang-flow-anomaly"
 MODEL_VERSION = 1
@@ -64,7 +64,7 @@ def flow_features(flows: pa.Table) -> np.ndarray:
     return x
 
 
-class FlowAnomalyModel:
+class FlowAnomalyModel(Estimator):
     """Per-class StandardScaler + IsolationForest with a threshold calibrated on the baseline."""
 
     def __init__(self, n_estimators: int = 100, target_fpr: float = 0.001, min_class_flows: int = 50,
@@ -73,10 +73,6 @@ class FlowAnomalyModel:
         self.target_fpr = target_fpr
         self.min_class_flows = min_class_flows
         self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {"n_estimators": self.n_estimators, "target_fpr": self.target_fpr,
-                "min_class_flows": self.min_class_flows, "random_state": self.random_state}
 
     def fit(self, flows: pa.Table) -> FlowAnomalyModel:
         from sklearn.ensemble import IsolationForest

@@ -17,18 +17,35 @@ learned state ends in ``_``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.rules.model import Aggregate, Rule
+from detection.rules.hits import TUPLE_FIELDS
+from detection.rules.model import Aggregate, Rule, derived_signature_id
 
 NEVER = -(1 << 62)
 
 
-class FlowDetector:
+class Estimator:
+    """scikit-learn's parameter protocol: every ``__init__`` argument is an attribute of the same name."""
+
+    def get_params(self) -> dict[str, Any]:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params: Any) -> Estimator:
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"{type(self).__name__}: unknown parameter {k}")
+            setattr(self, k, v)
+        return self
+
+
+class FlowDetector(Estimator):
     """Base: subclasses set the class metadata and implement ``evaluate`` (and optionally ``fit``)."""
 
     #: alert metadata (a UUID, a title, a Sigma level, ATT&CK/FiGHT tags, an EVE category)
@@ -44,21 +61,6 @@ class FlowDetector:
     group_by: ClassVar[tuple[str, ...]] = ("src_ip", "dst_ip")
 
     window_s: float = 3600.0
-
-    # -- scikit-learn conventions ------------------------------------------------------
-
-    def get_params(self) -> dict[str, Any]:
-        import inspect
-
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
-
-    def set_params(self, **params: Any) -> FlowDetector:
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise ValueError(f"{type(self).__name__}: unknown parameter {k}")
-            setattr(self, k, v)
-        return self
 
     def fit(self, flows: pa.Table) -> FlowDetector:
         """Learn from baseline flows (default: nothing to learn)."""
@@ -81,7 +83,7 @@ class FlowDetector:
                     selections={}, condition="", description=self.description, tags=list(self.tags),
                     category=self.category, detector=name,
                     aggregate=Aggregate(function="count", by=self.group_by, window_s=self.window_s, threshold=1),
-                    signature_id=9_000_000 + int(self.rule_id.replace("-", ""), 16) % 1_000_000)
+                    signature_id=derived_signature_id(self.rule_id))
 
 
 class WindowedFlows:
@@ -105,9 +107,9 @@ class WindowedFlows:
         return self._evaluate(1 << 61) if self.buffer else None
 
     def _columns(self, flows: pa.Table) -> list[str]:
-        return list(dict.fromkeys(c for c in [*self.detector.columns, "flow_id", "first_seen",
-                                              "src_port", "dst_port", "ip_proto", "teid", "tunnel_src_ip",
-                                              "tunnel_dst_ip", "src_ip", "dst_ip"] if c in flows.column_names))
+        """What the detector reads, and the 5-tuple its alerts carry."""
+        wanted = [*self.detector.columns, "first_seen", *(f.name for f in TUPLE_FIELDS)]
+        return [c for c in dict.fromkeys(wanted) if c in flows.column_names]
 
     def _evaluate(self, upto: int) -> pa.Table | None:
         """Evaluate windows (closed, upto]; late flows join the next window evaluated."""
@@ -135,13 +137,18 @@ class WindowedFlows:
         return pa.concat_tables(flagged) if flagged else None
 
 
-def private(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Which text addresses are private, shared, loopback or link-local (RFC 1918, 6598, 4193...)."""
+def _split(addresses: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(hi, lo, is IPv4, first octet) of text or 16-byte addresses."""
     from detection.rules.compiler import address_halves
 
     hi, lo = address_halves(addresses)
     v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-    a = (lo >> np.uint64(24)) & np.uint64(0xFF)
+    return hi, lo, v4, (lo >> np.uint64(24)) & np.uint64(0xFF)
+
+
+def private(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which addresses are private, shared, loopback or link-local (RFC 1918, 6598, 4193...)."""
+    hi, lo, v4, a = _split(addresses)
     b = (lo >> np.uint64(16)) & np.uint64(0xFF)
     private4 = (a == 10) | (a == 127) | ((a == 172) & (b >= 16) & (b < 32)) | ((a == 192) & (b == 168)) | \
         ((a == 100) & (b >= 64) & (b < 128)) | ((a == 169) & (b == 254))
@@ -153,9 +160,5 @@ def private(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def multicast_or_broadcast(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    from detection.rules.compiler import address_halves
-
-    hi, lo = address_halves(addresses)
-    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-    a = (lo >> np.uint64(24)) & np.uint64(0xFF)
+    hi, lo, v4, a = _split(addresses)
     return np.where(v4, (a >= 224) | ((lo & np.uint64(0xFF)) == 255), (hi >> np.uint64(56)) == np.uint64(0xFF))

@@ -57,14 +57,14 @@ class TeidSpoofing(FlowDetector):
         codes = pc.dictionary_encode(key).combine_chunks().indices.to_numpy(zero_copy_only=False)
         src = pc.dictionary_encode(t.column("src_ip")).combine_chunks().indices.to_numpy(zero_copy_only=False)
         dst = pc.dictionary_encode(t.column("dst_ip")).combine_chunks().indices.to_numpy(zero_copy_only=False)
-        for c in np.unique(codes):
+        n_codes = int(codes.max()) + 1
+        sources = np.bincount(np.unique(codes * (int(src.max()) + 1) + src) // (int(src.max()) + 1), minlength=n_codes)
+        targets = np.bincount(np.unique(codes * (int(dst.max()) + 1) + dst) // (int(dst.max()) + 1), minlength=n_codes)
+        # one UE's TEID (one source), or a downlink TEID (many sources, one destination): not judged
+        for c in np.flatnonzero((sources >= 2) & (targets >= 2)):  # the few TEIDs with a second source
             mine = np.flatnonzero(codes == c)
-            sources = np.unique(src[mine])
-            if len(sources) < 2 or len(np.unique(dst[mine])) == 1:  # one UE's TEID, or a downlink TEID
-                continue
             # the UE: the source of most flows (ties: the earliest, rows are in time order)
             counts = np.bincount(src[mine])
-            best = counts.max()
-            owner = next(s for s in src[mine] if counts[s] == best)
+            owner = src[mine][np.argmax(counts[src[mine]] == counts.max())]
             out[rows[mine[src[mine] != owner]]] = True
         return out

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector, multicast_or_broadcast, private
 
@@ -29,17 +30,15 @@ class LargeTransferToNewHost(FlowDetector):
         self.min_bytes = min_bytes
 
     def fit(self, flows: pa.Table) -> LargeTransferToNewHost:
-        self.seen_: set[str] = set(flows.column("dst_ip").drop_null().to_pylist())
+        self.seen_: pa.Array = pc.unique(flows.column("dst_ip")).drop_null()
         return self
 
     def evaluate(self, flows: pa.Table) -> np.ndarray:
-        seen: set[str] = getattr(self, "seen_", set())
+        seen = getattr(self, "seen_", pa.array([], pa.string()))
         dst = flows.column("dst_ip")
         big = flows.column("src2dst_bytes").to_numpy(zero_copy_only=False) >= self.min_bytes
-        outbound = private(flows.column("src_ip")) & ~private(dst) & ~multicast_or_broadcast(dst)
-        out = big & outbound
+        out = big & private(flows.column("src_ip")) & ~private(dst) & ~multicast_or_broadcast(dst)
         if out.any():
-            names = dst.to_pylist()
-            out &= np.array([names[i] not in seen for i in range(len(names))])
-        self.seen_ = seen | set(dst.drop_null().to_pylist())
+            out &= ~np.asarray(pc.is_in(dst, value_set=seen).to_numpy(zero_copy_only=False), dtype=bool)
+        self.seen_ = pc.unique(pa.concat_arrays([seen, pc.unique(dst).drop_null()]))
         return out

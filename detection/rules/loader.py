@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import functools
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from detection.rules.compiler import check_rule
-from detection.rules.model import Aggregate, Condition, Rule
+from detection.rules.model import Aggregate, Condition, Rule, derived_signature_id
 
 SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
 BUNDLED_RULES = Path(__file__).resolve().parents[2] / "rules"
-SID_BASE = 9_000_000  # derived signature ids live in 9,000,000..9,999,999 (Suricata's local range)
 
 
 class RuleError(Exception):
@@ -121,7 +119,7 @@ def _build(doc: dict[str, Any], path: str, line: int) -> Rule:
         selections=selections, condition=condition, aggregate=aggregate, description=doc.get("description", ""),
         references=list(doc.get("references", [])), tags=tags,
         category=doc.get("category", "Potentially Bad Traffic"),
-        signature_id=int(doc.get("sid") or SID_BASE + uuid.UUID(rule_id).int % 1_000_000), path=path, line=line,
+        signature_id=int(doc.get("sid") or derived_signature_id(rule_id)), path=path, line=line,
     )
     check_rule(rule)  # fields exist, modifiers fit their types, the condition parses
     return rule

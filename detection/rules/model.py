@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,14 @@ LEVEL_SEVERITY = {"critical": 1, "high": 1, "medium": 2, "low": 3, "informationa
 SOURCES = ("packets", "flows")
 MODIFIERS = ("equals", "in", "contains", "startswith", "endswith", "re", "cidr", "gt", "gte", "lt", "lte",
              "bits_all", "bits_any", "bits_none", "not")
+
+
+#: signature ids derived from rule UUIDs live in 9,000,000..9,999,999 (Suricata's local range)
+SID_BASE = 9_000_000
+
+
+def derived_signature_id(rule_id: str) -> int:
+    return SID_BASE + uuid.UUID(rule_id).int % 1_000_000
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from sensors.schema import AppProto
 
 PORT_APPS = {21: AppProto.FTP, 110: AppProto.MAIL, 143: AppProto.MAIL, 25: AppProto.MAIL, 587: AppProto.MAIL}
 PORTS = np.array(list(PORT_APPS), dtype=np.uint16)
+APP_OF_PORT = np.zeros(65536, dtype=np.uint8)
+APP_OF_PORT[PORTS] = list(PORT_APPS.values())
 MAX_LINE = 64
 # FTP/POP3 "USER x", "PASS x", "APOP x y"; IMAP "tag LOGIN x y", "tag AUTHENTICATE PLAIN"; SMTP "AUTH PLAIN ..."
 COMMAND = r"^(?:[A-Za-z0-9.]{1,20} )?(?P<cmd>(?i:USER|PASS|APOP|LOGIN|AUTHENTICATE|AUTH)) "
@@ -34,6 +36,5 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     if not hit.any():
         return
     rows = rows[hit]
-    apps = np.array([PORT_APPS[int(p)] for p in pk.get("dst_port", rows)], dtype=np.uint8)
-    pk.put("app_proto", rows, apps)
+    pk.put("app_proto", rows, APP_OF_PORT[pk.get("dst_port", rows)])
     pk.put_arrow_str("login_command", rows, cmd.filter(pa.array(hit)))
