@@ -2,20 +2,24 @@
 
 Two stages, so each runs where it belongs:
 
-- ``packet_hits(packets)``: stateless, evaluates every packet rule on a decoded
-  batch and keeps the selected rows (runs in the decoder processes);
-- ``update(packet_hits, flows)`` / ``flush()``: stateful, evaluates flow rules on
-  exported flows, counts both kinds of hits over time windows and returns the
-  alerts whose episodes ended (runs once, in order).
+- ``packet_hits(packets)`` / ``packet_rows(packets)``: stateless, evaluates every
+  packet rule on a decoded batch and keeps the selected rows, and keeps the rows
+  the packet detectors read (runs in the decoder processes);
+- ``update(packet_hits, flows, watermark, packet_rows)`` / ``flush()``: stateful,
+  evaluates flow rules on exported flows and the detectors on their closed
+  windows, counts all hits over time windows and returns the alerts whose
+  episodes ended (runs once, in order).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA, alert_table
-from detection.detectors.base import NEVER, FlowDetector, WindowedFlows
-from detection.rules.hits import HIT_SCHEMA, Everything, HitExtractor
+from detection.detectors.base import NEVER, Detector, PacketDetector, Windowed
+from detection.rules.compiler import ADDRESS_FIELDS
+from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
 from detection.rules.windows import Episode, WindowCounter
 
@@ -28,15 +32,20 @@ class DetectionEngine:
     """Rules over packets and flows, and stateful flow detectors, -> alert tables."""
 
     def __init__(self, rules: list[Rule], flow_lateness_s: float = 1800.0 + 120.0,
-                 detectors: list[FlowDetector] | None = None) -> None:
+                 detectors: list[Detector] | None = None) -> None:
         detectors = detectors or []
         # detectors raise alerts like rules: each gets a rule entry after the loaded rules
         self.rules = rules + [d.rule for d in detectors]
         self._packet_rules = HitExtractor(rules, "packets")
         self._flow_rules = HitExtractor(rules, "flows")
-        self._detectors = [(WindowedFlows(d, flow_lateness_s),
-                            HitExtractor([], "flows", matchers=[(len(rules) + i, Everything(d.rule))]))
+        self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s),
+                            HitExtractor([], d.source, matchers=[(len(rules) + i, Everything(d.rule))]))
                            for i, d in enumerate(detectors)]
+        self._packet_detectors = [d for d in detectors if isinstance(d, PacketDetector)]
+        # what the packet detectors read, and the 5-tuple their alerts carry
+        self._packet_columns = list(dict.fromkeys(
+            [c for d in self._packet_detectors for c in (d.time_column, *d.columns)]
+            + [f.name for f in TUPLE_FIELDS if f.name not in ("flow_id", "detail")]))
         self._packet_windows = WindowCounter(self.rules, PACKET_LATENESS_S)
         # a flow's event time is its first packet, and flows are exported when they end
         self._flow_windows = WindowCounter(self.rules, flow_lateness_s)
@@ -46,15 +55,32 @@ class DetectionEngine:
     def has_packet_rules(self) -> bool:
         return bool(self._packet_rules.compiled)
 
+    @property
+    def has_packet_detectors(self) -> bool:
+        return bool(self._packet_detectors)
+
     def packet_hits(self, packets: pa.RecordBatch) -> pa.RecordBatch:
         return self._packet_rules.hits(packets)
 
-    def update(self, packet_hits: pa.RecordBatch | None, flows: pa.Table | None, watermark_ns: int | None) -> pa.Table:
-        hits = packet_hits if packet_hits is not None else HIT_SCHEMA.empty_table()
-        episodes = self._packet_windows.update(hits, watermark_ns)
+    def packet_rows(self, packets: pa.RecordBatch) -> pa.RecordBatch:
+        """The rows any packet detector reads, with addresses as text (usually a handful)."""
+        keep = np.zeros(packets.num_rows, dtype=bool)
+        for d in self._packet_detectors:
+            keep |= np.asarray(d.select(packets), dtype=bool)
+        rows = packets.select(self._packet_columns).filter(pa.array(keep))
+        arrays = [text_column(rows.column(c), c) if c in ADDRESS_FIELDS else rows.column(c)
+                  for c in rows.column_names]
+        return pa.RecordBatch.from_arrays(arrays, names=rows.column_names)
+
+    def update(self, packet_hits: pa.RecordBatch | None, flows: pa.Table | None, watermark_ns: int | None,
+               packet_rows: pa.RecordBatch | pa.Table | None = None) -> pa.Table:
+        parts = [packet_hits] if packet_hits is not None else []
+        parts += self._detector_hits("packets", packet_rows, watermark_ns)
+        packet_level = pa.Table.from_batches(parts, HIT_SCHEMA) if parts else HIT_SCHEMA.empty_table()
+        episodes = self._packet_windows.update(packet_level, watermark_ns)
         has_flows = flows is not None and flows.num_rows
         parts = [self._flow_rules.hits(flows)] if has_flows and self._flow_rules.compiled else []
-        parts += self._detector_hits(flows, watermark_ns)
+        parts += self._detector_hits("flows", flows, watermark_ns)
         flow_hits = pa.Table.from_batches(parts) if parts else HIT_SCHEMA.empty_table()
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
@@ -73,11 +99,19 @@ class DetectionEngine:
             windows.closed = NEVER
         return alerts
 
-    def _detector_hits(self, flows: pa.Table | None, watermark_ns: int | None, final: bool = False
-                       ) -> list[pa.RecordBatch]:
+    def _detector_hits(self, source: str, events: pa.Table | pa.RecordBatch | None, watermark_ns: int | None,
+                       final: bool = False) -> list[pa.RecordBatch]:
         parts = []
         for windows, extractor in self._detectors:
-            flagged = windows.flush() if final else windows.update(flows, watermark_ns)
+            detector = windows.detector
+            if detector.source != source:
+                continue
+            if isinstance(events, pa.RecordBatch):
+                events = pa.Table.from_batches([events])
+            mine = events
+            if isinstance(detector, PacketDetector) and events is not None and events.num_rows:
+                mine = events.filter(pa.array(np.asarray(detector.select(events), dtype=bool)))
+            flagged = windows.flush() if final else windows.update(mine, watermark_ns)
             if flagged is not None:
                 parts.append(extractor.hits(flagged))
         return parts
@@ -87,8 +121,11 @@ class DetectionEngine:
         return max(self._packet_windows.watermark, self._flow_windows.watermark)
 
     def flush(self) -> pa.Table:
-        parts = self._detector_hits(None, None, final=True)
-        episodes = self._flow_windows.update(pa.Table.from_batches(parts), None) if parts else []
+        episodes = []
+        for source, counter in (("packets", self._packet_windows), ("flows", self._flow_windows)):
+            parts = self._detector_hits(source, None, None, final=True)
+            if parts:
+                episodes += counter.update(pa.Table.from_batches(parts), None)
         return self._alerts(episodes + self._packet_windows.flush() + self._flow_windows.flush())
 
     def _alerts(self, episodes: list[Episode]) -> pa.Table:

@@ -41,13 +41,22 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "teid_spoofing": ("GTP-U TEID spoofing",),
     "pfcp_storm": ("PFCP heartbeat storm",),
     "gtpc_flood": ("GTPv2-C Create Session",),
+    "personal_data": ("Personal data in cleartext",),
+    "ics_control_command": ("PLC stop, restart or program download",),
+    "ics_new_master": ("Industrial write or control command from a host",),
+    "pfcp_spoofed_request": ("PFCP request out of its node's sequence",),
+    "pfcp_establishment_flood": ("PFCP session establishment flood",),
+    "gtpu_unknown_teid": ("GTP-U Error Indications",),
+    "gtpu_unexpected_peer": ("GTP-U from an unexpected peer",),
     "anomaly": ("Anomalous flow",),
 }
 
 
-#: passive exposure findings: true statements about a network (an old server, a cleartext login),
-#: reported apart from attack alerts on benign captures rather than counted as false alarms
-EXPOSURE = {"cleartext_credentials", "obsolete_tls", "smbv1", "vulnerable_banner"}
+#: passive exposure findings and operations notices: true statements about a network (an old
+#: server, a cleartext login, subscriber ids in clear, a PLC stopped by its engineers), reported
+#: apart from attack alerts on benign captures rather than counted as false alarms
+EXPOSURE = {"cleartext_credentials", "obsolete_tls", "smbv1", "vulnerable_banner", "personal_data",
+            "ics_control_command"}
 
 
 def alert_class(signature: str) -> str:
@@ -153,7 +162,13 @@ def evaluate(shared: Path | None) -> Evaluation:
         benign = [resolve(b) for b in labels["benign_bundled"]]
         if shared is not None and (shared / "manifest.json").exists():
             manifest = json.loads((shared / "manifest.json").read_text())
-            benign += [shared / m["file"] for m in manifest if "benign" in m["cat"].lower()]
+            labelled = {name.partition("/")[2] for name in labels["attacks"] if name.startswith("shared/")}
+            # bundled copies are named after their shared path: evaluated once, under their bundled label
+            bundled = set(labels["benign_bundled"]) | {name.partition("/")[2] for name in labels["attacks"]
+                                                       if name.startswith("bundled/")}
+            benign += [shared / m["file"] for m in manifest
+                       if "benign" in m["cat"].lower() and m["file"] not in labelled
+                       and m["file"].replace("/", "_") not in bundled]
         for i, path in enumerate(p for p in benign if p is not None and p.exists()):
             signatures, hours = _alerts_and_hours([path], tmp / f"b{i}")
             ev.benign_captures += 1

@@ -19,7 +19,7 @@ from typing import TextIO
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA
-from detection.detectors import FlowDetector, default_detectors
+from detection.detectors import Detector, default_detectors
 from detection.engine import DetectionEngine
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
@@ -87,12 +87,12 @@ def replay(
     progress: Callable[[ReplaySummary, int, int], None] | None = None,
     processes: int | None = None,
     rules: list[Path] | None = None,
-    detectors: list[FlowDetector] | None = None,
+    detectors: list[Detector] | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
     ``rules``: rule files or directories; None for the bundled rules, [] for none.
-    ``detectors``: stateful flow detectors; None for the defaults (none when ``rules`` is []).
+    ``detectors``: stateful flow and packet detectors; None for the defaults (none when ``rules`` is []).
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
@@ -131,10 +131,13 @@ def replay(
             pending.append(writers[1].submit(eve.write_alerts, alerts))
 
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
-        """What the decoders do after decoding: flow keys and packet-rule hits."""
-        if not engine.has_packet_rules:
-            return {"keyed": project(packets)}
-        return {"keyed": project(packets), "hits": engine.packet_hits(packets)}
+        """What the decoders do after decoding: flow keys, packet-rule hits, the packet detectors' rows."""
+        out = {"keyed": project(packets)}
+        if engine.has_packet_rules:
+            out["hits"] = engine.packet_hits(packets)
+        if engine.has_packet_detectors:
+            out["rows"] = engine.packet_rows(packets)
+        return out
 
     processes = default_processes() if processes is None else processes
     if processes >= 2 and can_fork():
@@ -148,7 +151,7 @@ def replay(
             emit(FLOW_SCHEMA.empty_table(), engine.input_starts(stats.first_ts_ns))
         summary.traffic.add(stats)
         finished = flows.update(outputs["keyed"])
-        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns))
+        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns, outputs.get("rows")))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])

@@ -191,6 +191,8 @@ class EveSink:
                               "rule_id": a["rule_id"], "score": a["score"], "tags": a["tags"],
                               "count": a["event_count"], "first_seen": a["first_seen"], "last_seen": a["last_seen"],
                               "evidence": json.loads(a["evidence"])}
+            if a["detail"] is not None:
+                ev["liaowang"]["detail"] = a["detail"]
             self._f.write((json.dumps(ev, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
             self.events += 1
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from sensors.capture.frames import FrameBatch
 from sensors.protocols import (
     diameter,
+    dnp3,
     dns,
     geneve,
     gre,
@@ -29,6 +30,8 @@ from sensors.protocols import (
     login,
     modbus,
     pfcp,
+    pii,
+    s7comm,
     sctp,
     smb,
     ssh,
@@ -185,6 +188,7 @@ def _applications(pk: Packets) -> None:
         pfcp.dissect(pk, unclassified)
         gtpc.dissect(pk, unclassified)
         dns.dissect(pk, unclassified)
+        dnp3.dissect(pk, udp_rows[~pk.has("app_proto", udp_rows)])
     if len(tcp_rows):
         dns.dissect(pk, tcp_rows)
         # the first payload byte, read once, picks the candidates of each text/TLS dissector
@@ -195,6 +199,9 @@ def _applications(pk: Packets) -> None:
         modbus.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         smb.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         login.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        dnp3.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        s7comm.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+        pii.dissect(pk, tcp_rows)
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):
         http2.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])

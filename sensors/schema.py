@@ -49,6 +49,8 @@ class AppProto(enum.IntEnum):
     SMB = 14
     MAIL = 15  # POP3 / IMAP / SMTP commands
     FTP = 16
+    DNP3 = 17
+    S7COMM = 18
 
 
 class TunnelType(enum.IntEnum):
@@ -149,6 +151,14 @@ PACKET_FIELDS: list[Field] = [
     Field("login_command", pa.string(),
           "cleartext login command sent (FTP/POP3 USER, PASS, APOP; IMAP LOGIN, AUTHENTICATE; SMTP AUTH),"
           " never the credential"),
+    Field("dnp3_func", pa.uint8(), "DNP3 application function code of a first fragment (2 write, 5 direct operate,"
+          " 13 cold restart...; 129/130 responses)"),
+    Field("s7_rosctr", pa.uint8(), "S7comm message kind (ROSCTR): 1 job request, 3 ack-data response"),
+    Field("s7_func", pa.uint8(), "S7comm parameter function code (4 read, 5 write, 0x1a-0x1c download, 0x28 PI service,"
+          " 0x29 PLC stop)"),
+    Field("pii_kinds", pa.uint8(), "personal data found in a cleartext payload, bits: 1 resident identity number"
+          " (MOD 11-2 valid), 2 mobile number, 4 IMSI/SUPI, 8 bank card (Luhn valid)"),
+    Field("pii_masked", pa.string(), "the personal data found, masked (110105********002X, 138****5678), never raw"),
 ]
 
 def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:

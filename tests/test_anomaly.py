@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from console.cli import main
-from detection.detectors import Beaconing, LargeTransferToNewHost, TeidSpoofing
+from detection.detectors import default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
 from ingest.replay import replay
 from sensors.generate.attacks import generated_attacks
 from tests.conftest import capture_path
 
-ESTIMATORS = [Beaconing(), TeidSpoofing(), LargeTransferToNewHost(), AnomalyDetector(), FlowAnomalyModel()]
+ESTIMATORS = [*default_detectors(), AnomalyDetector(), FlowAnomalyModel()]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from console.cli import main
-from ingest.evaluate import CLASSES, evaluate
+from ingest.evaluate import CLASSES, EXPOSURE, evaluate
 
 
 def test_every_attack_class_is_detected_and_benign_captures_stay_quiet() -> None:
@@ -16,7 +16,8 @@ def test_every_attack_class_is_detected_and_benign_captures_stay_quiet() -> None
     assert all(ev.detected[c] == ev.expected[c] > 0 for c in ev.expected)
     assert set(ev.expected) <= set(CLASSES)
     assert sum(ev.false_alerts.values()) == 0
-    assert ev.benign_captures >= 6 and ev.benign_hours > 0 and not ev.benign_alerts
+    assert ev.benign_captures >= 6 and ev.benign_hours > 0
+    assert set(ev.benign_alerts) <= EXPOSURE  # true findings (SUPIs in OAI's cleartext SBI), no attack alerts
 
 
 def test_evaluate_writes_the_markdown_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

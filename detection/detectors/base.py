@@ -1,17 +1,25 @@
-"""Stateful detectors over flows: what a rule's selection cannot say (periodicity, who owns a TEID,
-whether a host was ever seen), evaluated per closed time window.
+"""Stateful detectors: what a rule's selection cannot say (periodicity, who owns a TEID,
+whether a host was ever seen, which node's sequence a request belongs to), evaluated
+per closed time window.
 
-Flows are buffered by the tumbling window of their ``first_seen`` and a window is
-evaluated once, when the event time has passed its end by the flow lateness
-(flows are exported when they end, up to the active timeout later), so the
-same flows give the same findings however they were batched.  Windows close in
-time order, so state carried from one window to the next (a "seen" set, a
-fitted model) is deterministic too.  A detector's findings are flagged flows;
-the engine counts them per group like a rule's hits, so they become graded,
-aggregated, deterministic alerts the same way.
+Two kinds, alike in shape:
+
+- a :class:`FlowDetector` reads exported flows;
+- a :class:`PacketDetector` reads packets: its stateless ``select`` runs in the
+  decoder processes and keeps the few rows it needs (control-plane requests,
+  industrial commands), its stateful ``evaluate`` runs once, in time order.
+
+Events are buffered by the tumbling window of their time (a flow's ``first_seen``,
+a packet's ``ts``) and a window is evaluated once, when the event time has passed
+its end by the lateness (flows are exported when they end, up to the active
+timeout later), so the same input gives the same findings however it was batched.
+Windows close in time order, so state carried from one window to the next (a
+"seen" set, a fitted model, a sequence number) is deterministic too.  A
+detector's findings are flagged events; the engine counts them per group like a
+rule's hits, so they become graded, aggregated, deterministic alerts the same way.
 
 Detectors follow scikit-learn's conventions: parameters are set in ``__init__``
-and stored unchanged, ``fit`` learns from baseline flows and returns self,
+and stored unchanged, ``fit`` learns from baseline data and returns self,
 learned state ends in ``_``.
 """
 
@@ -45,9 +53,11 @@ class Estimator:
         return self
 
 
-class FlowDetector(Estimator):
+class Detector(Estimator):
     """Base: subclasses set the class metadata and implement ``evaluate`` (and optionally ``fit``)."""
 
+    #: what the detector reads: "flows" or "packets"
+    source: ClassVar[str] = "flows"
     #: alert metadata (a UUID, a title, a Sigma level, ATT&CK/FiGHT tags, an EVE category)
     rule_id: ClassVar[str]
     title: ClassVar[str]
@@ -55,50 +65,70 @@ class FlowDetector(Estimator):
     level: ClassVar[str] = "medium"
     tags: ClassVar[list[str]] = []
     category: ClassVar[str] = "Potentially Bad Traffic"
-    #: the flow columns ``evaluate`` reads
+    #: the columns ``evaluate`` reads
     columns: ClassVar[list[str]] = ["flow_id", "first_seen", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto"]
     #: how findings are grouped into one alert
     group_by: ClassVar[tuple[str, ...]] = ("src_ip", "dst_ip")
 
     window_s: float = 3600.0
 
-    def fit(self, flows: pa.Table) -> FlowDetector:
-        """Learn from baseline flows (default: nothing to learn)."""
+    @property
+    def time_column(self) -> str:
+        return "ts" if self.source == "packets" else "first_seen"
+
+    def fit(self, data: pa.Table) -> Detector:
+        """Learn from baseline data (default: nothing to learn)."""
         return self
 
-    def evaluate(self, flows: pa.Table) -> np.ndarray:
-        """One closed window's flows (sorted by first_seen, flow_id) -> bool mask of the flows to report."""
+    def evaluate(self, events: pa.Table) -> np.ndarray:
+        """One closed window's events (in time order) -> bool mask of the events to report."""
         raise NotImplementedError
 
-    def explain(self, flows: pa.Table) -> list[str | None]:
-        """Per reported flow, why (shown in the alert's ``detail``); None when the title says it all."""
-        return [None] * flows.num_rows
+    def explain(self, events: pa.Table) -> list[str | None]:
+        """Per reported event, why (shown in the alert's ``detail``); None when the title says it all."""
+        return [None] * events.num_rows
 
     # -- the alert's rule --------------------------------------------------------------
 
     @property
     def rule(self) -> Rule:
         name = type(self).__name__
-        return Rule(id=self.rule_id, title=self.title, status="stable", level=self.level, source="flows",
+        return Rule(id=self.rule_id, title=self.title, status="stable", level=self.level, source=self.source,
                     selections={}, condition="", description=self.description, tags=list(self.tags),
                     category=self.category, detector=name,
                     aggregate=Aggregate(function="count", by=self.group_by, window_s=self.window_s, threshold=1),
                     signature_id=derived_signature_id(self.rule_id))
 
 
-class WindowedFlows:
-    """Buffers one detector's flows per tumbling window; ``update`` / ``flush`` -> flagged flows."""
+class FlowDetector(Detector):
+    """A detector over exported flows."""
 
-    def __init__(self, detector: FlowDetector, lateness_s: float) -> None:
+
+class PacketDetector(Detector):
+    """A detector over packets.  ``select`` must be stateless and cheap: it runs on every decoded
+    batch in the decoder processes, and only the rows it keeps travel on to ``evaluate``."""
+
+    source = "packets"
+    columns: ClassVar[list[str]] = ["ts", "src_ip", "dst_ip"]
+
+    def select(self, packets: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """The rows ``evaluate`` needs (bool mask)."""
+        raise NotImplementedError
+
+
+class Windowed:
+    """Buffers one detector's events per tumbling window; ``update`` / ``flush`` -> flagged events."""
+
+    def __init__(self, detector: Detector, lateness_s: float) -> None:
         self.detector = detector
         self.window_ns = max(int(detector.window_s * 1e9), 1)
         self.lateness_ns = int(lateness_s * 1e9)
         self.buffer: list[pa.Table] = []
         self.closed = NEVER  # the last evaluated window index
 
-    def update(self, flows: pa.Table | None, watermark_ns: int | None) -> pa.Table | None:
-        if flows is not None and flows.num_rows:
-            self.buffer.append(flows.select(self._columns(flows)))
+    def update(self, events: pa.Table | None, watermark_ns: int | None) -> pa.Table | None:
+        if events is not None and events.num_rows:
+            self.buffer.append(events.select(self._columns(events)))
         if watermark_ns is None or not self.buffer:
             return None
         return self._evaluate((watermark_ns - self.lateness_ns) // self.window_ns - 1)
@@ -106,15 +136,16 @@ class WindowedFlows:
     def flush(self) -> pa.Table | None:
         return self._evaluate(1 << 61) if self.buffer else None
 
-    def _columns(self, flows: pa.Table) -> list[str]:
+    def _columns(self, events: pa.Table) -> list[str]:
         """What the detector reads, and the 5-tuple its alerts carry."""
-        wanted = [*self.detector.columns, "first_seen", *(f.name for f in TUPLE_FIELDS)]
-        return [c for c in dict.fromkeys(wanted) if c in flows.column_names]
+        wanted = [*self.detector.columns, self.detector.time_column, *(f.name for f in TUPLE_FIELDS)]
+        return [c for c in dict.fromkeys(wanted) if c in events.column_names]
 
     def _evaluate(self, upto: int) -> pa.Table | None:
-        """Evaluate windows (closed, upto]; late flows join the next window evaluated."""
+        """Evaluate windows (closed, upto]; late events join the next window evaluated."""
         table = pa.concat_tables(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
-        start = table.column("first_seen").cast(pa.int64()).to_numpy(zero_copy_only=False)
+        time_column = self.detector.time_column
+        start = table.column(time_column).cast(pa.int64()).to_numpy(zero_copy_only=False)
         window = np.maximum(start // self.window_ns, self.closed + 1)
         due = window <= upto
         if not due.any():
@@ -123,7 +154,8 @@ class WindowedFlows:
         rest = table.filter(pa.array(~due))
         self.buffer = [rest] if rest.num_rows else []
         ready = table.filter(pa.array(due)).append_column("window", pa.array(window[due]))
-        ready = ready.sort_by([("window", "ascending"), ("first_seen", "ascending"), ("flow_id", "ascending")])
+        ties = [("flow_id", "ascending")] if "flow_id" in ready.column_names else []  # packets: arrival order
+        ready = ready.sort_by([("window", "ascending"), (time_column, "ascending"), *ties])
         flagged = []
         w = ready.column("window").to_numpy()
         for value in np.unique(w):  # in time order: state carries from one window to the next

@@ -48,7 +48,7 @@ HIT_FIELDS: list[Field] = [
 HIT_SCHEMA = arrow_schema(HIT_FIELDS, "hits", HIT_SCHEMA_VERSION)
 
 
-def _text(col: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:
+def text_column(col: pa.Array | pa.ChunkedArray, field: str) -> pa.Array:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if field in ADDRESS_FIELDS and pa.types.is_fixed_size_binary(col.type):
@@ -103,11 +103,11 @@ class HitExtractor:
             return pa.RecordBatch.from_pylist([], schema=HIT_SCHEMA)
         # the earliest events of all rules' counts, turned into text together (one call per column)
         firsts = np.concatenate([f[3] for f in found])
-        keys = {k for _, rule, _, _ in found for k in (*rule.aggregate.by, rule.aggregate.field) if k}
+        keys = {k for _, rule, _, _ in found for k in (*rule.aggregate.by, rule.aggregate.field, rule.detail) if k}
         present = [c for c in self.tuple_columns if c in table.column_names]
         columns = list(dict.fromkeys([*present, *sorted(keys)]))
         first = table.select(columns).take(pa.array(firsts))
-        text = {c: _text(first.column(c), c) for c in columns if c in keys or c in ADDRESS_FIELDS}
+        text = {c: text_column(first.column(c), c) for c in columns if c in keys or c in ADDRESS_FIELDS}
         n = len(firsts)
         cols: dict[str, Any] = {
             "rule": pa.array(np.concatenate([np.full(len(f[3]), f[0], dtype=np.uint16) for f in found])),
@@ -116,9 +116,12 @@ class HitExtractor:
             "first_ts": pa.array(np.concatenate([f[2]["first_ts"] for f in found])),
             "last_ts": pa.array(np.concatenate([f[2]["last_ts"] for f in found])),
         }
-        groups, values, start = [], [], 0
+        groups, values, details, start = [], [], [], 0
         for _, rule, _, rows in found:
             end = start + len(rows)
+            details.append(text[rule.detail][start:end] if rule.detail else
+                           first.column("detail")[start:end] if "detail" in present else
+                           pa.nulls(len(rows), pa.string()))
             parts = [pc.binary_join_element_wise(k, pc.fill_null(text[k][start:end], ""), "=")
                      for k in rule.aggregate.by]
             groups.append(pc.binary_join_element_wise(*parts, ",") if parts else pa.array([""] * len(rows),
@@ -128,7 +131,11 @@ class HitExtractor:
             start = end
         cols["group"] = pa.concat_arrays(groups)
         cols["value"] = pa.concat_arrays(values)
+        cols["detail"] = pa.concat_arrays([d.combine_chunks() if isinstance(d, pa.ChunkedArray) else d.cast(pa.string())
+                                           for d in details])
         for name in self.tuple_columns:
+            if name == "detail":
+                continue
             if name not in present:
                 cols[name] = pa.nulls(n, HIT_SCHEMA.field(name).type)
             else:

@@ -118,7 +118,7 @@ def _build(doc: dict[str, Any], path: str, line: int) -> Rule:
         id=rule_id, title=doc["title"], status=doc["status"], level=doc["level"], source=doc["logsource"]["source"],
         selections=selections, condition=condition, aggregate=aggregate, description=doc.get("description", ""),
         references=list(doc.get("references", [])), tags=tags,
-        category=doc.get("category", "Potentially Bad Traffic"),
+        category=doc.get("category", "Potentially Bad Traffic"), detail=doc.get("detail"),
         signature_id=int(doc.get("sid") or derived_signature_id(rule_id)), path=path, line=line,
     )
     check_rule(rule)  # fields exist, modifiers fit their types, the condition parses

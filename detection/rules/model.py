@@ -64,6 +64,8 @@ class Rule:
     tags: list[str] = field(default_factory=list)
     category: str = "Potentially Bad Traffic"
     detector: str = "rule"
+    #: a field whose value at the earliest event is the alert's ``detail`` (a masked finding, a banner)
+    detail: str | None = None
     signature_id: int = 0
     path: str = ""
     line: int = 0
@@ -82,4 +84,6 @@ class Rule:
         used.update(self.aggregate.by)
         if self.aggregate.field:
             used.add(self.aggregate.field)
+        if self.detail:
+            used.add(self.detail)
         return used

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from scapy.contrib.gtp import GTP_U_Header
+from scapy.contrib.gtp_v2 import IE_IMSI, GTPV2CreateSessionRequest
+from scapy.contrib.gtp_v2 import GTPHeader as GTPv2Header
+from scapy.contrib.modbus import ModbusADURequest, ModbusPDU03ReadHoldingRegistersRequest, ModbusPDU06WriteSingleRegisterRequest
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -93,6 +96,36 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
                 [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="S"))]
                 + [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="A")
                         / (b"u" * 1400))] * 15000)]),
+        # an MME/SGW flooded with Create Session Requests (GTPv2-C, TS 29.274), 1,500 in 5 s
+        "gtpc_flood": _write(tmp / "gtpc_flood.pcap", [(t0 + i * 0.0033, f) for i, f in enumerate(_variants(
+            _eth(IP(src="198.51.100.30", dst="10.10.0.2") / UDP(sport=2123, dport=2123)
+                 / GTPv2Header(gtp_type=32, P=0, T=1, teid=0, seq=1)
+                 / GTPV2CreateSessionRequest(IE_list=[IE_IMSI(IMSI="001010000000001")])), 1500, 51))]),  # seq
+        # G-PDUs for guessed TEIDs, each answered by the UPF with an Error Indication
+        "gtpu_unknown_teid": _write(tmp / "gtpu_unknown_teid.pcap", [
+            (t0 + i * 0.5 + k * 0.001, frame) for i in range(40) for k, frame in enumerate([
+                _eth(IP(src="198.51.100.31", dst="172.16.0.1") / UDP(sport=2152, dport=2152)
+                     / GTP_U_Header(teid=0x5000 + 97 * i, gtp_type=255) / IP(src="10.45.0.7", dst="10.10.0.9")
+                     / UDP(sport=5000, dport=5001) / b"probe"),
+                _eth(IP(src="172.16.0.1", dst="198.51.100.31") / UDP(sport=2152, dport=2152)
+                     / GTP_U_Header(teid=0, gtp_type=26, S=1)  # IEs: TEID Data I, GTP-U Peer Address
+                     / (struct.pack("!BIBH", 16, 0x5000 + 97 * i, 133, 4) + bytes([172, 16, 0, 1])))])]),
+        # a SCADA master polls a PLC; later another host on the plant network writes a register
+        "ics_new_master": _write(tmp / "ics_new_master.pcap", [
+            (t0 + i * 1.0, _tcp("10.20.0.10", "10.20.0.50", 502, bytes(ModbusADURequest(transId=i, unitId=1)
+                                / ModbusPDU03ReadHoldingRegistersRequest(startAddr=0, quantity=10)), sport=40100))
+            for i in range(30)] + [
+            (t0 + 30.5, _tcp("10.20.0.66", "10.20.0.50", 502, bytes(ModbusADURequest(transId=1, unitId=1)
+                             / ModbusPDU06WriteSingleRegisterRequest(registerAddr=40, registerValue=9999)),
+                             sport=40200))]),
+        # GB 11643's own example number, the well-known Visa test card, a mobile number and a SUPI
+        "personal_data": _write(tmp / "personal_data.pcap", [
+            (t0, _tcp("10.0.0.25", "10.0.0.81", 80,
+                      b"POST /register HTTP/1.1\r\nHost: crm\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                      b"Content-Length: 78\r\n\r\nname=zhang&id=11010519491231002X&tel=13812345678&card=4111111111111111")),
+            (t0 + 1, _tcp("10.0.0.25", "10.0.0.81", 80,
+                          b"GET /nudm-sdm/v2/imsi-460001234567890/am-data HTTP/1.1\r\nHost: udm\r\n\r\n")),
+        ]),
         "old_web_server": _write(tmp / "old_web.pcap", [
             (t0, _tcp("10.0.0.80", "10.0.0.24", 40002,
                       b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.49 (Unix)\r\nContent-Length: 0\r\n\r\n", sport=80))]),
