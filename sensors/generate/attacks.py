@@ -110,6 +110,13 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
                 _eth(IP(src="172.16.0.1", dst="198.51.100.31") / UDP(sport=2152, dport=2152)
                      / GTP_U_Header(teid=0, gtp_type=26, S=1)  # IEs: TEID Data I, GTP-U Peer Address
                      / (struct.pack("!BIBH", 16, 0x5000 + 97 * i, 133, 4) + bytes([172, 16, 0, 1])))])]),
+        # a gNB's uplink to the UPF for over an hour (the warm-up), then G-PDUs from a new outer source
+        "gtpu_unexpected_peer": _write(tmp / "gtpu_peer.pcap", [
+            (t0 + t, _eth(IP(src=peer, dst="172.16.0.1") / UDP(sport=2152, dport=2152)
+                          / GTP_U_Header(teid=0x200 + k, gtp_type=255) / IP(src=f"10.45.0.{k + 10}", dst="1.1.1.1")
+                          / UDP(sport=6000 + k, dport=53) / b"q"))
+            for k, (t, peer) in enumerate([(i * 300.0, "172.16.0.2") for i in range(14)]
+                                          + [(3900.0 + i, "198.51.100.40") for i in range(3)])]),
         # a SCADA master polls a PLC; later another host on the plant network writes a register
         "ics_new_master": _write(tmp / "ics_new_master.pcap", [
             (t0 + i * 1.0, _tcp("10.20.0.10", "10.20.0.50", 502, bytes(ModbusADURequest(transId=i, unitId=1)

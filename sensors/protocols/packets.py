@@ -116,6 +116,9 @@ class Packets:
         return self._column(name)[rows]
 
     def has(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name in self.arrow_strings or name in self.strings:
+            written = (self.arrow_strings[name][0] if name in self.arrow_strings else self.strings[name][0])
+            return np.isin(rows, written)
         if name not in self.valid:
             return np.zeros(len(rows), dtype=bool)
         return self.valid[name][rows]

@@ -2,10 +2,14 @@
 MOD 11-2 check digit), mainland mobile numbers, IMSI/SUPI (3GPP TS 23.003) and bank card
 numbers (Luhn check).
 
-Only cleartext application payloads are scanned (HTTP, mail, FTP, Telnet and their
-ports); what is found is kept masked (GB/T 35273 style: ``110105********002X``,
-``138****5678``), never as the raw value, so the packet table, alerts and stores
-carry the finding and not the data.
+Only the segments that open a cleartext message are scanned: HTTP request and
+response heads with the start of their bodies (form posts, API calls and replies,
+SBI on HTTP/1.1), and mail and FTP traffic, up to ``MAX_SCAN`` bytes each.  Later
+segments of a large transfer are not: that takes stream reassembly, and scanning
+every payload byte would cost the sensor its line rate.  What is found is kept
+masked (GB/T 35273 style: ``110105********002X``, ``138****5678``), never as the
+raw value, so the packet table, alerts and stores carry the finding and not the
+data.
 
 One RE2 pass over all candidate payloads of a batch picks the few rows with a
 digit run of a plausible length; the check digits and number plans are then
@@ -22,12 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sensors.protocols.packets import Packets, gather_strings
-from sensors.schema import AppProto
 
-CLEARTEXT_APPS = (AppProto.HTTP, AppProto.MAIL, AppProto.FTP)
-CLEARTEXT_PORTS = np.zeros(65536, dtype=bool)
-CLEARTEXT_PORTS[[21, 23, 25, 80, 110, 143, 587, 8000, 8080]] = True
-MAX_SCAN = 4096  # bytes of each payload scanned
+MAIL_FTP_PORTS = np.zeros(65536, dtype=bool)
+MAIL_FTP_PORTS[[21, 25, 110, 143, 587]] = True
+MAX_SCAN = 1500  # bytes of each payload scanned: one segment
 MAX_FINDINGS = 4  # masked samples kept per packet
 
 # a run of 11-19 digits (optionally an ID's final X) standing alone, not inside a longer word
@@ -51,10 +53,10 @@ class PiiKind(enum.IntFlag):
 
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
-    """``rows``: TCP packets with payload."""
-    app = pk.get("app_proto", rows)
-    on_port = CLEARTEXT_PORTS[pk.get("src_port", rows)] | CLEARTEXT_PORTS[pk.get("dst_port", rows)]
-    rows = rows[(np.isin(app, CLEARTEXT_APPS) & pk.has("app_proto", rows)) | (on_port & ~pk.has("app_proto", rows))]
+    """``rows``: TCP packets with payload, after the application dissectors."""
+    http_head = pk.has("http_method", rows) | pk.has("http_status", rows)
+    mail_ftp = MAIL_FTP_PORTS[pk.get("src_port", rows)] | MAIL_FTP_PORTS[pk.get("dst_port", rows)]
+    rows = rows[http_head | mail_ftp]
     if not len(rows):
         return
     off, end = pk.pl_off[rows], pk.pl_end[rows]
