@@ -13,6 +13,8 @@ Two stages, so each runs where it belongs:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pyarrow as pa
 
@@ -42,6 +44,8 @@ class DetectionEngine:
                             HitExtractor([], d.source, matchers=[(len(rules) + i, Everything(d.rule))]))
                            for i, d in enumerate(detectors)]
         self._packet_detectors = [d for d in detectors if isinstance(d, PacketDetector)]
+        # each detector as given (fitted or not): a new timeline starts again from this state
+        self._initial = [copy.deepcopy(d) for d in detectors]
         # what the packet detectors read, and the 5-tuple their alerts carry
         self._packet_columns = list(dict.fromkeys(
             [c for d in self._packet_detectors for c in (d.time_column, *d.columns)]
@@ -89,14 +93,18 @@ class DetectionEngine:
         """Call before the first events of a new input.  An input that starts earlier than the event
         time reached (unrelated captures replayed together) gets a timeline of its own: every window
         and episode is closed first, so its events are counted in their own windows rather than as
-        late ones.  Returns the alerts that closed."""
+        late ones, and the detectors forget what they learned from the other input (hosts seen,
+        a device's master, a node's sequence) and start again from their state as given.
+        Returns the alerts that closed."""
         if first_ts_ns is None or first_ts_ns >= self.watermark_ns - PACKET_LATENESS_NS:
             return ALERT_SCHEMA.empty_table()
         alerts = self.flush()
         for counter in (self._packet_windows, self._flow_windows):
             counter.reset()
-        for windows, _ in self._detectors:
+        for (windows, _), initial in zip(self._detectors, self._initial):
             windows.closed = NEVER
+            windows.detector = copy.deepcopy(initial)
+        self._packet_detectors = [w.detector for w, _ in self._detectors if isinstance(w.detector, PacketDetector)]
         return alerts
 
     def _detector_hits(self, source: str, events: pa.Table | pa.RecordBatch | None, watermark_ns: int | None,

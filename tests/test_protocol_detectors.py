@@ -112,3 +112,22 @@ def test_ics_function_codes_match_tshark() -> None:
     assert s7.column("s7_func").to_pylist() == [0x29, 0x29] and s7.column("s7_rosctr").to_pylist() == [1, 3]
     dnp3 = decode_file(PCAPS / "ics-iti_dnp3_cold_restart_and_response.pcap")
     assert [f for f in dnp3.column("dnp3_func").to_pylist() if f is not None] == [13, 129]
+
+
+def test_a_new_timeline_starts_detectors_afresh(attacks: dict[str, Path], tmp_path: Path) -> None:
+    """An unrelated capture that starts before the previous one ended is judged on its own: there
+    10.20.0.66 is the only host that ever talks to the PLC, so it is the master and its write is no finding."""
+    from scapy.contrib.modbus import ModbusADURequest, ModbusPDU06WriteSingleRegisterRequest
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    frame = (Ether() / IP(src="10.20.0.66", dst="10.20.0.50") / TCP(sport=40300, dport=502, flags="PA")
+             / ModbusADURequest(transId=1, unitId=1) / ModbusPDU06WriteSingleRegisterRequest(registerAddr=1))
+    frame.time = 1_700_000_010.0  # while the first capture (1_700_000_000 to +30.5 s) still runs
+    own_plant = tmp_path / "own_plant.pcap"
+    wrpcap(str(own_plant), [frame])
+    replay([str(attacks["ics_new_master"]), str(own_plant)], tmp_path / "o", processes=1)
+    alerts = _eve_alerts(tmp_path / "o")
+    assert [a["liaowang"]["detail"] for a in alerts] == [  # type: ignore[index]  # the first capture's only
+        "the device's master is 10.20.0.10"]
