@@ -43,12 +43,11 @@ class DetectionEngine:
         self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s),
                             HitExtractor([], d.source, matchers=[(len(rules) + i, Everything(d.rule))]))
                            for i, d in enumerate(detectors)]
-        self._packet_detectors = [d for d in detectors if isinstance(d, PacketDetector)]
         # each detector as given (fitted or not): a new timeline starts again from this state
         self._initial = [copy.deepcopy(d) for d in detectors]
         # what the packet detectors read, and the 5-tuple their alerts carry
         self._packet_columns = list(dict.fromkeys(
-            [c for d in self._packet_detectors for c in (d.time_column, *d.columns)]
+            [c for d in detectors if isinstance(d, PacketDetector) for c in (d.time_column, *d.columns)]
             + [f.name for f in TUPLE_FIELDS if f.name not in ("flow_id", "detail")]))
         self._packet_windows = WindowCounter(self.rules, PACKET_LATENESS_S)
         # a flow's event time is its first packet, and flows are exported when they end
@@ -58,6 +57,10 @@ class DetectionEngine:
     @property
     def has_packet_rules(self) -> bool:
         return bool(self._packet_rules.compiled)
+
+    @property
+    def _packet_detectors(self) -> list[PacketDetector]:
+        return [w.detector for w, _ in self._detectors if isinstance(w.detector, PacketDetector)]
 
     @property
     def has_packet_detectors(self) -> bool:
@@ -104,7 +107,6 @@ class DetectionEngine:
         for (windows, _), initial in zip(self._detectors, self._initial):
             windows.closed = NEVER
             windows.detector = copy.deepcopy(initial)
-        self._packet_detectors = [w.detector for w, _ in self._detectors if isinstance(w.detector, PacketDetector)]
         return alerts
 
     def _detector_hits(self, source: str, events: pa.Table | pa.RecordBatch | None, watermark_ns: int | None,

@@ -10,7 +10,6 @@ are judged once per distinct (endpoint, peer) pair, so an alert names each one.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import ClassVar
 
 import numpy as np
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector
+from detection.rules.compiler import in_networks
 
 
 class GtpuUnexpectedPeer(FlowDetector):
@@ -55,22 +55,22 @@ class GtpuUnexpectedPeer(FlowDetector):
         pairs = self._pairs(flows)
         if pairs is None:
             return out
-        known = [ipaddress.ip_network(n, strict=False) for n in self.known_peers]
         warmup_ns = int(self.warmup_s * 1e9)
         new: set[tuple[str, str]] = set()
-        for endpoint, peer, first_ns in pairs:  # in time order of each pair's first flow
+        for endpoint, peer, first_ns in pairs:  # in time order of each pair's first flow (few pairs)
             if (endpoint, peer) in self.peers_:
                 continue
             since = self.since_ns_.setdefault(endpoint, first_ns)
             self.peers_.add((endpoint, peer))
-            if first_ns - since >= warmup_ns and not any(ipaddress.ip_address(peer) in n for n in known):
+            if first_ns - since >= warmup_ns:
                 new.add((endpoint, peer))
         self.known_of_ = {e: sorted(p for (e2, p) in self.peers_ if e2 == e and (e2, p) not in new)
                           for e, _ in new}
         if new:
-            endpoint_col = pc.fill_null(flows.column("tunnel_dst_ip"), "").to_pylist()
-            peer_col = pc.fill_null(flows.column("tunnel_src_ip"), "").to_pylist()
-            out = np.array([(e, p) in new for e, p in zip(endpoint_col, peer_col)], dtype=bool)
+            key = pc.binary_join_element_wise(flows.column("tunnel_dst_ip"), flows.column("tunnel_src_ip"), "|")
+            out = np.asarray(pc.fill_null(pc.is_in(key, value_set=pa.array([f"{e}|{p}" for e, p in new])), False)
+                             .to_numpy(zero_copy_only=False), dtype=bool)
+            out &= ~in_networks(flows.column("tunnel_src_ip"), self.known_peers)
         return out
 
     @staticmethod

@@ -11,7 +11,6 @@ are not reported.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import PacketDetector
+from detection.rules.compiler import in_networks
 
 MODBUS_PORT, DNP3_PORT, S7_PORT = 502, 20000, 102
 MODBUS_WRITES = (5, 6, 15, 16, 21, 22, 23)
@@ -60,25 +60,20 @@ class IcsCommandFromNewMaster(PacketDetector):
     def evaluate(self, events: pa.Table) -> np.ndarray:
         if not hasattr(self, "masters_"):
             self.masters_: dict[str, str] = {}  # device address -> its master
-            self._known = [ipaddress.ip_network(n, strict=False) for n in self.known_masters]
+        src, dst = events.column("src_ip"), events.column("dst_ip")
+        # a device first seen in this window: its master is the first host that sent it a request
+        firsts = pa.table({"d": dst, "i": pa.array(np.arange(events.num_rows))}).group_by("d").aggregate(
+            [("i", "min")])
+        for d, s in zip(firsts.column("d").to_pylist(), src.take(firsts.column("i_min")).to_pylist()):
+            self.masters_.setdefault(d, s)
+        devices = pa.array(list(self.masters_), pa.string())
+        master = pa.array(list(self.masters_.values()), pa.string()).take(pc.index_in(dst, value_set=devices))
         control = (_mask(pc.is_in(events.column("modbus_func"), pa.array(MODBUS_WRITES, pa.uint8())))
                    | _mask(pc.is_in(events.column("dnp3_func"), pa.array(DNP3_CONTROLS, pa.uint8())))
                    | _mask(pc.is_in(events.column("s7_func"), pa.array(S7_CONTROLS, pa.uint8()))))
-        out = np.zeros(events.num_rows, dtype=bool)
-        self.reasons_: list[str] = []
-        src, dst = events.column("src_ip").to_pylist(), events.column("dst_ip").to_pylist()
-        for i, (s, d) in enumerate(zip(src, dst)):
-            master = self.masters_.setdefault(d, s)
-            if s != master and control[i] and not self._is_known(s):
-                out[i] = True
-                self.reasons_.append(f"the device's master is {master}")
+        out = control & _mask(pc.not_equal(src, master)) & ~in_networks(src, self.known_masters)
+        self.reasons_ = [f"the device's master is {m}" for m in master.filter(pa.array(out)).to_pylist()]
         return out
-
-    def _is_known(self, address: str) -> bool:
-        if not self._known:
-            return False
-        ip = ipaddress.ip_address(address)
-        return any(ip in n for n in self._known)
 
     def explain(self, events: pa.Table) -> list[str | None]:
         return list(self.reasons_)

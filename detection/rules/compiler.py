@@ -321,6 +321,13 @@ def _as_int(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
     return int(addr) | (0xFFFF << 32) if addr.version == 4 else int(addr)
 
 
+def in_networks(col: pa.Array | pa.ChunkedArray, networks: tuple[str, ...] | list[str]) -> Mask:
+    """Which addresses of ``col`` lie in any of ``networks`` (CIDR text): the rules' ``cidr`` test."""
+    if not networks:
+        return np.zeros(len(col), dtype=bool)
+    return _address_test(col, Condition("", "cidr", tuple(networks)), {})
+
+
 def _address_test(col: pa.Array | pa.ChunkedArray, c: Condition, cache: dict[str, Any]) -> Mask:
     key = "addr:" + c.field
     if key not in cache:
