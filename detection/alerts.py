@@ -36,6 +36,8 @@ ALERT_FIELDS: list[Field] = [
     *TUPLE_FIELDS,
     Field("community_id", pa.string(), "Community ID v1 of the first event's 5-tuple"),
     Field("evidence", pa.string(), "JSON: events, peak, function, field, threshold, window_s, windows, group, samples"),
+    Field("session", pa.string(), "JSON: the 5G/4G session of the alert's tunnel or UE address (session_id,"
+          " pseudonymous subscriber, pdu_session_id, dnn, snssai, gnb_ip, ue_ip, upf_ip, state), null if none"),
 ]
 ALERT_SCHEMA = arrow_schema(ALERT_FIELDS, "alerts", ALERT_SCHEMA_VERSION)
 LEVEL_BASE_SCORE = {"critical": 80.0, "high": 60.0, "medium": 40.0, "low": 20.0, "informational": 10.0}

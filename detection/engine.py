@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA, alert_table
-from detection.detectors.base import NEVER, Detector, PacketDetector, Windowed
+from detection.detectors.base import NEVER, ControlDetector, Detector, PacketDetector, Windowed
 from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
@@ -80,7 +80,9 @@ class DetectionEngine:
         return pa.RecordBatch.from_arrays(arrays, names=rows.column_names)
 
     def update(self, packet_hits: pa.RecordBatch | None, flows: pa.Table | None, watermark_ns: int | None,
-               packet_rows: pa.RecordBatch | pa.Table | None = None) -> pa.Table:
+               packet_rows: pa.RecordBatch | pa.Table | None = None, control: pa.Table | None = None) -> pa.Table:
+        """``control``: control events from the session table (counted with the flows' lateness:
+        user-plane findings come when flows end)."""
         parts = [packet_hits] if packet_hits is not None else []
         parts += self._detector_hits("packets", packet_rows, watermark_ns)
         packet_level = pa.Table.from_batches(parts, HIT_SCHEMA) if parts else HIT_SCHEMA.empty_table()
@@ -88,6 +90,7 @@ class DetectionEngine:
         has_flows = flows is not None and flows.num_rows
         parts = [self._flow_rules.hits(flows)] if has_flows and self._flow_rules.compiled else []
         parts += self._detector_hits("flows", flows, watermark_ns)
+        parts += self._detector_hits("control", control, watermark_ns)
         flow_hits = pa.Table.from_batches(parts) if parts else HIT_SCHEMA.empty_table()
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
@@ -119,7 +122,7 @@ class DetectionEngine:
             if isinstance(events, pa.RecordBatch):
                 events = pa.Table.from_batches([events])
             mine = events
-            if isinstance(detector, PacketDetector) and events is not None and events.num_rows:
+            if isinstance(detector, (PacketDetector, ControlDetector)) and events is not None and events.num_rows:
                 mine = events.filter(pa.array(np.asarray(detector.select(events), dtype=bool)))
             flagged = windows.flush() if final else windows.update(mine, watermark_ns)
             if flagged is not None:
@@ -132,7 +135,8 @@ class DetectionEngine:
 
     def flush(self) -> pa.Table:
         episodes = []
-        for source, counter in (("packets", self._packet_windows), ("flows", self._flow_windows)):
+        for source, counter in (("packets", self._packet_windows), ("flows", self._flow_windows),
+                                ("control", self._flow_windows)):
             parts = self._detector_hits(source, None, None, final=True)
             if parts:
                 episodes += counter.update(pa.Table.from_batches(parts), None)

@@ -48,6 +48,15 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "pfcp_establishment_flood": ("PFCP session establishment flood",),
     "gtpu_unknown_teid": ("GTP-U Error Indications",),
     "gtpu_unexpected_peer": ("GTP-U from an unexpected peer",),
+    "pfcp_foreign_session": ("PFCP session modification/deletion from a node that did not create",),
+    "pfcp_unknown_session": ("PFCP session modification/deletion for a session that does not exist",),
+    "gtpu_no_session": ("GTP-U to a TEID that no PFCP session established",),
+    "gtpu_ue_spoofing": ("GTP-U uplink from an address not bound to its TEID",),
+    "registration_flood": ("Registration request flood",),
+    "deregistration_flood": ("UE deregistration flood",),
+    "malformed_nas": ("Malformed NGAP/NAS",),
+    "sbi_enumeration": ("SBI subscriber enumeration",),
+    "sbi_new_peer": ("SBI call between network functions",),
     "anomaly": ("Anomalous flow",),
 }
 

@@ -26,6 +26,8 @@ from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.loader import load_rules
+from ingest.control import ControlPlane, decode_messages
+from ingest.privacy import Pseudonymizer
 from ingest.sinks import EveSink, ParquetSink
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage, expand_inputs, order_by_time
@@ -111,6 +113,8 @@ def replay(
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
+    pseudonyms = Pseudonymizer.for_output(out_dir)
+    control = ControlPlane(out_dir, pseudonyms)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
@@ -121,6 +125,7 @@ def replay(
     def emit(table: pa.Table, alerts: pa.Table) -> None:
         while pending:
             pending.pop().result()
+        alerts = control.sessions.context(alerts)
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
@@ -137,6 +142,7 @@ def replay(
             out["hits"] = engine.packet_hits(packets)
         if engine.has_packet_detectors:
             out["rows"] = engine.packet_rows(packets)
+        out.update(decode_messages(packets, pseudonyms))
         return out
 
     processes = default_processes() if processes is None else processes
@@ -150,14 +156,18 @@ def replay(
             file_index = stats.file_index
             emit(FLOW_SCHEMA.empty_table(), engine.input_starts(stats.first_ts_ns))
         summary.traffic.add(stats)
-        finished = flows.update(outputs["keyed"])
-        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns, outputs.get("rows")))
+        protos = control.tables(outputs)
+        finished = flows.update(outputs["keyed"], control.packet_rows(protos))
+        events = control.update(protos, flows.last_flow_ids)
+        finished, found = control.sessions.attribute(finished)
+        events = pa.concat_tables([events, found]) if found.num_rows else events
+        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns, outputs.get("rows"), events))
         if progress is not None:
             summary.seconds = time.perf_counter() - started
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
-    finished = flows.flush()
-    emit(finished, engine.update(None, finished, None))
+    finished, found = control.sessions.attribute(flows.flush())
+    emit(finished, engine.update(None, finished, None, control=found))
     emit(FLOW_SCHEMA.empty_table(), engine.flush())
     emit(FLOW_SCHEMA.empty_table(), ALERT_SCHEMA.empty_table())  # waits for the last writes
     summary.flows = flows.flows_exported
@@ -172,6 +182,7 @@ def replay(
     def finish_parquet() -> None:
         flow_sink.close()
         alert_sink.close()
+        control.close()
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
     for f in closing:

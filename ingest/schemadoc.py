@@ -15,8 +15,19 @@ from pathlib import Path
 from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
 from detection.flows.keys import KEYED_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
+from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
-from sensors.schema import PACKET_FIELDS, PACKET_SCHEMA_VERSION, AppProto, DecodeStatus, Field, TunnelType
+from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
+from sensors.schema import (
+    PACKET_FIELDS,
+    PACKET_SCHEMA_VERSION,
+    PROTO_FIELDS,
+    PROTO_SCHEMA_VERSION,
+    AppProto,
+    DecodeStatus,
+    Field,
+    TunnelType,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "schemas.md"
 
@@ -82,6 +93,31 @@ def render() -> str:
         "the same alerts are EVE `alert` events in `eve.json`.",
         "",
         *_fields(ALERT_FIELDS),
+        "",
+    ]
+    for name, fields in PROTO_FIELDS.items():
+        lines += [f"## proto.{name} (version {PROTO_SCHEMA_VERSION}) — `sensors/schema.py`", "",
+                  f"One row per {name.upper()} message, `proto_{name}.parquet` (dissector: `sensors/protocols/"
+                  f"{name}.py`).", "", *_fields(fields), ""]
+    lines += [
+        f"## sessions (version {SESSION_SCHEMA_VERSION}) — `detection/sessions.py`",
+        "",
+        "One row per 5G PDU session or 4G bearer, correlated across N2, N4, N3 (and S11/S5),",
+        "`sessions.parquet`.",
+        "",
+        *_fields(SESSION_FIELDS),
+        "",
+        f"## nf_inventory (version {INVENTORY_SCHEMA_VERSION}) — `detection/inventory.py`",
+        "",
+        "One row per (address, network-function role) inferred from the control plane, `nf_inventory.parquet`.",
+        "",
+        *_fields(INVENTORY_FIELDS),
+        "",
+        f"## control_events (version {CONTROL_EVENT_VERSION}) — `detection/sessions.py`",
+        "",
+        "What the session table reports to the control-plane detectors (in memory, between stages).",
+        "",
+        *_fields(CONTROL_EVENT_FIELDS),
         "",
     ]
     return "\n".join(lines)

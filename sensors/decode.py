@@ -46,6 +46,8 @@ from sensors.schema import AppProto, DecodeStatus, TunnelType
 MAX_TUNNEL_DEPTH = 3
 PROTO_ICMP, PROTO_IPIP, PROTO_TCP, PROTO_UDP, PROTO_IPV6, PROTO_GRE, PROTO_ICMPV6, PROTO_SCTP = 1, 4, 6, 17, 41, 47, 58, 132
 ETH_IPV4, ETH_IPV6, ETH_TEB = 0x0800, 0x86DD, 0x6558
+#: application protocols whose payload the message dissectors read (low volume: signalling)
+CONTROL_PLANE = (AppProto.PFCP, AppProto.GTPC, AppProto.NGAP, AppProto.S1AP, AppProto.DIAMETER, AppProto.HTTP2)
 
 #: columns that describe one layer: cleared when a tunnel is removed, so the
 #: inner packet's values never mix with the outer one's
@@ -205,3 +207,8 @@ def _applications(pk: Packets) -> None:
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):
         http2.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+    cp = np.flatnonzero(has_payload & pk.valid.get("app_proto", np.zeros(pk.n, dtype=bool)))
+    cp = cp[one_of(pk.values["app_proto"][cp], CONTROL_PLANE)] if len(cp) else cp
+    if len(cp):
+        end = np.minimum(pk.pl_end[cp], pk.end[cp])
+        pk.put_bytes("cp_payload", cp, pk.pl_off[cp], end - pk.pl_off[cp])

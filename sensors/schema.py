@@ -159,6 +159,8 @@ PACKET_FIELDS: list[Field] = [
     Field("pii_kinds", pa.uint8(), "personal data found in a cleartext payload, bits: 1 resident identity number"
           " (MOD 11-2 valid), 2 mobile number, 4 IMSI/SUPI, 8 bank card (Luhn valid)"),
     Field("pii_masked", pa.string(), "the personal data found, masked (110105********002X, 138****5678), never raw"),
+    Field("cp_payload", pa.binary(), "the application payload of control-plane messages (PFCP, GTP-C, NGAP, S1AP,"
+          " Diameter, cleartext HTTP/2), captured bytes, for the message dissectors; null for other packets"),
 ]
 
 def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:
@@ -170,3 +172,146 @@ def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:
 
 
 PACKET_SCHEMA = arrow_schema(PACKET_FIELDS, "packets", PACKET_SCHEMA_VERSION)
+
+
+# -- control-plane message tables (``proto.*``) --
+#
+# One row per control-plane message, from the message dissectors of
+# ``sensors.protocols``.  Control-plane volumes are small next to the user
+# plane, so these dissectors may work per message.  Every table starts with
+# the common fields and is joined to flows by ``flow_id``.  Subscriber
+# identities (IMSI/SUPI, MSISDN/GPSI, IMEI, Diameter User-Name) are stored as
+# keyed-hash pseudonyms, never raw.
+
+PROTO_SCHEMA_VERSION = 1
+
+PROTO_COMMON: list[Field] = [
+    Field("ts", pa.timestamp("ns", tz="UTC"), "capture timestamp of the packet carrying the message"),
+    Field("flow_id", pa.int64(), "the flow the packet belongs to (flows table)"),
+    Field("src_ip", pa.string(), "sender address"),
+    Field("dst_ip", pa.string(), "receiver address"),
+    Field("src_port", pa.uint16(), "sender port"),
+    Field("dst_port", pa.uint16(), "receiver port"),
+    Field("error", pa.string(), "why dissection stopped early (truncated IE...), null when the message decoded whole"),
+]
+
+TEID_IP = pa.struct([("teid", pa.uint32()), ("ip", pa.string())])
+
+PFCP_FIELDS: list[Field] = PROTO_COMMON + [
+    Field("msg_type", pa.uint8(), "PFCP message type (TS 29.244 7.3)"),
+    Field("msg_name", pa.string(), "message name (session_establishment_request...)"),
+    Field("is_request", pa.bool_(), "a request (odd types below 50, even types from 50 are responses)"),
+    Field("seid", pa.uint64(), "header SEID: the receiver's session endpoint id; null for node messages"),
+    Field("seq", pa.uint32(), "sequence number"),
+    Field("node_id", pa.string(), "Node ID IE: IPv4/IPv6 address or FQDN of the sender"),
+    Field("cause", pa.uint8(), "Cause IE (1 accepted, 64 rejected, 65 session context not found...)"),
+    Field("recovery_ts", pa.timestamp("s", tz="UTC"), "Recovery Time Stamp IE: when the sender's node last started"),
+    Field("fseid_seid", pa.uint64(), "F-SEID IE: the sender's own SEID for this session"),
+    Field("fseid_ip", pa.string(), "F-SEID IE: the sender's address"),
+    Field("fteids", pa.list_(pa.struct([("teid", pa.uint32()), ("ip", pa.string()), ("pdr_id", pa.uint16()),
+                                        ("source_interface", pa.uint8()), ("choose", pa.bool_())])),
+          "F-TEIDs of PDIs and Created PDRs: the UPF's tunnel endpoints (source_interface 0 access/N3, 1 core/N9);"
+          " choose = the UPF is asked to allocate one"),
+    Field("ue_ips", pa.list_(pa.string()), "UE IP Address IEs"),
+    Field("outer_headers", pa.list_(pa.struct([("teid", pa.uint32()), ("ip", pa.string()),
+                                               ("far_id", pa.uint32())])),
+          "Outer Header Creation of FARs: the peer tunnel endpoints the UPF sends to (the gNB on N3)"),
+    Field("pdr_ids", pa.list_(pa.uint16()), "PDR IDs"),
+    Field("far_ids", pa.list_(pa.uint32()), "FAR IDs"),
+    Field("qer_ids", pa.list_(pa.uint32()), "QER IDs"),
+    Field("urr_ids", pa.list_(pa.uint32()), "URR IDs"),
+    Field("network_instances", pa.list_(pa.string()), "Network Instance IEs (DNN / APN / VRF names)"),
+    Field("apply_actions", pa.list_(pa.uint16()), "Apply Action flags of FARs (1 drop, 2 forward, 4 buffer...)"),
+    Field("unknown_ies", pa.list_(pa.struct([("type", pa.uint16()), ("value", pa.binary())])),
+          "IEs not interpreted, as type and raw value"),
+]
+
+GTPC_FIELDS: list[Field] = PROTO_COMMON + [
+    Field("version", pa.uint8(), "GTP-C version; IEs are decoded for version 2 (TS 29.274), headers only for 1"),
+    Field("msg_type", pa.uint8(), "message type"),
+    Field("msg_name", pa.string(), "message name (create_session_request...)"),
+    Field("is_request", pa.bool_(), "a request or notification (not a response)"),
+    Field("teid", pa.uint32(), "header TEID: the receiver's control TEID, null when absent"),
+    Field("seq", pa.uint32(), "sequence number"),
+    Field("imsi", pa.string(), "IMSI IE, pseudonymised"),
+    Field("msisdn", pa.string(), "MSISDN IE, pseudonymised"),
+    Field("mei", pa.string(), "MEI (IMEI/IMEISV) IE, pseudonymised"),
+    Field("apn", pa.string(), "APN IE"),
+    Field("ue_ip", pa.string(), "PDN Address Allocation IE: the UE's address"),
+    Field("cause", pa.uint8(), "Cause IE (16 request accepted...)"),
+    Field("fteids", pa.list_(pa.struct([("interface_type", pa.uint8()), ("teid", pa.uint32()), ("ip", pa.string()),
+                                        ("ebi", pa.uint8())])),
+          "F-TEID IEs, in the message and in its Bearer Contexts (ebi set): interface type 0 S1-U eNodeB,"
+          " 1 S1-U SGW, 4 S5/S8 SGW GTP-U, 5 S5/S8 PGW GTP-U, 6 S5/S8 SGW GTP-C, 7 S5/S8 PGW GTP-C, 10 S11 MME,"
+          " 11 S11/S4 SGW GTP-C"),
+    Field("ebis", pa.list_(pa.uint8()), "EPS Bearer IDs"),
+    Field("unknown_ies", pa.list_(pa.struct([("type", pa.uint16()), ("value", pa.binary())])),
+          "IEs not interpreted, as type and raw value"),
+]
+
+NGAP_FIELDS: list[Field] = PROTO_COMMON + [
+    Field("pdu_type", pa.uint8(), "NGAP PDU: 0 initiating message, 1 successful outcome, 2 unsuccessful outcome"),
+    Field("procedure_code", pa.uint8(), "NGAP procedure code (TS 38.413 9.4.7)"),
+    Field("procedure_name", pa.string(), "procedure name (initial_ue_message...)"),
+    Field("ran_ue_ngap_id", pa.uint64(), "RAN UE NGAP ID"),
+    Field("amf_ue_ngap_id", pa.uint64(), "AMF UE NGAP ID"),
+    Field("nas_mm_types", pa.list_(pa.uint8()), "5GMM message types of plain NAS (0x41 registration request...)"),
+    Field("nas_sm_types", pa.list_(pa.uint8()), "5GSM message types of plain NAS (0xc1 PDU session establishment"
+          " request...)"),
+    Field("nas_ciphered", pa.bool_(), "a NAS PDU is ciphered (security header 2 or 4): its content is not visible"),
+    Field("supi", pa.string(), "SUPI from a null-scheme SUCI (imsi-MCCMNCMSIN), pseudonymised"),
+    Field("suci_scheme", pa.uint8(), "SUCI protection scheme (0 null, 1 profile A, 2 profile B)"),
+    Field("tmsi_5g", pa.string(), "5G-TMSI (hex) from a 5G-GUTI / 5G-S-TMSI"),
+    Field("pdu_session_ids", pa.list_(pa.uint8()), "PDU session ids"),
+    Field("ue_ip", pa.string(), "UE IPv4 address from a plain PDU Session Establishment Accept"),
+    Field("dnn", pa.string(), "DNN"),
+    Field("snssais", pa.list_(pa.string()), "S-NSSAIs as SST or SST-SD (hex)"),
+    Field("gtp_tunnels", pa.list_(TEID_IP), "N3 GTP tunnels: in a PDU Session Resource Setup request the UPF's"
+          " (uplink) endpoint, in its response the gNB's (downlink) endpoint"),
+    Field("mm_cause", pa.uint8(), "5GMM cause"),
+    Field("ran_node_name", pa.string(), "RAN node name (NG Setup)"),
+    Field("amf_name", pa.string(), "AMF name (NG Setup response)"),
+    Field("malformed", pa.bool_(), "the dissector found the NGAP or NAS encoding malformed"),
+]
+
+SBI_FIELDS: list[Field] = PROTO_COMMON + [
+    Field("stream_id", pa.uint32(), "HTTP/2 stream id"),
+    Field("is_request", pa.bool_(), "request headers (else response headers)"),
+    Field("method", pa.string(), ":method"),
+    Field("path", pa.string(), ":path, with SUPI/GPSI values replaced by their pseudonyms"),
+    Field("authority", pa.string(), ":authority"),
+    Field("user_agent", pa.string(), "user-agent (TS 29.500 5.2.2.2: the client's NF type first)"),
+    Field("status", pa.uint16(), ":status of a response"),
+    Field("content_type", pa.string(), "content-type"),
+    Field("service", pa.string(), "the NF service of the path (nudm-sdm, nsmf-pdusession...)"),
+    Field("nf_type", pa.string(), "the NF type serving that service (UDM, SMF...)"),
+    Field("client_nf_type", pa.string(), "the client's NF type from user-agent, when it names one"),
+    Field("supi", pa.string(), "SUPI or GPSI found in the path, pseudonymised"),
+    Field("headers_incomplete", pa.bool_(), "some header fields referred to HPACK dynamic-table entries from before"
+          " the capture (mid-stream connection): their names or values are unknown"),
+]
+
+DIAMETER_FIELDS: list[Field] = PROTO_COMMON + [
+    Field("cmd_code", pa.uint32(), "command code (RFC 6733 3)"),
+    Field("cmd_name", pa.string(), "command name (ULR/ULA, CCR/CCA...)"),
+    Field("app_id", pa.uint32(), "application id (16777251 S6a, 16777238 Gx, 16777216 Cx...)"),
+    Field("app_name", pa.string(), "application name"),
+    Field("is_request", pa.bool_(), "R flag"),
+    Field("hop_by_hop", pa.uint32(), "hop-by-hop identifier"),
+    Field("end_to_end", pa.uint32(), "end-to-end identifier"),
+    Field("session_id", pa.string(), "Session-Id AVP, subscriber identities in it pseudonymised"),
+    Field("origin_host", pa.string(), "Origin-Host AVP"),
+    Field("origin_realm", pa.string(), "Origin-Realm AVP"),
+    Field("destination_host", pa.string(), "Destination-Host AVP"),
+    Field("destination_realm", pa.string(), "Destination-Realm AVP"),
+    Field("user_name", pa.string(), "User-Name AVP (the IMSI on S6a), pseudonymised"),
+    Field("result_code", pa.uint32(), "Result-Code, or Experimental-Result-Code"),
+]
+
+#: every proto table: name -> fields
+PROTO_FIELDS: dict[str, list[Field]] = {
+    "pfcp": PFCP_FIELDS, "gtpc": GTPC_FIELDS, "ngap": NGAP_FIELDS, "sbi": SBI_FIELDS, "diameter": DIAMETER_FIELDS,
+}
+PROTO_SCHEMAS: dict[str, pa.Schema] = {
+    name: arrow_schema(fields, f"proto.{name}", PROTO_SCHEMA_VERSION) for name, fields in PROTO_FIELDS.items()
+}

@@ -1,9 +1,22 @@
-"""Stateful flow and packet detectors; ``default_detectors()`` are those a replay runs unless told otherwise."""
+"""Stateful flow, packet and control-plane detectors; ``default_detectors()`` are those a replay runs
+unless told otherwise."""
 
 from __future__ import annotations
 
-from detection.detectors.base import Detector, FlowDetector, PacketDetector
+from detection.detectors.base import ControlDetector, Detector, FlowDetector, PacketDetector
 from detection.detectors.beaconing import Beaconing
+from detection.detectors.control_plane import (
+    GtpuUeAddressMismatch,
+    GtpuUnknownSessionTeid,
+    NgapDeregistrationFlood,
+    NgapMalformed,
+    NgapRegistrationFlood,
+    PfcpForeignSessionRequest,
+    PfcpUnknownSessionRequest,
+    SbiNewPeer,
+    SbiSubscriberEnumeration,
+    control_plane_detectors,
+)
 from detection.detectors.gtp_peer import GtpuUnexpectedPeer
 from detection.detectors.gtp_spoofing import TeidSpoofing
 from detection.detectors.ics_master import IcsCommandFromNewMaster
@@ -13,8 +26,11 @@ from detection.detectors.pfcp_sequence import PfcpSequenceSpoofing
 
 def default_detectors() -> list[Detector]:
     return [Beaconing(), TeidSpoofing(), GtpuUnexpectedPeer(), LargeTransferToNewHost(), PfcpSequenceSpoofing(),
-            IcsCommandFromNewMaster()]
+            IcsCommandFromNewMaster(), *control_plane_detectors()]
 
 
-__all__ = ["Beaconing", "Detector", "FlowDetector", "GtpuUnexpectedPeer", "IcsCommandFromNewMaster", "LargeTransferToNewHost",
-           "PacketDetector", "PfcpSequenceSpoofing", "TeidSpoofing", "default_detectors"]
+__all__ = ["Beaconing", "ControlDetector", "Detector", "FlowDetector", "GtpuUeAddressMismatch",
+           "GtpuUnexpectedPeer", "GtpuUnknownSessionTeid", "IcsCommandFromNewMaster", "LargeTransferToNewHost",
+           "NgapDeregistrationFlood", "NgapMalformed", "NgapRegistrationFlood", "PacketDetector",
+           "PfcpForeignSessionRequest", "PfcpSequenceSpoofing", "PfcpUnknownSessionRequest", "SbiNewPeer",
+           "SbiSubscriberEnumeration", "TeidSpoofing", "control_plane_detectors", "default_detectors"]

@@ -71,10 +71,12 @@ class Detector(Estimator):
     group_by: ClassVar[tuple[str, ...]] = ("src_ip", "dst_ip")
 
     window_s: float = 3600.0
+    #: findings of one group in one window that make an alert (1: every finding)
+    threshold: int = 1
 
     @property
     def time_column(self) -> str:
-        return "ts" if self.source == "packets" else "first_seen"
+        return "first_seen" if self.source == "flows" else "ts"
 
     def fit(self, data: pa.Table) -> Detector:
         """Learn from baseline data (default: nothing to learn)."""
@@ -96,7 +98,8 @@ class Detector(Estimator):
         return Rule(id=self.rule_id, title=self.title, status="stable", level=self.level, source=self.source,
                     selections={}, condition="", description=self.description, tags=list(self.tags),
                     category=self.category, detector=name,
-                    aggregate=Aggregate(function="count", by=self.group_by, window_s=self.window_s, threshold=1),
+                    aggregate=Aggregate(function="count", by=self.group_by, window_s=self.window_s,
+                                        threshold=self.threshold),
                     signature_id=derived_signature_id(self.rule_id))
 
 
@@ -114,6 +117,27 @@ class PacketDetector(Detector):
     def select(self, packets: pa.Table | pa.RecordBatch) -> np.ndarray:
         """The rows ``evaluate`` needs (bool mask)."""
         raise NotImplementedError
+
+
+class ControlDetector(Detector):
+    """A detector over control events (``detection.sessions.CONTROL_EVENT_SCHEMA``): what the session
+    table saw on the control plane and when attributing user-plane flows to sessions."""
+
+    source = "control"
+    kinds: ClassVar[tuple[str, ...]] = ()
+    columns: ClassVar[list[str]] = ["ts", "kind", "key", "src_ip", "dst_ip"]
+
+    def select(self, events: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """The events of this detector's kinds."""
+        return np.asarray(pc.fill_null(pc.is_in(events.column("kind"), pa.array(self.kinds, pa.string())), False)
+                          .to_numpy(zero_copy_only=False), dtype=bool)
+
+    def evaluate(self, events: pa.Table) -> np.ndarray:
+        """Default: the session table already judged; every selected event is a finding."""
+        return np.ones(events.num_rows, dtype=bool)
+
+    def explain(self, events: pa.Table) -> list[str | None]:
+        return events.column("detail").to_pylist() if "detail" in events.column_names else super().explain(events)
 
 
 class Windowed:
@@ -164,6 +188,8 @@ class Windowed:
             if mask.any():
                 found = rows.filter(pa.array(mask))
                 detail = self.detector.explain(found)
+                if "detail" in found.column_names:  # control events carry their own: the explanation wins
+                    found = found.drop_columns(["detail"])
                 flagged.append(found.append_column("detail", pa.array(detail, pa.string())))
         self.closed = max(self.closed, int(w.max()))
         return pa.concat_tables(flagged) if flagged else None

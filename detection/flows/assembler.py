@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from detection.flows.export import build_flow_batch
+from detection.flows.export import build_flow_batch, flow_ids
 from detection.flows.keys import PacketKeys, keys_of
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
@@ -51,19 +51,25 @@ class FlowAssembler:
         self._ended: list[tuple[np.ndarray, np.ndarray]] = []  # ended, not yet exported
         self._ended_count = 0
         self.flows_exported = 0
+        self.last_flow_ids = np.empty(0, dtype=np.int64)
 
     @property
     def active_flows(self) -> int:
         return len(self._slot_of)
 
-    def update(self, packets: pa.RecordBatch | pa.Table) -> pa.Table:
-        """Add a packet batch (or keyed-packet batch); return the flows that ended (possibly empty)."""
+    def update(self, packets: pa.RecordBatch | pa.Table, id_rows: np.ndarray | None = None) -> pa.Table:
+        """Add a packet batch (or keyed-packet batch); return the flows that ended (possibly empty).
+
+        ``id_rows``: rows of the batch whose flow ids :attr:`last_flow_ids`
+        should give afterwards (-1 for packets that belong to no flow).
+        """
         k = keys_of(packets)
         done: list[tuple[np.ndarray, np.ndarray]] = []
+        self.last_flow_ids = np.full(0 if id_rows is None else len(id_rows), -1, dtype=np.int64)
         if len(k.rows):
             t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order
             self._clock_ns = int(t_ns[-1])
-            done.extend(self._absorb(k, t_ns))
+            done.extend(self._absorb(k, t_ns, id_rows))
         done.append(self._expire_idle())
         self._retire(done)
         return self._export() if self._ended_count >= self._export_rows else FLOW_SCHEMA.empty_table()
@@ -105,7 +111,8 @@ class FlowAssembler:
         self.flows_exported += len(slots)
         return pa.Table.from_batches([batch])
 
-    def _absorb(self, k: PacketKeys, t_ns: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:  # noqa: C901
+    def _absorb(self, k: PacketKeys, t_ns: np.ndarray,  # noqa: C901
+                id_rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         st = self._state
         order = np.argsort(k.hash, kind="stable")  # groups by key, time order inside
         h = k.hash[order]
@@ -197,6 +204,13 @@ class FlowAssembler:
         # the group's last segment is the live flow for that key
         live = np.flatnonzero(last_of_group)
         self._slot_of.update(zip(uniq[g_of_seg[live]].tolist(), seg_slot[live].tolist()))
+        if id_rows is not None and len(id_rows):
+            pos = np.minimum(np.searchsorted(k.rows, id_rows), len(k.rows) - 1)
+            keyed = k.rows[pos] == id_rows
+            sorted_pos = np.empty(n, dtype=np.int64)
+            sorted_pos[order] = np.arange(n)
+            slot = seg_slot[sid[sorted_pos[pos[keyed]]]]
+            self.last_flow_ids[keyed] = flow_ids(st["hash"][slot], st["first_ns"][slot])
         return ended
 
 

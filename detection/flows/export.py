@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import struct
 
 import numpy as np
@@ -13,7 +12,7 @@ import pyarrow.compute as pc
 
 from detection.flows.schema import FLOW_SCHEMA, TCP_FLAGS
 from detection.flows.state import DIR_FLAGS, FlowState
-from sensors.protocols.packets import masked_array
+from sensors.protocols.packets import ip_strings, masked_array
 
 TUNNEL_NAMES = {1: "gtpu", 2: "gre", 3: "vxlan", 4: "geneve", 5: "ipip", 6: "erspan"}
 APP_NAMES = {1: "dns", 2: "tls", 3: "http", 4: "http2", 5: "ssh", 6: "modbus", 7: "pfcp", 8: "gtpc", 9: "gtpu",
@@ -25,21 +24,6 @@ V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
 ICMP6_PAIRS = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130, 144: 145, 145: 144}
 PORT_PROTOS = (6, 17, 132)
-
-
-def ip_strings(addr: np.ndarray) -> pa.Array:
-    """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped, RFC 5952 for IPv6)."""
-    is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
-    v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
-    text = pc.binary_join_element_wise(*octets, ".")
-    v6 = np.flatnonzero(~is_v4 & ((addr[:, 0] != 0) | (addr[:, 1] != 0)))
-    if len(v6):  # rare in flows: formatted one by one
-        values = text.to_pylist()
-        for i, (h, lo) in zip(v6.tolist(), addr[v6].tolist()):
-            values[i] = str(ipaddress.IPv6Address((h << 64) | lo))
-        text = pa.array(values, type=pa.string())
-    return text
 
 
 def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np.ndarray, sport: np.ndarray,
@@ -113,6 +97,13 @@ def _stats(s: np.ndarray, sq: np.ndarray, n: np.ndarray, mn: np.ndarray, mx: np.
     return [np.where(n > 0, mn, 0.0) * scale, mean * scale, std * scale, np.where(n > 0, mx, 0.0) * scale]
 
 
+def flow_ids(key_hash: np.ndarray, first_ns: np.ndarray) -> np.ndarray:
+    """``flow_id``: the flow key's hash mixed with the flow's start, below 2**53 (exact in JSON numbers)."""
+    fid = key_hash ^ (first_ns.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    fid ^= fid >> np.uint64(29)
+    return (fid & np.uint64((1 << 53) - 1)).astype(np.int64)
+
+
 def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> pa.RecordBatch:
     a = {name: arr[slots] for name, arr in st.arrays.items()}
     n = len(slots)
@@ -120,9 +111,7 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     is_v4 = a["ipver"] == 4
     has_ports = np.isin(proto, PORT_PROTOS)
     cid = community_ids(a["src"], a["dst"], is_v4, proto, a["sport"], a["dport"], a["icmp_type"], a["icmp_code"])
-    fid = (a["hash"] ^ (a["first_ns"].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)))
-    fid ^= fid >> np.uint64(29)
-    fid = (fid & np.uint64((1 << 53) - 1)).astype(np.int64)
+    fid = flow_ids(a["hash"], a["first_ns"])
     tunnelled = a["ttype"] != 0
     gtp = a["ttype"] == 1
     pk, by = a["pkts"], a["bytes"]
@@ -183,4 +172,5 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     cols["server_name"] = pa.array(a["server"].tolist(), type=pa.string())
     cols["decode_error_packets"] = pa.array(a["errors"].astype(np.uint64))
     cols["expiration_reason"] = pa.array([REASONS[int(r)] for r in reasons], type=pa.string())
+    cols["session_id"] = pa.nulls(n, pa.string())  # filled by the session table, which sees the control plane
     return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)

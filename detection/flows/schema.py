@@ -65,6 +65,8 @@ FLOW_FIELDS: list[Field] = [
     Field("server_name", pa.string(), "first TLS SNI, HTTP Host or DNS query name seen"),
     Field("decode_error_packets", pa.uint64(), "packets whose decode_status is not 0"),
     Field("expiration_reason", pa.string(), "idle, active, tcp_reuse (new SYN after FIN/RST) or end_of_input"),
+    Field("session_id", pa.string(), "the 5G/4G session (sessions table) of a GTP-U flow or of a UE's N6 flow,"
+          " null when none is known"),
 ]
 
 FLOW_SCHEMA = arrow_schema(FLOW_FIELDS, "flows", FLOW_SCHEMA_VERSION)

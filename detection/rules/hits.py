@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.features import FEATURES, with_features
-from detection.flows.export import ip_strings
 from detection.rules.compiler import ADDRESS_FIELDS, CompiledRule, Table, address_halves
 from detection.rules.model import Rule
+from sensors.protocols.packets import ip_strings
 from sensors.schema import Field, arrow_schema
 
 HIT_SCHEMA_VERSION = 2
@@ -85,11 +85,11 @@ class HitExtractor:
     def __init__(self, rules: list[Rule], source: str, first_index: int = 0,
                  matchers: list[tuple[int, Matcher]] | None = None) -> None:
         self.source = source
-        self.time_column = "ts" if source == "packets" else "first_seen"
+        self.time_column = "first_seen" if source == "flows" else "ts"
         self.compiled: list[tuple[int, Matcher]] = matchers if matchers is not None else [
             (first_index + i, CompiledRule(r)) for i, r in enumerate(rules) if r.source == source]
         self.tuple_columns = [f.name for f in TUPLE_FIELDS]
-        self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES[source]))
+        self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES.get(source, {})))
 
     def hits(self, table: Table) -> pa.RecordBatch:
         table = with_features(table, self.source, self.features) if self.features else table

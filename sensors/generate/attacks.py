@@ -54,9 +54,12 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
     udp = _eth(IP(src="198.51.100.8", dst="10.0.0.6") / UDP(sport=5000, dport=9999) / (b"x" * 64))
     icmp = _eth(IP(src="198.51.100.9", dst="10.0.0.7") / ICMP(type=8) / (b"p" * 32))
     sweep = _eth(IP(src="198.51.100.10", dst="10.1.0.0") / TCP(sport=50000, dport=445, flags="S"))
+    from sensors.generate.control_plane import control_plane_attacks  # it builds on this module's helpers
+
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = 1_700_000_000.0
     return {
+        **control_plane_attacks(tmp, t0),
         "syn_flood": _write(tmp / "syn.pcap", [(t0 + i * 0.001, f) for i, f in enumerate(_variants(syn, 3000, 34))]),
         "udp_flood": _write(tmp / "udp.pcap", [(t0 + i * 0.0004, udp) for i in range(12000)]),
         "icmp_flood": _write(tmp / "icmp.pcap", [(t0 + i * 0.004, icmp) for i in range(1500)]),

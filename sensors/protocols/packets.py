@@ -9,8 +9,11 @@ rows/offsets for the next layer.  No Python code runs per packet.
 
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sensors.capture.frames import FrameBatch
 from sensors.capture.walk import u_view
@@ -56,6 +59,7 @@ class Packets:
         self.strings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.dots: dict[str, np.ndarray] = {}  # buf offsets shown as '.' (DNS label lengths)
         self.arrow_strings: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        self.byte_spans: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         # transport payload of the innermost layer: [pl_off, pl_end) in buf, -1 if none
         self.pl_off = np.full(self.n, -1, dtype=np.int64)
         self.pl_end = np.full(self.n, -1, dtype=np.int64)
@@ -147,6 +151,10 @@ class Packets:
         """A string column from values already extracted (regular-expression matches)."""
         self.arrow_strings[name] = (rows, values)
 
+    def put_bytes(self, name: str, rows: np.ndarray, off: np.ndarray, length: np.ndarray) -> None:
+        """A binary column: ``length`` raw bytes at ``off`` (ascending ``rows``)."""
+        self.byte_spans[name] = (rows, off, length)
+
     def fail(self, rows: np.ndarray, code: DecodeStatus) -> None:
         """Record ``code`` for packets that have no earlier problem."""
         cur = self.status[rows]
@@ -176,6 +184,9 @@ class Packets:
                 arrays.append(pa.array(self.status))
             elif fld.type == pa.string():
                 arrays.append(self._string_array(name))
+            elif fld.type == pa.binary() and name in self.byte_spans:
+                rows, off, length = self.byte_spans[name]
+                arrays.append(gather_strings(self.buf, self.n, rows, off, np.maximum(length, 0), raw=True))
             elif name in self.values:
                 arrays.append(masked_array(self.values[name], self.valid[name], fld.type))
             else:
@@ -242,13 +253,14 @@ def scatter_strings(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
 
 def gather_strings(
     buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None,
-    keep_line_breaks: bool = False,
+    keep_line_breaks: bool = False, raw: bool = False,
 ) -> pa.Array:
     """A string array of ``n`` rows; ``rows`` get ``length`` bytes of ``buf`` from ``off``.
 
     Bytes outside printable ASCII become '?' so every value is valid UTF-8 and
     safe to print (CR, LF and TAB are kept with ``keep_line_breaks``, for text
     that is parsed further); bytes at the buffer offsets in ``dots`` become '.'.
+    ``raw``: a binary array of the bytes as they are.
     """
     lengths = np.zeros(n, dtype=np.int64)
     lengths[rows] = length
@@ -259,15 +271,34 @@ def gather_strings(
     total = int(offsets[-1])
     idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
     data = buf[np.minimum(idx, len(buf) - 1)]
+    valid = np.zeros(n, dtype=bool)
+    valid[rows] = True
+    if raw:
+        return pa.BinaryArray.from_buffers(
+            pa.binary(), n, [pa.py_buffer(np.packbits(valid, bitorder="little")), pa.py_buffer(offsets),
+                             pa.py_buffer(np.ascontiguousarray(data))], null_count=n - len(rows))
     bad = (data < 0x20) | (data > 0x7E)
     if keep_line_breaks:
         bad &= (data != 0x0D) & (data != 0x0A) & (data != 0x09)
     data = np.where(bad, np.uint8(ord("?")), data)
     if dots is not None and len(dots):
         data[np.isin(idx, dots)] = ord(".")
-    valid = np.zeros(n, dtype=bool)
-    valid[rows] = True
     validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
     return pa.StringArray.from_buffers(
         n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)), validity, null_count=n - len(rows)
     )
+
+
+def ip_strings(addr: np.ndarray) -> pa.Array:
+    """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped, RFC 5952 for IPv6)."""
+    is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
+    v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
+    text = pc.binary_join_element_wise(*octets, ".")
+    v6 = np.flatnonzero(~is_v4 & ((addr[:, 0] != 0) | (addr[:, 1] != 0)))
+    if len(v6):  # rare in flows: formatted one by one
+        values = text.to_pylist()
+        for i, (h, lo) in zip(v6.tolist(), addr[v6].tolist()):
+            values[i] = str(ipaddress.IPv6Address((h << 64) | lo))
+        text = pa.array(values, type=pa.string())
+    return text

@@ -1,0 +1,118 @@
+"""The control-plane stages of a replay (or of a Kafka worker).
+
+In the decoder processes, :func:`decode_messages` dissects the signalling
+messages of a packet batch into ``proto.*`` tables (stateless: PFCP, GTP-C,
+NGAP, Diameter) with subscriber identities already pseudonymised, and keeps
+the HTTP/2 rows for the SBI decoder.  In the one process that sees every batch
+in order, :class:`ControlPlane` decodes the SBI (HPACK is stateful), gives
+every message its ``flow_id``, feeds the session table and the NF inventory,
+and writes ``proto_<name>.parquet``, ``sessions.parquet`` and
+``nf_inventory.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from detection.inventory import INVENTORY_SCHEMA, NfInventory
+from detection.sessions import CONTROL_EVENT_SCHEMA, SESSION_SCHEMA, SessionTable
+from ingest.privacy import Pseudonymizer
+from ingest.sinks import ParquetSink
+from sensors.protocols import diameter, gtpc, ngap, pfcp
+from sensors.protocols.messages import drop_packet_rows
+from sensors.protocols.sbi import SbiDecoder
+from sensors.schema import PROTO_SCHEMAS, AppProto
+
+#: the stateless message dissectors, run where packets are decoded
+DISSECTORS: dict[str, Callable[[pa.RecordBatch], pa.Table]] = {
+    "pfcp": pfcp.messages, "gtpc": gtpc.messages, "ngap": ngap.messages, "diameter": diameter.messages,
+}
+HTTP2_COLUMNS = ["ts", "src_ip", "dst_ip", "src_port", "dst_port", "app_proto", "cp_payload"]
+PREFIX = "proto."
+
+
+def decode_messages(packets: pa.RecordBatch, pseudonyms: Pseudonymizer) -> dict[str, pa.RecordBatch]:
+    """Stage: packet batch -> ``proto.<name>`` batches (with ``packet_row``) and the ``http2`` rows."""
+    payload = packets.column("cp_payload")
+    if payload.null_count == len(payload):
+        return {}
+    out: dict[str, pa.RecordBatch] = {}
+    for name, dissect in DISSECTORS.items():
+        table = dissect(packets)
+        if table.num_rows:
+            out[PREFIX + name] = _batch(pseudonyms.protect(name, table))
+    is_h2 = pc.fill_null(pc.and_(pc.equal(packets.column("app_proto"), int(AppProto.HTTP2)), payload.is_valid()),
+                         False)
+    rows = np.flatnonzero(np.asarray(is_h2.to_numpy(zero_copy_only=False)))
+    if len(rows):
+        h2 = packets.select(HTTP2_COLUMNS).take(pa.array(rows))
+        out["http2"] = h2.append_column("packet_row", pa.array(rows, pa.int64()))
+    return out
+
+
+def _batch(table: pa.Table) -> pa.RecordBatch:
+    return table.combine_chunks().to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist(
+        [], schema=table.schema)
+
+
+class ControlPlane:
+    """Stateful half: SBI decoding, flow ids, sessions, inventory, and the control-plane files."""
+
+    def __init__(self, out_dir: Path, pseudonyms: Pseudonymizer) -> None:
+        self.out_dir = out_dir
+        self.pseudonyms = pseudonyms
+        self.sbi = SbiDecoder()
+        self.sessions = SessionTable()
+        self.inventory = NfInventory()
+        # every file exists after a replay, empty when a protocol was absent (no stale file of an older run)
+        self._sinks = {name: ParquetSink(out_dir / f"proto_{name}.parquet", schema)
+                       for name, schema in PROTO_SCHEMAS.items()}
+        self.messages: dict[str, int] = {}
+
+    def tables(self, outputs: dict[str, pa.RecordBatch]) -> dict[str, pa.Table]:
+        """The batch's ``proto.*`` tables, SBI included, still with ``packet_row``."""
+        protos = {k[len(PREFIX):]: pa.Table.from_batches([v]) for k, v in outputs.items() if k.startswith(PREFIX)}
+        if "http2" in outputs:
+            sbi = self.sbi.update(outputs["http2"])
+            if sbi.num_rows:
+                protos["sbi"] = self.pseudonyms.protect("sbi", sbi)
+        return protos
+
+    @staticmethod
+    def packet_rows(protos: dict[str, pa.Table]) -> np.ndarray | None:
+        if not protos:
+            return None
+        return np.concatenate([np.asarray(t.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)
+                               for t in protos.values()])
+
+    def update(self, protos: dict[str, pa.Table], flow_ids: np.ndarray) -> pa.Table:
+        """Messages of one batch (``flow_ids`` aligned with :meth:`packet_rows`) -> control events."""
+        if not protos:
+            return CONTROL_EVENT_SCHEMA.empty_table()
+        start = 0
+        done: dict[str, pa.Table] = {}
+        for name, t in protos.items():
+            ids = flow_ids[start:start + t.num_rows]
+            start += t.num_rows
+            t = drop_packet_rows(t)
+            t = t.set_column(t.schema.get_field_index("flow_id"), "flow_id",
+                             pa.array(ids, pa.int64(), mask=ids < 0))
+            done[name] = t
+            self.messages[name] = self.messages.get(name, 0) + t.num_rows
+            self._sinks[name].write(t)
+        self.inventory.update(done)
+        return self.sessions.update(done)
+
+    def close(self) -> None:
+        for sink in self._sinks.values():
+            sink.close()
+        for path, schema, table in (("sessions.parquet", SESSION_SCHEMA, self.sessions.table()),
+                                    ("nf_inventory.parquet", INVENTORY_SCHEMA, self.inventory.table())):
+            sink = ParquetSink(self.out_dir / path, schema)
+            sink.write(table)
+            sink.close()
