@@ -123,6 +123,9 @@ class Session:
     cp_seid: int | None = None
     up_seid: int | None = None
     planes: set[str] = field(default_factory=set)
+    # every control node and UE address the session was set up with (merged pieces, CUPS legs)
+    cp_nodes: set[str] = field(default_factory=set)
+    ue_ips: set[str] = field(default_factory=set)
     messages: int = 0
     gtpu_flows: int = 0
     gtpu_bytes: int = 0
@@ -178,6 +181,7 @@ class SessionTable:
             if s is None or s.state == "released":
                 s = self._new(ts, "5g", f"pfcp|{src}|{m['fseid_seid']}")
             s.smf_ip, s.cp_seid, s.upf_ip = src, m["fseid_seid"], s.upf_ip or dst
+            s.cp_nodes.add(src)
             self._key(s, ("fseid", src, m["fseid_seid"]))
             self._pfcp_rules(s, m)
             self._pend(("pfcp", dst, src, m["seq"]), s)
@@ -208,7 +212,7 @@ class SessionTable:
                                 detail=f"PFCP session {what} request for SEID {m['seid']}, which no session"
                                        f" established at UPF {dst} holds")
                 return
-            if s.smf_ip is not None and src != s.smf_ip:
+            if s.cp_nodes and src not in s.cp_nodes:
                 self._event(m, "pfcp_foreign_session_request", key=f"seid={m['seid']}",
                             detail=f"PFCP session {what} request from {src} for a session that {s.smf_ip} created"
                                    f" ({s.session_id}{', subscriber ' + s.subscriber if s.subscriber else ''})")
@@ -220,6 +224,7 @@ class SessionTable:
     def _pfcp_rules(self, s: Session, m: dict[str, Any]) -> None:
         for ip in m["ue_ips"] or []:
             s.ue_ip = ip
+            s.ue_ips.add(ip)
             self._key(s, ("ue", ip))
         if m["network_instances"] and s.dnn is None:
             s.dnn = m["network_instances"][-1]
@@ -324,6 +329,7 @@ class SessionTable:
             if mtype == GTPC_CREATE_RESP:
                 if m["ue_ip"] and m["ue_ip"] != "0.0.0.0":
                     s.ue_ip = m["ue_ip"]
+                    s.ue_ips.add(m["ue_ip"])
                     self._key(s, ("ue", m["ue_ip"]))
                 s.state = "established" if accepted else "rejected"
             elif mtype == 35 and accepted and s.state != "released":
@@ -406,8 +412,8 @@ class SessionTable:
             self._event(event, "gtpu_unknown_teid", key=f"{f['tunnel_dst_ip']}/{f['teid']}",
                         detail=f"G-PDUs to TEID {f['teid']} at UPF {f['tunnel_dst_ip']}, which no session established"
                                " over its PFCP association holds")
-        elif (up is not None and up.ue_ip and up.upf_ip == f["tunnel_dst_ip"] and f["src_ip"] != up.ue_ip
-              and _comparable(f["src_ip"], up.ue_ip)):
+        elif (up is not None and up.ue_ip and up.upf_ip == f["tunnel_dst_ip"] and f["src_ip"] not in up.ue_ips
+              and _comparable(f["src_ip"], up.ue_ip) and len(up.ue_ips) == 1 and up.gnb_ip != up.upf_ip):
             self._event(event, "gtpu_ue_address_mismatch", key=up.session_id,
                         detail=f"uplink G-PDUs on TEID {f['teid']} from inner source {f['src_ip']}, but the TEID is"
                                f" bound to UE {up.ue_ip} ({up.session_id})")
@@ -483,9 +489,13 @@ class SessionTable:
                      "ul_teid", "ran_ue_ngap_id", "amf_ue_ngap_id", "amf_ip", "smf_ip", "cp_seid", "up_seid"):
             if getattr(into, name) is None:
                 setattr(into, name, getattr(other, name))
+        if other.generation == "4g":  # a CUPS (Sxa/Sxb) PFCP session of an LTE bearer
+            into.generation = "4g"
         into.first_ns = min(into.first_ns, other.first_ns)
         into.last_ns = max(into.last_ns, other.last_ns)
         into.planes |= other.planes
+        into.cp_nodes |= other.cp_nodes
+        into.ue_ips |= other.ue_ips
         into.messages += other.messages
         into.gtpu_flows += other.gtpu_flows
         into.gtpu_bytes += other.gtpu_bytes

@@ -193,6 +193,8 @@ class EveSink:
                               "evidence": json.loads(a["evidence"])}
             if a["detail"] is not None:
                 ev["liaowang"]["detail"] = a["detail"]
+            if a.get("session"):
+                ev["liaowang"]["session"] = json.loads(a["session"])
             self._f.write((json.dumps(ev, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
             self.events += 1
 

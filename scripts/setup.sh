@@ -2,6 +2,16 @@
 # Idempotent set-up on a fresh Debian/Ubuntu machine: .venv in the repo root with the project installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# tshark dissects NGAP/NAS (ASN.1 PER) for the control-plane tables; installed once, non-interactively
+if ! command -v tshark >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null
+  else
+    echo "warning: tshark is not installed and apt-get is unavailable: NGAP will not be dissected" >&2
+  fi
+fi
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet uv
 fi

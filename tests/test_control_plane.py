@@ -1,0 +1,195 @@
+"""Control-plane dissection and session correlation against tshark's fields (tests/golden/messages,
+made by tests/oracles/tshark_messages.py), on bundled captures and, when present, the shared Open5GS ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.replay import replay
+from sensors.protocols import diameter, gtpc, pfcp
+from sensors.protocols.sbi import Hpack
+from tests.conftest import GOLDEN, PCAPS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+CAPTURES = {
+    "5greplay_oai.pcap": PCAPS / "5greplay_oai.pcap",
+    "telekom-5g-trace-visualizer_free5gc.pcap": PCAPS / "telekom-5g-trace-visualizer_free5gc.pcap",
+    "5greplay_ue_authetication.pcapng": PCAPS / "5greplay_ue_authetication.pcapng",
+    "arkime_diameter_synthetic.pcap": PCAPS / "arkime_diameter_synthetic.pcap",
+    "5g-attacks-clem272001_Dataset_2_capture_pdn.pcap": PCAPS / "5g-attacks-clem272001_Dataset_2_capture_pdn.pcap",
+    "testattach.pcapng": SHARED / "open5gs" / "testattach.pcapng",
+    "testregistration.pcapng": SHARED / "open5gs" / "testregistration.pcapng",
+}
+_out: dict[str, Path] = {}
+
+
+def _replayed(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = CAPTURES[name]
+    if not path.exists():
+        pytest.skip(f"{path} is not here (the shared corpus is optional)")
+    if name not in _out:
+        out = tmp_path_factory.mktemp("cp")
+        replay([str(path)], out, processes=1)
+        _out[name] = out
+    return _out[name]
+
+
+def _table(out: Path, name: str) -> list[dict[str, object]]:
+    t = pq.read_table(out / f"{name}.parquet")
+    for c in t.column_names:
+        if pa.types.is_timestamp(t.schema.field(c).type):
+            t = t.set_column(t.schema.get_field_index(c), c, t.column(c).cast(pa.int64()))
+    return t.to_pylist()
+
+
+def _golden(name: str) -> dict[str, list[dict[str, list[str]]]]:
+    return json.loads((GOLDEN / "messages" / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def _int(v: str) -> int:
+    return int(v, 0)
+
+
+@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap",
+                                  "5g-attacks-clem272001_Dataset_2_capture_pdn.pcap", "testregistration.pcapng"])
+def test_pfcp_messages_match_tshark(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    rows = _table(_replayed(name, tmp_path_factory), "proto_pfcp")
+    gold = _golden(name)["pfcp"]
+    assert len(rows) == len(gold) > 0
+    for r, g in zip(rows, gold):
+        assert r["msg_type"] == int(g["pfcp.msg_type"][0])
+        assert r["seq"] == int(g["pfcp.seqno"][0])
+        assert r["error"] is None
+        assert sorted(r["ue_ips"]) == sorted(set(g["pfcp.ue_ip_addr_ipv4"]))  # type: ignore[arg-type]
+        assert sorted(f["teid"] for f in r["fteids"] if f["teid"] is not None) == sorted(  # type: ignore[attr-defined]
+            _int(x) for x in g["pfcp.f_teid.teid"])
+        assert [o["teid"] for o in r["outer_headers"]] == [  # type: ignore[attr-defined]
+            _int(x) for x in g["pfcp.outer_hdr_creation.teid"]]
+        if g["pfcp.cause"]:
+            assert r["cause"] == int(g["pfcp.cause"][0])
+
+
+@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap",
+                                  "5greplay_ue_authetication.pcapng", "testregistration.pcapng"])
+def test_ngap_messages_match_tshark(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    rows = _table(_replayed(name, tmp_path_factory), "proto_ngap")
+    gold = _golden(name)["ngap"]
+    assert len(rows) == len(gold) > 0
+    for r, g in zip(rows, gold):
+        assert r["procedure_code"] == int(g["ngap.procedureCode"][0])  # the first NGAP PDU of the packet
+        if g["ngap.RAN_UE_NGAP_ID"]:
+            assert r["ran_ue_ngap_id"] == int(g["ngap.RAN_UE_NGAP_ID"][0])
+        if len(g["ngap.procedureCode"]) == 1:  # one PDU in the packet: every tunnel is this message's
+            assert [t["teid"] for t in r["gtp_tunnels"]] == [int(x, 16) for x in g["ngap.gTP_TEID"]]  # type: ignore
+
+
+def test_diameter_messages_match_tshark(tmp_path_factory: pytest.TempPathFactory) -> None:
+    rows = _table(_replayed("arkime_diameter_synthetic.pcap", tmp_path_factory), "proto_diameter")
+    gold = _golden("arkime_diameter_synthetic.pcap")["diameter"]
+    assert len(rows) == len(gold) == 8
+    for r, g in zip(rows, gold):
+        assert (r["cmd_code"], r["app_id"], r["origin_host"]) == (
+            int(g["diameter.cmd.code"][0]), int(g["diameter.applicationId"][0]), g["diameter.Origin-Host"][0])
+        assert r["result_code"] == (int(g["diameter.Result-Code"][0]) if g["diameter.Result-Code"] else None)
+    users = [r["user_name"] for r in rows if r["user_name"]]
+    assert users and all(str(u).startswith("sub-") for u in users)  # pseudonymised, never the IMSI
+
+
+def test_gtpv2_sessions_of_an_lte_attach(tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = _replayed("testattach.pcapng", tmp_path_factory)
+    rows = _table(out, "proto_gtpc")
+    gold = [g for g in _golden("testattach.pcapng")["gtpv2"]]
+    assert [r["msg_type"] for r in rows] == [int(g["gtpv2.message_type"][0]) for g in gold]
+    assert [sorted(f["interface_type"] for f in r["fteids"]) for r in rows] == [  # type: ignore[attr-defined]
+        sorted(int(x) for x in g["gtpv2.f_teid_interface_type"]) for g in gold]
+    sessions = [s for s in _table(out, "sessions") if s["generation"] == "4g"]
+    assert sessions and all(str(s["subscriber"]).startswith("sub-") for s in sessions if s["subscriber"])
+    assert any(s["ue_ip"] and s["ul_teid"] is not None and s["dnn"] == "internet" for s in sessions)
+
+
+@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap"])
+def test_sessions_reproduce_tsharks(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = _replayed(name, tmp_path_factory)
+    ours = {(s["ue_ip"], s["cp_seid"], s["up_seid"]): s for s in _table(out, "sessions")}
+    gold = _golden(name)["sessions"]
+    assert gold
+    for g in gold:
+        s = ours[(g["ue_ip"], g["cp_seid"], g["up_seid"])]  # type: ignore[index]
+        if "ul_teid" in g:
+            assert s["ul_teid"] == g["ul_teid"]  # type: ignore[comparison-overlap]
+        if "dl_teid" in g:
+            assert s["dl_teid"] == g["dl_teid"]  # type: ignore[comparison-overlap]
+
+
+@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap",
+                                  "testregistration.pcapng"])
+def test_every_gtpu_flow_belongs_to_a_session_with_its_subscriber(
+        name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = _replayed(name, tmp_path_factory)
+    gtpu = [f for f in _table(out, "flows") if f["tunnel_type"] == "gtpu"]
+    assert gtpu and all(f["session_id"] for f in gtpu)
+    sessions = {s["session_id"]: s for s in _table(out, "sessions")}
+    for f in gtpu:
+        s = sessions[f["session_id"]]
+        assert s["subscriber"] and s["pdu_session_id"] and s["snssai"] and {"n2", "n3", "n4"} <= set(s["planes"])
+
+
+def test_network_function_roles(tmp_path_factory: pytest.TempPathFactory) -> None:
+    roles = {(r["ip"], r["role"]) for r in _table(_replayed("5greplay_oai.pcap", tmp_path_factory), "nf_inventory")}
+    assert {("192.168.70.129", "gNB"), ("192.168.70.132", "AMF"), ("192.168.70.133", "SMF"),
+            ("192.168.70.134", "UPF")} <= roles
+    free = {(r["ip"], r["role"]) for r in _table(_replayed("telekom-5g-trace-visualizer_free5gc.pcap",
+                                                           tmp_path_factory), "nf_inventory")}
+    assert {("127.0.0.1", t) for t in ("AMF", "AUSF", "UDM", "UDR", "PCF", "SMF")} <= free  # SBI servers
+
+
+def test_subscriber_identities_are_never_stored(tmp_path_factory: pytest.TempPathFactory) -> None:
+    for name, imsi in (("telekom-5g-trace-visualizer_free5gc.pcap", b"2089300007487"),
+                       ("5greplay_oai.pcap", b"208950000000031")):
+        out = _replayed(name, tmp_path_factory)
+        stored = [p for p in out.iterdir() if p.name.startswith(("proto_", "sessions")) and p.suffix == ".parquet"]
+        assert stored
+        for p in stored:
+            for row in _table(out, p.stem):
+                assert imsi.decode() not in json.dumps(row, default=str)
+    sbi = _table(_replayed("telekom-5g-trace-visualizer_free5gc.pcap", tmp_path_factory), "proto_sbi")
+    paths = [r["path"] for r in sbi if r["path"] and "nudm-sdm" in str(r["path"])]
+    assert paths and all("/sub-" in str(p) for p in paths)
+
+
+def test_alerts_on_tunnelled_flows_carry_their_session(tmp_path: Path) -> None:
+    from sensors.generate.control_plane import control_plane_attacks
+
+    capture = control_plane_attacks(tmp_path / "gen")["pfcp_session_tampering"]
+    replay([str(capture)], tmp_path / "out", processes=1)
+    alerts = _table(tmp_path / "out", "alerts")
+    spoofed = [a for a in alerts if str(a["signature"]).startswith("GTP-U uplink from an address not bound")]
+    assert spoofed and json.loads(str(spoofed[0]["session"]))["ue_ip"] == "10.45.0.5"
+    eve = [json.loads(x) for x in (tmp_path / "out" / "eve.json").read_text().splitlines()]
+    assert any(e.get("liaowang", {}).get("session", {}).get("ue_ip") == "10.45.0.5" for e in eve
+               if e["event_type"] == "alert")
+
+
+def test_malformed_messages_are_data() -> None:
+    est = bytes.fromhex("2132002c000000000000000000000200003c000500c0a80001")
+    for cut in range(4, len(est)):
+        for decoder in (pfcp.decode_message, gtpc.decode_message, diameter.decode_message):
+            row = decoder(est[:cut] + b"\x00" * 20)
+            assert isinstance(row, dict)
+    row = pfcp.decode_message(est)
+    assert row["error"] is not None and row["node_id"] == "192.168.0.1"
+
+
+def test_hpack_survives_a_connection_caught_mid_stream() -> None:
+    dec = Hpack()
+    # indexed field 70 (a dynamic entry inserted before the capture), then ':method: GET' (static 2),
+    # then a literal with incremental indexing, referenced next as index 62
+    block = bytes([0x80 | 70, 0x82, 0x40, 4]) + b"x-nf" + bytes([3]) + b"AMF" + bytes([0x80 | 62])
+    fields, incomplete = dec.decode(block)
+    assert incomplete
+    assert fields[1] == (b":method", b"GET") and fields[2] == (b"x-nf", b"AMF") and fields[3] == (b"x-nf", b"AMF")
