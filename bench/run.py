@@ -116,6 +116,39 @@ def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[s
     return lines + [""]
 
 
+def control_plane(capture: Path) -> list[str]:
+    """Message dissection rates (messages/s, one process, CPU-bound Python per message): the PFCP path on
+    the capture's PFCP, the NGAP path (tshark) on a generated registration storm, then the session table."""
+    import pyarrow as pa
+
+    from detection.sessions import SessionTable, message_rows
+    from ingest.control import decode_messages
+    from ingest.privacy import Pseudonymizer
+    from ingest.workers import packet_batches
+    from sensors.generate.attacks import _write
+    from sensors.generate.control_plane import registration_flood
+
+    ngap_capture = _write(DATA / "ngap_storm.pcap", [(1_700_000_000 + t, f)
+                                                     for t, f in registration_flood(n=20_000, seconds=60.0)])
+    keys = Pseudonymizer(b"bench")
+    lines = ["### control plane", "", "| path | messages | seconds | messages/s |", "|---|---:|---:|---:|"]
+    for label, path, name in (("PFCP IEs", capture, "pfcp"), ("NGAP/NAS via tshark", ngap_capture, "ngap")):
+        batches = [next(iter(o.values())) for o, _ in packet_batches([str(path)], 1 << 26, [], None)]
+        start = time.perf_counter()
+        tables = [pa.Table.from_batches([o[f"proto.{name}"]]) for b in batches
+                  if f"proto.{name}" in (o := decode_messages(b, keys))]
+        wall = time.perf_counter() - start
+        n = sum(t.num_rows for t in tables)
+        lines.append(f"| {label} | {n:,} | {wall:.2f} | {n / wall:,.0f} |")
+        sessions = SessionTable()
+        start = time.perf_counter()
+        for t in tables:
+            sessions.update(message_rows({name: t}))
+        wall = time.perf_counter() - start
+        lines.append(f"| session table ({name}) | {n:,} | {wall:.2f} | {n / wall:,.0f} |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packets", type=int, default=1_000_000)
@@ -129,6 +162,7 @@ def main() -> None:
     for profile in filter(None, args.profiles.split(",")):
         capture = ensure_capture(args.packets, profile)
         lines += [f"### profile `{profile}`", "", *compare(capture, args.packets, args.runs, args.peers_python)]
+    lines += control_plane(ensure_capture(args.packets, "standard"))
     if args.large:
         # ten times the packets over ten times the span: the same traffic, for longer
         big = ensure_capture(10 * args.packets, "standard", 3000.0)

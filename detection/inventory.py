@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from detection.sessions import PROTO_ORDER, rows_table
+from detection.sessions import rows_table
 from sensors.schema import Field, arrow_schema
 
 INVENTORY_SCHEMA_VERSION = 1
@@ -63,15 +63,10 @@ class NfInventory:
     def __init__(self) -> None:
         self._roles: dict[tuple[str, str], _Role] = {}
 
-    def update(self, protos: dict[str, pa.Table]) -> None:
-        for name in PROTO_ORDER:
-            t = protos.get(name)
-            if t is None or not t.num_rows:
-                continue
-            t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
-            handler = getattr(self, "_" + name)
-            for m in t.to_pylist():
-                handler(m)
+    def update(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Messages of one batch (``detection.sessions.message_rows``)."""
+        for name, m in messages:
+            getattr(self, "_" + name)(m)
 
     def _add(self, ip: str | None, role: str, ts: int, evidence: str, port: int | None = None,
              name: str | None = None) -> None:

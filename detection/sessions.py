@@ -34,6 +34,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -155,19 +156,10 @@ class SessionTable:
 
     # -- control plane -------------------------------------------------------------
 
-    def update(self, protos: dict[str, pa.Table]) -> pa.Table:
-        """Messages of one batch (any of ``proto.pfcp``... ) -> control events."""
-        rows: list[tuple[int, int, str, dict[str, Any]]] = []
-        for name in PROTO_ORDER:
-            t = protos.get(name)
-            if t is None or not t.num_rows:
-                continue
-            t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
-            for i, r in enumerate(t.to_pylist()):
-                rows.append((r["ts"], PROTO_ORDER.index(name) * 10_000_000 + i, name, r))
-        rows.sort(key=lambda x: (x[0], x[1]))
-        for _, _, name, r in rows:
-            getattr(self, "_" + name)(r)
+    def update(self, messages: list[tuple[str, dict[str, Any]]]) -> pa.Table:
+        """Messages of one batch (:func:`message_rows`) -> control events."""
+        for name, m in messages:
+            getattr(self, "_" + name)(m)
         return self._take_events()
 
     def _pfcp(self, m: dict[str, Any]) -> None:
@@ -375,16 +367,19 @@ class SessionTable:
             return flows, self._take_events()
         cols = ["flow_id", "first_seen", "last_seen", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto",
                 "tunnel_type", "teid", "dst2src_teid", "tunnel_src_ip", "tunnel_dst_ip", "bidirectional_bytes"]
-        t = flows.select(cols)
+        ue_ips = pa.array(sorted({k[1] for k in self._by_key if k[0] == "ue"}), pa.string())
+        mine = pc.fill_null(pc.or_(pc.equal(flows.column("tunnel_type"), "gtpu"),
+                                   pc.or_(pc.is_in(flows.column("src_ip"), ue_ips),
+                                          pc.is_in(flows.column("dst_ip"), ue_ips))), False)
+        rows = np.flatnonzero(np.asarray(mine.to_numpy(zero_copy_only=False)))
+        t = flows.select(cols).take(pa.array(rows))
         t = t.set_column(1, "first_seen", t.column("first_seen").cast(pa.int64()))
         t = t.set_column(2, "last_seen", t.column("last_seen").cast(pa.int64()))
-        ids: list[str | None] = []
-        ue_ips = {k[1] for k in self._by_key if k[0] == "ue"}
-        for f in t.to_pylist():
-            s = None
+        ids: list[str | None] = [None] * flows.num_rows
+        for row, f in zip(rows.tolist(), t.to_pylist()):
             if f["tunnel_type"] == "gtpu":
                 s = self._gtpu_flow(f)
-            elif f["src_ip"] in ue_ips or f["dst_ip"] in ue_ips:
+            else:
                 s = self._find(("ue", f["src_ip"])) or self._find(("ue", f["dst_ip"]))
             if s is not None:
                 s.gtpu_flows += 1
@@ -392,14 +387,9 @@ class SessionTable:
                 s.last_ns = max(s.last_ns, f["last_seen"])
                 if f["tunnel_type"] == "gtpu":
                     s.planes.add("n3")
-            ids.append(s.session_id if s is not None else None)
-        col = pa.array(ids, pa.string())
-        if "session_id" in flows.column_names:
-            col = pc.coalesce(flows.column("session_id").combine_chunks(), col)
-            flows = flows.set_column(flows.schema.get_field_index("session_id"), "session_id", col)
-        else:
-            flows = flows.append_column("session_id", col)
-        return flows, self._take_events()
+                ids[row] = s.session_id
+        i = flows.schema.get_field_index("session_id")
+        return flows.set_column(i, flows.schema.field(i), pa.array(ids, pa.string())), self._take_events()
 
     def _gtpu_flow(self, f: dict[str, Any]) -> Session | None:
         up = self._find(("teid", f["tunnel_dst_ip"], f["teid"])) if f["teid"] is not None else None
@@ -475,13 +465,9 @@ class SessionTable:
     def _key(self, s: Session, key: tuple[Any, ...]) -> None:
         """Index ``s`` by ``key``; if another live session holds it, the two are one: merge."""
         other = self._find(key)
-        if other is not None and other is not s:
-            if key[0] == "ue" and other.state == "released":
-                pass  # an address handed out again after its session ended: a new owner
-            elif key[0] == "teid" and other.state == "released":
-                pass  # TEIDs are reused too
-            else:
-                self._merge(s, other)
+        # an address or TEID handed out again after its session ended belongs to a new owner
+        if other is not None and other is not s and not (key[0] in ("ue", "teid") and other.state == "released"):
+            self._merge(s, other)
         self._by_key[key] = s.sid
 
     def _merge(self, into: Session, other: Session) -> None:
@@ -524,6 +510,20 @@ class SessionTable:
     def _take_events(self) -> pa.Table:
         rows, self._events = self._events, []
         return rows_table(rows, CONTROL_EVENT_SCHEMA, ("ts",))
+
+
+def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]]:
+    """The messages of ``proto.*`` tables as (protocol, row) in time order (ts as ns), read once for
+    the session table and the inventory."""
+    rows: list[tuple[int, int, str, dict[str, Any]]] = []
+    for rank, name in enumerate(PROTO_ORDER):
+        t = protos.get(name)
+        if t is None or not t.num_rows:
+            continue
+        t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
+        rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
+    rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
+    return [(name, r) for _, _, name, r in rows]
 
 
 def _comparable(inner_src: str | None, ue_ip: str) -> bool:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.inventory import INVENTORY_SCHEMA, NfInventory
-from detection.sessions import CONTROL_EVENT_SCHEMA, SESSION_SCHEMA, SessionTable
+from detection.sessions import CONTROL_EVENT_SCHEMA, SESSION_SCHEMA, SessionTable, message_rows
 from ingest.privacy import Pseudonymizer
 from ingest.sinks import ParquetSink
 from sensors.protocols import diameter, gtpc, ngap, pfcp
@@ -105,8 +105,9 @@ class ControlPlane:
             done[name] = t
             self.messages[name] = self.messages.get(name, 0) + t.num_rows
             self._sinks[name].write(t)
-        self.inventory.update(done)
-        return self.sessions.update(done)
+        messages = message_rows(done)
+        self.inventory.update(messages)
+        return self.sessions.update(messages)
 
     def close(self) -> None:
         for sink in self._sinks.values():

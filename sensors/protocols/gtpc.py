@@ -10,6 +10,8 @@ GTPv1-C messages get their header fields only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -77,10 +79,10 @@ def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
     return to_table("gtpc", [dict(msgs.common(i), **decode_message(p)) for i, p in enumerate(msgs.payloads)])
 
 
-def decode_message(data: bytes) -> dict[str, object]:
+def decode_message(data: bytes) -> dict[str, Any]:
     flags, mtype, length = data[0], data[1], int.from_bytes(data[2:4], "big")
     version = flags >> 5
-    out: dict[str, object] = {"version": version, "msg_type": mtype, "fteids": [], "ebis": [], "unknown_ies": []}
+    out: dict[str, Any] = {"version": version, "msg_type": mtype, "fteids": [], "ebis": [], "unknown_ies": []}
     if version != 2:
         out["msg_name"] = f"v1_type_{mtype}"
         out["teid"] = int.from_bytes(data[4:8], "big")
@@ -118,7 +120,7 @@ def _ies(data: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
     return out
 
 
-def _walk(data: bytes, start: int, end: int, out: dict[str, object], ebi: int | None) -> None:
+def _walk(data: bytes, start: int, end: int, out: dict[str, Any], ebi: int | None) -> None:
     """IEs into ``out``; ``ebi``: the bearer whose Bearer Context is walked (None at message level)."""
     groups = []
     for ie, value in _ies(data, start, end):
@@ -133,7 +135,7 @@ def _walk(data: bytes, start: int, end: int, out: dict[str, object], ebi: int | 
         elif ie == CAUSE and value:
             out["cause"] = value[0]
         elif ie == EBI and value:
-            _add(out, "ebis", value[0] & 0x0F)
+            out["ebis"].append(value[0] & 0x0F)
         elif ie == PAA and value:
             pdn_type = value[0] & 0x07
             if pdn_type in (1, 3):  # IPv4 (after the IPv6 prefix length and address for IPv4v6)
@@ -144,19 +146,13 @@ def _walk(data: bytes, start: int, end: int, out: dict[str, object], ebi: int | 
         elif ie == F_TEID and len(value) >= 5:
             flags = value[0]
             addr = value[5:9] if flags & 0x80 else value[5:21] if flags & 0x40 else b""
-            _add(out, "fteids", {"interface_type": flags & 0x3F, "teid": int.from_bytes(value[1:5], "big"),
+            out["fteids"].append({"interface_type": flags & 0x3F, "teid": int.from_bytes(value[1:5], "big"),
                                  "ip": ip_text(addr), "ebi": ebi})
         elif ie == BEARER_CONTEXT:
             groups.append(value)
         else:
-            _add(out, "unknown_ies", {"type": ie, "value": value})
+            out["unknown_ies"].append({"type": ie, "value": value})
     for value in groups:  # a Bearer Context's F-TEIDs belong to its bearer: find its EBI first
         inner = [v for t, v in _ies(value, 0, len(value)) if t == EBI and v]
         _walk(value, 0, len(value), out, inner[0][0] & 0x0F if inner else 0)
-    out["ebis"] = list(dict.fromkeys(out["ebis"]))  # type: ignore[call-overload]
-
-
-def _add(out: dict[str, object], key: str, value: object) -> None:
-    lst = out[key]
-    assert isinstance(lst, list)
-    lst.append(value)
+    out["ebis"] = list(dict.fromkeys(out["ebis"]))

@@ -11,6 +11,7 @@ IEs are kept as opaque bytes, never fatal.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -72,10 +73,10 @@ def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
     return to_table("pfcp", [dict(msgs.common(i), **decode_message(p)) for i, p in enumerate(msgs.payloads)])
 
 
-def decode_message(data: bytes) -> dict[str, object]:
+def decode_message(data: bytes) -> dict[str, Any]:
     flags, mtype, length = data[0], data[1], int.from_bytes(data[2:4], "big")
     has_seid = bool(flags & 0x01)
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "msg_type": mtype, "msg_name": MESSAGE_NAMES.get(mtype, f"type_{mtype}"),
         "is_request": (mtype % 2 == 1) if mtype < 50 else (mtype % 2 == 0),
         "fteids": [], "ue_ips": [], "outer_headers": [], "pdr_ids": [], "far_ids": [], "qer_ids": [],
@@ -96,33 +97,34 @@ def decode_message(data: bytes) -> dict[str, object]:
     except Truncated as e:
         out["error"] = str(e)
     for key in ("ue_ips", "pdr_ids", "far_ids", "qer_ids", "urr_ids", "network_instances"):
-        out[key] = list(dict.fromkeys(out[key]))  # type: ignore[call-overload]  # a rule and its reference
+        out[key] = list(dict.fromkeys(out[key]))  # a rule and its reference
     return out
 
 
-def _walk(data: bytes, start: int, end: int, out: dict[str, object], ctx: dict[str, int]) -> None:
+def _walk(data: bytes, start: int, end: int, out: dict[str, Any], ctx: dict[str, int]) -> None:
     """IEs of ``data[start:end]`` into ``out``; ``ctx`` carries the enclosing rule's PDR/FAR id and interface."""
     inner_ctx = dict(ctx)
     children: list[tuple[int, int, int]] = []
+    tunnels: list[tuple[int, bytes]] = []  # read once the group's own ids (PDR, FAR, interface) are known
     for ie, v0, v1, _ in tlvs(data, start, end, 4, 2):
         if ie & 0x8000:  # vendor IE: 2 more bytes of enterprise id, value opaque
-            _append(out, "unknown_ies", {"type": ie, "value": data[v0:v1]})
+            out["unknown_ies"].append({"type": ie, "value": data[v0:v1]})
             continue
         value = data[v0:v1]
         if ie in GROUPED:
             children.append((ie, v0, v1))
         elif ie == PDR_ID and len(value) >= 2:
             inner_ctx["pdr_id"] = int.from_bytes(value[:2], "big")
-            _append(out, "pdr_ids", inner_ctx["pdr_id"])
+            out["pdr_ids"].append(inner_ctx["pdr_id"])
         elif ie == FAR_ID and len(value) >= 4:
             inner_ctx["far_id"] = int.from_bytes(value[:4], "big")
-            _append(out, "far_ids", inner_ctx["far_id"])
+            out["far_ids"].append(inner_ctx["far_id"])
         elif ie == SOURCE_INTERFACE and value:
             inner_ctx["source_interface"] = value[0] & 0x0F
         elif ie == QER_ID and len(value) >= 4:
-            _append(out, "qer_ids", int.from_bytes(value[:4], "big"))
+            out["qer_ids"].append(int.from_bytes(value[:4], "big"))
         elif ie == URR_ID and len(value) >= 4:
-            _append(out, "urr_ids", int.from_bytes(value[:4], "big"))
+            out["urr_ids"].append(int.from_bytes(value[:4], "big"))
         elif ie == NODE_ID and value:
             kind = value[0] & 0x0F
             out["node_id"] = ip_text(value[1:]) if kind in (0, 1) else labels(value[1:])
@@ -134,19 +136,18 @@ def _walk(data: bytes, start: int, end: int, out: dict[str, object], ctx: dict[s
             out["fseid_seid"] = int.from_bytes(value[1:9], "big")
             out["fseid_ip"] = _v4_or_v6(value[9:], bool(value[0] & 0x02), bool(value[0] & 0x01))
         elif ie == NETWORK_INSTANCE and labels(value):
-            _append(out, "network_instances", labels(value))
+            out["network_instances"].append(labels(value))
         elif ie == APPLY_ACTION and value:
-            _append(out, "apply_actions", int.from_bytes(value[:2], "little") if len(value) > 1 else value[0])
+            out["apply_actions"].append(int.from_bytes(value[:2], "little") if len(value) > 1 else value[0])
         elif ie == UE_IP_ADDRESS and value:
             ip = _v4_or_v6(value[1:], bool(value[0] & 0x02), bool(value[0] & 0x01))
             if ip:
-                _append(out, "ue_ips", ip)
+                out["ue_ips"].append(ip)
         elif ie in (F_TEID, OUTER_HEADER_CREATION):
-            pass  # read below, once the enclosing group's ids are known
+            tunnels.append((ie, value))
         else:
-            _append(out, "unknown_ies", {"type": ie, "value": value})
-    for ie, v0, v1, _ in tlvs(data, start, end, 4, 2):
-        value = data[v0:v1]
+            out["unknown_ies"].append({"type": ie, "value": value})
+    for ie, value in tunnels:
         if ie == F_TEID and value:
             _fteid(value, out, inner_ctx)
         elif ie == OUTER_HEADER_CREATION and len(value) >= 2:
@@ -156,18 +157,18 @@ def _walk(data: bytes, start: int, end: int, out: dict[str, object], ctx: dict[s
         _walk(data, v0, v1, out, child_ctx)
 
 
-def _fteid(value: bytes, out: dict[str, object], ctx: dict[str, int]) -> None:
+def _fteid(value: bytes, out: dict[str, Any], ctx: dict[str, int]) -> None:
     flags = value[0]
     choose = bool(flags & 0x04)
-    entry: dict[str, object] = {"pdr_id": ctx.get("pdr_id"), "source_interface": ctx.get("source_interface"),
+    entry: dict[str, Any] = {"pdr_id": ctx.get("pdr_id"), "source_interface": ctx.get("source_interface"),
                                 "choose": choose}
     if not choose and len(value) >= 5:
         entry["teid"] = int.from_bytes(value[1:5], "big")
         entry["ip"] = _v4_or_v6(value[5:], bool(flags & 0x01), bool(flags & 0x02))
-    _append(out, "fteids", entry)
+    out["fteids"].append(entry)
 
 
-def _outer_header(value: bytes, out: dict[str, object], ctx: dict[str, int]) -> None:
+def _outer_header(value: bytes, out: dict[str, Any], ctx: dict[str, int]) -> None:
     desc = value[0]
     gtp = bool(desc & 0x03)  # GTP-U/UDP/IPv4 or /IPv6
     if not gtp or len(value) < 6:
@@ -175,7 +176,7 @@ def _outer_header(value: bytes, out: dict[str, object], ctx: dict[str, int]) -> 
     teid = int.from_bytes(value[2:6], "big")
     v4 = bool(desc & 0x15)  # GTP-U/UDP/IPv4, UDP/IPv4, IPv4
     v6 = bool(desc & 0x2A)
-    _append(out, "outer_headers", {"teid": teid, "ip": _v4_or_v6(value[6:], v4, v6),
+    out["outer_headers"].append({"teid": teid, "ip": _v4_or_v6(value[6:], v4, v6),
                                    "far_id": ctx.get("far_id")})
 
 
@@ -185,9 +186,3 @@ def _v4_or_v6(raw: bytes, v4: bool, v6: bool) -> str | None:
     if v6 and len(raw) >= 16:
         return ip_text(raw[:16])
     return None
-
-
-def _append(out: dict[str, object], key: str, value: object) -> None:
-    lst = out[key]
-    assert isinstance(lst, list)
-    lst.append(value)
