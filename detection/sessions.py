@@ -152,6 +152,7 @@ class SessionTable:
         self._ue: dict[tuple[Any, ...], dict[str, Any]] = {}  # NGAP UE context (gNB, RAN UE id) -> facts
         self._observed_upfs: set[str] = set()  # UPFs whose PFCP association was seen: all their sessions known
         self._observed_n3: set[str] = set()  # the N3 addresses of those UPFs (F-TEIDs of their sessions)
+        self._session_nodes: set[str] = set()  # nodes that sent or received session messages
         self._events: list[dict[str, Any]] = []
 
     # -- control plane -------------------------------------------------------------
@@ -165,9 +166,12 @@ class SessionTable:
     def _pfcp(self, m: dict[str, Any]) -> None:
         ts, mtype, src, dst = m["ts"], m["msg_type"], m["src_ip"], m["dst_ip"]
         if mtype in (PFCP_ASSOC_SETUP_REQ, PFCP_ASSOC_SETUP_RESP):
-            self._observed_upfs.add(dst if mtype == PFCP_ASSOC_SETUP_REQ else src)  # either side may be the UPF
-            self._observed_upfs.add(src if mtype == PFCP_ASSOC_SETUP_REQ else dst)
+            # either side may be the UPF; a node seen in sessions before its association may hold
+            # sessions we never saw set up, so it is not fully observed
+            self._observed_upfs |= {src, dst} - self._session_nodes
             return
+        if mtype >= PFCP_EST_REQ:
+            self._session_nodes |= {src, dst}
         if mtype == PFCP_EST_REQ:
             s = self._find(("fseid", src, m["fseid_seid"])) if m["fseid_seid"] is not None else None
             if s is None or s.state == "released":
@@ -402,8 +406,8 @@ class SessionTable:
             self._event(event, "gtpu_unknown_teid", key=f"{f['tunnel_dst_ip']}/{f['teid']}",
                         detail=f"G-PDUs to TEID {f['teid']} at UPF {f['tunnel_dst_ip']}, which no session established"
                                " over its PFCP association holds")
-        elif (up is not None and up.ue_ip and up.upf_ip == f["tunnel_dst_ip"] and f["src_ip"] not in up.ue_ips
-              and _comparable(f["src_ip"], up.ue_ip) and len(up.ue_ips) == 1 and up.gnb_ip != up.upf_ip):
+        elif (up is not None and up.ue_ip and (up.upf_ip, up.ul_teid) == (f["tunnel_dst_ip"], f["teid"])
+              and f["src_ip"] not in up.ue_ips and _comparable(f["src_ip"], up.ue_ip) and len(up.ue_ips) == 1):
             self._event(event, "gtpu_ue_address_mismatch", key=up.session_id,
                         detail=f"uplink G-PDUs on TEID {f['teid']} from inner source {f['src_ip']}, but the TEID is"
                                f" bound to UE {up.ue_ip} ({up.session_id})")
