@@ -97,6 +97,8 @@ GTPC_CREATE_REQ, GTPC_CREATE_RESP, GTPC_MODIFY_REQ, GTPC_DELETE_REQ, GTPC_DELETE
 S1U_ENB, S1U_SGW, S5U_SGW, S5U_PGW = 0, 1, 4, 5
 ACCEPTED_PFCP, ACCEPTED_GTPC = 1, 16
 PROTO_ORDER = ("pfcp", "gtpc", "ngap", "sbi", "diameter")
+#: message columns neither the session table nor the inventory reads (costly to turn into Python)
+UNREAD_COLUMNS = ("unknown_ies", "recovery_ts")
 MAX_PENDING = 100_000
 
 
@@ -525,6 +527,7 @@ def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]
         if t is None or not t.num_rows:
             continue
         t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
+        t = t.drop_columns([c for c in UNREAD_COLUMNS if c in t.column_names])
         rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
     rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
     return [(name, r) for _, _, name, r in rows]

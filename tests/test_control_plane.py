@@ -4,6 +4,7 @@ made by tests/oracles/tshark_messages.py), on bundled captures and, when present
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pyarrow as pa
@@ -193,3 +194,27 @@ def test_hpack_survives_a_connection_caught_mid_stream() -> None:
     fields, incomplete = dec.decode(block)
     assert incomplete
     assert fields[1] == (b":method", b"GET") and fields[2] == (b"x-nf", b"AMF") and fields[3] == (b"x-nf", b"AMF")
+
+
+def test_pfcp_ies_are_walked_into_groups_with_their_rule_ids() -> None:
+    from sensors.generate.control_plane import _ie, _pfcp
+
+    fteid = _ie(21, b"\x01" + struct.pack("!I", 0x1234) + bytes([10, 0, 0, 9]))
+    ue = _ie(93, b"\x02" + bytes([10, 45, 0, 7]))
+    pdr = _ie(1, _ie(56, b"\x00\x07") + _ie(2, _ie(20, b"\x00") + fteid + ue) + _ie(108, b"\x00\x00\x00\x03"))
+    ohc = _ie(84, b"\x01\x00" + struct.pack("!I", 0x55) + bytes([10, 0, 0, 1]))
+    far = _ie(3, _ie(108, b"\x00\x00\x00\x03") + _ie(44, b"\x02\x00") + _ie(4, _ie(22, b"\x08internet") + ohc))
+    vendor = struct.pack("!HHH", 0x8001, 3, 10415) + b"x"
+    est = _pfcp(50, 9, pdr + far + vendor + pdr, seid=0)  # the same rule twice: ids listed once
+    row = pfcp.decode_message(est)
+    assert row["error"] is None and row["seq"] == 9 and row["seid"] == 0
+    assert row["fteids"] == [{"teid": 0x1234, "ip": "10.0.0.9", "pdr_id": 7, "source_interface": 0,
+                              "choose": False}] * 2
+    assert row["outer_headers"] == [{"teid": 0x55, "ip": "10.0.0.1", "far_id": 3}]
+    assert row["ue_ips"] == ["10.45.0.7"] and row["pdr_ids"] == [7] and row["far_ids"] == [3]
+    assert row["network_instances"] == ["internet"] and row["apply_actions"] == [2]
+    assert row["unknown_ies"] == [{"type": 0x8001, "value": struct.pack("!H", 10415) + b"x"}]
+    # a group whose last IE runs past the group: what came before is kept, the error names the byte
+    broken = _pfcp(50, 9, _ie(1, _ie(56, b"\x00\x07") + struct.pack("!HH", 108, 40)) + far, seid=0)
+    row = pfcp.decode_message(broken)
+    assert row["pdr_ids"] == [7] and row["error"] == "truncated IE at byte 26" and row["far_ids"] == []

@@ -2,23 +2,25 @@
 out of a packet batch, reading TLV fields, and building its ``proto.*`` table.
 
 The header fields of every packet are decoded vectorized by the protocol
-modules; the information elements of signalling messages are walked here one
-message at a time, which is affordable because signalling is a small share of
-the traffic (``bench/`` reports messages/s).  A dissector never raises on bad
+modules.  PFCP, the busiest signalling on an N3/N4 tap, has its information
+elements walked for all messages of a batch at once (:func:`scan_ies`); the
+rarer GTPv2-C and Diameter messages are walked one at a time (:func:`tlvs`),
+which is affordable at their volumes (``bench/`` reports messages/s).  A dissector never raises on bad
 input: it keeps what it decoded and says in ``error`` where it stopped.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.protocols.packets import ip_strings
+from sensors.protocols.packets import V4_MAPPED_LO, ip_strings
 from sensors.schema import PROTO_SCHEMAS, AppProto
 
 
@@ -27,19 +29,23 @@ class Messages:
     """The packets of one application protocol in a batch: header columns and payload bytes."""
 
     rows: np.ndarray  # packet rows in the batch
-    ts: list[int]  # ns since the epoch
-    src_ip: list[str | None]
-    dst_ip: list[str | None]
-    src_port: list[int | None]
-    dst_port: list[int | None]
-    payloads: list[bytes]
+    arrays: dict[str, pa.Array]  # the PROTO_COMMON columns and packet_row, as Arrow
+    payload: pa.BinaryArray
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @cached_property
+    def payloads(self) -> list[bytes]:
+        return self.payload.to_pylist()
+
+    @cached_property
+    def _common(self) -> list[dict[str, object]]:
+        names = list(self.arrays)
+        return [dict(zip(names, values)) for values in zip(*(self.arrays[k].to_pylist() for k in names))]
+
     def common(self, i: int) -> dict[str, object]:
-        return {"ts": self.ts[i], "src_ip": self.src_ip[i], "dst_ip": self.dst_ip[i],
-                "src_port": self.src_port[i], "dst_port": self.dst_port[i], "packet_row": int(self.rows[i])}
+        return dict(self._common[i])
 
 
 def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
@@ -48,29 +54,27 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
     mask = pc.and_(pc.is_in(app, pa.array([int(a) for a in apps], pa.uint8())),
                    packets.column("cp_payload").is_valid())
     rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
-    sub = packets.take(pa.array(rows))
+    needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "packet_row")
+              if c in packets.column_names]
+    sub = packets.select(needed).take(pa.array(rows))
     if "packet_row" in packets.column_names:  # a subset of a batch that kept its rows' numbers
         rows = np.asarray(sub.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)
 
-    def addr(name: str) -> list[str | None]:
-        col = sub.column(name)
-        if isinstance(col, pa.ChunkedArray):
-            col = col.combine_chunks()
-        if not len(col):
-            return []
-        raw = np.frombuffer(col.buffers()[1], dtype=">u8", count=2 * (len(col) + col.offset))
-        halves = raw.reshape(-1, 2)[col.offset:].astype(np.uint64)
-        return pc.if_else(col.is_valid(), ip_strings(halves), pa.scalar(None, pa.string())).to_pylist()
+    def col(name: str) -> pa.Array:
+        c = sub.column(name)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
 
-    return Messages(
-        rows=rows,
-        ts=sub.column("ts").cast(pa.int64()).to_pylist(),
-        src_ip=addr("src_ip"),
-        dst_ip=addr("dst_ip"),
-        src_port=sub.column("src_port").to_pylist(),
-        dst_port=sub.column("dst_port").to_pylist(),
-        payloads=sub.column("cp_payload").to_pylist(),
-    )
+    def addr(name: str) -> pa.Array:
+        c = col(name)
+        if not len(c):
+            return pa.array([], pa.string())
+        raw = np.frombuffer(c.buffers()[1], dtype=">u8", count=2 * (len(c) + c.offset))
+        halves = raw.reshape(-1, 2)[c.offset:].astype(np.uint64)
+        return pc.if_else(c.is_valid(), ip_strings(halves), pa.scalar(None, pa.string()))
+
+    arrays = {"ts": col("ts").cast(pa.int64()), "src_ip": addr("src_ip"), "dst_ip": addr("dst_ip"),
+              "src_port": col("src_port"), "dst_port": col("dst_port"), "packet_row": pa.array(rows, pa.int64())}
+    return Messages(rows=rows, arrays=arrays, payload=col("cp_payload"))
 
 
 def to_table(name: str, rows: list[dict[str, object]]) -> pa.Table:
@@ -79,10 +83,23 @@ def to_table(name: str, rows: list[dict[str, object]]) -> pa.Table:
     ``packet_row`` (the row in the packet batch) lets the flow stage fill
     ``flow_id``; :func:`drop_packet_rows` removes it before the table is stored.
     """
-    schema = PROTO_SCHEMAS[name].append(pa.field("packet_row", pa.int64()))
+    schema = _with_packet_row(name)
     ts = pa.array([r.pop("ts") for r in rows], pa.int64()).cast(schema.field("ts").type)
     table = pa.Table.from_pylist(rows, schema=schema.remove(0))
     return table.add_column(0, schema.field("ts"), ts)
+
+
+def from_columns(name: str, msgs: Messages, columns: dict[str, pa.Array]) -> pa.Table:
+    """:func:`to_table` from whole columns: ``msgs``' common ones, ``columns``, nulls for the rest."""
+    schema = _with_packet_row(name)
+    given = {**msgs.arrays, **columns}
+    return pa.Table.from_arrays(
+        [given[f.name].cast(f.type) if f.name in given else pa.nulls(len(msgs), f.type) for f in schema],
+        schema=schema)
+
+
+def _with_packet_row(name: str) -> pa.Schema:
+    return PROTO_SCHEMAS[name].append(pa.field("packet_row", pa.int64()))
 
 
 def drop_packet_rows(table: pa.Table) -> pa.Table:
@@ -152,3 +169,177 @@ def labels(raw: bytes) -> str:
         parts.append(raw[pos + 1:pos + 1 + n].decode("ascii", "replace"))
         pos += 1 + n
     return ".".join(parts)
+
+
+@dataclass
+class Ies:
+    """Every information element of a batch of TLV messages, in message order, as flat arrays.
+
+    Offsets index :attr:`buf` (the messages' payload bytes, zero-padded so
+    fixed-size reads past a short value stay inside it).
+    """
+
+    buf: np.ndarray
+    msg: np.ndarray  # message index of each IE
+    type: np.ndarray
+    v0: np.ndarray  # value start
+    v1: np.ndarray  # value end
+    parent: np.ndarray  # index of the enclosing grouped IE, -1 at the top level
+    depth: np.ndarray
+    error_at: np.ndarray  # per message: buf offset of the IE that runs past its group or message, -1 if none
+
+    @property
+    def length(self) -> np.ndarray:
+        return self.v1 - self.v0
+
+    def u8(self, off: np.ndarray) -> np.ndarray:
+        return self.buf[off].astype(np.int64)
+
+    def uint(self, off: np.ndarray, nbytes: int) -> np.ndarray:
+        return be_uint(self.buf, off, nbytes)
+
+    def first(self, mask: np.ndarray, n_msgs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(messages, IE indices) of the first IE in ``mask`` of each message that has one."""
+        idx = np.flatnonzero(mask)
+        msgs, at = np.unique(self.msg[idx], return_index=True)
+        return msgs, idx[at]
+
+
+def be_uint(buf: np.ndarray, off: np.ndarray, nbytes: int) -> np.ndarray:
+    """Big-endian unsigned integers of ``nbytes`` (1 to 8) at each offset of ``buf``."""
+    out = np.zeros(len(off), dtype=np.uint64)
+    for k in range(nbytes):
+        out = (out << np.uint64(8)) | buf[off + k].astype(np.uint64)
+    return out
+
+
+def payload_buffer(payload: pa.BinaryArray, pad: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bytes, start, end) of each value of a binary array, the bytes zero-padded by ``pad``."""
+    n = len(payload)
+    if n == 0:
+        return np.zeros(pad, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    offsets = np.frombuffer(payload.buffers()[1], dtype=np.int32, count=payload.offset + n + 1)[payload.offset:]
+    data = payload.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    buf = np.zeros(int(offsets[-1]) + pad, dtype=np.uint8)
+    buf[:offsets[-1] - offsets[0]] = raw[offsets[0]:offsets[-1]]
+    base = offsets.astype(np.int64) - int(offsets[0])
+    return buf, base[:-1], base[1:]
+
+
+def scan_ies(buf: np.ndarray, start: np.ndarray, end: np.ndarray, *, type_bytes: int, header: int,
+             grouped: np.ndarray, max_depth: int = 8) -> Ies:
+    """Walk the TLVs of every message in ``buf[start:end]`` at once (vectorized across messages).
+
+    IEs are ``type`` (``type_bytes`` big-endian), then a 16-bit length of the
+    value, then the rest of a ``header``-byte header.  A grouped IE's value is
+    a sequence of IEs, so one linear pass that steps *into* groups instead of
+    over them visits every IE; a stack of group ends per message gives each IE
+    its parent.  The loop runs once per IE position, not once per IE.
+    """
+    n = len(start)
+    cur = start.astype(np.int64).copy()
+    ends = np.zeros((n, max_depth + 1), dtype=np.int64)
+    ends[:, 0] = end
+    ids = np.full((n, max_depth + 1), -1, dtype=np.int64)
+    depth = np.zeros(n, dtype=np.int64)
+    error_at = np.full(n, -1, dtype=np.int64)
+    limit = len(buf) - header
+    parts: list[tuple[np.ndarray, ...]] = []
+    count = 0
+    m = np.flatnonzero(cur < end)
+    while len(m):
+        c, d = cur[m], depth[m]
+        for _ in range(max_depth):  # leave the groups that ended here
+            done = (d > 0) & (c >= ends[m, d])
+            if not done.any():
+                break
+            d = d - done
+        depth[m] = d
+        lim = ends[m, d]
+        go = c < lim
+        m, c, d, lim = m[go], c[go], d[go], lim[go]
+        at = np.minimum(c, limit)
+        ie_type = buf[at].astype(np.int64)
+        if type_bytes == 2:
+            ie_type = (ie_type << 8) | buf[at + 1]
+        length = (buf[at + type_bytes].astype(np.int64) << 8) | buf[at + type_bytes + 1]
+        v0 = c + header
+        v1 = v0 + length
+        bad = v1 > lim
+        error_at[m[bad]] = c[bad]
+        ok = ~bad
+        m, d, ie_type, v0, v1 = m[ok], d[ok], ie_type[ok], v0[ok], v1[ok]
+        idx = np.arange(count, count + len(m))
+        count += len(m)
+        parts.append((m, ie_type, v0, v1, ids[m, d], d))
+        into = np.isin(ie_type, grouped) & (d < max_depth)
+        g, gd = m[into], d[into] + 1
+        ends[g, gd] = v1[into]
+        ids[g, gd] = idx[into]
+        depth[g] = gd
+        cur[m] = np.where(into, v0, v1)
+    if not parts:
+        e = np.zeros(0, np.int64)
+        return Ies(buf, e, e, e, e, e, e, error_at)
+    msg, ie_type, v0, v1, parent, d = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((v0, msg))  # message order, then position in the message
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    parent = parent[order]
+    parent = np.where(parent >= 0, rank[np.maximum(parent, 0)], -1)
+    return Ies(buf, msg[order], ie_type[order], v0[order], v1[order], parent, d[order], error_at)
+
+
+def first_unique(msg: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each (``msg``, ``keys``) value, order kept (``dict.fromkeys``)."""
+    if not len(msg):
+        return np.zeros(0, dtype=bool)
+    pos = np.arange(len(msg))
+    order = np.lexsort((pos, *reversed(keys), msg))
+    same = np.ones(len(msg) - 1, dtype=bool)
+    for k in (msg, *keys):
+        s = k[order]
+        same &= s[1:] == s[:-1]
+    keep = np.ones(len(msg), dtype=bool)
+    keep[order[1:][same]] = False
+    return keep
+
+
+def list_column(n: int, msg: np.ndarray, values: pa.Array) -> pa.Array:
+    """A list column of ``n`` rows: row ``msg[i]`` gets ``values[i]`` (``msg`` ascending)."""
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(msg, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def addresses(ies: Ies, off: np.ndarray, v6: np.ndarray) -> pa.Array:
+    """IPv4 (4 bytes) or, where ``v6``, IPv6 (16 bytes) addresses at ``off`` as text."""
+    halves = np.zeros((len(off), 2), dtype=np.uint64)
+    halves[:, 1] = V4_MAPPED_LO | ies.uint(off, 4)
+    if v6.any():
+        halves[v6, 0] = ies.uint(off[v6], 8)
+        halves[v6, 1] = ies.uint(off[v6] + 8, 8)
+    return ip_strings(halves)
+
+
+def texts(ies: Ies, idx: np.ndarray, decode: Callable[[bytes], str]) -> list[str]:
+    """``decode`` of the values of IEs ``idx``, once per distinct value (names repeat: DNNs, FQDNs)."""
+    seen: dict[bytes, str] = {}
+    out = []
+    for a, b in zip(ies.v0[idx].tolist(), ies.v1[idx].tolist()):
+        raw = ies.buf[a:b].tobytes()
+        if raw not in seen:
+            seen[raw] = decode(raw)
+        out.append(seen[raw])
+    return out
+
+
+def values(ies: Ies, idx: np.ndarray) -> pa.Array:
+    """The raw values of IEs ``idx`` as a binary array."""
+    length = ies.length[idx]
+    offsets = np.zeros(len(idx) + 1, dtype=np.int32)
+    np.cumsum(length, out=offsets[1:])
+    at = np.repeat(ies.v0[idx] - offsets[:-1], length) + np.arange(int(offsets[-1]))
+    return pa.BinaryArray.from_buffers(pa.binary(), len(idx), [None, pa.py_buffer(offsets),
+                                                               pa.py_buffer(np.ascontiguousarray(ies.buf[at]))])

@@ -4,19 +4,33 @@
 sequence), vectorized, on UDP port 8805 in either direction.
 ``messages``: the information elements a session needs (8.2: Node ID, F-SEID,
 F-TEID, UE IP Address, PDR/FAR/QER/URR ids, Network Instance, Apply Action,
-Outer Header Creation, Cause, Recovery Time Stamp), walking grouped IEs; other
-IEs are kept as opaque bytes, never fatal.
+Outer Header Creation, Cause, Recovery Time Stamp), walking grouped IEs for
+every message of a batch at once; other IEs are kept as opaque bytes, never
+fatal.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from sensors.protocols.messages import Truncated, ip_text, labels, select, tlvs, to_table
+from sensors.protocols.messages import (
+    Ies,
+    addresses,
+    be_uint,
+    first_unique,
+    from_columns,
+    labels,
+    list_column,
+    payload_buffer,
+    scan_ies,
+    select,
+    texts,
+    values,
+)
 from sensors.protocols.packets import Packets
 from sensors.schema import AppProto
 
@@ -63,126 +77,179 @@ PDR_ID, F_SEID, NODE_ID, URR_ID, OUTER_HEADER_CREATION, UE_IP_ADDRESS = 56, 57, 
 RECOVERY_TIME_STAMP, FAR_ID, QER_ID = 96, 108, 109
 GROUPED = {CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREATED_PDR, UPDATE_PDR, UPDATE_FAR,
            UPDATE_FORWARDING_PARAMETERS, 6, 13, 14, 15, 16, 17, 18}  # + Create/Update/Remove URR/QER, Remove PDR/FAR
-#: PFCP and GTP-C timestamps count seconds from 1900 (NTP era 0)
-NTP_EPOCH = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+
+
+#: groups whose rules' ids (PDR, FAR, source interface) apply to the IEs inside them
+INHERITS_CONTEXT = (PDI, FORWARDING_PARAMETERS, UPDATE_FORWARDING_PARAMETERS)
+#: IE type -> the least value length it is read with; shorter ones are kept as unknown
+MIN_LENGTH = {PDR_ID: 2, FAR_ID: 4, QER_ID: 4, URR_ID: 4, SOURCE_INTERFACE: 1, NODE_ID: 2, CAUSE: 1,
+              RECOVERY_TIME_STAMP: 4, F_SEID: 9, NETWORK_INSTANCE: 1, APPLY_ACTION: 1, UE_IP_ADDRESS: 1,
+              F_TEID: 1, OUTER_HEADER_CREATION: 6}
+NTP_TO_UNIX_S = 2_208_988_800
+_GROUPED = np.array(sorted(GROUPED))
+_NONE = np.array(None, dtype=object)
 
 
 def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
-    """``proto.pfcp``: one row per PFCP message in the batch."""
+    """``proto.pfcp``: one row per PFCP message in the batch, the IEs of all walked at once."""
     msgs = select(packets, AppProto.PFCP)
-    return to_table("pfcp", [dict(msgs.common(i), **decode_message(p)) for i, p in enumerate(msgs.payloads)])
+    return from_columns("pfcp", msgs, _columns(msgs.payload))
 
 
 def decode_message(data: bytes) -> dict[str, Any]:
-    flags, mtype, length = data[0], data[1], int.from_bytes(data[2:4], "big")
-    has_seid = bool(flags & 0x01)
-    out: dict[str, Any] = {
-        "msg_type": mtype, "msg_name": MESSAGE_NAMES.get(mtype, f"type_{mtype}"),
-        "is_request": (mtype % 2 == 1) if mtype < 50 else (mtype % 2 == 0),
-        "fteids": [], "ue_ips": [], "outer_headers": [], "pdr_ids": [], "far_ids": [], "qer_ids": [],
-        "urr_ids": [], "network_instances": [], "apply_actions": [], "unknown_ies": [],
+    """One message's fields (tests, tools); the same code as :func:`messages`."""
+    cols = _columns(pa.array([data], pa.binary()))
+    return {k: v[0].as_py() for k, v in cols.items()}
+
+
+def _columns(payload: pa.BinaryArray) -> dict[str, pa.Array]:
+    n = len(payload)
+    buf, start, stop = payload_buffer(payload)
+    at = np.minimum(start, len(buf) - 16)
+    flags, mtype = buf[at], buf[at + 1].astype(np.int64)
+    length = (buf[at + 2].astype(np.int64) << 8) | buf[at + 3]
+    has_seid = (flags & 0x01) != 0
+    seq_at = np.where(has_seid, at + 12, at + 4)
+    end = np.minimum(start + 4 + length, stop)
+    ies = scan_ies(buf, np.minimum(start + np.where(has_seid, 16, 8), end), end, type_bytes=2, header=4,
+                   grouped=_GROUPED)
+    error = np.where(ies.error_at >= 0, ies.error_at - start, -1)
+    errors = [f"truncated IE at byte {e}" if e >= 0 else None for e in error.tolist()]
+    for i in np.flatnonzero((start + 4 + length > stop) & (error < 0)).tolist():
+        errors[i] = "message runs past the captured payload"
+    names = [MESSAGE_NAMES.get(t, f"type_{t}") for t in mtype.tolist()]
+    cols: dict[str, pa.Array] = {
+        "msg_type": pa.array(mtype, pa.uint8()), "msg_name": pa.array(names, pa.string()),
+        "is_request": pa.array(np.where(mtype < 50, mtype % 2 == 1, mtype % 2 == 0)),
+        "seid": pa.array(be_uint(buf, at + 4, 8), pa.uint64(), mask=~has_seid),
+        "seq": pa.array(be_uint(buf, seq_at, 3), pa.uint32()),
+        "error": pa.array(errors, pa.string()),
     }
-    if has_seid:
-        out["seid"] = int.from_bytes(data[4:12], "big")
-        out["seq"] = int.from_bytes(data[12:15], "big")
-        start = 16
-    else:
-        out["seq"] = int.from_bytes(data[4:7], "big")
-        start = 8
-    end = min(4 + length, len(data))
-    if 4 + length > len(data):
-        out["error"] = "message runs past the captured payload"
-    try:
-        _walk(data, start, end, out, {})
-    except Truncated as e:
-        out["error"] = str(e)
-    for key in ("ue_ips", "pdr_ids", "far_ids", "qer_ids", "urr_ids", "network_instances"):
-        out[key] = list(dict.fromkeys(out[key]))  # a rule and its reference
+    cols.update(_information_elements(ies, n))
+    return cols
+
+
+def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
+    typ, length = ies.type, ies.length
+    leaf = ~np.isin(typ, _GROUPED) | (typ & 0x8000 != 0)
+    readable = np.zeros(len(typ), dtype=bool)
+    for t, least in MIN_LENGTH.items():
+        readable |= (typ == t) & (length >= least)
+    readable &= leaf
+    cols: dict[str, pa.Array] = {}
+    j = np.flatnonzero(readable & (typ == NETWORK_INSTANCE))
+    names = pa.array(texts(ies, j, labels), pa.string())
+    named = np.asarray(pc.greater(pc.utf8_length(names), 0).to_numpy(zero_copy_only=False), dtype=bool)
+    readable[j[~named]] = False  # no name in it: kept as unknown
+    j, names = j[named], names.filter(pa.array(named))
+    keep = first_unique(ies.msg[j], names.dictionary_encode().indices.to_numpy())
+    cols["network_instances"] = list_column(n, ies.msg[j][keep], names.filter(pa.array(keep)))
+
+    def first(t: int) -> tuple[np.ndarray, np.ndarray]:
+        return ies.first(readable & (typ == t), n)
+
+    def scalar(values: np.ndarray | list[Any] | pa.Array, msgs: np.ndarray, kind: pa.DataType) -> pa.Array:
+        full = np.zeros(n, dtype=object)
+        full[msgs] = list(values) if not isinstance(values, np.ndarray) else values.tolist()
+        mask = np.ones(n, dtype=bool)
+        mask[msgs] = False
+        return pa.array(full, kind, mask=mask)
+
+    m, i = first(NODE_ID)
+    kind = ies.u8(ies.v0[i]) & 0x0F
+    is_ip = (kind == 0) & (length[i] >= 5) | (kind == 1) & (length[i] >= 17)
+    node = np.array(texts(ies, i, lambda raw: labels(raw[1:])), dtype=object)
+    if is_ip.any():
+        node[is_ip] = addresses(ies, ies.v0[i][is_ip] + 1, kind[is_ip] == 1).to_pylist()
+    cols["node_id"] = scalar(np.where((kind <= 1) & ~is_ip, _NONE, node), m, pa.string())
+    m, i = first(CAUSE)
+    cols["cause"] = scalar(ies.u8(ies.v0[i]), m, pa.uint8())
+    m, i = first(RECOVERY_TIME_STAMP)
+    cols["recovery_ts"] = scalar(ies.uint(ies.v0[i], 4).astype(np.int64) - NTP_TO_UNIX_S, m, pa.int64()).cast(
+        pa.timestamp("s", tz="UTC"))
+    m, i = first(F_SEID)
+    cols["fseid_seid"] = scalar(ies.uint(ies.v0[i] + 1, 8), m, pa.uint64())
+    cols["fseid_ip"] = scalar(_ip_or_null(ies, i, 9, v4_flag=0x02, v6_flag=0x01), m, pa.string())
+
+    ctx = _context(ies, n, readable)
+    j = np.flatnonzero(readable & (typ == F_TEID))
+    fl = ies.u8(ies.v0[j])
+    choose = (fl & 0x04) != 0
+    has_teid = ~choose & (length[j] >= 5)
+    scope = _scope(ies, n, j)
+    fteid = pa.StructArray.from_arrays(
+        [pa.array(ies.uint(ies.v0[j] + 1, 4), pa.uint32(), mask=~has_teid),
+         pa.array(np.where(has_teid, _ip_or_null(ies, j, 5, v4_flag=0x01, v6_flag=0x02), _NONE), pa.string()),
+         pa.array(ctx["pdr_id"][scope], pa.uint16(), mask=ctx["pdr_id"][scope] < 0),
+         pa.array(ctx["source_interface"][scope], pa.uint8(), mask=ctx["source_interface"][scope] < 0),
+         pa.array(choose)],
+        names=["teid", "ip", "pdr_id", "source_interface", "choose"])
+    cols["fteids"] = list_column(n, ies.msg[j], fteid)
+
+    j = np.flatnonzero(readable & (typ == OUTER_HEADER_CREATION))
+    gtp = (ies.u8(ies.v0[j]) & 0x03) != 0  # GTP-U/UDP/IPv4 or /IPv6; other kinds carry no TEID
+    j = j[gtp]
+    far = ctx["far_id"][_scope(ies, n, j)]
+    ip = _ip_or_null(ies, j, 6, v4_flag=0x15, v6_flag=0x2A)
+    headers = pa.StructArray.from_arrays(
+        [pa.array(ies.uint(ies.v0[j] + 2, 4), pa.uint32()), pa.array(ip, pa.string()),
+         pa.array(far, pa.uint32(), mask=far < 0)], names=["teid", "ip", "far_id"])
+    cols["outer_headers"] = list_column(n, ies.msg[j], headers)
+
+    j = np.flatnonzero(readable & (typ == UE_IP_ADDRESS))
+    ue = _ip_or_null(ies, j, 1, v4_flag=0x02, v6_flag=0x01)
+    j, ue = j[ue != None], ue[ue != None]  # noqa: E711 (element-wise)
+    keep = first_unique(ies.msg[j], pa.array(ue, pa.string()).dictionary_encode().indices.to_numpy())
+    cols["ue_ips"] = list_column(n, ies.msg[j][keep], pa.array(ue[keep], pa.string()))
+
+    for name, t, nbytes, kind in (("pdr_ids", PDR_ID, 2, pa.uint16()), ("far_ids", FAR_ID, 4, pa.uint32()),
+                                  ("qer_ids", QER_ID, 4, pa.uint32()), ("urr_ids", URR_ID, 4, pa.uint32())):
+        j = np.flatnonzero(readable & (typ == t))
+        ids = ies.uint(ies.v0[j], nbytes)
+        keep = first_unique(ies.msg[j], ids)  # a rule and the references to it
+        cols[name] = list_column(n, ies.msg[j][keep], pa.array(ids[keep], kind))
+
+    j = np.flatnonzero(readable & (typ == APPLY_ACTION))
+    lo = ies.u8(ies.v0[j])
+    action = np.where(length[j] > 1, lo | (ies.u8(ies.v0[j] + 1) << 8), lo)  # flag octets 5, 6: low byte first
+    cols["apply_actions"] = list_column(n, ies.msg[j], pa.array(action, pa.uint16()))
+
+    j = np.flatnonzero(leaf & ~readable)
+    unknown = pa.StructArray.from_arrays([pa.array(typ[j], pa.uint16()), values(ies, j)], names=["type", "value"])
+    cols["unknown_ies"] = list_column(n, ies.msg[j], unknown)
+    return cols
+
+
+def _scope(ies: Ies, n: int, j: np.ndarray) -> np.ndarray:
+    """Scope of IEs ``j``: their group's IE index, or ``len(ies) + message`` at the top level."""
+    return np.where(ies.parent[j] >= 0, ies.parent[j], len(ies.type) + ies.msg[j])
+
+
+def _context(ies: Ies, n: int, readable: np.ndarray) -> dict[str, np.ndarray]:
+    """Per scope, the rule ids its IEs belong to: the group's own PDR/FAR id and source interface, or
+    (PDI, Forwarding Parameters) those of the rule around it; -1 where none."""
+    size = len(ies.type) + n
+    out: dict[str, np.ndarray] = {}
+    for name, t, read in (("pdr_id", PDR_ID, lambda j: ies.uint(ies.v0[j], 2)),
+                          ("far_id", FAR_ID, lambda j: ies.uint(ies.v0[j], 4)),
+                          ("source_interface", SOURCE_INTERFACE, lambda j: ies.u8(ies.v0[j]) & 0x0F)):
+        value = np.full(size, -1, dtype=np.int64)
+        j = np.flatnonzero(readable & (ies.type == t))
+        value[_scope(ies, n, j)] = np.asarray(read(j), dtype=np.int64)  # the last one of a group wins
+        for level in range(1, int(ies.depth.max(initial=0)) + 1):
+            g = np.flatnonzero((ies.depth == level - 1) & np.isin(ies.type, INHERITS_CONTEXT))
+            g = g[value[g] < 0]
+            value[g] = value[_scope(ies, n, g)]
+        out[name] = value
     return out
 
 
-def _walk(data: bytes, start: int, end: int, out: dict[str, Any], ctx: dict[str, int]) -> None:
-    """IEs of ``data[start:end]`` into ``out``; ``ctx`` carries the enclosing rule's PDR/FAR id and interface."""
-    inner_ctx = dict(ctx)
-    children: list[tuple[int, int, int]] = []
-    tunnels: list[tuple[int, bytes]] = []  # read once the group's own ids (PDR, FAR, interface) are known
-    for ie, v0, v1, _ in tlvs(data, start, end, 4, 2):
-        if ie & 0x8000:  # vendor IE: 2 more bytes of enterprise id, value opaque
-            out["unknown_ies"].append({"type": ie, "value": data[v0:v1]})
-            continue
-        value = data[v0:v1]
-        if ie in GROUPED:
-            children.append((ie, v0, v1))
-        elif ie == PDR_ID and len(value) >= 2:
-            inner_ctx["pdr_id"] = int.from_bytes(value[:2], "big")
-            out["pdr_ids"].append(inner_ctx["pdr_id"])
-        elif ie == FAR_ID and len(value) >= 4:
-            inner_ctx["far_id"] = int.from_bytes(value[:4], "big")
-            out["far_ids"].append(inner_ctx["far_id"])
-        elif ie == SOURCE_INTERFACE and value:
-            inner_ctx["source_interface"] = value[0] & 0x0F
-        elif ie == QER_ID and len(value) >= 4:
-            out["qer_ids"].append(int.from_bytes(value[:4], "big"))
-        elif ie == URR_ID and len(value) >= 4:
-            out["urr_ids"].append(int.from_bytes(value[:4], "big"))
-        elif ie == NODE_ID and value:
-            kind = value[0] & 0x0F
-            out["node_id"] = ip_text(value[1:]) if kind in (0, 1) else labels(value[1:])
-        elif ie == CAUSE and value:
-            out["cause"] = value[0]
-        elif ie == RECOVERY_TIME_STAMP and len(value) >= 4:
-            out["recovery_ts"] = NTP_EPOCH + dt.timedelta(seconds=int.from_bytes(value[:4], "big"))
-        elif ie == F_SEID and len(value) >= 9:
-            out["fseid_seid"] = int.from_bytes(value[1:9], "big")
-            out["fseid_ip"] = _v4_or_v6(value[9:], bool(value[0] & 0x02), bool(value[0] & 0x01))
-        elif ie == NETWORK_INSTANCE and labels(value):
-            out["network_instances"].append(labels(value))
-        elif ie == APPLY_ACTION and value:
-            out["apply_actions"].append(int.from_bytes(value[:2], "little") if len(value) > 1 else value[0])
-        elif ie == UE_IP_ADDRESS and value:
-            ip = _v4_or_v6(value[1:], bool(value[0] & 0x02), bool(value[0] & 0x01))
-            if ip:
-                out["ue_ips"].append(ip)
-        elif ie in (F_TEID, OUTER_HEADER_CREATION):
-            tunnels.append((ie, value))
-        else:
-            out["unknown_ies"].append({"type": ie, "value": value})
-    for ie, value in tunnels:
-        if ie == F_TEID and value:
-            _fteid(value, out, inner_ctx)
-        elif ie == OUTER_HEADER_CREATION and len(value) >= 2:
-            _outer_header(value, out, inner_ctx)
-    for ie, v0, v1 in children:
-        child_ctx = dict(inner_ctx) if ie in (PDI, FORWARDING_PARAMETERS, UPDATE_FORWARDING_PARAMETERS) else {}
-        _walk(data, v0, v1, out, child_ctx)
-
-
-def _fteid(value: bytes, out: dict[str, Any], ctx: dict[str, int]) -> None:
-    flags = value[0]
-    choose = bool(flags & 0x04)
-    entry: dict[str, Any] = {"pdr_id": ctx.get("pdr_id"), "source_interface": ctx.get("source_interface"),
-                                "choose": choose}
-    if not choose and len(value) >= 5:
-        entry["teid"] = int.from_bytes(value[1:5], "big")
-        entry["ip"] = _v4_or_v6(value[5:], bool(flags & 0x01), bool(flags & 0x02))
-    out["fteids"].append(entry)
-
-
-def _outer_header(value: bytes, out: dict[str, Any], ctx: dict[str, int]) -> None:
-    desc = value[0]
-    gtp = bool(desc & 0x03)  # GTP-U/UDP/IPv4 or /IPv6
-    if not gtp or len(value) < 6:
-        return
-    teid = int.from_bytes(value[2:6], "big")
-    v4 = bool(desc & 0x15)  # GTP-U/UDP/IPv4, UDP/IPv4, IPv4
-    v6 = bool(desc & 0x2A)
-    out["outer_headers"].append({"teid": teid, "ip": _v4_or_v6(value[6:], v4, v6),
-                                   "far_id": ctx.get("far_id")})
-
-
-def _v4_or_v6(raw: bytes, v4: bool, v6: bool) -> str | None:
-    if v4 and len(raw) >= 4:
-        return ip_text(raw[:4])
-    if v6 and len(raw) >= 16:
-        return ip_text(raw[:16])
-    return None
+def _ip_or_null(ies: Ies, j: np.ndarray, skip: int, *, v4_flag: int, v6_flag: int) -> np.ndarray:
+    """The address after ``skip`` bytes of IEs ``j`` whose first octet flags it (IPv4 first when both
+    are flagged), None where absent."""
+    flags = ies.u8(ies.v0[j])
+    v4 = (flags & v4_flag) != 0
+    v6 = ~v4 & ((flags & v6_flag) != 0)
+    room = ies.length[j] >= skip + np.where(v6, 16, 4)
+    text = np.array(addresses(ies, ies.v0[j] + skip, v6).to_pylist(), dtype=object)
+    return np.where((v4 | v6) & room, text, _NONE)

@@ -150,7 +150,8 @@ class SbiDecoder:
         return to_table("sbi", rows)
 
     def _segment(self, msgs: Messages, i: int, data: bytes) -> list[dict[str, object]]:
-        conn = (msgs.src_ip[i], msgs.src_port[i], msgs.dst_ip[i], msgs.dst_port[i])
+        c = msgs.common(i)
+        conn = (c["src_ip"], c["src_port"], c["dst_ip"], c["dst_port"])
         pos = len(PREFACE) if data.startswith(PREFACE) else 0
         out = []
         while pos + 9 <= len(data):
