@@ -7,6 +7,7 @@ import ctypes
 import sys
 from pathlib import Path
 
+from console import query
 from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
 
@@ -40,6 +41,18 @@ def _replay(args: argparse.Namespace) -> int:
         print(format_summary(summary, [("output", f"{args.out}/flows.parquet, {args.out}/eve.json")]))
     for d in summary.damages:
         print(f"liaowang: warning: {d.path}: damaged at byte {d.offset}: {d.reason}", file=sys.stderr)
+    if args.store:
+        from ingest.load import load_output
+        from ingest.store import StoreError, open_store
+
+        try:
+            with open_store(args.store) as store:
+                added = load_output(Path(args.out), store, summary)
+        except StoreError as exc:
+            print(f"liaowang: error: {exc} (the replay's files in {args.out} are complete)", file=sys.stderr)
+            return 2
+        if not args.quiet:
+            print(f"  {'stored':<17} {args.store}: " + ", ".join(f"{k} +{v:,}" for k, v in added.items() if v))
     if summary.packets == 0 and summary.damages:
         return 1  # nothing could be read
     return 0
@@ -144,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--store", metavar="URI", help="also load the output into a store: a DuckDB store directory or "
+                                                  "http(s)://elasticsearch:9200 (see `liaowang query`)")
     p.set_defaults(func=_replay)
     t = sub.add_parser("train", help="learn a network's normal flows into an anomaly model")
     t.add_argument("--baseline", nargs="+", required=True, metavar="PCAP_OR_DIR", help="benign captures")
@@ -165,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--profile", default="standard", choices=("standard", "short-flows"),
                    help="traffic mix: standard (~76 packets per flow) or short-flows (~19)")
     g.set_defaults(func=_generate)
+    query.add_parser(sub)
     args = parser.parse_args(argv)
     if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:
         parser.error("timeouts must be positive")

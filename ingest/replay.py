@@ -24,6 +24,7 @@ from detection.engine import DetectionEngine
 from detection.flows.assembler import FlowAssembler
 from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
+from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.loader import load_rules
 from ingest.control import ControlPlane, decode_messages
@@ -43,6 +44,8 @@ class ReplaySummary:
     seconds: float = 0.0
     traffic: BatchStats = field(default_factory=BatchStats)
     damages: list[Damage] = field(default_factory=list)
+    #: per batch: (source file, first ts ns, last ts ns, packets, bytes, decode errors), for sensor_stats
+    batches: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
 
     @property
     def packets(self) -> int:
@@ -156,10 +159,13 @@ def replay(
             file_index = stats.file_index
             emit(FLOW_SCHEMA.empty_table(), engine.input_starts(stats.first_ts_ns))
         summary.traffic.add(stats)
+        summary.batches.append((files[stats.file_index], stats.first_ts_ns or 0, stats.last_ts_ns or 0, stats.packets,
+                                stats.bytes, stats.packets - stats.decode_status.get(0, 0)))
         protos = control.tables(outputs)
         finished = flows.update(outputs["keyed"], control.packet_rows(protos))
         events = control.update(protos, flows.last_flow_ids)
         finished, found = control.sessions.attribute(finished)
+        finished = with_planes(finished)
         events = pa.concat_tables([events, found]) if found.num_rows else events
         emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns, outputs.get("rows"), events))
         if progress is not None:
@@ -167,6 +173,7 @@ def replay(
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
     finished, found = control.sessions.attribute(flows.flush())
+    finished = with_planes(finished)
     emit(finished, engine.update(None, finished, None, control=found))
     emit(FLOW_SCHEMA.empty_table(), engine.flush())
     emit(FLOW_SCHEMA.empty_table(), ALERT_SCHEMA.empty_table())  # waits for the last writes

@@ -18,6 +18,7 @@ from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
 from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
+from ingest.store.api import ASSET_FIELDS, SENSOR_STATS_FIELDS, STORE_ALERT_FIELDS
 from sensors.schema import (
     PACKET_FIELDS,
     PACKET_SCHEMA_VERSION,
@@ -118,6 +119,21 @@ def render() -> str:
         "What the session table reports to the control-plane detectors (in memory, between stages).",
         "",
         *_fields(CONTROL_EVENT_FIELDS),
+        "",
+        "## Store-only columns and tables (version 1) — `ingest/store/api.py`",
+        "",
+        "Stores keep the tables above (flows, alerts, sessions, nf_inventory, proto_*), adding to alerts:",
+        "",
+        *_fields(STORE_ALERT_FIELDS),
+        "",
+        "`nf_inventory` rows get `nf_id` (ip|role) and `proto_*` rows `message_id`, their deterministic ids.",
+        "`sensor_stats`, one row per decoded batch:",
+        "",
+        *_fields(SENSOR_STATS_FIELDS),
+        "",
+        "`assets`, computed at query time from the stored flows and the NF inventory:",
+        "",
+        *_fields(ASSET_FIELDS),
         "",
     ]
     return "\n".join(lines)

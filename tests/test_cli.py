@@ -21,7 +21,7 @@ def test_replay_writes_flows_and_eve(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["replay", str(PCAPS / "arkime_gtp-u.pcap"), str(PCAPS / "5greplay_oai.pcap"), "--out", str(out)]) == 0
     flows = pq.read_table(out / "flows.parquet")
     assert flows.column_names[: len(REQUIRED)] == REQUIRED
-    assert flows.schema.metadata[b"liaowang.version"] == b"1"
+    assert flows.schema.metadata[b"liaowang.version"] == b"2"
     events = [json.loads(line) for line in (out / "eve.json").read_text().splitlines()]
     assert [e["event_type"] for e in events].count("flow") == flows.num_rows
     assert events[-1]["event_type"] == "stats" and events[-1]["stats"]["capture"]["packets"] == 855

@@ -173,4 +173,5 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     cols["decode_error_packets"] = pa.array(a["errors"].astype(np.uint64))
     cols["expiration_reason"] = pa.array([REASONS[int(r)] for r in reasons], type=pa.string())
     cols["session_id"] = pa.nulls(n, pa.string())  # filled by the session table, which sees the control plane
+    cols["plane"] = pa.nulls(n, pa.string())  # filled once session_id is (detection.flows.planes)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from sensors.schema import Field, arrow_schema
 
-FLOW_SCHEMA_VERSION = 1
+FLOW_SCHEMA_VERSION = 2
 
 TS = pa.timestamp("ns", tz="UTC")
 TCP_FLAGS = ("syn", "ack", "psh", "rst", "fin", "urg", "ece", "cwr")
@@ -67,6 +67,7 @@ FLOW_FIELDS: list[Field] = [
     Field("expiration_reason", pa.string(), "idle, active, tcp_reuse (new SYN after FIN/RST) or end_of_input"),
     Field("session_id", pa.string(), "the 5G/4G session (sessions table) of a GTP-U flow or of a UE's N6 flow,"
           " null when none is known"),
+    Field("plane", pa.string(), "5G interface: N2, N3, N4, SBI, N6 (a UE's untunnelled flow), S1/S11/S5, Diameter or other"),
 ]
 
 FLOW_SCHEMA = arrow_schema(FLOW_FIELDS, "flows", FLOW_SCHEMA_VERSION)

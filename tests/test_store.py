@@ -1,0 +1,201 @@
+"""Stores: idempotent loads, the console's queries, triage, retention, a reader beside a writer, and the same
+answers from DuckDB and from a real Elasticsearch (started by scripts/elasticsearch.sh)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from console.cli import main as cli
+from ingest.load import load_output
+from ingest.replay import ReplaySummary, replay
+from ingest.store import Condition, Query, StoreError, open_store
+from ingest.store.api import TABLES, Store
+from tests.conftest import PCAPS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReplaySummary]:
+    out = tmp_path_factory.mktemp("replay")
+    return out, replay([str(PCAPS)], out, processes=1)
+
+
+@pytest.fixture(scope="module")
+def duck(replayed: tuple[Path, ReplaySummary], tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = open_store(tmp_path_factory.mktemp("store"))
+    load_output(replayed[0], store, replayed[1])
+    return store
+
+
+def _rows(out: Path, name: str) -> int:
+    return pq.read_metadata(out / f"{name}.parquet").num_rows
+
+
+def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary], duck: Store) -> None:
+    out, summary = replayed
+    assert load_output(out, duck, summary) == {**{k: 0 for k in TABLES if (out / f"{k}.parquet").exists()
+                                                 and not TABLES[k].replace},
+                                             "sessions": _rows(out, "sessions"),
+                                             "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0}
+    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp"):
+        assert duck.search(Query(name, limit=0)).total == _rows(out, name)
+    assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
+
+
+def test_console_queries(replayed: tuple[Path, ReplaySummary], duck: Store) -> None:
+    out, _ = replayed
+    flows = pq.read_table(out / "flows.parquet")
+    hist = duck.histogram(None, None, 86400 * 365)
+    assert sum(b["flows"] for b in hist) == flows.num_rows
+    assert sum(b["bytes"] for b in hist) == sum(flows["bidirectional_bytes"].to_pylist())
+    assert sum(b["alerts"] for b in hist) == _rows(out, "alerts")
+    top = duck.top("ports", "flows", None, None, 3)
+    assert [t["flows"] for t in top] == sorted([t["flows"] for t in top], reverse=True)
+    mix = {m["plane"]: m["flows"] for m in duck.plane_mix()}
+    assert mix["N3"] == sum(1 for t in flows["tunnel_type"].to_pylist() if t == "gtpu") and mix["N4"] > 0
+    red = duck.search(Query("alerts", [Condition("level", "in", ["red"])], limit=1000))
+    assert red.total and all(a["level"] == "red" for a in red.rows)
+    inside = duck.search(Query("alerts", ip="192.168.14.0/24", limit=1000)).rows
+    assert inside and all(any(str(a[c] or "").startswith("192.168.14.") for c in ("src_ip", "dst_ip", "tunnel_src_ip",
+                                                                               "tunnel_dst_ip")) for a in inside)
+    pfcp = duck.search(Query("alerts", text="PFCP", limit=1000)).rows
+    assert pfcp and all("pfcp" in (a["signature"] + (a["detail"] or "") + a["category"]).lower() for a in pfcp)
+    tunnelled = duck.search(Query("flows", [Condition("plane", "eq", "N3")], sort="-bidirectional_bytes", limit=5))
+    sizes = [f["bidirectional_bytes"] for f in tunnelled.rows]
+    assert sizes == sorted(sizes, reverse=True) and all(f["teid"] is not None for f in tunnelled.rows)
+    attributed = duck.search(Query("flows", [Condition("plane", "eq", "N3"), Condition("session_id", "prefix", "sess-")],
+                                   limit=1)).rows
+    detail = duck.flow(attributed[0]["flow_id"])
+    assert detail and detail["session"] and detail["session"]["session_id"] == detail["session_id"]
+    alerted = duck.search(Query("alerts", [Condition("flow_id", "gt", 0)], limit=1)).rows[0]
+    assert any(a["alert_id"] == alerted["alert_id"] for a in duck.flow(alerted["flow_id"])["alerts"])  # type: ignore[index]
+    page2 = duck.search(Query("flows", limit=10, offset=10)).rows
+    assert [f["flow_id"] for f in page2] == [f["flow_id"] for f in duck.search(Query("flows", limit=20)).rows][10:]
+    upf = duck.search(Query("assets", [Condition("ip", "eq", "192.168.70.134")])).rows
+    assert upf and "UPF" in upf[0]["roles"]
+
+
+def test_triage_status_survives_a_reload(replayed: tuple[Path, ReplaySummary], tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    load_output(replayed[0], store)
+    alert = store.search(Query("alerts", limit=1)).rows[0]
+    assert store.set_alert_status(alert["alert_id"], "investigating")
+    load_output(replayed[0], store)
+    assert store.search(Query("alerts", [Condition("alert_id", "eq", alert["alert_id"])])).rows[0]["status"] == \
+        "investigating"
+    with pytest.raises(StoreError):
+        store.set_alert_status(alert["alert_id"], "whatever")
+
+
+def test_retention_drops_old_days_from_database_and_archive(replayed: tuple[Path, ReplaySummary],
+                                                            tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    load_output(replayed[0], store)
+    days = {p.name for p in (tmp_path / "archive" / "flows").iterdir()}
+    before = store.search(Query("flows", limit=0)).total
+    dropped = store.retain("flows", max_age_days=30)
+    left = store.search(Query("flows", limit=1000)).rows
+    assert dropped > 0 and len(left) == before - dropped
+    newest = max(f["first_seen"] for f in left)
+    assert all(f["first_seen"][:4] >= str(int(newest[:4]) - 1) for f in left)
+    assert len({p.name for p in (tmp_path / "archive" / "flows").iterdir()}) < len(days)
+    store.retain("flows", max_bytes=0)
+    assert store.search(Query("flows", limit=0)).total == 0
+
+
+def _append_forever(store_dir: str, flows_path: str, rounds: int) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    store = open_store(store_dir)
+    flows = pq.read_table(flows_path)
+    for i in range(rounds):  # new ids each round: a growing table
+        store.write("flows", flows.set_column(0, "flow_id", pc.add(flows["flow_id"], pa.scalar(i + 1, pa.int64()))))
+
+
+def test_a_reader_queries_while_a_writer_appends(replayed: tuple[Path, ReplaySummary], tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.write("flows", pq.read_table(replayed[0] / "flows.parquet"))
+    writer = mp.get_context("spawn").Process(target=_append_forever,
+                                             args=(str(tmp_path), str(replayed[0] / "flows.parquet"), 12))
+    writer.start()
+    seen = []
+    while writer.is_alive() or not seen:
+        seen.append(store.search(Query("flows", limit=0)).total)
+    writer.join()
+    assert writer.exitcode == 0
+    per_load = seen[0]
+    assert seen == sorted(seen) and all(n % per_load == 0 for n in seen)  # whole batches only
+    assert store.search(Query("flows", limit=0)).total == 13 * per_load
+
+
+def test_query_cli(duck: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    root = str(duck.root)  # type: ignore[attr-defined]
+    assert cli(["query", "alerts", "--store", root, "--level", "red", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"] == duck.search(Query("alerts", [Condition("level", "in", ["red"])], limit=20)).rows
+    assert cli(["query", "flows", "--store", root, "--where", "teid=8", "--where", "plane=N3"]) == 0
+    assert "12.1.1.136" in capsys.readouterr().out
+    assert cli(["query", "flows", "--store", root, "--where", "nonsense=1"]) == 2
+    assert "no column 'nonsense'" in capsys.readouterr().err
+    assert cli(["query", "flows", "--store", str(Path(root) / "missing")]) == 2
+
+
+# -- Elasticsearch: the same answers --
+
+@pytest.fixture(scope="module")
+def elastic(replayed: tuple[Path, ReplaySummary]) -> Store:
+    url = subprocess.run(["bash", str(ROOT / "scripts" / "elasticsearch.sh")], check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()[-1]
+    store = open_store(url)
+    store.es.indices.delete(index="liaowang-*", ignore_unavailable=True)  # type: ignore[attr-defined]
+    load_output(replayed[0], store, replayed[1])
+    assert load_output(replayed[0], store)["flows"] == 0  # ids make re-delivery a no-op
+    store.refresh()  # type: ignore[attr-defined]
+    return store
+
+
+PARITY = [
+    Query("alerts", limit=100), Query("alerts", [Condition("level", "in", ["red", "orange"])], sort="-score"),
+    Query("alerts", ip="192.168.14.0/24"), Query("alerts", text="pfcp"),
+    Query("flows", limit=200), Query("flows", [Condition("plane", "eq", "N3")], sort="-bidirectional_bytes"),
+    Query("flows", [Condition("teid", "eq", 8)]), Query("flows", ip="10.0.0.0/8", sort="src_ip", limit=100),
+    Query("flows", [Condition("dst_port", "in", [80, 443]), Condition("bidirectional_packets", "gte", 10)]),
+    Query("flows", [Condition("server_name", "contains", "MontImage")]), Query("flows", offset=40, limit=20),
+    Query("sessions", limit=200), Query("sessions", [Condition("state", "ne", "released")], sort="ue_ip"),
+    Query("assets", limit=200), Query("assets", sort="-bytes_sent"), Query("nf_inventory", sort="ip", limit=100),
+    Query("proto_pfcp", [Condition("msg_type", "eq", 50)], limit=50), Query("proto_ngap", limit=50),
+]
+
+
+@pytest.mark.parametrize("q", PARITY, ids=lambda q: f"{q.table}-{q.where}-{q.ip}-{q.text}-{q.sort}-{q.offset}")
+def test_elasticsearch_answers_like_duckdb(q: Query, duck: Store, elastic: Store) -> None:
+    a, b = duck.search(q), elastic.search(q)
+    assert a.total == b.total and a.total > 0
+    assert a.rows == b.rows
+
+
+def test_elasticsearch_aggregates_like_duckdb(duck: Store, elastic: Store) -> None:
+    for by in ("talkers", "ports", "applications", "planes"):
+        for metric in ("bytes", "flows", "packets"):
+            assert duck.top(by, metric, None, None, 10) == elastic.top(by, metric, None, None, 10)
+    assert duck.histogram(None, None, 86400) == elastic.histogram(None, None, 86400)
+    assert duck.plane_mix() == elastic.plane_mix()
+    flow_id = duck.search(Query("alerts", [Condition("flow_id", "gt", 0)], limit=1)).rows[0]["flow_id"]
+    assert duck.flow(flow_id) == elastic.flow(flow_id)
+
+
+def test_elasticsearch_documents_use_ecs(elastic: Store) -> None:
+    es = elastic.es  # type: ignore[attr-defined]
+    doc = es.search(index="liaowang-alerts-*", size=1, query={"exists": {"field": "threat.technique.id"}})[
+        "hits"]["hits"][0]["_source"]
+    assert doc["event"]["kind"] == "alert" and doc["rule"]["id"] and doc["source"]["ip"]
+    flow = es.search(index="liaowang-flows-*", size=1, query={"term": {"fiveg.plane": "N3"}})["hits"]["hits"][0]
+    assert flow["_source"]["fiveg"]["teid"] is not None and flow["_source"]["network"]["community_id"]
