@@ -39,7 +39,8 @@ YML
   sed -i 's/^-Xms.*/-Xms512m/; s/^-Xmx.*/-Xmx512m/' "$WORK/conf/jvm.options"
   chown -R esuser "$WORK"
   runuser -u esuser -- env JAVA_HOME="$ESH/jre-15" ES_PATH_CONF="$WORK/conf" ES_TMPDIR="$WORK/tmp" \
-    ES_JAVA_OPTS="-Dlog4j2.formatMsgNoLookups=true" "$ESH/bin/elasticsearch" -d -p "$WORK/es.pid"
+    ES_JAVA_OPTS="-Dlog4j2.formatMsgNoLookups=true" "$ESH/bin/elasticsearch" -d -p "$WORK/es.pid" \
+    >"$WORK/logs/start.log" 2>&1 </dev/null  # daemons must not hold the caller's pipes open
 fi
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
@@ -66,7 +67,7 @@ http {
 }
 NGINX
 if ! [ -s "$WORK/nginx.pid" ] || ! kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; then
-  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf"
+  "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf" >/dev/null 2>&1 </dev/null
 fi
 for _ in $(seq 1 120); do
   if curl -sf "$URL/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then echo "$URL"; exit 0; fi
