@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -313,16 +312,3 @@ def fill_buckets(buckets: dict[int, dict[str, Any]], width_ns: int) -> list[dict
     zero = {"flows": 0, "packets": 0, "bytes": 0, "alerts": 0}
     return [{"bucket": iso_ns(k), **zero, **buckets.get(k, {})}
             for k in range(min(buckets), max(buckets) + width_ns, width_ns)]
-
-
-def plain(value: Any) -> Any:
-    """A query result value as JSON-ready Python: times as ISO-8601 UTC with ns, numpy scalars as Python."""
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return value

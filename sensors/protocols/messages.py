@@ -198,7 +198,7 @@ class Ies:
     def uint(self, off: np.ndarray, nbytes: int) -> np.ndarray:
         return be_uint(self.buf, off, nbytes)
 
-    def first(self, mask: np.ndarray, n_msgs: int) -> tuple[np.ndarray, np.ndarray]:
+    def first(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(messages, IE indices) of the first IE in ``mask`` of each message that has one."""
         idx = np.flatnonzero(mask)
         msgs, at = np.unique(self.msg[idx], return_index=True)

@@ -146,7 +146,7 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     cols["network_instances"] = list_column(n, ies.msg[j][keep], names.filter(pa.array(keep)))
 
     def first(t: int) -> tuple[np.ndarray, np.ndarray]:
-        return ies.first(readable & (typ == t), n)
+        return ies.first(readable & (typ == t))
 
     def scalar(values: np.ndarray | list[Any] | pa.Array, msgs: np.ndarray, kind: pa.DataType) -> pa.Array:
         full = np.zeros(n, dtype=object)
@@ -176,7 +176,7 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     fl = ies.u8(ies.v0[j])
     choose = (fl & 0x04) != 0
     has_teid = ~choose & (length[j] >= 5)
-    scope = _scope(ies, n, j)
+    scope = _scope(ies, j)
     fteid = pa.StructArray.from_arrays(
         [pa.array(ies.uint(ies.v0[j] + 1, 4), pa.uint32(), mask=~has_teid),
          pa.array(np.where(has_teid, _ip_or_null(ies, j, 5, v4_flag=0x01, v6_flag=0x02), _NONE), pa.string()),
@@ -189,7 +189,7 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     j = np.flatnonzero(readable & (typ == OUTER_HEADER_CREATION))
     gtp = (ies.u8(ies.v0[j]) & 0x03) != 0  # GTP-U/UDP/IPv4 or /IPv6; other kinds carry no TEID
     j = j[gtp]
-    far = ctx["far_id"][_scope(ies, n, j)]
+    far = ctx["far_id"][_scope(ies, j)]
     ip = _ip_or_null(ies, j, 6, v4_flag=0x15, v6_flag=0x2A)
     headers = pa.StructArray.from_arrays(
         [pa.array(ies.uint(ies.v0[j] + 2, 4), pa.uint32()), pa.array(ip, pa.string()),
@@ -220,7 +220,7 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     return cols
 
 
-def _scope(ies: Ies, n: int, j: np.ndarray) -> np.ndarray:
+def _scope(ies: Ies, j: np.ndarray) -> np.ndarray:
     """Scope of IEs ``j``: their group's IE index, or ``len(ies) + message`` at the top level."""
     return np.where(ies.parent[j] >= 0, ies.parent[j], len(ies.type) + ies.msg[j])
 
@@ -235,11 +235,11 @@ def _context(ies: Ies, n: int, readable: np.ndarray) -> dict[str, np.ndarray]:
                           ("source_interface", SOURCE_INTERFACE, lambda j: ies.u8(ies.v0[j]) & 0x0F)):
         value = np.full(size, -1, dtype=np.int64)
         j = np.flatnonzero(readable & (ies.type == t))
-        value[_scope(ies, n, j)] = np.asarray(read(j), dtype=np.int64)  # the last one of a group wins
+        value[_scope(ies, j)] = np.asarray(read(j), dtype=np.int64)  # the last one of a group wins
         for level in range(1, int(ies.depth.max(initial=0)) + 1):
             g = np.flatnonzero((ies.depth == level - 1) & np.isin(ies.type, INHERITS_CONTEXT))
             g = g[value[g] < 0]
-            value[g] = value[_scope(ies, n, g)]
+            value[g] = value[_scope(ies, g)]
         out[name] = value
     return out
 
