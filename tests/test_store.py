@@ -49,6 +49,21 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
     assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
 
 
+def test_repeated_and_partly_redelivered_rows_are_stored_once(replayed: tuple[Path, ReplaySummary],
+                                                                tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    flows = pq.read_table(replayed[0] / "flows.parquet")
+    half = flows.num_rows // 2
+    store = open_store(tmp_path)
+    # a batch that repeats its own rows, then one that overlaps it by half
+    assert store.write("flows", pa.concat_tables([flows.slice(0, half), flows.slice(0, 10)])) == half
+    assert store.write("flows", flows.slice(half // 2)) == flows.num_rows - half
+    stored = store.search(Query("flows", limit=10_000, sort="flow_id")).rows
+    assert [f["flow_id"] for f in stored] == sorted(flows["flow_id"].to_pylist())
+    assert not list(tmp_path.glob("archive/flows/*/*.tmp"))
+
+
 def test_console_queries(replayed: tuple[Path, ReplaySummary], duck: Store) -> None:
     out, _ = replayed
     flows = pq.read_table(out / "flows.parquet")

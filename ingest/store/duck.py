@@ -1,26 +1,35 @@
-"""The embedded store: a DuckDB database for queries and a Parquet archive partitioned by day.
+"""The embedded store: Parquet files partitioned by day, queried with DuckDB.
 
 Layout of the data directory::
 
-    liaowang.duckdb                          tables: flows, alerts, sessions, nf_inventory, sensor_stats, proto_*
-    archive/<table>/day=YYYY-MM-DD/*.parquet  every row as first stored (append tables), zstd
+    archive/<table>/day=YYYY-MM-DD/part-*.parquet   the append-only tables (flows, proto_*, sensor_stats)
+    liaowang.duckdb                                 the tables that change: alerts (triage), sessions,
+                                                    nf_inventory; and the write lock
+
+The large append-only tables live only in Parquet: a write is one columnar file
+per day touched (written under a temporary name and renamed, so a reader sees
+whole files), no second copy in a database.  That is what makes ingest fast.
+Queries see them as DuckDB views over the day directories.
 
 DuckDB lets one process write a database file, or several read it, not both at
-once.  So nothing holds the file open between operations: a write opens it,
-appends inside one transaction and closes it; a query opens it read-only and
-closes it; either one retries for a while when the other holds the lock.  An
-analyst's console can therefore read while a replay appends, and always sees
-whole batches.
+once.  So nothing holds the file open between operations: a write opens it
+(which also serialises writers), appends and closes it; a query opens it
+read-only and closes it; either one retries for a while when the other holds
+the lock.  An analyst's console can therefore read while a replay appends, and
+always sees whole batches.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from detection.rules.compiler import address_halves, in_networks
 from ingest.store.api import (
@@ -67,6 +77,12 @@ ASSETS_SQL = """WITH pairs AS ({pairs}), ends AS (
            (SELECT list(DISTINCT role ORDER BY role) FROM nf_inventory n WHERE n.ip = e.ip) AS roles
     FROM ends e GROUP BY e.ip"""
 LOCK_WAIT_S = 30.0
+WRITER_WAITING = ".writer-waiting"  # a writer blocked by readers touches this; new readers wait for it
+#: tables kept only as Parquet (append-only: alerts change status, sessions and the inventory are replaced)
+PARQUET_TABLES = tuple(n for n, spec in TABLES.items() if not spec.replace and n != "alerts")
+DAY_NS = 86_400 * 10**9
+#: a day's rows of one write are split into files of at least this many rows, written in parallel
+FILE_ROWS = 262_144
 _process_lock = threading.Lock()  # one connection per process at a time: DuckDB refuses a second configuration
 
 
@@ -105,8 +121,18 @@ class DuckStore(Store):
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root}: not a directory")
         self.db = self.root / DB_FILE
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._view_files: dict[str, list[str]] = {}
 
     # -- connections --
+    def _memory(self) -> duckdb.DuckDBPyConnection:
+        """This process's in-memory DuckDB: functions and Parquet views live here; the database file is
+        attached only for the length of one operation (opening DuckDB costs ~30 ms, attaching ~1 ms)."""
+        if self._con is None:
+            self._con = duckdb.connect()
+            register_functions(self._con)
+        return self._con
+
     @contextmanager
     def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         if not write and not self.db.exists():
@@ -114,35 +140,77 @@ class DuckStore(Store):
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + LOCK_WAIT_S
+        path = str(self.db).replace("'", "''")
+        waiting = self.root / WRITER_WAITING
         with _process_lock:
+            con = self._memory()
+            if not write:  # let a waiting writer in first: readers that poll would starve it
+                while waiting.exists() and time.time() - waiting.stat().st_mtime < LOCK_WAIT_S \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.01)
             while True:
                 try:
-                    con = duckdb.connect(str(self.db), read_only=not write)
+                    con.execute(f"ATTACH '{path}' AS store" + ("" if write else " (READ_ONLY)"))
                     break
                 except duckdb.IOException as e:
                     if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                        if write:
+                            waiting.unlink(missing_ok=True)
                         raise StoreError(f"{self.db}: {e}") from e
+                    if write:
+                        waiting.touch()
                     time.sleep(0.02)
+            if write:
+                waiting.unlink(missing_ok=True)
             try:
-                register_functions(con)
+                con.execute("USE store")
                 if write:
                     self._create_tables(con)
+                self._views(con)
                 yield con
             finally:
-                con.close()
+                con.execute("USE memory")
+                con.execute("DETACH store")
 
     @staticmethod
     def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
         for name, schema in SCHEMAS.items():
+            if name in PARQUET_TABLES:
+                continue
             con.register("empty_", schema.empty_table())
             con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM empty_')
             con.unregister("empty_")
+
+    def _days(self, name: str) -> dict[str, list[Path]]:
+        """Parquet files of a Parquet table per day (``YYYY-MM-DD``), oldest day first."""
+        root = self.root / "archive" / name
+        days = {d.name[4:]: sorted(d.glob("*.parquet")) for d in root.glob("day=*")} if root.is_dir() else {}
+        return {d: files for d, files in sorted(days.items()) if files}
+
+    def _views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The Parquet tables as views over their files as they are now (a writer renames new files in only
+        while it holds the database lock, so these are whole batches)."""
+        for name in PARQUET_TABLES:
+            files = [str(f) for fs in self._days(name).values() for f in fs]
+            if self._view_files.get(name) == files:
+                continue  # binding a view reads every file's footer: only when the files changed
+            self._view_files[name] = files
+            if files:
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                source = f"read_parquet([{listed}], union_by_name = true)"
+            else:
+                con.register(f"empty_{name}", SCHEMAS[name].empty_table())
+                source = f'"empty_{name}"'
+            columns = ", ".join(f'"{c}"' for c in SCHEMAS[name].names)
+            con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {columns} FROM {source}')
 
     # -- writes --
     def write(self, name: str, table: pa.Table) -> int:
         table = prepare(name, table)
         if not table.num_rows:
             return 0
+        if name in PARQUET_TABLES:
+            return self._append_parquet(name, table)
         spec = TABLES[name]
         key = spec.id_column
         with self._connect(write=True) as con:
@@ -163,6 +231,71 @@ class DuckStore(Store):
             con.unregister("batch_")
         return int(added)
 
+    def _append_parquet(self, name: str, table: pa.Table) -> int:
+        """New rows as Parquet files, one or more per day: written before taking the lock under temporary
+        names, then, under the lock, rows already stored (a re-delivered batch) are dropped and the files
+        renamed into place."""
+        spec = TABLES[name]
+        day_of_row = np.asarray(table[spec.time_column].cast(pa.int64()).fill_null(0)) // DAY_NS
+        ids = pa.table({"id": table[spec.id_column], "row": np.arange(table.num_rows, dtype=np.int64)})
+        # first row of each id within the batch
+        if len(pc.unique(ids["id"])) < table.num_rows:  # rare (a batch with a repeated row): then find them
+            firsts = ids.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
+            keep = np.sort(np.asarray(firsts))
+            table, day_of_row = table.take(keep), day_of_row[keep]
+        written = self._write_days(name, table, day_of_row)
+        try:
+            with self._connect(write=True) as con:
+                stored = self._stored_ids(con, name, table, {day for day, _ in written})
+                if stored is not None:  # re-delivered rows: write the rest again, under the lock
+                    fresh = pc.invert(pc.is_in(table[spec.id_column], stored))
+                    for _, tmp in written:
+                        tmp.unlink()
+                    table, day_of_row = table.filter(fresh), day_of_row[np.asarray(fresh)]
+                    written = self._write_days(name, table, day_of_row)
+                for _, tmp in written:
+                    tmp.rename(tmp.with_suffix(""))
+                written = []
+        finally:
+            for _, tmp in written:
+                tmp.unlink(missing_ok=True)
+        return table.num_rows
+
+    def _write_days(self, name: str, table: pa.Table, day_of_row: np.ndarray) -> list[tuple[str, Path]]:
+        """``table`` as ``*.parquet.tmp`` files under its days' directories, in parallel."""
+        if np.any(np.diff(day_of_row) < 0):  # one take, then a slice per day
+            order = np.argsort(day_of_row, kind="stable")
+            table, day_of_row = table.take(order), day_of_row[order]
+        days, starts = np.unique(day_of_row, return_index=True)
+        jobs: list[tuple[pa.Table, Path]] = []
+        for day, start, stop in zip(days, starts, [*starts[1:], len(day_of_row)]):
+            part = table.slice(start, stop - start)
+            label = dt.datetime.fromtimestamp(int(day) * 86_400, dt.UTC).strftime("%Y-%m-%d")
+            out = self.root / "archive" / name / f"day={label}"
+            out.mkdir(parents=True, exist_ok=True)
+            chunks = max(1, min(os.cpu_count() or 1, part.num_rows // FILE_ROWS))
+            step = -(-part.num_rows // chunks)
+            jobs += [(part.slice(i, step), out / f"part-{uuid.uuid4().hex}.parquet.tmp")
+                     for i in range(0, part.num_rows, step)]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(lambda job: pq.write_table(job[0], job[1], compression="zstd",
+                                                              compression_level=1), jobs))
+        return [(p.parent.name[4:], p) for _, p in jobs]
+
+    def _stored_ids(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table,
+                    days: set[str]) -> pa.Array | None:
+        """Ids of ``table`` already stored (a row's id fixes its day, so only those days are read); None if none."""
+        key = TABLES[name].id_column
+        files = [str(f) for day, fs in self._days(name).items() if day in days for f in fs]
+        if not files:
+            return None
+        con.register("batch_ids_", table.select([key]))
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN read_parquet([{listed}]) s '
+                        f'ON b."{key}" = s."{key}"').to_arrow_table()[key]
+        con.unregister("batch_ids_")
+        return found.combine_chunks() if len(found) else None
+
     def _archive(self, con: duckdb.DuckDBPyConnection, name: str, time_column: str) -> None:
         out = self.root / "archive" / name
         out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +311,8 @@ class DuckStore(Store):
         return bool(found)
 
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None) -> int:
+        if name in PARQUET_TABLES:
+            return self._retain_days(name, max_age_days, max_bytes)
         spec = TABLES[name]
         col = spec.time_column
         dropped = 0
@@ -209,18 +344,43 @@ class DuckStore(Store):
                     shutil.rmtree(part)
         return dropped
 
+    def _retain_days(self, name: str, max_age_days: float | None, max_bytes: int | None) -> int:
+        """Whole days of a Parquet table, as Elasticsearch drops whole daily indices."""
+        with self._connect(write=True):  # holding the lock: no writer renames files in meanwhile
+            days = self._days(name)
+            drop: list[str] = []
+            if max_age_days is not None and days:
+                newest = dt.date.fromisoformat(max(days))
+                drop += [d for d in days if (newest - dt.date.fromisoformat(d)).days > max_age_days]
+            if max_bytes is not None:
+                left = [d for d in days if d not in drop]
+                size = sum(f.stat().st_size for d in left for f in days[d])
+                while left and size > max_bytes:
+                    day = left.pop(0)
+                    drop.append(day)
+                    size -= sum(f.stat().st_size for f in days[day])
+            dropped = sum(pq.read_metadata(f).num_rows for d in drop for f in days[d])
+            for d in drop:
+                shutil.rmtree(self.root / "archive" / name / f"day={d}")
+        return dropped
+
     @staticmethod
     def _table_bytes(con: duckdb.DuckDBPyConnection, name: str) -> int:
         """Estimated bytes of a table: its share of the database's used blocks, by row count."""
         info = con.execute("PRAGMA database_size").fetchall()[0]
         used = int(info[2]) * int(info[4]) if info else 0  # block_size * used_blocks
-        rows = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0] for t in SCHEMAS}
+        rows = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0] for t in SCHEMAS
+                if t not in PARQUET_TABLES}
         widths = {t: len(SCHEMAS[t]) for t in SCHEMAS}
         weight = sum(rows[t] * widths[t] for t in rows) or 1
         return int(used * rows[name] * widths[name] / weight)
 
     def close(self) -> None:
-        pass  # nothing is held open between operations
+        with _process_lock:  # the database file is never held open between operations; this is memory only
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+                self._view_files.clear()
 
     # -- queries --
     def search(self, q: Query) -> Page:
@@ -253,7 +413,9 @@ class DuckStore(Store):
             params += [f"%{q.text}%"] * len(q.spec.text_columns)
         for bound, op in ((q.start, ">="), (q.end, "<")):
             if bound is not None:
-                parts.append(f'epoch_ns("{q.spec.time_column}") {op} ?')
+                # a comparison with a constant of the column's type: pushed down to Parquet row-group statistics
+                bound_sql = "make_timestamp_ns(?)" + ("" if q.table == "assets" else "::TIMESTAMPTZ_NS")
+                parts.append(f't."{q.spec.time_column}" {op} {bound_sql}')
                 params.append(ns(bound))
         return " AND ".join(parts), params
 
