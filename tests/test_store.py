@@ -69,6 +69,12 @@ def test_console_queries(replayed: tuple[Path, ReplaySummary], duck: Store) -> N
     flows = pq.read_table(out / "flows.parquet")
     hist = duck.histogram(None, None, 86400 * 365)
     assert sum(b["flows"] for b in hist) == flows.num_rows
+    levels = pq.read_table(out / "alerts.parquet")["level"].to_pylist()
+    for grade in ("red", "orange", "yellow", "blue"):
+        assert sum(b[f"alerts_{grade}"] for b in hist) == levels.count(grade)
+    by_signature = duck.group(Query("alerts"), ("signature",), 100)
+    assert sum(g["count"] for g in by_signature) == len(levels)
+    assert [g["count"] for g in by_signature] == sorted((g["count"] for g in by_signature), reverse=True)
     assert sum(b["bytes"] for b in hist) == sum(flows["bidirectional_bytes"].to_pylist())
     assert sum(b["alerts"] for b in hist) == _rows(out, "alerts")
     top = duck.top("ports", "flows", None, None, 3)
@@ -203,6 +209,11 @@ def test_elasticsearch_aggregates_like_duckdb(duck: Store, elastic: Store) -> No
             assert duck.top(by, metric, None, None, 10) == elastic.top(by, metric, None, None, 10)
     assert duck.histogram(None, None, 86400) == elastic.histogram(None, None, 86400)
     assert duck.plane_mix() == elastic.plane_mix()
+    for q, by in ((Query("alerts"), ("signature",)), (Query("alerts"), ("src_ip", "dst_ip")),
+                  (Query("alerts", [Condition("level", "ne", "blue")]), ("dst_ip",)),
+                  (Query("flows", ip="10.0.0.0/8"), ("plane", "dst_port"))):
+        groups = duck.group(q, by, 8)
+        assert groups and groups == elastic.group(q, by, 8)
     flow_id = duck.search(Query("alerts", [Condition("flow_id", "gt", 0)], limit=1)).rows[0]["flow_id"]
     assert duck.flow(flow_id) == elastic.flow(flow_id)
 

@@ -85,6 +85,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     **{f"proto_{name}": schema.insert(0, pa.field(MESSAGE_ID.name, MESSAGE_ID.type))
        for name, schema in PROTO_SCHEMAS.items()},
 }
+#: early-warning grades of alerts (alerts.level), most severe first
+GRADES = ("red", "orange", "yellow", "blue")
 #: 5G planes of the protocol mix, in display order (flows.plane)
 PLANES = ("N2", "N3", "N4", "SBI", "N6", "S1/S11/S5", "Diameter", "other")
 
@@ -224,12 +226,18 @@ class Store(ABC):
 
     @abstractmethod
     def histogram(self, start: dt.datetime | None, end: dt.datetime | None, bucket_s: int) -> list[dict[str, Any]]:
-        """Per time bucket (flow start): flows, packets, bytes; and alerts (alert start)."""
+        """Per time bucket (flow start): flows, packets, bytes; and alerts (alert start), in all and per
+        early-warning grade (``alerts_red`` ... ``alerts_blue``)."""
 
     @abstractmethod
     def top(self, by: str, metric: str, start: dt.datetime | None, end: dt.datetime | None,
             n: int = 10) -> list[dict[str, Any]]:
         """The ``n`` largest values of :data:`TOP_DIMENSIONS` ``by``, by ``metric``."""
+
+    @abstractmethod
+    def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
+        """Rows matching ``q`` counted per distinct value of the columns ``by`` (``count``), the ``n`` largest
+        first (ties by the values): alerts by signature, by source, by source and target..."""
 
     @abstractmethod
     def set_alert_status(self, alert_id: str, status: str) -> bool:
@@ -273,6 +281,14 @@ def check_status(status: str) -> None:
         raise StoreError(f"unknown status {status!r}: one of {', '.join(ALERT_STATUSES)}")
 
 
+def check_group(q: Query, by: tuple[str, ...]) -> None:
+    if q.table == "assets":
+        raise StoreError("assets are one row per address already: search them instead of grouping")
+    bad = [c for c in by if c not in SCHEMAS[q.table].names]
+    if not by or bad:
+        raise StoreError(f"cannot group {q.table} by {', '.join(bad) or 'nothing'}")
+
+
 def check_top(by: str, metric: str) -> None:
     if by not in TOP_DIMENSIONS:
         raise StoreError(f"top by {by!r}: one of {', '.join(TOP_DIMENSIONS)}")
@@ -309,6 +325,12 @@ def fill_buckets(buckets: dict[int, dict[str, Any]], width_ns: int) -> list[dict
     """Histogram rows for every bucket from the first to the last, zeros where nothing happened."""
     if not buckets:
         return []
-    zero = {"flows": 0, "packets": 0, "bytes": 0, "alerts": 0}
+    zero = {"flows": 0, "packets": 0, "bytes": 0, "alerts": 0, **{f"alerts_{g}": 0 for g in GRADES}}
     return [{"bucket": iso_ns(k), **zero, **buckets.get(k, {})}
             for k in range(min(buckets), max(buckets) + width_ns, width_ns)]
+
+
+def sort_groups(rows: list[dict[str, Any]], by: tuple[str, ...], n: int) -> list[dict[str, Any]]:
+    """Group rows in the order both backends give: count descending, then keys ascending (nulls last)."""
+    rows.sort(key=lambda r: (-r["count"], *[(r[c] is None, r[c] if r[c] is not None else 0) for c in by]))
+    return rows[:n]

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from detection.rules.compiler import address_halves, in_networks
 from ingest.store.api import (
     ASSET_SCHEMA,
+    GRADES,
     SCHEMAS,
     TABLES,
     TOP_DIMENSIONS,
@@ -51,6 +52,7 @@ from ingest.store.api import (
     Query,
     Store,
     StoreError,
+    check_group,
     check_status,
     check_top,
     fill_buckets,
@@ -423,16 +425,31 @@ class DuckStore(Store):
         width = int(bucket_s) * 1_000_000_000
         out: dict[int, dict[str, Any]] = {}
         with self._connect(write=False) as con:
-            for table, metrics in (("flows", "count(*) AS flows, sum(bidirectional_packets) AS packets, "
-                                             "sum(bidirectional_bytes) AS bytes"),
-                                   ("alerts", "count(*) AS alerts")):
-                where, params = self._where(Query(table, start=start, end=end))
-                for row in con.execute(f"""SELECT epoch_ns(first_seen) // {width} * {width} AS bucket, {metrics}
-                                           FROM "{table}" t WHERE {where} GROUP BY bucket""", params).fetchall():
-                    b = out.setdefault(int(row[0]), {})
-                    names = ["flows", "packets", "bytes"] if table == "flows" else ["alerts"]
-                    b.update({k: int(v or 0) for k, v in zip(names, row[1:])})
+            where, params = self._where(Query("flows", start=start, end=end))
+            for b, flows, packets, size in con.execute(
+                    f"""SELECT epoch_ns(first_seen) // {width} * {width} AS bucket, count(*),
+                               sum(bidirectional_packets), sum(bidirectional_bytes)
+                        FROM flows t WHERE {where} GROUP BY bucket""", params).fetchall():
+                out.setdefault(int(b), {}).update(flows=int(flows), packets=int(packets or 0), bytes=int(size or 0))
+            where, params = self._where(Query("alerts", start=start, end=end))
+            for b, level, count in con.execute(
+                    f"""SELECT epoch_ns(first_seen) // {width} * {width} AS bucket, level, count(*)
+                        FROM alerts t WHERE {where} GROUP BY bucket, level""", params).fetchall():
+                row = out.setdefault(int(b), {})
+                row["alerts"] = row.get("alerts", 0) + int(count)
+                if level in GRADES:
+                    row[f"alerts_{level}"] = int(count)
         return fill_buckets(out, width)
+
+    def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
+        check_group(q, by)
+        where, params = self._where(q)
+        cols = ", ".join(f't."{c}"' for c in by)
+        order = ", ".join(f't."{c}" ASC NULLS LAST' for c in by)
+        with self._connect(write=False) as con:
+            rows = con.execute(f"SELECT {cols}, count(*) AS n FROM \"{q.table}\" t WHERE {where} GROUP BY {cols} "
+                               f"ORDER BY n DESC, {order} LIMIT {int(n)}", params).fetchall()
+        return [{**dict(zip(by, r[:-1])), "count": int(r[-1])} for r in rows]
 
     def top(self, by: str, metric: str, start: dt.datetime | None, end: dt.datetime | None,
             n: int = 10) -> list[dict[str, Any]]:

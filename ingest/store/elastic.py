@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ingest.store.api import (
     ASSET_SCHEMA,
+    GRADES,
     SCHEMAS,
     TABLES,
     TOP_DIMENSIONS,
@@ -34,6 +35,7 @@ from ingest.store.api import (
     Query,
     Store,
     StoreError,
+    check_group,
     check_status,
     check_top,
     fill_buckets,
@@ -41,6 +43,7 @@ from ingest.store.api import (
     ns,
     prepare,
     rows_of,
+    sort_groups,
 )
 
 PREFIX = "liaowang-"
@@ -345,7 +348,8 @@ class ElasticStore(Store):
         width = int(bucket_s) * 1_000_000_000
         out: dict[int, dict[str, Any]] = {}
         sums = {"packets": {"sum": {"field": "network.packets"}}, "bytes": {"sum": {"field": "network.bytes"}}}
-        for table, sub in (("flows", sums), ("alerts", {})):
+        levels = {"level": {"terms": {"field": field_of("alerts", "level"), "size": 10}}}
+        for table, sub in (("flows", sums), ("alerts", levels)):
             aggs = {"h": {"date_histogram": {"field": "@timestamp", "fixed_interval": f"{int(bucket_s)}s",
                                              "min_doc_count": 1}, "aggs": sub}}
             for b in self._aggregate(table, self._query(Query(table, start=start, end=end)), aggs).get(
@@ -355,7 +359,25 @@ class ElasticStore(Store):
                     row.update(flows=b["doc_count"], packets=int(b["packets"]["value"]), bytes=int(b["bytes"]["value"]))
                 else:
                     row["alerts"] = b["doc_count"]
+                    row.update({f"alerts_{g['key']}": g["doc_count"] for g in b["level"]["buckets"]
+                                if g["key"] in GRADES})
         return fill_buckets(out, width)
+
+    def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
+        check_group(q, by)
+        counts: list[dict[str, Any]] = []
+        after = None
+        while True:  # every distinct combination (composite pages), then the n largest
+            comp: dict[str, Any] = {"size": 5000, "sources": [
+                {c: {"terms": {"field": field_of(q.table, c), "missing_bucket": True}}} for c in by]}
+            if after:
+                comp["after"] = after
+            res = self._aggregate(q.table, self._query(q), {"g": {"composite": comp}}).get("g", {})
+            counts += [{**b["key"], "count": b["doc_count"]} for b in res.get("buckets", [])]
+            after = res.get("after_key")
+            if not after or not res.get("buckets"):
+                break
+        return sort_groups(counts, by, n)
 
     def top(self, by: str, metric: str, start: dt.datetime | None, end: dt.datetime | None,
             n: int = 10) -> list[dict[str, Any]]:
