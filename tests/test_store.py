@@ -186,6 +186,7 @@ def elastic(replayed: tuple[Path, ReplaySummary]) -> Store:
 PARITY = [
     Query("alerts", limit=100), Query("alerts", [Condition("level", "in", ["red", "orange"])], sort="-score"),
     Query("alerts", ip="192.168.14.0/24"), Query("alerts", text="pfcp"),
+    Query("alerts", [Condition("tags", "has", "attack.t1498")]), Query("alerts", [Condition("detail", "contains", "heartbeat")]),
     Query("flows", limit=200), Query("flows", [Condition("plane", "eq", "N3")], sort="-bidirectional_bytes"),
     Query("flows", [Condition("teid", "eq", 8)]), Query("flows", ip="10.0.0.0/8", sort="src_ip", limit=100),
     Query("flows", [Condition("dst_port", "in", [80, 443]), Condition("bidirectional_packets", "gte", 10)]),

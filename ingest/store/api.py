@@ -129,13 +129,14 @@ def stats_id(sensor: str, source: str, first_ts_ns: int) -> str:
 
 @dataclass(frozen=True)
 class Condition:
-    """``field op value``: eq, ne, in, gt, gte, lt, lte, cidr (address columns), contains, prefix."""
+    """``field op value``: eq, ne, in, gt, gte, lt, lte, cidr (address columns), contains, prefix, has (an element
+    of a list column: alerts' technique tags)."""
 
     field: str
     op: str
     value: Any
 
-    OPS = ("eq", "ne", "in", "gt", "gte", "lt", "lte", "cidr", "contains", "prefix")
+    OPS = ("eq", "ne", "in", "gt", "gte", "lt", "lte", "cidr", "contains", "prefix", "has")
 
     def __post_init__(self) -> None:
         if self.op not in self.OPS:

@@ -478,5 +478,7 @@ def _condition(c: Condition) -> tuple[str, list[Any]]:
         return f"{col} ILIKE ?", [f"%{c.value}%"]
     if c.op == "prefix":
         return f"starts_with({col}, ?)", [str(c.value)]
+    if c.op == "has":
+        return f"list_contains({col}, ?)", [c.value]
     sql = {"eq": "=", "ne": "IS DISTINCT FROM", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
     return f"{col} {sql} ?", [c.value]

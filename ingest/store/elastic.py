@@ -458,7 +458,7 @@ def _clause(table: str, c: Condition) -> dict[str, Any]:
     value = c.value
     if isinstance(value, dt.datetime):
         value = iso_ns(ns(value) or 0)
-    if c.op in ("eq", "ne"):
+    if c.op in ("eq", "ne", "has"):  # a term on a list field matches any element
         return {"term": {f: value}}
     if c.op == "in":
         return {"terms": {f: list(value)}}
