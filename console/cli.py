@@ -19,6 +19,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     try:
         detectors = None
+        overrides = _rule_overrides(args.store) if args.store else None
         if args.model:
             detectors = default_detectors() + [AnomalyDetector(FlowAnomalyModel.load(Path(args.model)))]
         summary = replay(
@@ -30,6 +31,7 @@ def _replay(args: argparse.Namespace) -> int:
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
             rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
+            rule_overrides=overrides,
             detectors=detectors,
         )
     except (CaptureError, RuleError, ModelError) as exc:
@@ -55,6 +57,71 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  {'stored':<17} {args.store}: " + ", ".join(f"{k} +{v:,}" for k, v in added.items() if v))
     if summary.packets == 0 and summary.damages:
         return 1  # nothing could be read
+    return 0
+
+
+def _rule_overrides(store: str) -> dict[str, dict[str, object]] | None:
+    """Rules as the console's administrators tuned them for this store (console/state.py)."""
+    import json
+
+    from console.app import state_dir
+    from console.state import OVERRIDES_FILE
+
+    path = state_dir(store) / OVERRIDES_FILE
+    if not path.exists():
+        return None
+    try:
+        overrides: dict[str, dict[str, object]] = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RuleError(f"{path}: not valid JSON: {exc}") from None
+    return overrides
+
+
+def _console(args: argparse.Namespace) -> int:
+    from console.app import serve
+    from ingest.store import StoreError
+
+    try:
+        serve(args.store, args.host, args.port, [Path(r) for r in args.rules] if args.rules else None,
+              args.secure_cookies)
+    except (StoreError, OSError) as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _user(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
+    from console.app import state_dir
+    from console.state import ConsoleState, StateError
+    from ingest.store import store_uri
+
+    state = ConsoleState(state_dir(store_uri(args.store)))
+    try:
+        if args.action == "list":
+            for u in state.users():
+                print(f"{u['username']:<20} {u['role']}")
+            return 0
+        password = os.environ.get("LIAOWANG_USER_PASSWORD")
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                print("liaowang: error: the passwords differ", file=sys.stderr)
+                return 2
+        if args.action == "add":
+            state.add_user(args.name, password, args.role)
+        else:
+            state.set_password(args.name, password)
+        state.audit(None, f"user_{args.action}", args.name, {"role": args.role} if args.action == "add" else None,
+                    "cli")
+    except StateError as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {'added as ' + args.role if args.action == 'add' else 'password changed'}")
     return 0
 
 
@@ -181,7 +248,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="traffic mix: standard (~76 packets per flow) or short-flows (~19)")
     g.set_defaults(func=_generate)
     query.add_parser(sub)
+    c = sub.add_parser("console", help="serve the SOC web console over a store")
+    c.add_argument("--store", metavar="URI", help="DuckDB store directory or http(s)://elasticsearch:9200 "
+                                                 "(default: $LIAOWANG_STORE or ~/.local/share/liaowang)")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    c.add_argument("--rules", action="append", metavar="PATH", help="rule files or directories shown on the Rules "
+                                                                    "page (default: the bundled rules/)")
+    c.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind a TLS proxy)")
+    c.set_defaults(func=_console)
+    u = sub.add_parser("user", help="console users: add NAME --role ROLE, passwd NAME, list")
+    u.add_argument("action", choices=("add", "passwd", "list"))
+    u.add_argument("name", nargs="?", default="", help="user name")
+    u.add_argument("--role", default="analyst", choices=("viewer", "analyst", "admin"))
+    u.add_argument("--store", metavar="URI", help="the store whose console this is (users live beside it)")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin "
+                                                                 "(else $LIAOWANG_USER_PASSWORD, else a prompt)")
+    u.set_defaults(func=_user)
     args = parser.parse_args(argv)
+    if getattr(args, "command", "") == "user" and args.action != "list" and not args.name:
+        parser.error("user add/passwd need a user name")
     if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:
         parser.error("timeouts must be positive")
     _tune_malloc()

@@ -36,8 +36,10 @@ def load_output(out_dir: Path, store: Store, summary: ReplaySummary | None = Non
 
 
 def sensor_stats(summary: ReplaySummary, sensor: str) -> pa.Table:
-    rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "sensor": sensor, "source": src, "packets": n,
-             "bytes": b, "decode_errors": err} for src, first, last, n, b, err in summary.batches]
-    schema = SENSOR_STATS_SCHEMA.set(1, pa.field("ts", pa.int64()))
-    t = pa.Table.from_pylist(rows, schema=schema)
-    return t.set_column(1, "ts", t.column("ts").cast(SENSOR_STATS_SCHEMA.field("ts").type))
+    # files by absolute path: the console cuts flows' packets out of them, from any working directory
+    rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "first_ts": first, "sensor": sensor,
+             "source": str(Path(src).resolve()) if Path(src).is_file() else src,
+             "packets": n, "bytes": b, "decode_errors": err} for src, first, last, n, b, err in summary.batches]
+    as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
+                       for f in SENSOR_STATS_SCHEMA])
+    return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)

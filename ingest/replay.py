@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import pyarrow as pa
 
@@ -26,7 +26,7 @@ from detection.flows.export import APP_NAMES
 from detection.flows.keys import project
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
-from detection.rules.loader import load_rules
+from detection.rules.loader import apply_overrides, load_rules
 from ingest.control import ControlPlane, decode_messages
 from ingest.privacy import Pseudonymizer
 from ingest.sinks import EveSink, ParquetSink
@@ -92,11 +92,13 @@ def replay(
     progress: Callable[[ReplaySummary, int, int], None] | None = None,
     processes: int | None = None,
     rules: list[Path] | None = None,
+    rule_overrides: dict[str, dict[str, Any]] | None = None,
     detectors: list[Detector] | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
     ``rules``: rule files or directories; None for the bundled rules, [] for none.
+    ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
     ``detectors``: stateful flow and packet detectors; None for the defaults (none when ``rules`` is []).
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
@@ -106,7 +108,8 @@ def replay(
     files = order_by_time(expand_inputs(inputs))
     if detectors is None:
         detectors = [] if rules == [] else default_detectors()
-    engine = DetectionEngine(load_rules(rules), flow_lateness_s=active_timeout_s + idle_timeout_s,
+    loaded = apply_overrides(load_rules(rules), rule_overrides or {})
+    engine = DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s,
                              detectors=detectors)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -140,3 +141,29 @@ def _conditions(selection: dict[str, Any]) -> list[Condition]:
         cond = Condition(field, modifier, values, match_all)
         out.append(Condition(field, "not", (cond,)) if negate else cond)
     return out
+
+
+def apply_overrides(rules: list[Rule], overrides: dict[str, dict[str, Any]]) -> list[Rule]:
+    """Rules as an administrator tuned them in the console (``rule-overrides.json``): disabled ones dropped,
+    aggregation threshold and window replaced."""
+    out = []
+    for rule in rules:
+        o = overrides.get(rule.id, {})
+        if o.get("enabled") is False:
+            continue
+        if "threshold" in o or "window_s" in o:
+            rule = dataclasses.replace(rule, aggregate=dataclasses.replace(
+                rule.aggregate, threshold=int(o.get("threshold", rule.aggregate.threshold)),
+                window_s=float(o.get("window_s", rule.aggregate.window_s))))
+        out.append(rule)
+    return out
+
+
+def rule_source(rule: Rule) -> str:
+    """The YAML document a rule was loaded from (files may hold several, separated by ``---``)."""
+    lines = Path(rule.path).read_text(encoding="utf-8").splitlines()
+    start = rule.line - 1
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1  # the comment above the rule belongs to it
+    end = next((i for i in range(rule.line, len(lines)) if lines[i].strip() == "---"), len(lines))
+    return "\n".join(lines[start:end]).strip() + "\n"

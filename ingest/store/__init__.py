@@ -15,9 +15,14 @@ from ingest.store.api import Condition, Page, Query, Store, StoreError
 DEFAULT_STORE = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "liaowang"
 
 
+def store_uri(uri: str | Path | None = None) -> str:
+    """``uri``, or the default: ``$LIAOWANG_STORE`` or the user's data directory."""
+    return str(uri or os.environ.get("LIAOWANG_STORE") or DEFAULT_STORE)
+
+
 def open_store(uri: str | Path | None = None) -> Store:
-    """The store at ``uri`` (default: ``$LIAOWANG_STORE`` or the user's data directory)."""
-    uri = str(uri or os.environ.get("LIAOWANG_STORE") or DEFAULT_STORE)
+    """The store at ``uri`` (default: :func:`store_uri`)."""
+    uri = store_uri(uri)
     if uri.startswith(("http://", "https://")):
         from ingest.store.elastic import ElasticStore
 
@@ -27,4 +32,4 @@ def open_store(uri: str | Path | None = None) -> Store:
     return DuckStore(uri)
 
 
-__all__ = ["Condition", "DEFAULT_STORE", "Page", "Query", "Store", "StoreError", "open_store"]
+__all__ = ["Condition", "DEFAULT_STORE", "Page", "Query", "Store", "StoreError", "open_store", "store_uri"]

@@ -52,13 +52,14 @@ STORE_ALERT_FIELDS = [
 SENSOR_STATS_FIELDS = [
     Field("stats_id", pa.string(), "deterministic: hash of sensor, file and batch start"),
     Field("ts", pa.timestamp("ns", tz="UTC"), "time of the batch's last packet"),
+    Field("first_ts", pa.timestamp("ns", tz="UTC"), "time of the batch's first packet"),
     Field("sensor", pa.string(), "the sensor (host name, or 'replay')"),
     Field("source", pa.string(), "capture file or interface"),
     Field("packets", pa.uint64(), "packets in the batch"),
     Field("bytes", pa.uint64(), "frame bytes in the batch"),
     Field("decode_errors", pa.uint64(), "packets whose decode_status is not 0"),
 ]
-SENSOR_STATS_SCHEMA = arrow_schema(SENSOR_STATS_FIELDS, "sensor_stats", 1)
+SENSOR_STATS_SCHEMA = arrow_schema(SENSOR_STATS_FIELDS, "sensor_stats", 2)
 ALERT_STORE_SCHEMA = arrow_schema(
     [Field(f.name, f.type, "") for f in ALERT_SCHEMA] + STORE_ALERT_FIELDS, "alerts", 1)
 MESSAGE_ID = Field("message_id", pa.string(), "deterministic: hash of the message's time, endpoints and position")

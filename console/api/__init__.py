@@ -1,0 +1,1 @@
+"""The console's REST API (served under ``/api``, described at ``/openapi.json``): one module per page."""

@@ -1,0 +1,85 @@
+"""The SOC console: a FastAPI app over the store interface (REST API under /api, OpenAPI at /openapi.json) and a
+static single-page front end (console/static, ECharts vendored: nothing loads from the internet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from console.api import alerts, assets, auth, fiveg, hunt, overview, rules, sensors
+from console.api.deps import Context
+from console.state import ConsoleState
+from ingest.store import DEFAULT_STORE, open_store
+from ingest.store import store_uri as resolve
+from ingest.store.api import Store
+
+STATIC = Path(__file__).resolve().parent / "static"
+#: scripts only from this origin (no inline script, no eval): attacker-controlled strings shown on a page can
+#: never run even if a rendering bug let one through; ECharts sets inline styles, hence style-src.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def state_dir(store_uri: str) -> Path:
+    """Where the console keeps users, audit and overrides: beside an embedded store, else the user's data dir."""
+    if os.environ.get("LIAOWANG_CONSOLE_STATE"):
+        return Path(os.environ["LIAOWANG_CONSOLE_STATE"]).expanduser()
+    if store_uri.startswith(("http://", "https://")):
+        return DEFAULT_STORE / "console"
+    return Path(store_uri).expanduser() / "console"
+
+
+def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None = None,
+               secure_cookies: bool = False) -> FastAPI:
+    app = FastAPI(title="Liaowang console API", version="1",
+                  description="Everything the Liaowang SOC console shows. Sign in with POST /api/login (a session "
+                              "cookie); requests that change state send the returned CSRF token as X-CSRF-Token. "
+                              "Roles: viewer < analyst (triage) < admin (rules, users, audit).",
+                  docs_url="/api/docs", redoc_url=None)
+    app.state.ctx = Context(store, state, rule_paths, secure_cookies)
+    app.add_middleware(SecurityHeaders)
+    for module in (auth, overview, alerts, hunt, fiveg, assets, rules, sensors):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths: list[Path] | None = None,
+          secure_cookies: bool = False) -> None:
+    import uvicorn
+
+    store_uri = resolve(store_uri)
+    state = ConsoleState(state_dir(store_uri))
+    generated = state.ensure_admin(os.environ.get("LIAOWANG_ADMIN_PASSWORD"))
+    store = open_store(store_uri)
+    app = create_app(store, state, rule_paths, secure_cookies)
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    print(f"Liaowang console: http://{shown}:{port}/  (store {store_uri})", flush=True)
+    if generated:
+        print(f"  first run: user 'admin', password '{generated}' (shown once; change it with "
+              f"`liaowang user passwd admin --store {store_uri}`)", flush=True)
+    elif os.environ.get("LIAOWANG_ADMIN_PASSWORD") is None:
+        print("  sign in with your console user (`liaowang user add NAME --role analyst` to add one)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
