@@ -13,7 +13,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from console.api import alerts, assets, auth, fiveg, hunt, overview, rules, sensors
 from console.api.deps import Context
-from console.state import ConsoleState
+from console.state import INITIAL_PASSWORD_FILE, ConsoleState
 from ingest.store import DEFAULT_STORE, open_store
 from ingest.store import store_uri as resolve
 from ingest.store.api import Store
@@ -59,6 +59,10 @@ def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None 
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -77,9 +81,13 @@ def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths:
     app = create_app(store, state, rule_paths, secure_cookies)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"Liaowang console: http://{shown}:{port}/  (store {store_uri})", flush=True)
+    initial = state.directory / INITIAL_PASSWORD_FILE
     if generated:
-        print(f"  first run: user 'admin', password '{generated}' (shown once; change it with "
-              f"`liaowang user passwd admin --store {store_uri}`)", flush=True)
-    elif os.environ.get("LIAOWANG_ADMIN_PASSWORD") is None:
-        print("  sign in with your console user (`liaowang user add NAME --role analyst` to add one)", flush=True)
+        print(f"  sign in as 'admin' with password '{generated}' (generated on first run, also in {initial} until "
+              f"you change it: liaowang user passwd admin --store {store_uri})", flush=True)
+    elif initial.exists():
+        print(f"  sign in as 'admin' with the password in {initial}", flush=True)
+    else:
+        print("  sign in with your console user (liaowang user add NAME --role analyst --store ... adds one)",
+              flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -54,7 +54,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"liaowang: error: {exc} (the replay's files in {args.out} are complete)", file=sys.stderr)
             return 2
         if not args.quiet:
-            print(f"  {'stored':<17} {args.store}: " + ", ".join(f"{k} +{v:,}" for k, v in added.items() if v))
+            print(f"  {'stored':<18} {args.store}: " + ", ".join(f"{k} +{v:,}" for k, v in added.items() if v))
     if summary.packets == 0 and summary.damages:
         return 1  # nothing could be read
     return 0

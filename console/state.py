@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS rule_overrides (rule_id TEXT PRIMARY KEY, enabled INT
 """
 #: rule overrides as ``liaowang replay`` reads them (detection.rules.loader.apply_overrides)
 OVERRIDES_FILE = "rule-overrides.json"
+#: the generated first-run admin password (mode 0600), deleted when the password is changed
+INITIAL_PASSWORD_FILE = "initial-admin-password"
 
 
 class StateError(Exception):
@@ -106,6 +108,8 @@ class ConsoleState:
                               (self._hasher.hash(password), username)).rowcount:
                 raise StateError(f"no user {username!r}")
             db.execute("DELETE FROM sessions WHERE username = ?", (username,))
+        if username == "admin":
+            (self.directory / INITIAL_PASSWORD_FILE).unlink(missing_ok=True)
 
     def users(self) -> list[dict[str, Any]]:
         with self._db() as db:
@@ -117,12 +121,18 @@ class ConsoleState:
             return db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
 
     def ensure_admin(self, password: str | None) -> str | None:
-        """On first run, create ``admin`` with ``password`` (or a generated one, returned to print once)."""
+        """On first run, create ``admin`` with ``password`` or a generated one; a generated one is returned (to
+        print once) and kept, readable by this account only, in :data:`INITIAL_PASSWORD_FILE` until changed."""
         if self.has_users():
             return None
         generated = password or secrets.token_urlsafe(12)
         self.add_user("admin", generated, "admin")
-        return None if password else generated
+        if password:
+            return None
+        path = self.directory / INITIAL_PASSWORD_FILE
+        path.touch(mode=0o600)
+        path.write_text(generated + "\n")
+        return generated
 
     def verify(self, username: str, password: str) -> User | None:
         with self._db() as db:

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/chromium.sh >/dev/null  # the console's end-to-end tests drive the system's Chromium
 .venv/bin/ruff check sensors detection ingest console tests bench
 .venv/bin/mypy
 .venv/bin/python -m pytest -q tests

@@ -52,3 +52,12 @@ def flows_of(paths: list[Path], chunk_bytes: int = 32 << 20, **kw: float) -> pa.
 @pytest.fixture(scope="session")
 def bundled() -> list[Path]:
     return sorted(PCAPS.iterdir())
+
+
+@pytest.fixture(scope="session")
+def console_store(tmp_path_factory: pytest.TempPathFactory) -> object:
+    from tests.console_fixtures import build_store
+
+    root = tmp_path_factory.mktemp("console")
+    store, state = build_store(root)
+    return store, state, root

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -14,41 +11,6 @@ from console.api.deps import COOKIE, Admin, Ctx, Viewer, client_ip
 from console.state import ROLES, SESSION_TTL_S, StateError
 
 router = APIRouter(prefix="/api", tags=["auth"])
-#: failed sign-ins allowed per client address and per user name within the window, then 429
-MAX_FAILURES, FAILURE_WINDOW_S = 5, 300.0
-
-
-class RateLimiter:
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, *keys: str) -> int:
-        """Seconds until another attempt is allowed (0: now)."""
-        now = time.monotonic()
-        wait = 0.0
-        with self._lock:
-            for k in keys:
-                q = self._failures.get(k)
-                while q and now - q[0] > FAILURE_WINDOW_S:
-                    q.popleft()
-                if q and len(q) >= MAX_FAILURES:
-                    wait = max(wait, FAILURE_WINDOW_S - (now - q[0]))
-        return int(wait) + (1 if wait else 0)
-
-    def fail(self, *keys: str) -> None:
-        with self._lock:
-            for k in keys:
-                self._failures.setdefault(k, deque()).append(time.monotonic())
-
-    def clear(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
-
-limiter = RateLimiter()
-
-
 class Login(BaseModel):
     username: str = Field(max_length=64)
     password: str = Field(max_length=256)
@@ -64,16 +26,16 @@ class NewUser(BaseModel):
 def login(body: Login, request: Request, response: Response, ctx: Ctx) -> dict[str, Any]:
     ip = client_ip(request)
     keys = (f"ip:{ip}", f"user:{body.username}")
-    wait = limiter.retry_after(*keys)
+    wait = ctx.limiter.retry_after(*keys)
     if wait:
         ctx.state.audit(body.username, "login_throttled", client_ip=ip)
         raise HTTPException(429, "too many failed sign-ins: try again later", headers={"Retry-After": str(wait)})
     user = ctx.state.verify(body.username, body.password)
     if user is None:
-        limiter.fail(*keys)
+        ctx.limiter.fail(*keys)
         ctx.state.audit(body.username, "login_failed", client_ip=ip)
         raise HTTPException(401, "wrong user name or password")
-    limiter.clear(f"user:{body.username}")
+    ctx.limiter.clear(f"user:{body.username}")
     token, csrf = ctx.state.open_session(user)
     secure = ctx.secure_cookies or request.url.scheme == "https"
     response.set_cookie(COOKIE, token, max_age=SESSION_TTL_S, httponly=True, samesite="strict", secure=secure,

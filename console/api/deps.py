@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
@@ -18,13 +21,45 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
+#: failed sign-ins allowed per client address and per user name within the window, then 429
+MAX_FAILURES, FAILURE_WINDOW_S = 5, 300.0
+
+
+class RateLimiter:
+    def __init__(self) -> None:
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, *keys: str) -> int:
+        """Seconds until another attempt is allowed (0: now)."""
+        now = time.monotonic()
+        wait = 0.0
+        with self._lock:
+            for k in keys:
+                q = self._failures.get(k)
+                while q and now - q[0] > FAILURE_WINDOW_S:
+                    q.popleft()
+                if q and len(q) >= MAX_FAILURES:
+                    wait = max(wait, FAILURE_WINDOW_S - (now - q[0]))
+        return int(wait) + (1 if wait else 0)
+
+    def fail(self, *keys: str) -> None:
+        with self._lock:
+            for k in keys:
+                self._failures.setdefault(k, deque()).append(time.monotonic())
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 @dataclass
 class Context:
     store: Store
     state: ConsoleState
     rule_paths: list[Path] | None = None  # None: the bundled rules
     secure_cookies: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
 
 def context(request: Request) -> Context:

@@ -1,0 +1,387 @@
+// The Liaowang SOC console: one page, hash routes, every view built from the REST API (/api, see /openapi.json).
+// Safety rule: data from traffic (names, URIs, SNI, user agents, payload snippets) is only ever put into the page as
+// text nodes (h() below); nothing here assigns innerHTML. The server's CSP forbids inline and foreign scripts too.
+import { t, language, setLanguage, fmtTime, fmtNumber, fmtBytes, timeZone } from "./i18n.js";
+
+const GRADES = ["red", "orange", "yellow", "blue"];
+const GRADE_COLORS = { red: "#e5484d", orange: "#f5a524", yellow: "#e8d44d", blue: "#3e8ed0", normal: "#30a46c" };
+const STATUSES = ["new", "acknowledged", "investigating", "resolved", "false_positive"];
+const PROTOCOLS = { 1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp" };
+const RANGES = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000 };
+const state = { me: null, range: sessionStorage.getItem("liaowang.range") || "all", custom: null, charts: [], events: null };
+
+// -- DOM: elements with text children only --
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "value") el.value = v;
+    else if (k === "checked") el.checked = !!v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+const pill = (grade) => h("span", { class: "pill " + grade }, t("level_" + grade).replace(/预警|warning/, "").trim() || grade);
+
+// -- API --
+async function api(path, options = {}) {
+  const opts = { credentials: "same-origin", headers: {}, ...options };
+  if (opts.body && typeof opts.body !== "string") { opts.body = JSON.stringify(opts.body); opts.headers["Content-Type"] = "application/json"; }
+  if (opts.method && opts.method !== "GET" && state.me) opts.headers["X-CSRF-Token"] = state.me.csrf;
+  const r = await fetch(path, opts);
+  if (r.status === 401 && path !== "/api/login") { state.me = null; render(); throw new Error("401"); }
+  if (!r.ok) { let msg = r.statusText; try { msg = (await r.json()).detail || msg; } catch (e) { /* not JSON */ } throw Object.assign(new Error(typeof msg === "string" ? msg : JSON.stringify(msg)), { status: r.status }); }
+  return r.json();
+}
+function rangeParams() {
+  if (state.range === "all") return {};
+  if (state.range === "custom" && state.custom) return { start: state.custom[0], end: state.custom[1] };
+  const end = new Date(); const start = new Date(end - (RANGES[state.range] || 3600) * 1000);
+  return { start: start.toISOString(), end: end.toISOString() };
+}
+function qs(params) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") p.set(k, v);
+  const s = p.toString(); return s ? "?" + s : "";
+}
+
+// -- charts --
+function chart(el, option) {
+  const c = echarts.init(el, "dark", { renderer: "canvas" });
+  c.setOption({ backgroundColor: "transparent", textStyle: { fontFamily: "system-ui, sans-serif" }, ...option });
+  state.charts.push(c); el.dataset.chart = "1"; return c;
+}
+window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()));
+const tooltip = { trigger: "axis", renderMode: "richText" };
+
+// -- layout --
+const PAGES = ["overview", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"];
+function header(active) {
+  const nav = h("nav", {}, PAGES.filter((p) => p !== "audit" || (state.me && state.me.role === "admin"))
+    .map((p) => h("a", { href: "#/" + p, class: p === active ? "active" : "", "data-page": p }, t(p))));
+  const rangeSel = h("select", { id: "range", title: t("range"), onchange: (e) => { state.range = e.target.value; sessionStorage.setItem("liaowang.range", state.range); if (state.range === "custom") customRange(); else route(); } },
+    ["all", ...Object.keys(RANGES), "custom"].map((k) => h("option", { value: k, selected: k === state.range }, k === "all" ? t("all") : k === "custom" ? t("custom") : t("last_" + k))));
+  return h("header", {}, h("span", { class: "brand" }, t("brand")), nav,
+    h("div", { class: "right" }, rangeSel, h("span", { class: "live", id: "live" }),
+      h("span", { title: t("timezone") }, timeZone()),
+      h("button", { id: "lang", onclick: () => { setLanguage(language() === "en" ? "zh-CN" : "en"); route(); } }, t("language")),
+      h("span", {}, state.me ? `${state.me.username} (${state.me.role})` : ""),
+      h("button", { id: "logout", onclick: logout }, t("logout"))));
+}
+function customRange() {
+  const now = new Date(); const ago = new Date(now - 86400e3);
+  const local = (d) => new Date(d - d.getTimezoneOffset() * 60e3).toISOString().slice(0, 16);
+  const s = h("input", { type: "datetime-local", value: local(ago) }); const e = h("input", { type: "datetime-local", value: local(now) });
+  const main = document.querySelector("main");
+  main.prepend(h("div", { class: "toolbar" }, t("custom"), s, e, h("button", { class: "primary", onclick: () => { state.custom = [new Date(s.value).toISOString(), new Date(e.value).toISOString()]; route(); } }, t("apply"))));
+}
+function shell(active, ...content) {
+  state.charts.forEach((c) => c.dispose()); state.charts = [];
+  const app = document.getElementById("app");
+  app.replaceChildren(header(active), h("main", {}, ...content));
+  return app.querySelector("main");
+}
+function table(columns, rows, opts = {}) {
+  const head = h("tr", {}, columns.map((c) => h("th", { onclick: c.sort && opts.onSort ? () => opts.onSort(c.sort) : null, title: c.sort ? "sort" : null }, c.label)));
+  const body = rows.length ? rows.map((r) => h("tr", { "data-id": opts.id ? opts.id(r) : null }, columns.map((c) => h("td", { class: c.mono ? "mono" : null }, c.render ? c.render(r) : r[c.key] ?? ""))))
+    : [h("tr", {}, h("td", { colspan: columns.length, class: "dim" }, t("nothing")))];
+  return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
+}
+function pager(total, limit, offset, go) {
+  return h("div", { class: "pager" }, h("button", { disabled: offset <= 0, onclick: () => go(Math.max(0, offset - limit)) }, t("prev")),
+    `${fmtNumber(total ? offset + 1 : 0)}–${fmtNumber(Math.min(offset + limit, total))} ${t("of")} ${fmtNumber(total)}`,
+    h("button", { disabled: offset + limit >= total, onclick: () => go(offset + limit) }, t("next")));
+}
+function card(title, span, ...content) { return h("div", { class: "card " + span }, h("h3", {}, title), ...content); }
+function fail(main, err) { main.append(h("p", { class: "error" }, `${t(err.status === 403 ? "forbidden" : "error")}: ${err.message}`)); }
+
+// -- login --
+function loginPage(message) {
+  const u = h("input", { id: "username", autocomplete: "username", placeholder: t("username") });
+  const p = h("input", { id: "password", type: "password", autocomplete: "current-password", placeholder: t("password") });
+  const msg = h("p", { class: "error", id: "login-error" }, message || "");
+  const submit = async (e) => {
+    e.preventDefault();
+    try { state.me = await api("/api/login", { method: "POST", body: { username: u.value, password: p.value } }); route(); }
+    catch (err) { msg.textContent = err.status === 429 ? err.message : t("login_failed"); }
+  };
+  document.getElementById("app").replaceChildren(h("form", { class: "login card", onsubmit: submit },
+    h("h2", {}, t("brand")), u, p, h("button", { class: "primary", type: "submit", id: "login" }, t("login")), msg,
+    h("p", {}, h("a", { onclick: () => { setLanguage(language() === "en" ? "zh-CN" : "en"); loginPage(); } }, t("language")))));
+}
+async function logout() { try { await api("/api/logout", { method: "POST" }); } catch (e) { /* gone anyway */ } state.me = null; render(); }
+
+// -- overview --
+async function overview() {
+  const main = shell("overview");
+  let o; try { o = await api("/api/overview" + qs(rangeParams())); } catch (e) { return fail(main, e); }
+  const w = o.warning;
+  const level = h("div", { class: "level lv-" + w.level, id: "warning-level" }, h("div", {}, t("warning_level")),
+    h("div", { class: "big" }, t("level_" + w.level)),
+    h("div", {}, `${t("open_alerts")}: `, GRADES.map((g) => `${t("level_" + g).replace(/预警|warning/, "").trim()} ${w.open[g]}  `)),
+    w.why.length ? h("div", {}, t("why") + ": ", w.why.map((x, i) => [i ? "; " : "", `${x.signature} ×${x.count}`])) : null);
+  const stats = h("div", { class: "card span4" }, h("h3", {}, t("total")),
+    h("div", { class: "grid" }, [["flows", fmtNumber(o.totals.flows)], ["bytes", fmtBytes(o.totals.bytes)], ["packets", fmtNumber(o.totals.packets)], ["alerts_n", fmtNumber(o.totals.alerts)]]
+      .map(([k, v]) => h("div", { class: "span6 stat" }, v, h("small", {}, t(k))))));
+  const el = (id, tall) => h("div", { class: "chart" + (tall ? " tall" : ""), id });
+  const recent = table([{ label: t("time"), render: (a) => fmtTime(a.first_seen) }, { label: t("level"), render: (a) => pill(a.level) },
+    { label: t("signature"), render: (a) => h("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.signature) },
+    { label: t("source"), key: "src_ip", mono: true }, { label: t("target"), key: "dst_ip", mono: true }], o.recent_critical);
+  main.append(h("div", { class: "grid" },
+    h("div", { class: "span4" }, level), card(t("posture"), "span4", el("posture-gauge")), stats,
+    card(t("traffic"), "span6", el("traffic")), card(t("alerts_by_level"), "span6", el("alerts-levels")),
+    card(t("posture_trend"), "span4", el("posture-trend")), card(t("planes"), "span4", el("planes")), card(t("applications"), "span4", el("apps")),
+    card(t("top_targets"), "span4", el("targets")), card(t("top_sources"), "span4", el("sources")), card(t("attack_graph"), "span4", el("graph")),
+    card(t("recent_critical"), "span12", h("div", { id: "recent" }, recent))));
+  const times = o.histogram.map((b) => fmtTime(b.bucket));
+  chart(main.querySelector("#posture-gauge"), { series: [{ type: "gauge", min: 0, max: 100, progress: { show: true }, detail: { valueAnimation: false, formatter: "{value}" },
+    axisLine: { lineStyle: { color: [[0.4, GRADE_COLORS.red], [0.7, GRADE_COLORS.orange], [0.9, GRADE_COLORS.yellow], [1, GRADE_COLORS.normal]] } }, data: [{ value: o.posture.score }] }] });
+  chart(main.querySelector("#traffic"), { tooltip, legend: { data: [t("bytes"), t("flows")] }, xAxis: { type: "category", data: times },
+    yAxis: [{ type: "value", name: t("bytes") }, { type: "value", name: t("flows") }],
+    series: [{ name: t("bytes"), type: "line", areaStyle: {}, data: o.histogram.map((b) => b.bytes) }, { name: t("flows"), type: "line", yAxisIndex: 1, data: o.histogram.map((b) => b.flows) }] });
+  chart(main.querySelector("#alerts-levels"), { tooltip, legend: {}, xAxis: { type: "category", data: times }, yAxis: { type: "value" },
+    series: GRADES.map((g) => ({ name: t("level_" + g), type: "bar", stack: "a", color: GRADE_COLORS[g], data: o.histogram.map((b) => b["alerts_" + g]) })) });
+  chart(main.querySelector("#posture-trend"), { tooltip, xAxis: { type: "category", data: o.posture.trend.map((b) => fmtTime(b.bucket)) }, yAxis: { type: "value", min: 0, max: 100 },
+    series: [{ type: "line", name: t("posture"), data: o.posture.trend.map((b) => b.score) }] });
+  chart(main.querySelector("#planes"), { tooltip: { trigger: "item", renderMode: "richText" }, series: [{ type: "pie", radius: ["35%", "70%"], data: o.planes.map((p) => ({ name: p.plane, value: p.bytes })) }] });
+  const bars = (sel, rows, key, value, onClick) => {
+    const c = chart(main.querySelector(sel), { tooltip: { ...tooltip, axisPointer: { type: "shadow" } }, grid: { left: 130 }, xAxis: { type: "value" },
+      yAxis: { type: "category", inverse: true, data: rows.map((r) => String(r[key] ?? "?")) }, series: [{ type: "bar", data: rows.map((r) => r[value]) }] });
+    if (onClick) c.on("click", (p) => onClick(rows[p.dataIndex]));
+  };
+  bars("#apps", o.applications, "application_hint", "bytes");
+  bars("#targets", o.top_targets, "dst_ip", "count", (r) => { location.hash = "#/alerts?ip=" + encodeURIComponent(r.dst_ip); });
+  bars("#sources", o.top_sources, "src_ip", "count", (r) => { location.hash = "#/alerts?ip=" + encodeURIComponent(r.src_ip); });
+  const nodes = [...new Set(o.graph.flatMap((e) => [e.src_ip, e.dst_ip]).filter(Boolean))];
+  chart(main.querySelector("#graph"), { tooltip: { renderMode: "richText" }, series: [{ type: "graph", layout: "force", roam: true, force: { repulsion: 120, edgeLength: 70 },
+    edgeSymbol: ["none", "arrow"], label: { show: nodes.length < 25, fontSize: 10 },
+    data: nodes.map((n) => ({ name: n, symbolSize: 10 + 4 * Math.min(8, o.top_targets.filter((x) => x.dst_ip === n).reduce((s, x) => s + Math.log2(1 + x.count), 0)) })),
+    links: o.graph.filter((e) => e.src_ip && e.dst_ip).map((e) => ({ source: e.src_ip, target: e.dst_ip, value: e.count, lineStyle: { width: 1 + Math.log2(e.count) } })) }] });
+  listen(main);
+}
+function listen(main) {
+  if (state.events) state.events.close();
+  const es = new EventSource("/api/events"); state.events = es; let first = true;
+  es.addEventListener("update", (ev) => {
+    const live = document.getElementById("live"); if (live) live.textContent = "● " + t("live") + " " + new Date().toLocaleTimeString(language());
+    if (first) { first = false; return; }
+    if (location.hash.startsWith("#/overview") || location.hash === "" || location.hash === "#/") overview();
+    void ev;
+  });
+}
+
+// -- alerts --
+function hashParams() { const i = location.hash.indexOf("?"); return new URLSearchParams(i >= 0 ? location.hash.slice(i + 1) : ""); }
+async function alerts() {
+  const params = hashParams();
+  const f = Object.fromEntries(["level", "category", "detector", "technique", "ip", "subscriber", "status", "text", "sort", "group"].map((k) => [k, params.get(k) || ""]));
+  const offset = Number(params.get("offset") || 0); const limit = 50;
+  const main = shell("alerts");
+  const inputs = {};
+  const field = (k, label, el) => { inputs[k] = el; el.value = f[k]; el.setAttribute("name", k); el.setAttribute("title", label); return el; };
+  const go = (extra = {}) => { const p = new URLSearchParams(); for (const [k, el] of Object.entries(inputs)) if (el.value) p.set(k, el.value); for (const [k, v] of Object.entries(extra)) if (v) p.set(k, v); location.hash = "#/alerts?" + p.toString(); };
+  const select = (k, label, options) => field(k, label, h("select", {}, h("option", { value: "" }, label), options.map(([v, l]) => h("option", { value: v }, l))));
+  main.append(h("form", { class: "toolbar", id: "alert-filters", onsubmit: (e) => { e.preventDefault(); go(); } },
+    select("level", t("level"), GRADES.map((g) => [g, t("level_" + g)])), select("status", t("status"), STATUSES.map((s) => [s, t("status_" + s)])),
+    field("category", t("category"), h("input", { placeholder: t("category"), size: 14 })), field("detector", t("detector"), h("input", { placeholder: t("detector"), size: 12 })),
+    field("technique", t("technique"), h("input", { placeholder: "T1046 / FGT1498", size: 12 })), field("ip", t("ip"), h("input", { placeholder: t("ip"), size: 16 })),
+    field("subscriber", t("subscriber"), h("input", { placeholder: t("subscriber"), size: 14 })), field("text", t("text"), h("input", { placeholder: t("text"), size: 14 })),
+    select("group", t("group_by"), [["signature", t("signature")], ["src_ip", t("source")], ["dst_ip", t("target")]]),
+    h("button", { class: "primary", type: "submit", id: "apply-filters" }, t("search"))));
+  const query = { ...rangeParams(), ...Object.fromEntries(Object.entries(f).filter(([k]) => k !== "group")), limit, offset };
+  try {
+    if (f.group) {
+      const groups = await api("/api/alerts/groups" + qs({ ...query, by: f.group, limit: undefined, offset: undefined }));
+      main.append(table([{ label: t(f.group === "signature" ? "signature" : f.group === "src_ip" ? "source" : "target"), render: (g) => h("a", { onclick: () => { if (f.group === "signature") inputs.text.value = g.value; else inputs.ip.value = g.value; inputs.group.value = ""; go(); } }, g.value ?? "—") },
+        { label: t("count"), key: "count" }], groups));
+      return;
+    }
+    const page = await api("/api/alerts" + qs(query));
+    const chosen = new Set();
+    const canTriage = state.me.role !== "viewer";
+    const count = h("span", { id: "selected-count" }, `0 ${t("selected")}`);
+    const status = h("select", { id: "bulk-status" }, h("option", { value: "" }, t("no_change")), STATUSES.map((s) => h("option", { value: s }, t("status_" + s))));
+    const assignee = h("input", { id: "bulk-assignee", placeholder: t("assign_to"), size: 12 });
+    const comment = h("input", { id: "bulk-comment", placeholder: t("comment"), size: 30 });
+    const result = h("span", { class: "ok", id: "triage-result" });
+    const apply = h("button", { class: "primary", id: "bulk-apply", disabled: !canTriage, title: canTriage ? "" : t("forbidden"), onclick: async () => {
+      if (!chosen.size) return;
+      try { const r = await api("/api/alerts/triage", { method: "POST", body: { alert_ids: [...chosen], status: status.value || null, assignee: assignee.value || null, comment: comment.value || null } });
+        result.textContent = `${t("done")}: ${r.updated.length}`; setTimeout(alerts, 400); } catch (e) { result.textContent = e.message; result.className = "error"; }
+    } }, t("triage"));
+    main.append(h("div", { class: "toolbar" }, count, status, assignee, comment, apply, result));
+    const sortBy = (col) => go({ sort: f.sort === "-" + col ? col : "-" + col });
+    main.append(table([
+      { label: h("input", { type: "checkbox", id: "select-all", disabled: !canTriage, onchange: (e) => { main.querySelectorAll("input.pick").forEach((c) => { c.checked = e.target.checked; c.dispatchEvent(new Event("change")); }); } }),
+        render: (a) => h("input", { type: "checkbox", class: "pick", disabled: !canTriage, onchange: (e) => { e.target.checked ? chosen.add(a.alert_id) : chosen.delete(a.alert_id); count.textContent = `${chosen.size} ${t("selected")}`; } }) },
+      { label: t("time"), sort: "first_seen", render: (a) => fmtTime(a.first_seen) }, { label: t("level"), sort: "level", render: (a) => pill(a.level) },
+      { label: t("signature"), sort: "signature", render: (a) => h("a", { href: "#/alert/" + encodeURIComponent(a.alert_id), class: "alert-link" }, a.signature) },
+      { label: t("category"), key: "category" }, { label: t("detector"), key: "detector" },
+      { label: t("technique"), render: (a) => (a.tags || []).filter((x) => /^(attack|fight)\.(t|fgt)\d/.test(x)).join(" ") },
+      { label: t("source"), sort: "src_ip", key: "src_ip", mono: true }, { label: t("target"), sort: "dst_ip", key: "dst_ip", mono: true },
+      { label: t("score"), sort: "score", key: "score" }, { label: t("status"), sort: "status", render: (a) => t("status_" + a.status) }, { label: t("assignee"), key: "assignee" },
+    ], page.rows, { id: (a) => a.alert_id, onSort: sortBy }));
+    main.append(pager(page.total, limit, offset, (o) => go({ offset: o, sort: f.sort })));
+  } catch (e) { fail(main, e); }
+}
+
+async function alertDetail(id) {
+  const main = shell("alerts");
+  let d; try { d = await api("/api/alerts/" + encodeURIComponent(id)); } catch (e) { return fail(main, e); }
+  const a = d.alert;
+  const kv = (pairs) => h("div", { class: "kv" }, pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [h("div", {}, k), h("div", { class: "mono" }, v ?? "")]));
+  const canTriage = state.me.role !== "viewer";
+  const status = h("select", { id: "detail-status", disabled: !canTriage }, STATUSES.map((s) => h("option", { value: s, selected: s === a.status }, t("status_" + s))));
+  const assignee = h("input", { id: "detail-assignee", value: a.assignee || "", placeholder: t("assign_to"), disabled: !canTriage });
+  const comment = h("textarea", { id: "detail-comment", rows: 2, cols: 50, placeholder: t("comment"), disabled: !canTriage });
+  const result = h("span", { id: "detail-result", class: "ok" });
+  const save = h("button", { class: "primary", id: "detail-save", disabled: !canTriage, onclick: async () => {
+    try { await api("/api/alerts/triage", { method: "POST", body: { alert_ids: [a.alert_id], status: status.value, assignee: assignee.value || null, comment: comment.value || null } }); result.textContent = t("done"); setTimeout(() => alertDetail(id), 300); }
+    catch (e) { result.textContent = e.message; result.className = "error"; } } }, t("save"));
+  const ev = a.evidence && typeof a.evidence === "object" ? a.evidence : null;
+  const explain = ev ? `${ev.function || "count"}${ev.field ? "(" + ev.field + ")" : ""} = ${ev.peak} ≥ ${ev.threshold} / ${ev.window_s}s × ${ev.windows || a.window_count}` : "";
+  main.append(h("div", { class: "toolbar" }, h("a", { href: "#/alerts" }, "← " + t("back"))),
+    h("div", { class: "grid" },
+      card(t("alert_detail"), "span7", h("h2", { id: "alert-title" }, pill(a.level), " ", a.signature),
+        kv([[t("time"), `${fmtTime(a.first_seen)} — ${fmtTime(a.last_seen)}`], [t("category"), a.category], [t("detector"), a.detector], ["rule", a.rule_id],
+          [t("technique"), (a.tags || []).join(" ")], [t("source"), `${a.src_ip ?? ""}:${a.src_port ?? ""}`], [t("target"), `${a.dst_ip ?? ""}:${a.dst_port ?? ""}`],
+          ["group", a.group], [t("detail"), a.detail], ["community_id", a.community_id]])),
+      card(t("triage"), "span5", kv([[t("status"), t("status_" + a.status)], [t("assignee"), a.assignee || "—"]]),
+        h("div", { class: "toolbar" }, status, assignee), comment, h("div", { class: "toolbar" }, save, result),
+        h("h3", {}, t("comments")), d.comments.length ? d.comments.map((c) => h("p", { class: "comment" }, h("span", { class: "dim" }, `${fmtTime(new Date(c.ts_ms).toISOString())} ${c.username}: `), c.body)) : h("p", { class: "dim" }, t("nothing")),
+        h("h3", {}, t("audit_trail")), table([{ label: t("time"), render: (x) => fmtTime(new Date(x.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("action"), key: "action" }, { label: t("detail"), render: (x) => JSON.stringify(x.detail) }], d.audit)),
+      card(t("why_fired"), "span6", h("p", {}, `${t("score")}: ${a.score}  (${a.rule_level} → ${t("level_" + a.level)}) ${explain}`), h("h3", {}, t("evidence")), h("pre", { id: "evidence" }, ev ? JSON.stringify(ev, null, 2) : String(a.evidence ?? ""))),
+      card(t("flow"), "span6", d.flow ? [kv([["flow_id", String(d.flow.flow_id)], [t("plane"), d.flow.plane], ["5-tuple", `${d.flow.src_ip}:${d.flow.src_port} → ${d.flow.dst_ip}:${d.flow.dst_port} (${d.flow.ip_proto})`],
+          ["TEID", d.flow.teid], [t("packets"), fmtNumber(d.flow.bidirectional_packets)], [t("bytes"), fmtBytes(d.flow.bidirectional_bytes)], [t("server_name"), d.flow.server_name], [t("app"), d.flow.application_hint]]),
+        h("p", {}, h("a", { id: "download-pcap", href: "/api/alerts/" + encodeURIComponent(a.alert_id) + "/pcap", download: "" }, "⬇ " + t("download_pcap")))] : h("p", { class: "dim" }, t("no_flow"))),
+      card(t("session"), "span6", a.session ? h("pre", {}, JSON.stringify(a.session, null, 2)) : h("p", { class: "dim" }, t("nothing"))),
+      card(t("related"), "span6", table([{ label: t("time"), render: (r) => fmtTime(r.first_seen) }, { label: t("level"), render: (r) => pill(r.level) },
+        { label: t("signature"), render: (r) => h("a", { href: "#/alert/" + encodeURIComponent(r.alert_id) }, r.signature) }, { label: t("source"), key: "src_ip" }, { label: t("target"), key: "dst_ip" }], d.related))));
+}
+
+// -- hunt --
+const HUNT_COLUMNS = [["first_seen", "time"], ["plane", "plane"], ["src_ip", "source"], ["src_port", "port"], ["dst_ip", "target"], ["dst_port", "port"], ["ip_proto", "proto"],
+  ["teid", "TEID"], ["application_hint", "app"], ["server_name", "server_name"], ["bidirectional_packets", "packets"], ["bidirectional_bytes", "bytes"], ["bidirectional_duration_ms", "duration"]];
+async function hunt() {
+  const params = hashParams(); const q = params.get("q") || ""; const offset = Number(params.get("offset") || 0); const sort = params.get("sort") || ""; const limit = 50;
+  const main = shell("hunt");
+  const input = h("input", { id: "hunt-query", value: q, size: 90, placeholder: t("hunt_hint") });
+  const go = (query, extra = {}) => { location.hash = "#/hunt" + qs({ q: query, ...extra }); };
+  main.append(h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); go(input.value); } }, input, h("button", { class: "primary", type: "submit", id: "hunt-go" }, t("search"))),
+    h("p", { class: "dim" }, t("hunt_hint") + " · " + t("pivot")));
+  try {
+    const page = await api("/api/flows" + qs({ ...rangeParams(), q, sort, limit, offset }));
+    const shown = (col, v) => col === "first_seen" ? fmtTime(v) : col === "ip_proto" ? (PROTOCOLS[v] || String(v)) : String(v);
+    const pivotable = (col, v) => v == null || v === "" ? "" : h("span", { class: "pivot", onclick: () => go((q ? q + " " : "") + `${col}=${/\s/.test(String(v)) ? JSON.stringify(String(v)) : v}`) }, shown(col, v));
+    main.append(h("p", {}, `${fmtNumber(page.total)} ${t("results")}`),
+      table(HUNT_COLUMNS.map(([col, label]) => ({ label: t(label), sort: col, mono: col.endsWith("_ip"), render: (r) => pivotable(col, r[col]) }))
+        .concat([{ label: "pcap", render: (r) => h("a", { href: `/api/flows/${r.flow_id}/pcap`, download: "" }, "⬇") }]), page.rows,
+      { id: (r) => r.flow_id, onSort: (col) => go(q, { sort: sort === "-" + col ? col : "-" + col }) }),
+      pager(page.total, limit, offset, (o) => go(q, { offset: o, sort })));
+  } catch (e) { fail(main, e); }
+}
+
+// -- 5G --
+async function fiveg() {
+  const main = shell("fiveg");
+  try {
+    const [sessions, inventory, topo] = await Promise.all([api("/api/sessions" + qs({ ...rangeParams(), limit: 100 })), api("/api/inventory"), api("/api/topology" + qs(rangeParams()))]);
+    main.append(h("div", { class: "grid" },
+      card(t("topology"), "span7", h("div", { class: "chart tall", id: "topology" })),
+      card(t("inventory"), "span5", table([{ label: "IP", key: "ip", mono: true }, { label: t("role"), key: "role" }, { label: t("port"), render: (n) => (n.ports || []).join(" ") },
+        { label: t("last_seen"), render: (n) => fmtTime(n.last_seen) }], inventory.rows)),
+      card(`${t("sessions")} (${fmtNumber(sessions.total)})`, "span12", table([
+        { label: t("subscriber"), key: "subscriber", mono: true }, { label: "PDU", key: "pdu_session_id" }, { label: t("state"), key: "state" }, { label: t("dnn"), key: "dnn" },
+        { label: t("snssai"), key: "snssai" }, { label: t("gnb"), key: "gnb_ip", mono: true }, { label: t("upf"), key: "upf_ip", mono: true },
+        { label: t("teids"), render: (s) => `${s.ul_teid ?? "—"} / ${s.dl_teid ?? "—"}` }, { label: t("ue_ip"), key: "ue_ip", mono: true },
+        { label: t("traffic_n"), render: (s) => fmtBytes(s.gtpu_bytes) }, { label: t("alerts_n"), key: "alerts" }, { label: t("first_seen"), render: (s) => fmtTime(s.first_seen) },
+        { label: t("hunt"), render: (s) => h("a", { href: "#/hunt?q=" + encodeURIComponent("session=" + s.session_id) }, "→") }], sessions.rows))));
+    const colors = { N2: "#3ea6ff", N3: "#30a46c", N4: "#f5a524", SBI: "#a78bfa", "S1/S11/S5": "#e8d44d", Diameter: "#e5484d" };
+    chart(main.querySelector("#topology"), { tooltip: { renderMode: "richText" }, legend: { data: Object.keys(colors) },
+      series: [{ type: "graph", layout: "force", roam: true, force: { repulsion: 180, edgeLength: 90 }, label: { show: true, fontSize: 10 },
+        categories: Object.keys(colors).map((n) => ({ name: n, itemStyle: { color: colors[n] } })),
+        data: topo.nodes.map((n) => ({ name: n.ip, value: n.roles.join(","), symbolSize: n.roles.length ? 26 : 12, label: { formatter: n.roles.length ? n.roles.join("/") + "\n" + n.ip : n.ip } })),
+        links: topo.edges.map((e) => ({ source: e.source, target: e.target, value: e.flows, lineStyle: { color: colors[e.plane] || "#888", width: 1 + Math.log2(1 + e.flows) } })) }] });
+  } catch (e) { fail(main, e); }
+}
+
+// -- assets --
+async function assets() {
+  const params = hashParams(); const offset = Number(params.get("offset") || 0); const sort = params.get("sort") || "-bytes_sent"; const limit = 50;
+  const main = shell("assets");
+  try {
+    const page = await api("/api/assets" + qs({ ...rangeParams(), sort, limit, offset }));
+    main.append(table([{ label: "IP", key: "ip", mono: true, sort: "ip" }, { label: t("roles"), render: (a) => (a.roles || []).join(" ") },
+      { label: t("services"), render: (a) => a.services.map((s) => `${s.dst_port}/${s.ip_proto}${s.application_hint ? " " + s.application_hint : ""}`).join(", ") },
+      { label: t("exposures"), render: (a) => a.exposures.map((x) => h("div", {}, pill(x.level), " ", h("a", { href: "#/alert/" + encodeURIComponent(x.alert_id) }, x.signature), x.detail ? " — " + x.detail : "")) },
+      { label: t("alerts_n"), key: "alerts_against" }, { label: t("risk"), key: "risk" }, { label: t("flows"), key: "flows", sort: "flows" }, { label: t("peers"), key: "peers", sort: "peers" },
+      { label: t("sent"), render: (a) => fmtBytes(a.bytes_sent), sort: "bytes_sent" }, { label: t("received"), render: (a) => fmtBytes(a.bytes_received), sort: "bytes_received" },
+      { label: t("last_seen"), render: (a) => fmtTime(a.last_seen), sort: "last_seen" }], page.rows,
+    { onSort: (col) => { location.hash = "#/assets" + qs({ sort: sort === "-" + col ? col : "-" + col }); } }),
+    pager(page.total, limit, offset, (o) => { location.hash = "#/assets" + qs({ offset: o, sort }); }));
+  } catch (e) { fail(main, e); }
+}
+
+// -- rules --
+async function rules() {
+  const params = hashParams(); const text = params.get("text") || "";
+  const main = shell("rules");
+  const input = h("input", { id: "rule-search", value: text, placeholder: t("search"), size: 40 });
+  main.append(h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); location.hash = "#/rules" + qs({ text: input.value }); } }, input, h("button", { class: "primary", type: "submit" }, t("search")),
+    state.me.role === "admin" ? null : h("span", { class: "dim" }, t("admin_only"))));
+  const yaml = h("pre", { id: "rule-yaml", hidden: true });
+  try {
+    const list = await api("/api/rules" + qs({ text }));
+    const admin = state.me.role === "admin";
+    const change = async (id, body) => { try { await api("/api/rules/" + id, { method: "PATCH", body }); rules(); } catch (e) { alert(e.message); } };
+    main.append(table([{ label: t("level"), render: (r) => pill(r.grade) }, { label: t("signature"), key: "title" }, { label: "status", key: "status" }, { label: t("category"), key: "category" },
+      { label: t("technique"), render: (r) => r.tags.join(" ") },
+      { label: t("enabled"), render: (r) => h("input", { type: "checkbox", class: "rule-enabled", checked: r.enabled, disabled: !admin, onchange: (e) => change(r.id, { enabled: e.target.checked }) }) },
+      { label: t("threshold"), render: (r) => { const i = h("input", { type: "number", min: 1, value: r.threshold, disabled: !admin, size: 5, class: "rule-threshold" }); return h("span", {}, i, admin ? h("button", { onclick: () => change(r.id, { threshold: Number(i.value) }) }, t("save")) : null); } },
+      { label: t("window"), key: "window_s" },
+      { label: "", render: (r) => h("a", { onclick: async () => { const d = await api("/api/rules/" + r.id); yaml.hidden = false; yaml.textContent = d.yaml; yaml.scrollIntoView(); } }, t("view_yaml")) }], list), yaml);
+  } catch (e) { fail(main, e); }
+}
+
+// -- sensors, audit --
+async function sensors() {
+  const main = shell("sensors");
+  try {
+    const list = await api("/api/sensors");
+    main.append(table([{ label: t("sensor"), key: "sensor" }, { label: "source", key: "source", mono: true }, { label: t("pps"), key: "packets_per_s" },
+      { label: t("packets"), render: (s) => fmtNumber(s.packets) }, { label: t("bytes"), render: (s) => fmtBytes(s.bytes) }, { label: t("decode_errors"), render: (s) => `${fmtNumber(s.decode_errors)} (${(100 * s.error_rate).toFixed(2)}%)` },
+      { label: t("drops"), render: (s) => s.drops ?? "—" }, { label: t("lag"), render: (s) => `${fmtNumber(Math.round(s.lag_s))} s` }, { label: t("last_seen_ago"), render: (s) => fmtTime(s.last_seen) }, { label: t("batches"), key: "batches" }], list));
+  } catch (e) { fail(main, e); }
+}
+async function audit() {
+  const main = shell("audit");
+  try {
+    const log = await api("/api/audit?limit=200");
+    main.append(table([{ label: t("time"), render: (x) => fmtTime(new Date(x.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("action"), key: "action" },
+      { label: t("target"), key: "target", mono: true }, { label: t("detail"), render: (x) => x.detail == null ? "" : JSON.stringify(x.detail) }, { label: t("client"), key: "client_ip" }], log.rows));
+  } catch (e) { fail(main, e); }
+}
+
+// -- routing --
+function route() {
+  document.documentElement.lang = language();
+  if (!state.me) return loginPage();
+  const path = location.hash.replace(/^#\/?/, "").split("?")[0];
+  const [page, arg] = path.split("/");
+  if (page !== "overview" && page !== "" && state.events) { state.events.close(); state.events = null; }
+  const pages = { overview, alerts, hunt, fiveg, assets, rules, sensors, audit };
+  if (page === "alert" && arg) return alertDetail(decodeURIComponent(arg));
+  return (pages[page] || overview)();
+}
+async function render() {
+  if (!state.me) { try { state.me = await (await fetch("/api/me", { credentials: "same-origin" })).json(); if (!state.me.username) state.me = null; } catch (e) { state.me = null; } }
+  route();
+}
+window.addEventListener("hashchange", route);
+render();

@@ -1,0 +1,69 @@
+// Every label of the console, in zh-CN and en. Keys are English-ish ids; t(key) falls back to the key.
+export const MESSAGES = {
+  "zh-CN": {
+    brand: "瞭望 · 5G 安全态势感知", overview: "态势总览", alerts: "告警", hunt: "狩猎", fiveg: "5G 会话", assets: "资产",
+    rules: "规则", sensors: "探针", audit: "审计", logout: "退出", login: "登录", username: "用户名", password: "密码",
+    login_failed: "用户名或密码错误", range: "时间范围", all: "全部数据", custom: "自定义", apply: "应用",
+    last_15m: "最近 15 分钟", last_1h: "最近 1 小时", last_6h: "最近 6 小时", last_24h: "最近 24 小时", last_7d: "最近 7 天", last_30d: "最近 30 天",
+    warning_level: "当前预警等级", level_red: "红色预警", level_orange: "橙色预警", level_yellow: "黄色预警", level_blue: "蓝色预警", level_normal: "正常",
+    why: "原因", open_alerts: "未处置告警", posture: "安全态势评分", posture_trend: "态势评分趋势", traffic: "流量趋势", alerts_by_level: "告警趋势（按等级）",
+    planes: "5G 平面与协议构成", applications: "应用协议（字节）", top_targets: "受攻击最多的资产", top_sources: "主要攻击来源", attack_graph: "攻击关系图",
+    recent_critical: "最新严重告警", flows: "流", bytes: "字节", packets: "包", alerts_n: "告警数", live: "实时", time: "时间", level: "等级",
+    signature: "告警名称", category: "类别", detector: "检测器", technique: "ATT&CK/FiGHT 技术", ip: "IP/网段", subscriber: "用户（假名）", status: "状态",
+    text: "全文", search: "搜索", group_by: "分组", none: "不分组", source: "源", target: "目的", score: "评分", assignee: "负责人", count: "数量",
+    status_new: "新告警", status_acknowledged: "已确认", status_investigating: "调查中", status_resolved: "已解决", status_false_positive: "误报",
+    triage: "处置", selected: "已选", comment: "备注", set_status: "设置状态", assign_to: "指派给", no_change: "不变", done: "已更新",
+    alert_detail: "告警详情", why_fired: "触发原因", evidence: "证据", score_explained: "评分说明", flow: "流", session: "5G 会话上下文", related: "相关告警",
+    comments: "备注记录", audit_trail: "审计记录", download_pcap: "下载报文 (pcap)", no_flow: "该告警是多条流的聚合，无单一流", back: "返回",
+    hunt_hint: "例: ip=10.45.0.0/16 dst_port=443 sni~example plane=N3 bytes>100000", results: "结果", pivot: "点击值以添加条件",
+    sessions: "会话", inventory: "网元清单", topology: "网元拓扑", role: "角色", state: "状态", dnn: "DNN", snssai: "S-NSSAI", gnb: "gNB", upf: "UPF",
+    ue_ip: "UE 地址", teids: "TEID（上/下行）", traffic_n: "流量", first_seen: "首次出现", last_seen: "最近出现", services: "服务", exposures: "暴露面",
+    risk: "风险", roles: "网元角色", peers: "对端数", sent: "发送", received: "接收", enabled: "启用", threshold: "阈值", window: "窗口(秒)", view_yaml: "查看 YAML",
+    save: "保存", admin_only: "仅管理员可修改", sensor: "探针", pps: "包/秒", decode_errors: "解码错误", drops: "丢包", lag: "延迟", last_seen_ago: "最近上报",
+    batches: "批次", user: "用户", action: "操作", detail: "详情", client: "客户端", page: "页", of: "共", prev: "上一页", next: "下一页",
+    forbidden: "无权限", error: "错误", loading: "加载中…", nothing: "无数据", timezone: "时区", language: "English",
+    plane: "平面", port: "端口", proto: "协议", app: "应用", server_name: "SNI/域名", duration: "时长(ms)", total: "合计",
+  },
+  en: {
+    brand: "Liaowang · 5G security situational awareness", overview: "Overview", alerts: "Alerts", hunt: "Hunt", fiveg: "5G sessions", assets: "Assets",
+    rules: "Rules", sensors: "Sensors", audit: "Audit", logout: "Sign out", login: "Sign in", username: "User name", password: "Password",
+    login_failed: "Wrong user name or password", range: "Time range", all: "All data", custom: "Custom", apply: "Apply",
+    last_15m: "Last 15 min", last_1h: "Last hour", last_6h: "Last 6 h", last_24h: "Last 24 h", last_7d: "Last 7 days", last_30d: "Last 30 days",
+    warning_level: "Current warning level", level_red: "Red warning", level_orange: "Orange warning", level_yellow: "Yellow warning", level_blue: "Blue warning", level_normal: "Normal",
+    why: "Why", open_alerts: "Open alerts", posture: "Posture score", posture_trend: "Posture trend", traffic: "Traffic", alerts_by_level: "Alerts by level",
+    planes: "5G planes and protocols", applications: "Applications (bytes)", top_targets: "Most attacked assets", top_sources: "Top sources", attack_graph: "Attack graph",
+    recent_critical: "Recent critical alerts", flows: "Flows", bytes: "Bytes", packets: "Packets", alerts_n: "Alerts", live: "live", time: "Time", level: "Level",
+    signature: "Signature", category: "Category", detector: "Detector", technique: "ATT&CK/FiGHT technique", ip: "IP/CIDR", subscriber: "Subscriber (pseudonym)", status: "Status",
+    text: "Text", search: "Search", group_by: "Group by", none: "none", source: "Source", target: "Target", score: "Score", assignee: "Assignee", count: "Count",
+    status_new: "New", status_acknowledged: "Acknowledged", status_investigating: "Investigating", status_resolved: "Resolved", status_false_positive: "False positive",
+    triage: "Triage", selected: "selected", comment: "Comment", set_status: "Set status", assign_to: "Assign to", no_change: "unchanged", done: "Updated",
+    alert_detail: "Alert", why_fired: "Why it fired", evidence: "Evidence", score_explained: "Score", flow: "Flow", session: "5G session context", related: "Related alerts",
+    comments: "Comments", audit_trail: "Audit trail", download_pcap: "Download packets (pcap)", no_flow: "This alert aggregates many flows: no single flow", back: "Back",
+    hunt_hint: "e.g. ip=10.45.0.0/16 dst_port=443 sni~example plane=N3 bytes>100000", results: "results", pivot: "click a value to add it",
+    sessions: "Sessions", inventory: "NF inventory", topology: "NF topology", role: "Role", state: "State", dnn: "DNN", snssai: "S-NSSAI", gnb: "gNB", upf: "UPF",
+    ue_ip: "UE address", teids: "TEIDs (UL/DL)", traffic_n: "Traffic", first_seen: "First seen", last_seen: "Last seen", services: "Services", exposures: "Exposures",
+    risk: "Risk", roles: "NF roles", peers: "Peers", sent: "Sent", received: "Received", enabled: "Enabled", threshold: "Threshold", window: "Window (s)", view_yaml: "YAML",
+    save: "Save", admin_only: "admins only", sensor: "Sensor", pps: "packets/s", decode_errors: "Decode errors", drops: "Drops", lag: "Lag", last_seen_ago: "Last report",
+    batches: "Batches", user: "User", action: "Action", detail: "Detail", client: "Client", page: "page", of: "of", prev: "Previous", next: "Next",
+    forbidden: "Not allowed", error: "Error", loading: "Loading…", nothing: "Nothing here", timezone: "Time zone", language: "中文",
+    plane: "Plane", port: "Port", proto: "Protocol", app: "Application", server_name: "SNI / name", duration: "Duration (ms)", total: "Total",
+  },
+};
+
+let lang = localStorage.getItem("liaowang.lang") || (navigator.language && navigator.language.startsWith("zh") ? "zh-CN" : "en");
+export function t(key) { return (MESSAGES[lang] && MESSAGES[lang][key]) || MESSAGES.en[key] || key; }
+export function language() { return lang; }
+export function setLanguage(next) { lang = next; localStorage.setItem("liaowang.lang", next); document.documentElement.lang = next; }
+export function fmtTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso.length > 24 ? iso.slice(0, 23) + "Z" : iso);
+  return new Intl.DateTimeFormat(lang, { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false }).format(d);
+}
+export function fmtNumber(n) { return n == null ? "" : new Intl.NumberFormat(lang).format(n); }
+export function fmtBytes(n) {
+  if (n == null) return "";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"]; let i = 0; let v = Number(n);
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i ? v.toFixed(1) : v) + " " + units[i];
+}
+export function timeZone() { return Intl.DateTimeFormat().resolvedOptions().timeZone; }

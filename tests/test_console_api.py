@@ -1,0 +1,223 @@
+"""The console's REST API: every route's authorisation (401 signed out, 403 below its role, CSRF), sign-in
+throttling, triage with audit, the hunt language, rule overrides that a replay applies, pcap download."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from console.app import create_app
+from console.cli import main as cli
+from console.hunt import HuntError, parse
+from console.state import ConsoleState
+from ingest.store.api import Condition, Store
+from sensors.capture.source import read_frames
+from sensors.decode import decode
+from tests.console_fixtures import PASSWORDS, PAYLOADS
+
+
+@pytest.fixture(scope="module")
+def app(console_store: tuple[Store, ConsoleState, Path]) -> Any:
+    store, state, _ = console_store
+    return create_app(store, state)
+
+
+def client(app: Any, user: str | None = None) -> tuple[TestClient, dict[str, str]]:
+    c = TestClient(app)
+    if user is None:
+        return c, {}
+    r = c.post("/api/login", json={"username": user, "password": PASSWORDS[user]})
+    assert r.status_code == 200, r.text
+    return c, {"X-CSRF-Token": r.json()["csrf"]}
+
+
+@pytest.fixture(scope="module")
+def ids(app: Any) -> dict[str, Any]:
+    c, _ = client(app, "viewer")
+    alerts = c.get("/api/alerts", params={"limit": 200}).json()["rows"]
+    with_flow = next(a for a in alerts if a.get("flow_id"))
+    rule_id = c.get("/api/rules").json()[0]["id"]
+    return {"alert": alerts[0]["alert_id"], "flow_alert": with_flow["alert_id"], "flow": with_flow["flow_id"],
+            "rule": rule_id}
+
+
+#: every API route and the least role it needs ("" = open)
+ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
+    ("GET", "/api/me", "viewer", None), ("POST", "/api/logout", "viewer", None),
+    ("GET", "/api/extent", "viewer", None), ("GET", "/api/overview", "viewer", None),
+    ("GET", "/api/alerts", "viewer", None), ("GET", "/api/alerts/groups", "viewer", None),
+    ("GET", "/api/alerts/{alert}", "viewer", None), ("GET", "/api/alerts/{flow_alert}/pcap", "viewer", None),
+    ("POST", "/api/alerts/triage", "analyst", {"alert_ids": ["{alert}"], "comment": "seen"}),
+    ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
+    ("GET", "/api/flows/{flow}/pcap", "viewer", None), ("GET", "/api/hunt/fields", "viewer", None),
+    ("GET", "/api/sessions", "viewer", None), ("GET", "/api/inventory", "viewer", None),
+    ("GET", "/api/topology", "viewer", None), ("GET", "/api/assets", "viewer", None),
+    ("GET", "/api/rules", "viewer", None), ("GET", "/api/rules/{rule}", "viewer", None),
+    ("PATCH", "/api/rules/{rule}", "admin", {"window_s": 60}), ("GET", "/api/sensors", "viewer", None),
+    ("GET", "/api/users", "admin", None), ("GET", "/api/audit", "admin", None),
+    ("POST", "/api/users", "admin", {"username": "someone{n}", "password": "long-enough-pass", "role": "viewer"}),
+]
+ORDER = ["viewer", "analyst", "admin"]
+
+
+def test_every_api_route_is_classified(app: Any) -> None:
+    served = {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops
+              } - {("POST", "/api/login"), ("GET", "/api/events")}
+    listed = {(m, p.replace("{alert}", "{alert_id}").replace("{flow_alert}", "{alert_id}")
+               .replace("{flow}", "{flow_id}").replace("{rule}", "{rule_id}")) for m, p, _, _ in ROUTES}
+    assert served == listed
+
+
+@pytest.mark.parametrize("method,path,role,body", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
+def test_route_authorisation(app: Any, ids: dict[str, Any], method: str, path: str, role: str,
+                             body: dict[str, Any] | None) -> None:
+    url = path.format(**ids)
+    anonymous, _ = client(app)
+    assert anonymous.request(method, url, json=body).status_code == 401
+    for n, user in enumerate(ORDER):
+        c, csrf = client(app, user)
+        payload = None if body is None else {k: (v.format(n=n, **ids) if isinstance(v, str) else
+                                                 [x.format(**ids) for x in v] if isinstance(v, list) else v)
+                                             for k, v in body.items()}
+        if method != "GET":  # state-changing requests need the session's CSRF token
+            assert c.request(method, url, json=payload).status_code == 403
+        r = c.request(method, url, json=payload, headers=csrf)
+        allowed = ORDER.index(user) >= ORDER.index(role)
+        assert r.status_code == (200 if allowed else 403), (user, r.text)
+
+
+def test_no_default_password_and_throttled_sign_in(tmp_path: Path, console_store: tuple[Store, ConsoleState, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    state = ConsoleState(tmp_path)
+    first = state.ensure_admin(None)
+    assert first and len(first) >= 16 and state.verify("admin", first)
+    assert state.ensure_admin(None) is None  # printed once only
+    assert ConsoleState(tmp_path / "b").ensure_admin("from-the-environment") is None
+    app = create_app(console_store[0], state)
+    c = TestClient(app)
+    codes = [c.post("/api/login", json={"username": "admin", "password": "wrong"}).status_code for _ in range(6)]
+    assert codes == [401] * 5 + [429]
+    r = c.post("/api/login", json={"username": "admin", "password": first})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0  # even the right password waits
+    cookie_app = create_app(console_store[0], ConsoleState(tmp_path / "c"))
+    app_state: ConsoleState = cookie_app.state.ctx.state
+    app_state.add_user("ana", "ana-password-1", "analyst")
+    r = TestClient(cookie_app).post("/api/login", json={"username": "ana", "password": "ana-password-1"})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    log = [a["action"] for a in app_state.audit_log()[0]]
+    assert log == ["login"]
+
+
+def test_triage_is_stored_and_audited(app: Any, ids: dict[str, Any]) -> None:
+    c, csrf = client(app, "analyst")
+    r = c.post("/api/alerts/triage", headers=csrf, json={"alert_ids": [ids["alert"], "no-such-alert"],
+                                                          "status": "investigating", "assignee": "analyst",
+                                                          "comment": "checking the UPF"})
+    assert r.json() == {"updated": [ids["alert"]], "missing": ["no-such-alert"]}
+    detail = c.get(f"/api/alerts/{ids['alert']}").json()
+    assert detail["alert"]["status"] == "investigating" and detail["alert"]["assignee"] == "analyst"
+    assert detail["comments"][-1]["body"] == "checking the UPF"
+    assert detail["audit"][0]["action"] == "triage" and detail["audit"][0]["username"] == "analyst"
+    listed = c.get("/api/alerts", params={"status": "investigating"}).json()["rows"]
+    assert ids["alert"] in {a["alert_id"] for a in listed}
+    assert c.post("/api/alerts/triage", headers=csrf, json={"alert_ids": [ids["alert"]], "status": "bogus"}
+                  ).status_code == 422
+
+
+def test_alert_filters_and_groups(app: Any) -> None:
+    c, _ = client(app, "viewer")
+    red = c.get("/api/alerts", params={"level": "red", "limit": 500}).json()
+    assert red["total"] > 0 and {a["level"] for a in red["rows"]} == {"red"}
+    pfcp = c.get("/api/alerts", params={"technique": "FGT1498"}).json()["rows"]
+    assert pfcp and all("fight.fgt1498" in a["tags"] for a in pfcp)
+    inside = c.get("/api/alerts", params={"ip": "192.168.14.0/24"}).json()["rows"]
+    assert inside and all("192.168.14." in (a["src_ip"] + a["dst_ip"]) for a in inside)
+    groups = c.get("/api/alerts/groups", params={"by": "src_ip"}).json()
+    assert sum(g["count"] for g in groups) == c.get("/api/alerts", params={"limit": 0}).json()["total"]
+    assert c.get("/api/alerts", params={"sort": "nonsense"}).status_code == 422
+
+
+def test_hunt_language(app: Any) -> None:
+    h = parse('ip=10.45.0.0/16 dst_port=443,8443 sni~example proto=udp bytes>=100 "two words" teid=0x10')
+    assert h.ip == "10.45.0.0/16" and h.text == "two words"
+    assert [(w.field, w.op, w.value) for w in h.where] == [
+        ("dst_port", "in", [443, 8443]), ("server_name", "contains", "example"), ("ip_proto", "eq", 17),
+        ("bidirectional_bytes", "gte", 100), ("teid", "eq", 16)]
+    assert parse("src_ip=10.0.0.0/8").where == [Condition("src_ip", "cidr", "10.0.0.0/8")]
+    for bad in ("nosuch=1", "dst_port=http", 'sni="open', "ip=notanip"):
+        with pytest.raises(HuntError):
+            parse(bad)
+    c, _ = client(app, "viewer")
+    n3 = c.get("/api/flows", params={"q": "plane=N3 packets>2"}).json()
+    assert n3["total"] > 0 and all(f["plane"] == "N3" and f["bidirectional_packets"] > 2 for f in n3["rows"])
+    assert "no field" in c.get("/api/flows", params={"q": "bogus=1"}).json()["detail"]
+    hostile = c.get("/api/flows", params={"q": "sni~evil.example"}).json()["rows"]
+    assert {f["server_name"].split(".evil")[0] for f in hostile} == {p.replace(".", "_") for p in PAYLOADS}
+
+
+def test_flow_pcap_is_the_flows_packets(app: Any, ids: dict[str, Any]) -> None:
+    c, _ = client(app, "viewer")
+    flow = c.get(f"/api/flows/{ids['flow']}").json()
+    r = c.get(f"/api/alerts/{ids['flow_alert']}/pcap")
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    path = Path(flow_file := "/tmp/liaowang-test-flow.pcap")
+    path.write_bytes(r.content)
+    packets = decode(next(read_frames(flow_file)))
+    assert packets.num_rows == flow["bidirectional_packets"]
+    ends = {str(x) for x in packets["src_port"].to_pylist()} | {str(x) for x in packets["dst_port"].to_pylist()}
+    assert {str(flow["src_port"]), str(flow["dst_port"])} == ends
+    path.unlink()
+
+
+def test_rule_overrides_reach_the_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An admin disables a rule in the console; the next `liaowang replay --store` of the same store skips it."""
+    from tests.conftest import PCAPS
+
+    store_dir = tmp_path / "store"
+    capture = str(PCAPS / "zeek_ssh_sshguess.pcap")
+    assert cli(["replay", capture, "--out", str(tmp_path / "a"), "--store", str(store_dir), "-q"]) == 0
+    state = ConsoleState(store_dir / "console")
+    state.add_user("boss", "boss-password-1", "admin")
+    app = create_app(__import__("ingest.store", fromlist=["open_store"]).open_store(store_dir), state)
+    c, csrf = client_for(app, "boss", "boss-password-1")
+    alerts = c.get("/api/alerts", params={"limit": 100}).json()["rows"]
+    brute = next(a for a in alerts if "brute force" in a["signature"])
+    r = c.patch(f"/api/rules/{brute['rule_id']}", headers=csrf, json={"enabled": False})
+    assert r.status_code == 200 and r.json()["enabled"] is False
+    assert cli(["replay", capture, "--out", str(tmp_path / "b"), "--store", str(store_dir), "-q"]) == 0
+    import pyarrow.parquet as pq
+
+    again = pq.read_table(tmp_path / "b" / "alerts.parquet")["rule_id"].to_pylist()
+    assert brute["rule_id"] not in again and len(again) == len(alerts) - sum(a["rule_id"] == brute["rule_id"]
+                                                                             for a in alerts)
+
+
+def client_for(app: Any, user: str, password: str) -> tuple[TestClient, dict[str, str]]:
+    c = TestClient(app)
+    r = c.post("/api/login", json={"username": user, "password": password})
+    return c, {"X-CSRF-Token": r.json()["csrf"]}
+
+
+def test_user_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-long-password\n"))
+    assert cli(["user", "add", "lin", "--role", "viewer", "--store", str(tmp_path), "--password-stdin"]) == 0
+    monkeypatch.setenv("LIAOWANG_USER_PASSWORD", "short")
+    assert cli(["user", "add", "wu", "--store", str(tmp_path)]) == 2
+    assert "at least 10" in capsys.readouterr().err
+    assert cli(["user", "list", "--store", str(tmp_path)]) == 0
+    assert "lin" in capsys.readouterr().out
+    assert ConsoleState(tmp_path / "console").verify("lin", "a-long-password")
+
+
+def test_security_headers_and_openapi(app: Any) -> None:
+    c = TestClient(app)
+    r = c.get("/")
+    assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["x-frame-options"] == "DENY"
+    spec = c.get("/openapi.json").json()
+    assert {"/api/overview", "/api/alerts", "/api/flows", "/api/sessions", "/api/assets", "/api/rules",
+            "/api/sensors"} <= set(spec["paths"])
