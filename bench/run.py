@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--profiles", default="standard,short-flows")
     ap.add_argument("--peers-python", default=str(ROOT / "bench" / ".venv-peers" / "bin" / "python"))
     ap.add_argument("--large", action="store_true", help="also replay a 10x capture (Liaowang only: memory)")
-    ap.add_argument("--no-store", action="store_true", help="skip the store benchmark (10M flow rows)")
+    ap.add_argument("--no-store", action="store_true", help="skip the store and console benchmarks (10M flow rows)")
     args = ap.parse_args()
     lines = [f"Whole process, same machine, same session ({os.cpu_count()} cores); "
              "`liaowang generate --seed 1 --profile P`.", ""]
@@ -168,6 +168,9 @@ def main() -> None:
         from store_bench import store_bench
 
         lines += store_bench()
+        from console_bench import console_bench
+
+        lines += console_bench()
     if args.large:
         # ten times the packets over ten times the span: the same traffic, for longer
         big = ensure_capture(10 * args.packets, "standard", 3000.0)

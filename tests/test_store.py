@@ -210,6 +210,8 @@ def test_elasticsearch_aggregates_like_duckdb(duck: Store, elastic: Store) -> No
             assert duck.top(by, metric, None, None, 10) == elastic.top(by, metric, None, None, 10)
     assert duck.histogram(None, None, 86400) == elastic.histogram(None, None, 86400)
     assert duck.plane_mix() == elastic.plane_mix()
+    for table in ("flows", "alerts", "sessions"):
+        assert duck.extent(table) == elastic.extent(table) and None not in duck.extent(table)
     for q, by in ((Query("alerts"), ("signature",)), (Query("alerts"), ("src_ip", "dst_ip")),
                   (Query("alerts", [Condition("level", "ne", "blue")]), ("dst_ip",)),
                   (Query("flows", ip="10.0.0.0/8"), ("plane", "dst_port"))):

@@ -37,15 +37,10 @@ def bucket_for(span_s: float) -> int:
 
 
 def extent(store: Store) -> dict[str, str | None]:
-    """First and last flow (or alert, when there are no flows): what "all data" means."""
-    first, last = None, None
-    for table in ("flows", "alerts"):
-        a = store.search(Query(table, sort="first_seen", limit=1)).rows
-        b = store.search(Query(table, sort="-first_seen", limit=1)).rows
-        if a:
-            first = min(first or a[0]["first_seen"], a[0]["first_seen"])
-            last = max(last or b[0]["first_seen"], b[0]["first_seen"])
-    return {"first": first, "last": last}
+    """First and last flow or alert: what "all data" means."""
+    ends = [e for e in (store.extent("flows"), store.extent("alerts")) if e[0] is not None]
+    return {"first": min(e[0] for e in ends if e[0]), "last": max(e[1] for e in ends if e[1])} if ends else \
+        {"first": None, "last": None}
 
 
 def _parse(t: str | None) -> dt.datetime | None:

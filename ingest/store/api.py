@@ -242,6 +242,10 @@ class Store(ABC):
         first (ties by the values): alerts by signature, by source, by source and target..."""
 
     @abstractmethod
+    def extent(self, name: str) -> tuple[str | None, str | None]:
+        """First and last value of table ``name``'s time column (:func:`iso_ns`), or (None, None) when empty."""
+
+    @abstractmethod
     def set_alert_status(self, alert_id: str, status: str) -> bool:
         """Triage: returns False when no such alert."""
 

@@ -56,6 +56,7 @@ from ingest.store.api import (
     check_status,
     check_top,
     fill_buckets,
+    iso_ns,
     ns,
     prepare,
     rows_of,
@@ -440,6 +441,12 @@ class DuckStore(Store):
                 if level in GRADES:
                     row[f"alerts_{level}"] = int(count)
         return fill_buckets(out, width)
+
+    def extent(self, name: str) -> tuple[str | None, str | None]:
+        col = TABLES[name].time_column
+        with self._connect(write=False) as con:
+            lo, hi = con.execute(f'SELECT epoch_ns(min("{col}")), epoch_ns(max("{col}")) FROM "{name}"').fetchall()[0]
+        return (None, None) if lo is None else (iso_ns(lo), iso_ns(hi))
 
     def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
         check_group(q, by)

@@ -363,6 +363,21 @@ class ElasticStore(Store):
                                 if g["key"] in GRADES})
         return fill_buckets(out, width)
 
+    def extent(self, name: str) -> tuple[str | None, str | None]:
+        # min/max aggregations compute in doubles of milliseconds (and ascending date_nanos sorts across indices
+        # fail on ES 7): find the millisecond, then the exact nanoseconds among the rows inside it
+        col = TABLES[name].time_column
+        aggs = {"lo": {"min": {"field": "@timestamp"}}, "hi": {"max": {"field": "@timestamp"}}}
+        res = self._aggregate(name, {"match_all": {}}, aggs)
+        ends = []
+        for key, pick in (("lo", min), ("hi", max)):
+            ms = _ns_of(res.get(key, {}))
+            if ms is None:
+                return None, None
+            rows = self.search(Query(name, start=_utc(ms), end=_utc(ms + 1_000_000), limit=10_000)).rows
+            ends.append(pick(r[col] for r in rows))
+        return ends[0], ends[1]
+
     def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
         check_group(q, by)
         counts: list[dict[str, Any]] = []
@@ -439,6 +454,10 @@ class ElasticStore(Store):
         finally:
             con.close()
         return Page(rows_of(table.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA)), int(total))
+
+
+def _utc(t_ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t_ns // 1_000_000_000, dt.UTC) + dt.timedelta(microseconds=t_ns % 10**9 // 1000)
 
 
 def _ns_of(agg: dict[str, Any]) -> int | None:
