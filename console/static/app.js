@@ -249,9 +249,9 @@ async function alertDetail(id) {
   main.append(h("div", { class: "toolbar" }, h("a", { href: "#/alerts" }, "← " + t("back"))),
     h("div", { class: "grid" },
       card(t("alert_detail"), "span7", h("h2", { id: "alert-title" }, pill(a.level), " ", a.signature),
-        kv([[t("time"), `${fmtTime(a.first_seen)} — ${fmtTime(a.last_seen)}`], [t("category"), a.category], [t("detector"), a.detector], ["rule", a.rule_id],
+        kv([[t("time"), `${fmtTime(a.first_seen)} — ${fmtTime(a.last_seen)}`], [t("category"), a.category], [t("detector"), a.detector], [t("rule"), a.rule_id],
           [t("technique"), (a.tags || []).join(" ")], [t("source"), `${a.src_ip ?? ""}:${a.src_port ?? ""}`], [t("target"), `${a.dst_ip ?? ""}:${a.dst_port ?? ""}`],
-          ["group", a.group], [t("detail"), a.detail], ["community_id", a.community_id]])),
+          [t("group"), a.group], [t("detail"), a.detail], ["community_id", a.community_id]])),
       card(t("triage"), "span5", kv([[t("status"), t("status_" + a.status)], [t("assignee"), a.assignee || "—"]]),
         h("div", { class: "toolbar" }, status, assignee), comment, h("div", { class: "toolbar" }, save, result),
         h("h3", {}, t("comments")), d.comments.length ? d.comments.map((c) => h("p", { class: "comment" }, h("span", { class: "dim" }, `${fmtTime(new Date(c.ts_ms).toISOString())} ${c.username}: `), c.body)) : h("p", { class: "dim" }, t("nothing")),
@@ -340,10 +340,10 @@ async function rules() {
     const list = await api("/api/rules" + qs({ text }));
     const admin = state.me.role === "admin";
     const change = async (id, body) => { try { await api("/api/rules/" + id, { method: "PATCH", body }); rules(); } catch (e) { alert(e.message); } };
-    main.append(table([{ label: t("level"), render: (r) => pill(r.grade) }, { label: t("signature"), key: "title" }, { label: "status", key: "status" }, { label: t("category"), key: "category" },
+    main.append(table([{ label: t("level"), render: (r) => pill(r.grade) }, { label: t("signature"), key: "title" }, { label: t("rule_status"), key: "status" }, { label: t("category"), key: "category" },
       { label: t("technique"), render: (r) => r.tags.join(" ") },
       { label: t("enabled"), render: (r) => h("input", { type: "checkbox", class: "rule-enabled", checked: r.enabled, disabled: !admin, onchange: (e) => change(r.id, { enabled: e.target.checked }) }) },
-      { label: t("threshold"), render: (r) => { const i = h("input", { type: "number", min: 1, value: r.threshold, disabled: !admin, size: 5, class: "rule-threshold" }); return h("span", {}, i, admin ? h("button", { onclick: () => change(r.id, { threshold: Number(i.value) }) }, t("save")) : null); } },
+      { label: t("threshold"), render: (r) => { const i = h("input", { type: "number", min: 1, value: r.threshold, disabled: !admin, class: "rule-threshold" }); return h("span", { style: "white-space:nowrap" }, i, admin ? h("button", { onclick: () => change(r.id, { threshold: Number(i.value) }) }, t("save")) : null); } },
       { label: t("window"), key: "window_s" },
       { label: "", render: (r) => h("a", { onclick: async () => { const d = await api("/api/rules/" + r.id); yaml.hidden = false; yaml.textContent = d.yaml; yaml.scrollIntoView(); } }, t("view_yaml")) }], list), yaml);
   } catch (e) { fail(main, e); }
@@ -354,7 +354,7 @@ async function sensors() {
   const main = shell("sensors");
   try {
     const list = await api("/api/sensors");
-    main.append(table([{ label: t("sensor"), key: "sensor" }, { label: "source", key: "source", mono: true }, { label: t("pps"), key: "packets_per_s" },
+    main.append(table([{ label: t("sensor"), key: "sensor" }, { label: t("capture_source"), key: "source", mono: true }, { label: t("pps"), key: "packets_per_s" },
       { label: t("packets"), render: (s) => fmtNumber(s.packets) }, { label: t("bytes"), render: (s) => fmtBytes(s.bytes) }, { label: t("decode_errors"), render: (s) => `${fmtNumber(s.decode_errors)} (${(100 * s.error_rate).toFixed(2)}%)` },
       { label: t("drops"), render: (s) => s.drops ?? "—" }, { label: t("lag"), render: (s) => `${fmtNumber(Math.round(s.lag_s))} s` }, { label: t("last_seen_ago"), render: (s) => fmtTime(s.last_seen) }, { label: t("batches"), key: "batches" }], list));
   } catch (e) { fail(main, e); }

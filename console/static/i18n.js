@@ -22,6 +22,7 @@ export const MESSAGES = {
     save: "保存", admin_only: "仅管理员可修改", sensor: "探针", pps: "包/秒", decode_errors: "解码错误", drops: "丢包", lag: "延迟", last_seen_ago: "最近上报",
     batches: "批次", user: "用户", action: "操作", detail: "详情", client: "客户端", page: "页", of: "共", prev: "上一页", next: "下一页",
     forbidden: "无权限", error: "错误", loading: "加载中…", nothing: "无数据", timezone: "时区", language: "English",
+    rule: "规则", group: "分组键", rule_status: "规则状态", capture_source: "数据来源",
     plane: "平面", port: "端口", proto: "协议", app: "应用", server_name: "SNI/域名", duration: "时长(ms)", total: "合计",
   },
   en: {
@@ -46,6 +47,7 @@ export const MESSAGES = {
     save: "Save", admin_only: "admins only", sensor: "Sensor", pps: "packets/s", decode_errors: "Decode errors", drops: "Drops", lag: "Lag", last_seen_ago: "Last report",
     batches: "Batches", user: "User", action: "Action", detail: "Detail", client: "Client", page: "page", of: "of", prev: "Previous", next: "Next",
     forbidden: "Not allowed", error: "Error", loading: "Loading…", nothing: "Nothing here", timezone: "Time zone", language: "中文",
+    rule: "Rule", group: "Group key", rule_status: "Rule status", capture_source: "Capture source",
     plane: "Plane", port: "Port", proto: "Protocol", app: "Application", server_name: "SNI / name", duration: "Duration (ms)", total: "Total",
   },
 };
