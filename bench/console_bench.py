@@ -61,7 +61,7 @@ def console_bench(flows: int = 10_000_000, alerts: int = 100_000, runs: int = 5)
     if not state.verify("bench", "bench-password-1"):
         state.add_user("bench", "bench-password-1", "viewer")
     store = DuckStore(root)
-    url, server = serve_in_thread(store, state, root)
+    url, server = serve_in_thread(store, state)
     chromium = subprocess.run(["bash", str(ROOT / "scripts" / "chromium.sh")], check=True, capture_output=True,
                               text=True).stdout.strip().splitlines()[-1]
     api_s, page_s = [], []

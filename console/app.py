@@ -16,7 +16,7 @@ from console.api.deps import Context
 from console.state import INITIAL_PASSWORD_FILE, ConsoleState
 from ingest.store import DEFAULT_STORE, open_store
 from ingest.store import store_uri as resolve
-from ingest.store.api import Store
+from ingest.store.api import Query, Store
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: scripts only from this origin (no inline script, no eval): attacker-controlled strings shown on a page can
@@ -75,9 +75,10 @@ def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths:
     import uvicorn
 
     store_uri = resolve(store_uri)
+    store = open_store(store_uri)
+    store.search(Query("alerts", limit=0))  # a missing or unreachable store: one clear error now, not on every page
     state = ConsoleState(state_dir(store_uri))
     generated = state.ensure_admin(os.environ.get("LIAOWANG_ADMIN_PASSWORD"))
-    store = open_store(store_uri)
     app = create_app(store, state, rule_paths, secure_cookies)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     print(f"Liaowang console: http://{shown}:{port}/  (store {store_uri})", flush=True)

@@ -77,7 +77,7 @@ def build_store(root: Path) -> tuple[Store, ConsoleState]:
     return store, state
 
 
-def serve_in_thread(store: Store, state: ConsoleState, root: Path) -> tuple[str, uvicorn.Server]:
+def serve_in_thread(store: Store, state: ConsoleState) -> tuple[str, uvicorn.Server]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

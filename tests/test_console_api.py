@@ -14,6 +14,7 @@ from console.app import create_app
 from console.cli import main as cli
 from console.hunt import HuntError, parse
 from console.state import ConsoleState
+from ingest.store import open_store
 from ingest.store.api import Condition, Store
 from sensors.capture.source import read_frames
 from sensors.decode import decode
@@ -26,11 +27,12 @@ def app(console_store: tuple[Store, ConsoleState, Path]) -> Any:
     return create_app(store, state)
 
 
-def client(app: Any, user: str | None = None) -> tuple[TestClient, dict[str, str]]:
+def client(app: Any, user: str | None = None, password: str | None = None) -> tuple[TestClient, dict[str, str]]:
+    """A client signed in as ``user`` (a fixture user unless ``password`` is given) and its CSRF header."""
     c = TestClient(app)
     if user is None:
         return c, {}
-    r = c.post("/api/login", json={"username": user, "password": PASSWORDS[user]})
+    r = c.post("/api/login", json={"username": user, "password": password or PASSWORDS[user]})
     assert r.status_code == 200, r.text
     return c, {"X-CSRF-Token": r.json()["csrf"]}
 
@@ -90,8 +92,8 @@ def test_route_authorisation(app: Any, ids: dict[str, Any], method: str, path: s
         assert r.status_code == (200 if allowed else 403), (user, r.text)
 
 
-def test_no_default_password_and_throttled_sign_in(tmp_path: Path, console_store: tuple[Store, ConsoleState, Path],
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_default_password_and_throttled_sign_in(tmp_path: Path,
+                                                   console_store: tuple[Store, ConsoleState, Path]) -> None:
     state = ConsoleState(tmp_path)
     first = state.ensure_admin(None)
     assert first and len(first) >= 16 and state.verify("admin", first)
@@ -160,21 +162,20 @@ def test_hunt_language(app: Any) -> None:
     assert {f["server_name"].split(".evil")[0] for f in hostile} == {p.replace(".", "_") for p in PAYLOADS}
 
 
-def test_flow_pcap_is_the_flows_packets(app: Any, ids: dict[str, Any]) -> None:
+def test_flow_pcap_is_the_flows_packets(app: Any, ids: dict[str, Any], tmp_path: Path) -> None:
     c, _ = client(app, "viewer")
     flow = c.get(f"/api/flows/{ids['flow']}").json()
     r = c.get(f"/api/alerts/{ids['flow_alert']}/pcap")
     assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
-    path = Path(flow_file := "/tmp/liaowang-test-flow.pcap")
+    path = tmp_path / "flow.pcap"
     path.write_bytes(r.content)
-    packets = decode(next(read_frames(flow_file)))
+    packets = decode(next(read_frames(str(path))))
     assert packets.num_rows == flow["bidirectional_packets"]
     ends = {str(x) for x in packets["src_port"].to_pylist()} | {str(x) for x in packets["dst_port"].to_pylist()}
     assert {str(flow["src_port"]), str(flow["dst_port"])} == ends
-    path.unlink()
 
 
-def test_rule_overrides_reach_the_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rule_overrides_reach_the_replay(tmp_path: Path) -> None:
     """An admin disables a rule in the console; the next `liaowang replay --store` of the same store skips it."""
     from tests.conftest import PCAPS
 
@@ -183,8 +184,8 @@ def test_rule_overrides_reach_the_replay(tmp_path: Path, capsys: pytest.CaptureF
     assert cli(["replay", capture, "--out", str(tmp_path / "a"), "--store", str(store_dir), "-q"]) == 0
     state = ConsoleState(store_dir / "console")
     state.add_user("boss", "boss-password-1", "admin")
-    app = create_app(__import__("ingest.store", fromlist=["open_store"]).open_store(store_dir), state)
-    c, csrf = client_for(app, "boss", "boss-password-1")
+    app = create_app(open_store(store_dir), state)
+    c, csrf = client(app, "boss", "boss-password-1")
     alerts = c.get("/api/alerts", params={"limit": 100}).json()["rows"]
     brute = next(a for a in alerts if "brute force" in a["signature"])
     r = c.patch(f"/api/rules/{brute['rule_id']}", headers=csrf, json={"enabled": False})
@@ -195,12 +196,6 @@ def test_rule_overrides_reach_the_replay(tmp_path: Path, capsys: pytest.CaptureF
     again = pq.read_table(tmp_path / "b" / "alerts.parquet")["rule_id"].to_pylist()
     assert brute["rule_id"] not in again and len(again) == len(alerts) - sum(a["rule_id"] == brute["rule_id"]
                                                                              for a in alerts)
-
-
-def client_for(app: Any, user: str, password: str) -> tuple[TestClient, dict[str, str]]:
-    c = TestClient(app)
-    r = c.post("/api/login", json={"username": user, "password": password})
-    return c, {"X-CSRF-Token": r.json()["csrf"]}
 
 
 def test_user_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,8 +28,8 @@ CHARTS = ["posture-gauge", "traffic", "alerts-levels", "posture-trend", "planes"
 
 @pytest.fixture(scope="module")
 def url(console_store: tuple[Store, ConsoleState, Path]) -> Iterator[str]:
-    store, state, root = console_store
-    base, server = serve_in_thread(store, state, root)
+    store, state, _ = console_store
+    base, server = serve_in_thread(store, state)
     yield base
     server.should_exit = True
 

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip
-from ingest.store.api import ALERT_STATUSES, Condition, Store, StoreError
+from ingest.store.api import ALERT_STATUSES, Condition, Store, StoreError, datetime_of_iso, ns_of_iso
 from ingest.store.api import Query as StoreQuery
 from sensors.capture.extract import FlowMatch, flow_frames, write_capture
 
@@ -52,24 +52,19 @@ def _with_triage(ctx: Ctx, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "assignee": marks.get(r["alert_id"], {}).get("assignee")} for r in rows]
 
 
+AlertQuery = Annotated[StoreQuery, Depends(alert_query)]
+
+
 @router.get("/alerts", summary="Alerts, filtered, sorted and paged")
-def list_alerts(_: Viewer, ctx: Ctx, rng: Range, level: str | None = None, category: str | None = None,
-                detector: str | None = None, technique: str | None = None, ip: str | None = None,
-                subscriber: str | None = None, status: str | None = None, text: str | None = None,
-                sort: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    q = alert_query(rng, level, category, detector, technique, ip, subscriber, status, text, sort, limit, offset)
+def list_alerts(_: Viewer, ctx: Ctx, q: AlertQuery) -> dict[str, Any]:
     page = _search(ctx.store, q)
     return {"rows": _with_triage(ctx, page.rows), "total": page.total}
 
 
 @router.get("/alerts/groups", summary="Alerts counted by signature, source, target... (same filters)")
-def group_alerts(_: Viewer, ctx: Ctx, rng: Range, by: str = "signature", level: str | None = None,
-                 category: str | None = None, detector: str | None = None, technique: str | None = None,
-                 ip: str | None = None, subscriber: str | None = None, status: str | None = None,
-                 text: str | None = None, n: int = 50) -> list[dict[str, Any]]:
+def group_alerts(_: Viewer, ctx: Ctx, q: AlertQuery, by: str = "signature", n: int = 50) -> list[dict[str, Any]]:
     if by not in GROUPS:
         raise HTTPException(422, f"group by one of {', '.join(GROUPS)}")
-    q = alert_query(rng, level, category, detector, technique, ip, subscriber, status, text)
     return [{"value": g[by], "count": g["count"]} for g in ctx.store.group(q, (by,), min(max(n, 1), 500))]
 
 
@@ -98,7 +93,7 @@ def alert_detail(alert_id: str, _: Viewer, ctx: Ctx) -> dict[str, Any]:
     flow = ctx.store.flow(int(alert["flow_id"])) if alert.get("flow_id") else None
     if flow:
         flow.pop("alerts", None)
-    first = dt.datetime.fromisoformat(alert["first_seen"][:26].rstrip("Z") + "+00:00")
+    first = datetime_of_iso(alert["first_seen"])
     related = []
     for ip in {alert.get("src_ip"), alert.get("dst_ip")} - {None}:
         related += ctx.store.search(StoreQuery("alerts", ip=ip, start=first - RELATED_WINDOW,
@@ -154,12 +149,9 @@ def flow_pcap(ctx: Ctx, flow_id: int, user: str, request: Request) -> Response:
     if not sources:
         raise HTTPException(404, "the capture holding this flow is not available on the console's machine")
 
-    def ns(t: str) -> int:
-        whole = dt.datetime.fromisoformat(t[:19] + "+00:00")
-        return int(whole.timestamp()) * 1_000_000_000 + int(t[20:29].ljust(9, "0"))
-
     match = FlowMatch(flow["src_ip"], flow["dst_ip"], int(flow["src_port"] or 0), int(flow["dst_port"] or 0),
-                      int(flow["ip_proto"]), ns(first), ns(last), flow.get("tunnel_src_ip"), flow.get("tunnel_dst_ip"))
+                      int(flow["ip_proto"]), ns_of_iso(first), ns_of_iso(last), flow.get("tunnel_src_ip"),
+                      flow.get("tunnel_dst_ip"))
     frames = flow_frames(sources, match)
     if not frames:
         raise HTTPException(404, "no packets of this flow in its capture files")

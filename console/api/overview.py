@@ -4,7 +4,6 @@ and 5G-plane mix, top targets and sources, the attack graph, recent critical ale
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from console.api.deps import Ctx, Range, Viewer
-from ingest.store.api import GRADES, Condition, Query, Store
+from ingest.store.api import GRADES, Condition, Query, Store, datetime_of_iso
 
 router = APIRouter(prefix="/api", tags=["overview"])
 OPEN_STATUSES = ["new", "acknowledged", "investigating"]
@@ -39,12 +38,9 @@ def bucket_for(span_s: float) -> int:
 def extent(store: Store) -> dict[str, str | None]:
     """First and last flow or alert: what "all data" means."""
     ends = [e for e in (store.extent("flows"), store.extent("alerts")) if e[0] is not None]
-    return {"first": min(e[0] for e in ends if e[0]), "last": max(e[1] for e in ends if e[1])} if ends else \
-        {"first": None, "last": None}
-
-
-def _parse(t: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(t[:26].rstrip("Z") + "+00:00") if t else None
+    if not ends:
+        return {"first": None, "last": None}
+    return {"first": min(str(e[0]) for e in ends), "last": max(str(e[1]) for e in ends)}
 
 
 @router.get("/extent", summary="Time of the first and last stored flow")
@@ -58,7 +54,7 @@ def overview(_: Viewer, ctx: Ctx, rng: Range) -> dict[str, Any]:
     start, end = rng.start, rng.end
     if start is None or end is None:
         ext = extent(store)
-        first, last = _parse(ext["first"]), _parse(ext["last"])
+        first, last = [datetime_of_iso(t) if t else None for t in (ext["first"], ext["last"])]
         span = ((end or last) - (start or first)).total_seconds() if (first and last) else 3600.0
     else:
         span = (end - start).total_seconds()

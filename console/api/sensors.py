@@ -9,14 +9,9 @@ from fastapi import APIRouter
 
 from console.api.deps import Ctx, Viewer
 from ingest.store.api import Query as StoreQuery
+from ingest.store.api import ns_of_iso
 
 router = APIRouter(prefix="/api", tags=["sensors"])
-
-
-def _ns(t: str | None) -> int | None:
-    if not t:
-        return None
-    return int(dt.datetime.fromisoformat(t[:19] + "+00:00").timestamp()) * 1_000_000_000 + int(t[20:29] or 0)
 
 
 @router.get("/sensors", summary="Sensor health from the stored batch statistics")
@@ -35,9 +30,9 @@ def sensors(_: Viewer, ctx: Ctx) -> list[dict[str, Any]]:
         row["first_seen"] = min(row["first_seen"], s.get("first_ts") or s["ts"])
     now_ns = int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
     for row in out.values():
-        span_s = ((_ns(row["last_seen"]) or 0) - (_ns(row["first_seen"]) or 0)) / 1e9
+        span_s = (ns_of_iso(row["last_seen"]) - ns_of_iso(row["first_seen"])) / 1e9
         row["packets_per_s"] = round(row["packets"] / span_s, 1) if span_s > 0 else None
         row["error_rate"] = round(row["decode_errors"] / row["packets"], 4) if row["packets"] else 0.0
         row["drops"] = None  # a file replay drops nothing; live capture (AF_PACKET) reports its ring's drops
-        row["lag_s"] = round((now_ns - (_ns(row["last_seen"]) or now_ns)) / 1e9, 1)
+        row["lag_s"] = round((now_ns - ns_of_iso(row["last_seen"])) / 1e9, 1)
     return sorted(out.values(), key=lambda r: r["last_seen"], reverse=True)

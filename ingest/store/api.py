@@ -317,6 +317,22 @@ def iso_ns(t_ns: int) -> str:
     return dt.datetime.fromtimestamp(s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
 
 
+def ns_of_iso(text: str) -> int:
+    """The inverse of :func:`iso_ns` (any number of fraction digits): ns since the epoch."""
+    whole = dt.datetime.fromisoformat(text[:19] + "+00:00")
+    return int(whole.timestamp()) * 1_000_000_000 + int(text[20:29].rstrip("Z").ljust(9, "0") or 0)
+
+
+def datetime_of_ns(t_ns: int) -> dt.datetime:
+    """ns since the epoch as a UTC datetime (to the microsecond, as Python keeps it)."""
+    return dt.datetime.fromtimestamp(t_ns // 10**9, dt.UTC) + dt.timedelta(microseconds=t_ns % 10**9 // 1000)
+
+
+def datetime_of_iso(text: str) -> dt.datetime:
+    """An :func:`iso_ns` time as a UTC datetime."""
+    return datetime_of_ns(ns_of_iso(text))
+
+
 def rows_of(table: pa.Table) -> list[dict[str, Any]]:
     """Result rows as JSON-ready dicts, times as :func:`iso_ns` text (both backends answer alike)."""
     for i, f in enumerate(table.schema):

@@ -240,9 +240,9 @@ class DuckStore(Store):
         renamed into place."""
         spec = TABLES[name]
         day_of_row = np.asarray(table[spec.time_column].cast(pa.int64()).fill_null(0)) // DAY_NS
-        ids = pa.table({"id": table[spec.id_column], "row": np.arange(table.num_rows, dtype=np.int64)})
         # first row of each id within the batch
-        if len(pc.unique(ids["id"])) < table.num_rows:  # rare (a batch with a repeated row): then find them
+        if len(pc.unique(table[spec.id_column])) < table.num_rows:  # rare (a batch with a repeated row)
+            ids = pa.table({"id": table[spec.id_column], "row": np.arange(table.num_rows, dtype=np.int64)})
             firsts = ids.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
             keep = np.sort(np.asarray(firsts))
             table, day_of_row = table.take(keep), day_of_row[keep]

@@ -19,6 +19,7 @@ import datetime as dt
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -38,6 +39,7 @@ from ingest.store.api import (
     check_group,
     check_status,
     check_top,
+    datetime_of_ns,
     fill_buckets,
     iso_ns,
     ns,
@@ -374,24 +376,30 @@ class ElasticStore(Store):
             ms = _ns_of(res.get(key, {}))
             if ms is None:
                 return None, None
-            rows = self.search(Query(name, start=_utc(ms), end=_utc(ms + 1_000_000), limit=10_000)).rows
+            rows = self.search(Query(name, start=datetime_of_ns(ms), end=datetime_of_ns(ms + 1_000_000), limit=10_000)).rows
             ends.append(pick(r[col] for r in rows))
         return ends[0], ends[1]
 
-    def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
-        check_group(q, by)
-        counts: list[dict[str, Any]] = []
+    def _composite(self, table: str, query: dict[str, Any], sources: dict[str, str],
+                   sub: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every bucket of a composite aggregation over ``sources`` (key name -> field, missing values as null),
+        page by page, with sub-aggregations ``sub``."""
         after = None
-        while True:  # every distinct combination (composite pages), then the n largest
+        while True:
             comp: dict[str, Any] = {"size": 5000, "sources": [
-                {c: {"terms": {"field": field_of(q.table, c), "missing_bucket": True}}} for c in by]}
+                {k: {"terms": {"field": f, "missing_bucket": True}}} for k, f in sources.items()]}
             if after:
                 comp["after"] = after
-            res = self._aggregate(q.table, self._query(q), {"g": {"composite": comp}}).get("g", {})
-            counts += [{**b["key"], "count": b["doc_count"]} for b in res.get("buckets", [])]
+            res = self._aggregate(table, query, {"c": {"composite": comp, "aggs": sub or {}}}).get("c", {})
+            yield from res.get("buckets", [])
             after = res.get("after_key")
             if not after or not res.get("buckets"):
-                break
+                return
+
+    def group(self, q: Query, by: tuple[str, ...], n: int = 10) -> list[dict[str, Any]]:
+        check_group(q, by)
+        sources = {c: field_of(q.table, c) for c in by}
+        counts = [{**b["key"], "count": b["doc_count"]} for b in self._composite(q.table, self._query(q), sources)]
         return sort_groups(counts, by, n)
 
     def top(self, by: str, metric: str, start: dt.datetime | None, end: dt.datetime | None,
@@ -412,26 +420,12 @@ class ElasticStore(Store):
         them in memory: the same answers by the same code."""
         from ingest.store.duck import ASSETS_SQL, DuckStore, order_by, register_functions
 
-        rows: list[dict[str, Any]] = []
-        after = None
-        while True:
-            comp: dict[str, Any] = {"size": 5000, "sources": [
-                {"s": {"terms": {"field": "source.ip", "missing_bucket": True}}},
-                {"d": {"terms": {"field": "destination.ip", "missing_bucket": True}}}]}
-            if after:
-                comp["after"] = after
-            aggs = {"p": {"composite": comp, "aggs": {
-                "first": {"min": {"field": "@timestamp"}}, "last": {"max": {"field": "event.end"}},
-                "sent": {"sum": {"field": "source.bytes"}}, "recv": {"sum": {"field": "destination.bytes"}}}}}
-            res = self._aggregate("flows", {"match_all": {}}, aggs).get("p", {})
-            for b in res.get("buckets", []):
-                rows.append({"src_ip": b["key"]["s"], "dst_ip": b["key"]["d"],
-                             "first_seen": _ns_of(b["first"]), "last_seen": _ns_of(b["last"]),
-                             "src2dst_bytes": int(b["sent"]["value"]), "dst2src_bytes": int(b["recv"]["value"]),
-                             "flows": b["doc_count"]})
-            after = res.get("after_key")
-            if not after or not res.get("buckets"):
-                break
+        sums = {"first": {"min": {"field": "@timestamp"}}, "last": {"max": {"field": "event.end"}},
+                "sent": {"sum": {"field": "source.bytes"}}, "recv": {"sum": {"field": "destination.bytes"}}}
+        rows = [{"src_ip": b["key"]["s"], "dst_ip": b["key"]["d"], "first_seen": _ns_of(b["first"]),
+                 "last_seen": _ns_of(b["last"]), "src2dst_bytes": int(b["sent"]["value"]),
+                 "dst2src_bytes": int(b["recv"]["value"]), "flows": b["doc_count"]}
+                for b in self._composite("flows", {"match_all": {}}, {"s": "source.ip", "d": "destination.ip"}, sums)]
         pairs = pa.Table.from_pylist(rows, schema=pa.schema([
             ("src_ip", pa.string()), ("dst_ip", pa.string()), ("first_seen", pa.int64()), ("last_seen", pa.int64()),
             ("src2dst_bytes", pa.int64()), ("dst2src_bytes", pa.int64()), ("flows", pa.int64())]))
@@ -454,10 +448,6 @@ class ElasticStore(Store):
         finally:
             con.close()
         return Page(rows_of(table.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA)), int(total))
-
-
-def _utc(t_ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(t_ns // 1_000_000_000, dt.UTC) + dt.timedelta(microseconds=t_ns % 10**9 // 1000)
 
 
 def _ns_of(agg: dict[str, Any]) -> int | None:
