@@ -78,6 +78,10 @@ _KIND = {"flows": ("event", ["network"]), "alerts": ("alert", ["network", "intru
 _TECHNIQUE = re.compile(r"^attack\.(t\d{4}(?:\.\d{3})?)$", re.I)
 
 
+#: shard requests per node a search sends at once (see ElasticStore.search)
+MAX_SHARD_REQUESTS = 4096
+
+
 def _as_text(f: pa.Field) -> bool:
     """64-bit unsigned identifiers (SEIDs, NGAP ids) can exceed ES's signed long: stored as text."""
     return f.type == pa.uint64() and ("seid" in f.name or f.name.endswith("_id"))
@@ -335,8 +339,12 @@ class ElasticStore(Store):
             first["numeric_type"] = "long"
         sort = [{field_of(q.table, col): first},
                 {field_of(q.table, q.spec.id_column): {"order": "asc"}}]
+        # every shard at once.  Seen once (CI, ES 7.9, 6 daily indices, default 5 at once): a shard failed with a
+        # date_nanos sort value read as milliseconds ("cannot be stored in nanosecond resolution"); shards queried
+        # after others get the results' bottom sort value to skip by, the suspected path.  Not reproduced since.
         resp = self.es.search(index=f"{PREFIX}{q.table}-*", query=self._query(q), sort=sort, size=q.limit,
-                              from_=q.offset, track_total_hits=True, ignore_unavailable=True, allow_no_indices=True)
+                              from_=q.offset, track_total_hits=True, ignore_unavailable=True, allow_no_indices=True,
+                              max_concurrent_shard_requests=MAX_SHARD_REQUESTS)
         _check_shards(resp)
         return Page([self._row(q.table, h["_source"]) for h in resp["hits"]["hits"]], resp["hits"]["total"]["value"])
 
