@@ -7,7 +7,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from console import query
+from console import query, stream
 from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
 
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="traffic mix: standard (~76 packets per flow) or short-flows (~19)")
     g.set_defaults(func=_generate)
     query.add_parser(sub)
+    stream.add_parsers(sub)
     c = sub.add_parser("console", help="serve the SOC web console over a store")
     c.add_argument("--store", metavar="URI", help="DuckDB store directory or http(s)://elasticsearch:9200 "
                                                  "(default: $LIAOWANG_STORE or ~/.local/share/liaowang)")

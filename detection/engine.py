@@ -54,6 +54,22 @@ class DetectionEngine:
         self._flow_windows = WindowCounter(self.rules, flow_lateness_s)
         self.alerts = 0
 
+    # a checkpoint holds the state (windows, detectors, rules); compiled selections are rebuilt
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_packet_rules"], state["_flow_rules"]
+        state["_detectors"] = [w for w, _ in self._detectors]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        windows: list[Windowed] = state.pop("_detectors")  # type: ignore[assignment]
+        self.__dict__.update(state)
+        n = len(self.rules) - len(windows)
+        self._packet_rules = HitExtractor(self.rules[:n], "packets")
+        self._flow_rules = HitExtractor(self.rules[:n], "flows")
+        self._detectors = [(w, HitExtractor([], w.detector.source, matchers=[(n + i, Everything(w.detector.rule))]))
+                           for i, w in enumerate(windows)]
+
     @property
     def has_packet_rules(self) -> bool:
         return bool(self._packet_rules.compiled)

@@ -3,11 +3,11 @@
 In the decoder processes, :func:`decode_messages` dissects the signalling
 messages of a packet batch into ``proto.*`` tables (stateless: PFCP, GTP-C,
 NGAP, Diameter) with subscriber identities already pseudonymised, and keeps
-the HTTP/2 rows for the SBI decoder.  In the one process that sees every batch
-in order, :class:`ControlPlane` decodes the SBI (HPACK is stateful), gives
-every message its ``flow_id``, feeds the session table and the NF inventory,
-and writes ``proto_<name>.parquet``, ``sessions.parquet`` and
-``nf_inventory.parquet``.
+the HTTP/2 rows for the SBI decoder.  Where every packet passes in order,
+:class:`SbiStage` decodes the SBI (HPACK is stateful).  The flow stage gives
+every message its ``flow_id``; then :class:`ControlPlane` feeds the session
+table and the NF inventory, and in a replay writes ``proto_<name>.parquet``,
+``sessions.parquet`` and ``nf_inventory.parquet``.
 """
 
 from __future__ import annotations
@@ -60,19 +60,13 @@ def _batch(table: pa.Table) -> pa.RecordBatch:
         [], schema=table.schema)
 
 
-class ControlPlane:
-    """Stateful half: SBI decoding, flow ids, sessions, inventory, and the control-plane files."""
+class SbiStage:
+    """Sensor side: HTTP/2 rows -> ``proto.sbi``.  HPACK state is per connection, so this runs
+    where every packet passes in order, and pseudonymises like the stateless dissectors."""
 
-    def __init__(self, out_dir: Path, pseudonyms: Pseudonymizer) -> None:
-        self.out_dir = out_dir
+    def __init__(self, pseudonyms: Pseudonymizer) -> None:
         self.pseudonyms = pseudonyms
         self.sbi = SbiDecoder()
-        self.sessions = SessionTable()
-        self.inventory = NfInventory()
-        # every file exists after a replay, empty when a protocol was absent (no stale file of an older run)
-        self._sinks = {name: ParquetSink(out_dir / f"proto_{name}.parquet", schema)
-                       for name, schema in PROTO_SCHEMAS.items()}
-        self.messages: dict[str, int] = {}
 
     def tables(self, outputs: dict[str, pa.RecordBatch]) -> dict[str, pa.Table]:
         """The batch's ``proto.*`` tables, SBI included, still with ``packet_row``."""
@@ -83,6 +77,20 @@ class ControlPlane:
                 protos["sbi"] = self.pseudonyms.protect("sbi", sbi)
         return protos
 
+
+class ControlPlane:
+    """Stateful half: sessions, inventory, and (with an output directory) the control-plane files."""
+
+    def __init__(self, out_dir: Path | None = None) -> None:
+        self.out_dir = out_dir
+        self.sessions = SessionTable()
+        self.inventory = NfInventory()
+        # every file exists after a replay, empty when a protocol was absent (no stale file of an older run)
+        self._sinks = {} if out_dir is None else {
+            name: ParquetSink(out_dir / f"proto_{name}.parquet", schema) for name, schema in PROTO_SCHEMAS.items()}
+        self.messages: dict[str, int] = {}
+        self.last_messages: dict[str, pa.Table] = {}  # the last batch's messages, as stored
+
     @staticmethod
     def packet_rows(protos: dict[str, pa.Table]) -> np.ndarray | None:
         if not protos:
@@ -90,28 +98,38 @@ class ControlPlane:
         return np.concatenate([np.asarray(t.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)
                                for t in protos.values()])
 
-    def update(self, protos: dict[str, pa.Table], flow_ids: np.ndarray) -> pa.Table:
-        """Messages of one batch (``flow_ids`` aligned with :meth:`packet_rows`) -> control events."""
-        if not protos:
-            return CONTROL_EVENT_SCHEMA.empty_table()
+    @staticmethod
+    def with_flow_ids(protos: dict[str, pa.Table], flow_ids: np.ndarray) -> dict[str, pa.Table]:
+        """Messages with ``flow_id`` (``flow_ids`` aligned with the tables concatenated; -1: none)."""
         start = 0
         done: dict[str, pa.Table] = {}
         for name, t in protos.items():
             ids = flow_ids[start:start + t.num_rows]
             start += t.num_rows
+            done[name] = t.set_column(t.schema.get_field_index("flow_id"), "flow_id",
+                                      pa.array(ids, pa.int64(), mask=ids < 0))
+        return done
+
+    def update(self, protos: dict[str, pa.Table]) -> pa.Table:
+        """Messages of one batch, with their flow ids -> control events."""
+        self.last_messages = {}
+        if not protos:
+            return CONTROL_EVENT_SCHEMA.empty_table()
+        for name, t in protos.items():
             t = drop_packet_rows(t)
-            t = t.set_column(t.schema.get_field_index("flow_id"), "flow_id",
-                             pa.array(ids, pa.int64(), mask=ids < 0))
-            done[name] = t
+            self.last_messages[name] = t
             self.messages[name] = self.messages.get(name, 0) + t.num_rows
-            self._sinks[name].write(t)
-        messages = message_rows(done)
+            if name in self._sinks:
+                self._sinks[name].write(t)
+        messages = message_rows(self.last_messages)
         self.inventory.update(messages)
         return self.sessions.update(messages)
 
     def close(self) -> None:
         for sink in self._sinks.values():
             sink.close()
+        if self.out_dir is None:
+            return
         for path, schema, table in (("sessions.parquet", SESSION_SCHEMA, self.sessions.table()),
                                     ("nf_inventory.parquet", INVENTORY_SCHEMA, self.inventory.table())):
             sink = ParquetSink(self.out_dir / path, schema)

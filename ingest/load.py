@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.replay import ReplaySummary
-from ingest.store.api import SENSOR_STATS_SCHEMA, TABLES, Store, stats_id
+from ingest.store.api import TABLES, Store, sensor_stats_table
 
 BATCH_ROWS = 262_144
 
@@ -37,9 +37,5 @@ def load_output(out_dir: Path, store: Store, summary: ReplaySummary | None = Non
 
 def sensor_stats(summary: ReplaySummary, sensor: str) -> pa.Table:
     # files by absolute path: the console cuts flows' packets out of them, from any working directory
-    rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "first_ts": first, "sensor": sensor,
-             "source": str(Path(src).resolve()) if Path(src).is_file() else src,
-             "packets": n, "bytes": b, "decode_errors": err} for src, first, last, n, b, err in summary.batches]
-    as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
-                       for f in SENSOR_STATS_SCHEMA])
-    return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)
+    return sensor_stats_table(sensor, [(str(Path(b[0]).resolve()) if Path(b[0]).is_file() else b[0], *b[1:])
+                                       for b in summary.batches])

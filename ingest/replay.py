@@ -19,18 +19,14 @@ from typing import Any, TextIO
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA
-from detection.detectors import Detector, default_detectors
-from detection.engine import DetectionEngine
-from detection.flows.assembler import FlowAssembler
+from detection.detectors import Detector
 from detection.flows.export import APP_NAMES
-from detection.flows.keys import project
-from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
-from detection.rules.loader import apply_overrides, load_rules
-from ingest.control import ControlPlane, decode_messages
+from ingest.control import ControlPlane
+from ingest.pipeline import DetectStage, FlowStage, Part, build_engine, sensor_parts
 from ingest.privacy import Pseudonymizer
 from ingest.sinks import EveSink, ParquetSink
-from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
+from ingest.workers import BatchStats
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage, expand_inputs, order_by_time
 from sensors.schema import DecodeStatus, TunnelType
 
@@ -106,21 +102,18 @@ def replay(
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
-    if detectors is None:
-        detectors = [] if rules == [] else default_detectors()
-    loaded = apply_overrides(load_rules(rules), rule_overrides or {})
-    engine = DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s,
-                             detectors=detectors)
+    engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(files))
     started = time.perf_counter()
     sizes = [Path(f).stat().st_size for f in files]
-    flows = FlowAssembler(idle_timeout_s, active_timeout_s)
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
-    pseudonyms = Pseudonymizer.for_output(out_dir)
-    control = ControlPlane(out_dir, pseudonyms)
+    control = ControlPlane(out_dir)
+    # the three stages of ingest/pipeline.py, in this process, one partition
+    flow_stage = FlowStage(idle_timeout_s, active_timeout_s)
+    detect = DetectStage(engine, control)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
@@ -131,7 +124,6 @@ def replay(
     def emit(table: pa.Table, alerts: pa.Table) -> None:
         while pending:
             pending.pop().result()
-        alerts = control.sessions.context(alerts)
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
@@ -141,46 +133,24 @@ def replay(
             pending.append(writers[0].submit(alert_sink.write, alerts))
             pending.append(writers[1].submit(eve.write_alerts, alerts))
 
-    def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
-        """What the decoders do after decoding: flow keys, packet-rule hits, the packet detectors' rows."""
-        out = {"keyed": project(packets)}
-        if engine.has_packet_rules:
-            out["hits"] = engine.packet_hits(packets)
-        if engine.has_packet_detectors:
-            out["rows"] = engine.packet_rows(packets)
-        out.update(decode_messages(packets, pseudonyms))
-        return out
-
-    processes = default_processes() if processes is None else processes
-    if processes >= 2 and can_fork():
-        source = packet_batches_forked(files, chunk_bytes, summary.damages, stage, decoders=processes - 1)
-    else:
-        source = packet_batches(files, chunk_bytes, summary.damages, stage)
-    file_index = 0
-    for outputs, stats in source:
-        if stats.file_index != file_index:
-            file_index = stats.file_index
-            emit(FLOW_SCHEMA.empty_table(), engine.input_starts(stats.first_ts_ns))
+    seq = 0
+    parts = sensor_parts(files, engine, Pseudonymizer.for_output(out_dir), chunk_bytes=chunk_bytes,
+                         processes=processes, damages=summary.damages)
+    for part, stats in parts:
+        seq = part.seq + 1
         summary.traffic.add(stats)
         summary.batches.append((files[stats.file_index], stats.first_ts_ns or 0, stats.last_ts_ns or 0, stats.packets,
                                 stats.bytes, stats.packets - stats.decode_status.get(0, 0)))
-        protos = control.tables(outputs)
-        finished = flows.update(outputs["keyed"], control.packet_rows(protos))
-        events = control.update(protos, flows.last_flow_ids)
-        finished, found = control.sessions.attribute(finished)
-        finished = with_planes(finished)
-        events = pa.concat_tables([events, found]) if found.num_rows else events
-        emit(finished, engine.update(outputs.get("hits"), finished, stats.last_ts_ns, outputs.get("rows"), events))
+        results = detect.update([flow_stage.update(part)])
+        emit(results.flows, results.alerts)
         if progress is not None:
             summary.seconds = time.perf_counter() - started
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
-    finished, found = control.sessions.attribute(flows.flush())
-    finished = with_planes(finished)
-    emit(finished, engine.update(None, finished, None, control=found))
-    emit(FLOW_SCHEMA.empty_table(), engine.flush())
+    results = detect.update([flow_stage.update(Part(seq=seq, end=True))])
+    emit(results.flows, results.alerts)
     emit(FLOW_SCHEMA.empty_table(), ALERT_SCHEMA.empty_table())  # waits for the last writes
-    summary.flows = flows.flows_exported
+    summary.flows = flow_stage.flows.flows_exported
     summary.seconds = time.perf_counter() - started
     last = summary.traffic.last_ts_ns or 0
 

@@ -57,11 +57,14 @@ class FlowAssembler:
     def active_flows(self) -> int:
         return len(self._slot_of)
 
-    def update(self, packets: pa.RecordBatch | pa.Table, id_rows: np.ndarray | None = None) -> pa.Table:
+    def update(self, packets: pa.RecordBatch | pa.Table, id_rows: np.ndarray | None = None,
+               now_ns: int | None = None) -> pa.Table:
         """Add a packet batch (or keyed-packet batch); return the flows that ended (possibly empty).
 
         ``id_rows``: rows of the batch whose flow ids :attr:`last_flow_ids`
         should give afterwards (-1 for packets that belong to no flow).
+        ``now_ns``: the time reached by the whole stream when this table holds only
+        a share of its flows (one partition's): idle flows expire by it.
         """
         k = keys_of(packets)
         done: list[tuple[np.ndarray, np.ndarray]] = []
@@ -70,6 +73,8 @@ class FlowAssembler:
             t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order
             self._clock_ns = int(t_ns[-1])
             done.extend(self._absorb(k, t_ns, id_rows))
+        if now_ns is not None:
+            self._clock_ns = max(self._clock_ns, now_ns)
         done.append(self._expire_idle())
         self._retire(done)
         return self._export() if self._ended_count >= self._export_rows else FLOW_SCHEMA.empty_table()

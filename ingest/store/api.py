@@ -128,6 +128,15 @@ def stats_id(sensor: str, source: str, first_ts_ns: int) -> str:
     return hashlib.blake2b(f"{sensor}|{source}|{first_ts_ns}".encode(), digest_size=10).hexdigest()
 
 
+def sensor_stats_table(sensor: str, batches: list[tuple[str, int, int, int, int, int]]) -> pa.Table:
+    """sensor_stats rows of packet batches: (source, first ts ns, last ts ns, packets, bytes, decode errors)."""
+    rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "first_ts": first, "sensor": sensor,
+             "source": src, "packets": n, "bytes": b, "decode_errors": err} for src, first, last, n, b, err in batches]
+    as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
+                       for f in SENSOR_STATS_SCHEMA])
+    return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)
+
+
 @dataclass(frozen=True)
 class Condition:
     """``field op value``: eq, ne, in, gt, gte, lt, lte, cidr (address columns), contains, prefix, has (an element
@@ -253,6 +262,14 @@ class Store(ABC):
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None) -> int:
         """Drop rows of ``name`` older than ``max_age_days`` (before its newest row), then oldest days until
         the table is under ``max_bytes``; returns rows dropped."""
+
+    @abstractmethod
+    def put_state(self, key: str, data: bytes) -> None:
+        """Keep a worker's checkpoint (opaque bytes) under ``key``, replacing the older one."""
+
+    @abstractmethod
+    def get_state(self, key: str) -> bytes | None:
+        """The checkpoint kept under ``key``, or None."""
 
     @abstractmethod
     def close(self) -> None: ...

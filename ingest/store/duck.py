@@ -22,6 +22,7 @@ always sees whole batches.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -63,6 +64,7 @@ from ingest.store.api import (
 )
 
 DB_FILE = "liaowang.duckdb"
+STATE_DIR = "worker-state"  # streaming workers' checkpoints (ingest/stream/worker.py)
 #: flows summed per (src_ip, dst_ip): what assets are computed from (Elasticsearch gets the same rows from a
 #: composite aggregation and runs the same SQL over them in memory)
 PAIRS_SQL = """SELECT src_ip, dst_ip, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
@@ -377,6 +379,26 @@ class DuckStore(Store):
         widths = {t: len(SCHEMAS[t]) for t in SCHEMAS}
         weight = sum(rows[t] * widths[t] for t in rows) or 1
         return int(used * rows[name] * widths[name] / weight)
+
+    # -- worker checkpoints: one file per key, replaced atomically --
+    def _state_path(self, key: str) -> Path:
+        return self.root / STATE_DIR / (hashlib.blake2b(key.encode(), digest_size=16).hexdigest() + ".bin")
+
+    def put_state(self, key: str, data: bytes) -> None:
+        path = self._state_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get_state(self, key: str) -> bytes | None:
+        try:
+            return self._state_path(key).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def close(self) -> None:
         with _process_lock:  # the database file is never held open between operations; this is memory only

@@ -304,6 +304,25 @@ class ElasticStore(Store):
             self.es.indices.delete(index=index)
         return sum(d[1] for d in drop)
 
+    # -- worker checkpoints: one document per key in an index of their own --
+    def put_state(self, key: str, data: bytes) -> None:
+        index = f"{PREFIX}state"
+        if index not in self._ready:
+            if not self.es.indices.exists(index=index):
+                self.es.indices.create(index=index, settings={"number_of_shards": 1, "number_of_replicas": 0},
+                                       mappings={"dynamic": "strict", "properties": {"data": {"type": "binary"}}})
+            self._ready.add(index)
+        self.es.index(index=index, id=key, document={"data": base64.b64encode(data).decode()}, refresh="wait_for")
+
+    def get_state(self, key: str) -> bytes | None:
+        from elasticsearch import NotFoundError
+
+        try:
+            doc = self.es.get(index=f"{PREFIX}state", id=key)
+        except NotFoundError:
+            return None
+        return base64.b64decode(doc["_source"]["data"])
+
     def close(self) -> None:
         self.es.close()
 

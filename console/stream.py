@@ -1,0 +1,166 @@
+"""``liaowang sensor`` and ``liaowang detect``: the scale-out pipeline through Kafka (docs/streaming.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from detection.detectors.anomaly import ModelError
+from detection.rules.loader import RuleError
+from sensors.capture.source import CaptureError
+
+ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
+       "sensor_id": "LIAOWANG_SENSOR_ID"}
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser("sensor", help="decode captures and publish them to Kafka for detection workers")
+    s.add_argument("--pcap", nargs="+", required=True, metavar="PCAP_OR_DIR",
+                   help="pcap/pcapng files (gzip ok), directories, globs")
+    _common(s)
+    s.add_argument("--sensor-id", default=os.environ.get(ENV["sensor_id"]) or socket.gethostname(),
+                   help="name of this capture point (default: $LIAOWANG_SENSOR_ID or the host name)")
+    s.add_argument("--spool", metavar="DIR", help="disk spool for batches the broker cannot take yet "
+                                                 "(default: <data dir>/spool/<sensor id>)")
+    s.add_argument("--spool-mb", type=float, default=1024.0, metavar="MB", help="spool size limit (default 1024)")
+    s.add_argument("--drop-when-full", action="store_true",
+                   help="drop batches when the spool is full (default when paced; unpaced files wait instead)")
+    s.add_argument("--pps", type=float, metavar="N", help="pace the replay at N packets/s (as a live tap would)")
+    s.add_argument("--speed", type=float, metavar="X", help="pace the replay at X times capture time")
+    s.add_argument("--chunk-mb", type=float, default=8.0, metavar="MB", help="read buffer per batch (default 8)")
+    s.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
+                   help="decoding processes, as for replay")
+    s.add_argument("--rule-overrides", metavar="FILE", help="the console's rule-overrides.json, if the workers' "
+                                                            "store has one (packet rules are selected here)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    s.set_defaults(func=_sensor)
+
+    d = sub.add_parser("detect", help="a detection worker: Kafka consumer group -> flows and alerts in a store")
+    _common(d)
+    d.add_argument("--group", default=os.environ.get(ENV["group"], "liaowang-detect"),
+                   help="consumer group (default: $LIAOWANG_GROUP or liaowang-detect)")
+    d.add_argument("--store", default=os.environ.get(ENV["store"]), metavar="URI",
+                   help="DuckDB store directory or http(s)://elasticsearch:9200 (default: $LIAOWANG_STORE)")
+    d.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
+    d.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
+    d.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
+                   help="seconds between checkpoints: results stored, state saved, offsets committed (default 1)")
+    d.add_argument("--name", default=socket.gethostname(), help="this worker's name in logs")
+    d.set_defaults(func=_detect)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka", default=os.environ.get(ENV["kafka"]), metavar="BOOTSTRAP",
+                   help="Kafka bootstrap servers, host:port[,host:port] (default: $LIAOWANG_KAFKA)")
+    p.add_argument("--partitions", type=int, default=int(os.environ.get("LIAOWANG_PARTITIONS", "4")), metavar="N",
+                   help="partitions of the packets topic when it is created (default 4)")
+    p.add_argument("--topic-prefix", default=os.environ.get("LIAOWANG_TOPIC_PREFIX", "liaowang"),
+                   help="topic names: PREFIX.packets, PREFIX.flows, PREFIX.dead-letter")
+    p.add_argument("--rules", action="append", metavar="PATH",
+                   help="rule file or directory (repeatable; default: the bundled rules/); same on both sides")
+    p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
+    p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
+    p.add_argument("--log-level", default=os.environ.get("LIAOWANG_LOG_LEVEL", "INFO"))
+
+
+def _setup(args: argparse.Namespace) -> bool:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter; ours says what matters
+    if not args.kafka:
+        print("liaowang: error: give --kafka BOOTSTRAP (or set LIAOWANG_KAFKA)", file=sys.stderr)
+        return False
+    if args.partitions < 1:
+        print("liaowang: error: --partitions must be at least 1", file=sys.stderr)
+        return False
+    return True
+
+
+def _rules(args: argparse.Namespace) -> list[Path] | None:
+    return [] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None)
+
+
+def _sensor(args: argparse.Namespace) -> int:
+    from ingest.pipeline import build_engine
+    from ingest.privacy import Pseudonymizer
+    from ingest.store import DEFAULT_STORE
+    from ingest.stream.metrics import SensorMetrics, serve
+    from ingest.stream.sensor import Sensor
+    from ingest.stream.topics import Topics
+
+    if not _setup(args):
+        return 2
+    spool = Path(args.spool) if args.spool else DEFAULT_STORE / "spool" / args.sensor_id
+    try:
+        overrides = json.loads(Path(args.rule_overrides).read_text()) if args.rule_overrides else None
+        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
+        metrics = SensorMetrics()
+        if args.metrics_port:
+            serve(metrics.registry, args.metrics_port)
+        sensor = Sensor(args.kafka, Topics(args.topic_prefix, args.partitions), sensor_id=args.sensor_id,
+                        spool_dir=spool, max_spool_bytes=int(args.spool_mb * 1024 * 1024),
+                        block_when_full=not (args.drop_when_full or args.pps or args.speed), metrics=metrics)
+        # identities are pseudonymised here: give every sensor the same key (LIAOWANG_PSEUDONYM_KEY)
+        summary = sensor.replay(args.pcap, engine, Pseudonymizer.for_output(spool),
+                                chunk_bytes=int(args.chunk_mb * 1024 * 1024), processes=args.processes,
+                                pps=args.pps, speed=args.speed)
+    except (CaptureError, RuleError, ModelError, OSError, ValueError) as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"  sensor {summary.sensor} run {summary.run}: {summary.packets:,} packets in {summary.batches:,} "
+              f"batches, {summary.seconds:.2f} s; {summary.sent:,} delivered, {summary.spooled:,} spooled, "
+              f"{summary.dropped_batches:,} dropped ({summary.dropped_packets:,} packets)")
+    return 1 if summary.dropped_batches else 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from console.cli import _rule_overrides
+    from ingest.pipeline import build_engine
+    from ingest.store import StoreError, open_store
+    from ingest.stream.metrics import WorkerMetrics, serve
+    from ingest.stream.topics import Topics
+    from ingest.stream.worker import Worker, WorkerError
+
+    if not _setup(args):
+        return 2
+    if not args.store:
+        print("liaowang: error: give --store URI (or set LIAOWANG_STORE)", file=sys.stderr)
+        return 2
+    try:
+        overrides = _rule_overrides(args.store)
+        model = Path(args.model) if args.model else None
+
+        def engine() -> Any:
+            return build_engine(_rules(args), overrides, model=model, idle_timeout_s=args.idle_timeout,
+                                active_timeout_s=args.active_timeout)
+
+        engine()  # rules and model errors now, not at the first batch
+        store = open_store(args.store)
+        metrics = WorkerMetrics()
+        if args.metrics_port:
+            serve(metrics.registry, args.metrics_port)
+        worker = Worker(args.kafka, args.group, store, Topics(args.topic_prefix, args.partitions), engine,
+                        idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
+                        commit_interval_s=args.commit_interval, metrics=metrics, name=args.name)
+    except (RuleError, ModelError, StoreError, OSError) as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    try:
+        worker.run()
+    except (WorkerError, StoreError) as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,326 @@
+"""The pipeline's stages, table -> table, the same in ``liaowang replay`` and behind Kafka.
+
+Three stages, each where its state can live:
+
+1. **Sensor** (one ordered process per capture point): decoding, flow keys,
+   packet-rule hits, the packet detectors' rows and the signalling messages
+   (``proto.*``; SBI too: HPACK state is per connection, and subscriber
+   identities are pseudonymised before anything leaves the sensor).  The result
+   of one packet batch is a :class:`Part`; :func:`split` cuts it into one part
+   per partition by the flow key's hash, which is symmetric (both directions,
+   both tunnel ends), so every flow is whole in one partition.
+2. **Flows** (:class:`FlowStage`, state per partition): packets -> the flows
+   that ended in this batch, and each message's ``flow_id``.
+3. **Detection** (:class:`DetectStage`, state per sensor): the flow parts of
+   one batch, from every partition, merged in a canonical order -> session
+   table, user-plane attribution, rules and detectors over time windows,
+   alerts.  Aggregations span flows (a scan from one source touches flows in
+   every partition) and sessions span planes (PFCP and the G-PDUs of one
+   session hash to different partitions), so this stage sees every partition's
+   part of a batch, in batch order.  Its input is ended flows, messages and
+   rule hits: about 1-2% of the packets' volume.
+
+Replay runs the three in one process with a single partition.  With more, the
+sensor forces packet times into order for the whole batch (flows use the
+running maximum of timestamps, as one flow table would) and every part carries
+the batch's clock, so each partition's flow table is exactly the one-table
+state restricted to its flows: the same flows end in the same batch, and the
+merged stage-3 input is identical to replay's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from detection.alerts import ALERT_SCHEMA
+from detection.detectors import Detector, default_detectors
+from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
+from detection.engine import DetectionEngine
+from detection.flows.assembler import FlowAssembler
+from detection.flows.keys import keys_of, project
+from detection.flows.planes import with_planes
+from detection.flows.schema import FLOW_SCHEMA
+from detection.rules.loader import apply_overrides, load_rules
+from ingest.control import ControlPlane, SbiStage, decode_messages
+from ingest.privacy import Pseudonymizer
+from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
+from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage
+
+#: rows of a message table: of the sensor's packet batch, and of its partition's keyed table (-1: no flow)
+PACKET_ROW, KEYED_ROW = "packet_row", "keyed_row"
+
+
+@dataclass
+class BatchInfo:
+    """What the sensor knows of one packet batch (the lead partition's part carries it)."""
+
+    source: str  # capture file or interface
+    first_ts_ns: int
+    last_ts_ns: int  # the detection watermark
+    packets: int
+    bytes: int
+    decode_errors: int
+    input_start: bool = False  # first batch of a new input: detection may start a new timeline
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # decode status / app / tunnel counts
+    read_at: float = 0.0  # wall time the sensor had the batch (for detection latency)
+
+
+@dataclass
+class Part:
+    """One packet batch's share for one partition (stage 1 -> stage 2), or the end of a sensor's input."""
+
+    seq: int
+    partition: int = 0
+    partitions: int = 1
+    clock_ns: int | None = None  # time reached by the whole batch (forced order); flows expire by it
+    keyed: pa.RecordBatch | pa.Table | None = None  # packets or keyed packets
+    protos: dict[str, pa.Table] = field(default_factory=dict)
+    hits: pa.RecordBatch | None = None
+    rows: pa.RecordBatch | None = None
+    batch: BatchInfo | None = None
+    end: bool = False
+    prev: int | None = None  # the batch the sensor published before this one (None: seq - 1)
+
+
+@dataclass
+class FlowPart:
+    """Stage 2 -> stage 3: one partition's ended flows and its messages with their flow ids."""
+
+    seq: int
+    partition: int = 0
+    partitions: int = 1
+    flows: pa.Table = field(default_factory=FLOW_SCHEMA.empty_table)
+    protos: dict[str, pa.Table] = field(default_factory=dict)
+    hits: pa.RecordBatch | None = None
+    rows: pa.RecordBatch | None = None
+    batch: BatchInfo | None = None
+    end: bool = False
+    prev: int | None = None
+
+
+@dataclass
+class Results:
+    """Stage 3's output for one batch: what a store or the replay's files receive."""
+
+    flows: pa.Table = field(default_factory=FLOW_SCHEMA.empty_table)
+    alerts: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
+    protos: dict[str, pa.Table] = field(default_factory=dict)
+    batch: BatchInfo | None = None
+
+
+def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
+                 detectors: list[Detector] | None = None, model: Path | None = None,
+                 idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> DetectionEngine:
+    """The detection engine from the options every entry point takes.
+
+    ``rules``: rule files or directories; None for the bundled rules, [] for none.
+    ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
+    ``detectors``: stateful detectors; None for the defaults (none when ``rules`` is []).
+    ``model``: an anomaly model file (liaowang train) to score flows with as well.
+    Raises RuleError / ModelError.
+    """
+    if detectors is None:
+        detectors = [] if rules == [] else default_detectors()
+    if model is not None:
+        detectors = [*detectors, AnomalyDetector(FlowAnomalyModel.load(model))]
+    loaded = apply_overrides(load_rules(rules), rule_overrides or {})
+    return DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s, detectors=detectors)
+
+
+def rules_fingerprint(engine: DetectionEngine) -> str:
+    """Packet hits name their rule by position: whoever selects them and whoever counts them must
+    have loaded the same rules in the same order."""
+    return hashlib.blake2b("\n".join(r.id for r in engine.rules).encode(), digest_size=8).hexdigest()
+
+
+# -- stage 1, sensor side -----------------------------------------------------------------
+
+
+def sensor_parts(files: list[str], engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, processes: int | None = None,
+                 damages: list[Damage] | None = None, source: str | None = None,
+                 first_seq: int = 0) -> Iterator[tuple[Part, BatchStats]]:
+    """Capture files (in time order) -> one part per packet batch, with its traffic counters.
+
+    Decoding and every stateless stage after it run in forked processes when
+    ``processes`` > 1 (the default on a fork-capable machine with 2+ cores).
+    ``source``: what sensor_stats names the batches by (default: the file).
+    """
+    damages = [] if damages is None else damages
+
+    def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
+        """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
+        out = {"keyed": project(packets)}
+        if engine.has_packet_rules:
+            out["hits"] = engine.packet_hits(packets)
+        if engine.has_packet_detectors:
+            out["rows"] = engine.packet_rows(packets)
+        out.update(decode_messages(packets, pseudonyms))
+        return out
+
+    processes = default_processes() if processes is None else processes
+    if processes >= 2 and can_fork():
+        batches = packet_batches_forked(files, chunk_bytes, damages, stage, decoders=processes - 1)
+    else:
+        batches = packet_batches(files, chunk_bytes, damages, stage)
+    sbi = SbiStage(pseudonyms)
+    file_index = 0
+    for seq, (outputs, stats) in enumerate(batches, start=first_seq):
+        info = BatchInfo(
+            source=source or files[stats.file_index], first_ts_ns=stats.first_ts_ns or 0,
+            last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
+            decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
+            counters={name: {str(k): v for k, v in getattr(stats, name).items()}
+                      for name in ("decode_status", "app_proto", "tunnel_type")},
+            read_at=time.time())
+        file_index = stats.file_index
+        yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),
+                   rows=outputs.get("rows"), batch=info), stats
+
+
+
+def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:
+    """One batch (``keyed`` = its packets) -> one part per partition, and the clock reached.
+
+    ``clock_ns``: the time the previous batches reached (None at the start).
+    Hits, detector rows and batch info ride with the lead partition (``seq`` mod
+    ``partitions``); messages go with their packet's flow.
+    """
+    assert part.keyed is not None
+    k = keys_of(part.keyed)
+    lead = part.seq % partitions
+    if len(k.rows):
+        start = np.iinfo(np.int64).min if clock_ns is None else clock_ns
+        k.ts_ns = np.maximum.accumulate(np.maximum(k.ts_ns, start))
+        clock_ns = int(k.ts_ns[-1])
+    keyed = k.to_arrow()
+    which = (k.hash % np.uint64(partitions)).astype(np.int64)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(partitions + 1))
+    local = np.empty(len(which), dtype=np.int64)  # each keyed row's index in its partition's table
+    for p in range(partitions):
+        local[order[bounds[p]:bounds[p + 1]]] = np.arange(bounds[p + 1] - bounds[p])
+    owner_of: dict[str, np.ndarray] = {}
+    local_of: dict[str, np.ndarray] = {}
+    for name, t in part.protos.items():
+        prow = np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
+        pos = np.minimum(np.searchsorted(k.rows, prow), max(len(k.rows) - 1, 0))
+        found = (k.rows[pos] == prow) if len(k.rows) else np.zeros(len(prow), dtype=bool)
+        owner_of[name] = np.where(found, which[pos] if len(k.rows) else 0, lead)
+        local_of[name] = np.where(found, local[pos] if len(k.rows) else -1, -1)
+    parts = []
+    for p in range(partitions):
+        protos = {}
+        for name, t in part.protos.items():
+            mine = np.flatnonzero(owner_of[name] == p)
+            if len(mine):
+                protos[name] = t.take(pa.array(mine)).append_column(KEYED_ROW, pa.array(local_of[name][mine]))
+        is_lead = p == lead
+        parts.append(Part(seq=part.seq, partition=p, partitions=partitions, clock_ns=clock_ns,
+                          keyed=keyed.take(pa.array(order[bounds[p]:bounds[p + 1]])), protos=protos,
+                          hits=part.hits if is_lead else None, rows=part.rows if is_lead else None,
+                          batch=part.batch if is_lead else None))
+    return parts, clock_ns
+
+
+# -- stage 2 ------------------------------------------------------------------------------
+
+
+class FlowStage:
+    """One partition's flow table: parts -> ended flows and flow ids for the messages."""
+
+    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> None:
+        # every batch hands out the flows that ended in it: stage 3 sees the same flows at the
+        # same batch however many partitions there are
+        self.flows = FlowAssembler(idle_timeout_s, active_timeout_s, export_rows=1)
+        self.seq = -1  # the last part applied
+
+    def update(self, part: Part) -> FlowPart:
+        self.seq = part.seq
+        if part.end:
+            return FlowPart(seq=part.seq, partition=part.partition, partitions=part.partitions,
+                            flows=self.flows.flush(), end=True, prev=part.prev)
+        assert part.keyed is not None
+        id_rows = None
+        if part.protos:
+            column = KEYED_ROW if KEYED_ROW in next(iter(part.protos.values())).column_names else PACKET_ROW
+            id_rows = np.concatenate([np.asarray(t.column(column).to_numpy(zero_copy_only=False), dtype=np.int64)
+                                      for t in part.protos.values()])
+        ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns)
+        protos = ControlPlane.with_flow_ids(part.protos, self.flows.last_flow_ids)
+        return FlowPart(seq=part.seq, partition=part.partition, partitions=part.partitions, flows=ended,
+                        protos={n: t.drop_columns([KEYED_ROW]) if KEYED_ROW in t.column_names else t
+                                for n, t in protos.items()},
+                        hits=part.hits, rows=part.rows, batch=part.batch, prev=part.prev)
+
+
+# -- stage 3 ------------------------------------------------------------------------------
+
+
+class DetectStage:
+    """One sensor's detection: every partition's flow part of a batch at once, in batch order."""
+
+    def __init__(self, engine: DetectionEngine, control: ControlPlane) -> None:
+        self.engine = engine
+        self.control = control
+        self.seq = -1
+        self.ended = False
+
+    def update(self, parts: list[FlowPart]) -> Results:
+        """The parts of one batch (any subset of partitions: a part that never came is empty)."""
+        self.seq = max(p.seq for p in parts)
+        flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
+        protos = _merge_messages([p.protos for p in parts])
+        batch = next((p.batch for p in parts if p.batch is not None), None)
+        hits = next((p.hits for p in parts if p.hits is not None), None)
+        rows = next((p.rows for p in parts if p.rows is not None), None)
+        context = self.control.sessions.context
+        alerts = []
+        if batch is not None and batch.input_start:
+            alerts.append(context(self.engine.input_starts(batch.first_ts_ns)))
+        events = self.control.update(protos)
+        flows, found = self.control.sessions.attribute(flows)
+        flows = with_planes(flows)
+        events = pa.concat_tables([events, found]) if found.num_rows else events
+        if any(p.end for p in parts):
+            self.ended = True
+            alerts.append(context(self.engine.update(None, flows, None, control=events)))
+            alerts.append(context(self.engine.flush()))
+        else:
+            alerts.append(context(self.engine.update(hits, flows, None if batch is None else batch.last_ts_ns,
+                                                     rows, events)))
+        table = pa.concat_tables(alerts) if len(alerts) > 1 else alerts[0]
+        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch)
+
+
+def _canonical(flows: pa.Table) -> pa.Table:
+    """Ended flows in one order whatever partitions they came from (attribution follows it)."""
+    if flows.num_rows < 2:
+        return flows
+    return flows.sort_by([("first_seen", "ascending"), ("flow_id", "ascending")])
+
+
+def _merge_messages(parts: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
+    """Messages of all partitions in the batch's packet order (the session table follows it)."""
+    names = list(dict.fromkeys(n for p in parts for n in p))
+    merged = {}
+    for name in names:
+        tables = [p[name] for p in parts if name in p]
+        t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if len(tables) > 1:  # stable: several messages of one packet keep their order
+            order = np.argsort(np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False)), kind="stable")
+            t = t.take(pa.array(order))
+        merged[name] = t
+    return merged
+
+
+__all__ = ["BatchInfo", "DetectStage", "FlowPart", "FlowStage", "Part", "Results", "build_engine", "rules_fingerprint",
+           "sensor_parts", "split"]

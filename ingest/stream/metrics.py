@@ -1,0 +1,45 @@
+"""Prometheus metrics of a sensor or a detection worker (``--metrics-port``; text format on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class SensorMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.packets = Counter("liaowang_sensor_packets", "packets decoded", registry=r)
+        self.bytes = Counter("liaowang_sensor_bytes", "frame bytes decoded", registry=r)
+        self.batches = Counter("liaowang_sensor_batches", "packet batches published or queued", registry=r)
+        self.sent = Counter("liaowang_sensor_sent_batches", "batches the broker acknowledged", registry=r)
+        self.dropped_batches = Counter("liaowang_sensor_dropped_batches", "batches dropped: spool full", registry=r)
+        self.dropped_packets = Counter("liaowang_sensor_dropped_packets", "packets dropped: spool full", registry=r)
+        self.decode_errors = Counter("liaowang_sensor_decode_errors", "packets with a decode error", registry=r)
+        self.publish_errors = Counter("liaowang_sensor_publish_errors", "failed sends (retried)", registry=r)
+        self.spool_bytes = Gauge("liaowang_sensor_spool_bytes", "bytes waiting in the disk spool", registry=r)
+        self.spool_batches = Gauge("liaowang_sensor_spool_batches", "batches waiting in the disk spool", registry=r)
+        self.queued_batches = Gauge("liaowang_sensor_queued_batches", "batches waiting in memory", registry=r)
+        self.packets_per_second = Gauge("liaowang_sensor_packets_per_second", "decode rate, last batch", registry=r)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.messages = Counter("liaowang_worker_messages", "messages processed", ["topic"], registry=r)
+        self.packets = Counter("liaowang_worker_packets", "packets through the flow stage", registry=r)
+        self.flows = Counter("liaowang_worker_flows", "flows stored", registry=r)
+        self.alerts = Counter("liaowang_worker_alerts", "alerts stored", registry=r)
+        self.duplicates = Counter("liaowang_worker_duplicates", "re-delivered parts skipped", registry=r)
+        self.dead_letters = Counter("liaowang_worker_dead_letters", "messages sent to the dead-letter topic",
+                                    registry=r)
+        self.checkpoints = Counter("liaowang_worker_checkpoints", "checkpoints (store, state, offsets)", registry=r)
+        self.lag = Gauge("liaowang_worker_consumer_lag", "messages fetched but not yet committed",
+                         ["topic", "partition"], registry=r)
+        self.partitions = Gauge("liaowang_worker_partitions", "partitions assigned", ["topic"], registry=r)
+        self.latency = Histogram("liaowang_worker_detection_latency_seconds",
+                                 "sensor read of a batch -> its flows and alerts in the store",
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=host, registry=registry)

