@@ -1,4 +1,4 @@
-# Liaowang sensor/replay image (the embedded pipeline; later issues add the console and workers)
+# Liaowang image: replay, sensor, detection worker and console (the command picks the role)
 FROM python:3.11-slim
 WORKDIR /opt/liaowang
 COPY pyproject.toml README.md ./
@@ -6,5 +6,7 @@ COPY sensors sensors
 COPY detection detection
 COPY ingest ingest
 COPY console console
-RUN pip install --no-cache-dir .
+COPY rules rules
+# editable: the bundled rules/ are found beside the code
+RUN pip install --no-cache-dir -e .
 ENTRYPOINT ["liaowang"]

@@ -207,7 +207,7 @@ def _tune_malloc() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liaowang", description="Liaowang 5G network security situational awareness")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("replay", help="decode captures into flows.parquet and eve.json")
@@ -266,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin "
                                                                  "(else $LIAOWANG_USER_PASSWORD, else a prompt)")
     u.set_defaults(func=_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "command", "") == "user" and args.action != "list" and not args.name:
         parser.error("user add/passwd need a user name")

@@ -150,6 +150,18 @@ def broker(tmp_path: Path) -> Broker:
     b.start()
     yield b
     b.stop()
+    for p in _started:  # whatever a failing test left running
+        stop(p, timeout=5)
+    _started.clear()
+
+
+_started: list = []
+
+
+def _run(*args: str, log: Path) -> object:
+    p = liaowang(*args, log=log)
+    _started.append(p)
+    return p
 
 
 def _stored(store_dir: Path) -> tuple[pa.Table, pa.Table]:
@@ -180,7 +192,7 @@ def _wait_stored(store_dir: Path, flows: int, alerts: int, procs: list, timeout:
 
 
 def _workers(broker: Broker, store: Path, tmp: Path, n: int = 2, prefix: str = "t") -> list:
-    procs = [liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
+    procs = [_run("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
                       "--topic-prefix", prefix, "--commit-interval", "0.5", "--name", f"w{i}",
                       log=tmp / f"w{i}.log") for i in range(n)]
     _wait_log([tmp / f"w{i}.log" for i in range(n)], "assigned", procs)
@@ -199,7 +211,7 @@ def _wait_log(logs: list[Path], text: str, procs: list, timeout: float = 60) -> 
 
 
 def _sensor(broker: Broker, inputs: list[str], tmp: Path, *extra: str, prefix: str = "t") -> object:
-    return liaowang("sensor", "--pcap", *inputs, "--kafka", broker.bootstrap, "--sensor-id", "tap-1",
+    return _run("sensor", "--pcap", *inputs, "--kafka", broker.bootstrap, "--sensor-id", "tap-1",
                     "--topic-prefix", prefix, "--spool", str(tmp / "spool"), "--chunk-mb", str(CHUNK / 2**20),
                     *extra, log=tmp / "sensor.log")
 
@@ -343,3 +355,40 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     r = subprocess.run([*run, "detect", "--kafka", "127.0.0.1:1"], capture_output=True, text=True,
                        env={**os.environ, "LIAOWANG_STORE": ""})
     assert r.returncode == 2 and "give --store" in r.stderr
+
+
+def test_compose_file_runs_only_commands_the_cli_accepts() -> None:
+    """docker-compose.yml cannot run here (no Docker engine): check every Liaowang command it runs parses,
+    that the scale-out services exist, and `docker compose config` accepts it where the CLI exists."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from console.cli import build_parser
+
+    root = PCAPS.parent.parent
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "sensor", "detect", "elasticsearch", "kibana", "console"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka")
+    assert "healthcheck" in services["kafka"] and "healthcheck" in services["elasticsearch"]
+    parser = build_parser()
+    env = {"LIAOWANG_SENSOR_PPS": "20000"}
+    commands = 0
+    for name, svc in services.items():
+        if svc.get("image") != "liaowang:latest":
+            continue
+        argv = [re.sub(r"\$\{(\w+):-[^}]*\}", lambda m: env.get(m.group(1), "1"), a) for a in svc["command"]]
+        args = parser.parse_args(argv)
+        commands += 1
+        if args.command in ("sensor", "detect"):
+            environment = svc.get("environment") or {}
+            assert environment.get("LIAOWANG_KAFKA") == "kafka:9092", name
+    assert commands >= 5
+    has_compose = shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
+                                                           capture_output=True).returncode == 0
+    if has_compose:
+        r = subprocess.run(["docker", "compose", "-f", str(root / "docker-compose.yml"), "config", "-q"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
