@@ -109,9 +109,8 @@ def main() -> None:
     if not capture.exists():
         subprocess.run([sys.executable, "-m", "console.cli", "generate", "--out", str(capture), "--seed", "1"],
                        check=True, cwd=ROOT)
-    from sensors.capture.source import expand_inputs  # noqa: F401  (the project imports)
-
-    packets = int(re.search(r"_(\d+)_", capture.name).group(1)) if re.search(r"_(\d+)_", capture.name) else 0
+    named = re.search(r"_(\d+)_", capture.name)  # `liaowang generate` names files by packet count
+    packets = int(named.group(1)) if named else 0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         replay_s, flows = replay_run(capture, tmp)

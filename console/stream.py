@@ -117,9 +117,9 @@ def _sensor(args: argparse.Namespace) -> int:
         return 2
     if not args.quiet:
         print(f"  sensor {summary.sensor} run {summary.run}: {summary.packets:,} packets in {summary.batches:,} "
-              f"batches, {summary.seconds:.2f} s; {summary.sent:,} delivered, {summary.spooled:,} spooled, "
-              f"{summary.dropped_batches:,} dropped ({summary.dropped_packets:,} packets)")
-    return 1 if summary.dropped_batches else 0
+              f"batches, {summary.seconds:.2f} s; {summary.sent:,} delivered, {summary.outbox.spooled:,} spooled, "
+              f"{summary.outbox.dropped_batches:,} dropped ({summary.outbox.dropped_packets:,} packets)")
+    return 1 if summary.outbox.dropped_batches else 0
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -143,11 +143,11 @@ def _detect(args: argparse.Namespace) -> int:
             return build_engine(_rules(args), overrides, model=model, idle_timeout_s=args.idle_timeout,
                                 active_timeout_s=args.active_timeout)
 
-        engine()  # rules and model errors now, not at the first batch
         store = open_store(args.store)
         metrics = WorkerMetrics()
         if args.metrics_port:
             serve(metrics.registry, args.metrics_port)
+        # builds an engine once: rule and model errors show now, not at the first batch
         worker = Worker(args.kafka, args.group, store, Topics(args.topic_prefix, args.partitions), engine,
                         idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
                         commit_interval_s=args.commit_interval, metrics=metrics, name=args.name)

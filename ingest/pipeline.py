@@ -69,7 +69,6 @@ class BatchInfo:
     bytes: int
     decode_errors: int
     input_start: bool = False  # first batch of a new input: detection may start a new timeline
-    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # decode status / app / tunnel counts
     read_at: float = 0.0  # wall time the sensor had the batch (for detection latency)
 
 
@@ -178,8 +177,6 @@ def sensor_parts(files: list[str], engine: DetectionEngine, pseudonyms: Pseudony
             source=source or files[stats.file_index], first_ts_ns=stats.first_ts_ns or 0,
             last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
             decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
-            counters={name: {str(k): v for k, v in getattr(stats, name).items()}
-                      for name in ("decode_status", "app_proto", "tunnel_type")},
             read_at=time.time())
         file_index = stats.file_index
         yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),

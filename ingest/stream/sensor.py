@@ -23,7 +23,7 @@ from ingest.pipeline import Part, rules_fingerprint, sensor_parts, split
 from ingest.privacy import Pseudonymizer
 from ingest.stream.codec import Envelope, encode
 from ingest.stream.metrics import SensorMetrics
-from ingest.stream.spool import Outbox
+from ingest.stream.spool import Outbox, OutboxStats
 from ingest.stream.topics import Topics, ensure_topics, producer_settings
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, expand_inputs, order_by_time
 
@@ -37,10 +37,8 @@ class SensorSummary:
     batches: int = 0
     packets: int = 0
     sent: int = 0
-    dropped_batches: int = 0
-    dropped_packets: int = 0
-    spooled: int = 0
     seconds: float = 0.0
+    outbox: OutboxStats = field(default_factory=OutboxStats)  # spooled and dropped
     errors: list[str] = field(default_factory=list)
 
 
@@ -54,7 +52,7 @@ class Sensor:
         self.run = uuid.uuid4().hex[:12]
         self.outbox = Outbox(spool_dir, max_spool_bytes, block=block_when_full)
         self.metrics = metrics or SensorMetrics()
-        self.summary = SensorSummary(sensor=sensor_id, run=self.run)
+        self.summary = SensorSummary(sensor=sensor_id, run=self.run, outbox=self.outbox.stats)
         self._published = -1  # the last batch handed to the outbox (parts name it: consumers see losses)
         self._sender = threading.Thread(target=self._send_loop, name="liaowang-sender", daemon=True)
 
@@ -114,9 +112,6 @@ class Sensor:
         """Deliver everything queued or spooled, then stop the sender."""
         self.outbox.close()
         self._sender.join(timeout)
-        s = self.outbox.stats
-        self.summary.dropped_batches, self.summary.dropped_packets = s.dropped_batches, s.dropped_packets
-        self.summary.spooled = s.spooled
 
     def _gauges(self) -> None:
         s = self.outbox.stats
@@ -134,7 +129,7 @@ class Sensor:
         while True:
             item = self.outbox.peek(timeout=1.0)
             if item is None:
-                if self.outbox._closed and not self.outbox.stats.spool_batches and not self.outbox.stats.memory_batches:
+                if self.outbox.finished:
                     break
                 continue
             seq, messages = item

@@ -99,6 +99,12 @@ class Outbox:
             self.stats.memory_batches = len(self._memory)
             self._cond.notify_all()
 
+    @property
+    def finished(self) -> bool:
+        """Closed, and everything queued or spooled was delivered."""
+        with self._cond:
+            return self._closed and not self._memory and not self._files
+
     def close(self) -> None:
         """No more batches: :meth:`peek` returns None once everything queued is delivered."""
         with self._cond:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener
@@ -45,6 +45,7 @@ from ingest.stream.metrics import WorkerMetrics
 from ingest.stream.topics import Topics, consumer_settings, ensure_topics, producer_settings
 
 log = logging.getLogger("liaowang.detect")
+S = TypeVar("S")
 #: ended streams remembered per partition (late re-deliveries of them are skipped)
 ENDED_KEPT = 1000
 #: sessions and the NF inventory are snapshots: rewritten at most this often while a stream runs
@@ -56,11 +57,18 @@ class WorkerError(Exception):
 
 
 @dataclass
-class FlowPartition:
-    """Stage 2 state of one packets-topic partition: a flow table per sensor run."""
+class PartitionState(Generic[S]):
+    """One partition's state: per sensor run, a stage-2 flow table or a stage-3 detection stream;
+    and the runs that ended (late re-deliveries of them are skipped)."""
 
-    streams: dict[str, FlowStage] = field(default_factory=dict)
+    streams: dict[str, S] = field(default_factory=dict)
     ended: dict[str, int] = field(default_factory=dict)
+
+    def end(self, key: str, seq: int) -> None:
+        self.streams.pop(key, None)
+        self.ended[key] = seq
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.pop(next(iter(self.ended)))
 
 
 @dataclass
@@ -81,10 +89,8 @@ class DetectStream:
         self.__init__(**state)  # type: ignore[misc]
 
 
-@dataclass
-class DetectPartition:
-    streams: dict[str, DetectStream] = field(default_factory=dict)
-    ended: dict[str, int] = field(default_factory=dict)
+FlowPartition = PartitionState[FlowStage]
+DetectPartition = PartitionState[DetectStream]
 
 
 @dataclass
@@ -233,7 +239,7 @@ class Worker:
                 log.warning("sensor %s restarted: closing the flows of its run %s", env.sensor, old_key)
                 end = Part(seq=old.seq + 1, partition=partition, partitions=part.partitions, end=True)
                 self._forward(Envelope(env.sensor, old_key.split("/", 1)[1], old.update(end), env.rules))
-                _remember(state.ended, old_key, end.seq)
+                state.end(old_key, end.seq)
             stage = state.streams[env.stream] = FlowStage(self.idle_timeout_s, self.active_timeout_s)
         if part.seq <= stage.seq:
             self.metrics.duplicates.inc()
@@ -243,8 +249,7 @@ class Worker:
         out = stage.update(part)
         self._forward(Envelope(env.sensor, env.run, out, env.rules))
         if out.end:
-            del state.streams[env.stream]
-            _remember(state.ended, env.stream, out.seq)
+            state.end(env.stream, out.seq)
 
     def _forward(self, env: Envelope) -> None:
         self._sent.append(self.producer.send(self.topics.flows, value=encode(env), key=env.stream.encode(),
@@ -284,8 +289,7 @@ class Worker:
             results = st.stage.update(parts)
             self._results(env, st, results)
             if st.stage.ended:
-                del state.streams[env.stream]
-                _remember(state.ended, env.stream, seq)
+                state.end(env.stream, seq)
                 log.info("sensor %s run %s: input ended at batch %d", env.sensor, env.run, seq)
                 return
 
@@ -334,12 +338,12 @@ class Worker:
         for topic, partition in sorted(self.dirty):
             if (topic, partition) not in self.position:
                 continue
-            state: FlowPartition | DetectPartition | None = (
+            state: PartitionState[Any] | None = (
                 self.flow_parts.get(partition) if topic == self.topics.packets else self.detect_parts.get(partition))
             if state is not None:
                 self.store.put_state(self._state_key(topic, partition), pickle.dumps(state, protocol=5))
             offset = self.position[(topic, partition)]
-            if isinstance(state, DetectPartition):  # parts still waiting for their batch are read again
+            if topic == self.topics.flows and state is not None:  # parts still waiting for their batch are read again
                 waiting = [b[0][0] for st in state.streams.values() for b in st.buffers.values() if b]
                 offset = min([offset, *waiting])
             offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
@@ -394,9 +398,4 @@ class _Listener(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: list[Any]) -> None:
         self.worker.assigned(list(assigned))
 
-
-def _remember(ended: dict[str, int], key: str, seq: int) -> None:
-    ended[key] = seq
-    while len(ended) > ENDED_KEPT:
-        ended.pop(next(iter(ended)))
 
