@@ -125,6 +125,7 @@ def control_plane(capture: Path) -> list[str]:
     from ingest.control import decode_messages
     from ingest.privacy import Pseudonymizer
     from ingest.workers import packet_batches
+    from sensors.capture.source import CaptureFiles
     from sensors.generate.attacks import _write
     from sensors.generate.control_plane import registration_flood
 
@@ -133,7 +134,7 @@ def control_plane(capture: Path) -> list[str]:
     keys = Pseudonymizer(b"bench")
     lines = ["### control plane", "", "| path | messages | seconds | messages/s |", "|---|---:|---:|---:|"]
     for label, path, name in (("PFCP IEs", capture, "pfcp"), ("NGAP/NAS via tshark", ngap_capture, "ngap")):
-        batches = [next(iter(o.values())) for o, _ in packet_batches([str(path)], 1 << 26, [], None)]
+        batches = [next(iter(o.values())) for o, _ in packet_batches(CaptureFiles([str(path)], 1 << 26), [], None)]
         start = time.perf_counter()
         tables = [pa.Table.from_batches([o[f"proto.{name}"]]) for b in batches
                   if f"proto.{name}" in (o := decode_messages(b, keys))]

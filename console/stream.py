@@ -14,6 +14,9 @@ from typing import Any
 
 from detection.detectors.anomaly import ModelError
 from detection.rules.loader import RuleError
+from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
+from sensors.capture.bpf import FilterError
+from sensors.capture.live import ENGINES, LiveCapture, LiveOptions
 from sensors.capture.source import CaptureError
 
 ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
@@ -21,10 +24,36 @@ ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_
 
 
 def add_parsers(sub: Any) -> None:
-    s = sub.add_parser("sensor", help="decode captures and publish them to Kafka for detection workers")
-    s.add_argument("--pcap", nargs="+", required=True, metavar="PCAP_OR_DIR",
-                   help="pcap/pcapng files (gzip ok), directories, globs")
+    s = sub.add_parser("sensor", help="capture an interface (or replay files) into detection: embedded or via Kafka")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--iface", metavar="IF", help="capture this network interface (AF_PACKET ring)")
+    what.add_argument("--pcap", nargs="+", metavar="PCAP_OR_DIR",
+                      help="publish pcap/pcapng files (gzip ok), directories, globs to Kafka")
+    s.add_argument("--out", metavar="DIR", help="embedded (--iface): write flows.parquet, eve.json, ... here, as "
+                                               "`liaowang replay` does, instead of publishing to Kafka")
+    s.add_argument("--store", metavar="URI", help="embedded (--iface): also write results into this store as they "
+                                                 "come (DuckDB directory or http(s)://elasticsearch:9200)")
     _common(s)
+    live = s.add_argument_group("live capture (--iface)")
+    live.add_argument("--engine", default="auto", choices=ENGINES,
+                      help="afpacket (Linux ring, the default), pcap (libpcap via tcpdump), scapy (last resort)")
+    live.add_argument("--filter", metavar="BPF", help="capture filter, tcpdump syntax (e.g. 'udp port 2152 or sctp')")
+    live.add_argument("--ring-mb", type=float, default=256.0, metavar="MB", help="kernel ring size (default 256)")
+    live.add_argument("--block-kb", type=int, default=1024, metavar="KB",
+                      help="ring block size, also the largest whole frame (default 1024)")
+    live.add_argument("--block-timeout-ms", type=int, default=50, metavar="MS",
+                      help="a partly filled ring block is handed over after this long (default 50)")
+    live.add_argument("--batch-ms", type=int, default=500, metavar="MS",
+                      help="a batch goes to decoding after this long even if not full (default 500)")
+    live.add_argument("--backlog-mb", type=float, default=1024.0, metavar="MB",
+                      help="captured batches that may wait for decoders before the ring fills and drops "
+                           "(default 1024)")
+    live.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
+    live.add_argument("--fanout-group", type=int, metavar="ID",
+                      help="share the interface with other sensor processes in this PACKET_FANOUT group")
+    live.add_argument("--fanout-mode", default="hash", choices=sorted(FANOUT_MODES),
+                      help="how the group splits packets (default hash: both directions of a flow together)")
+    live.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: at SIGINT/SIGTERM)")
     s.add_argument("--sensor-id", default=os.environ.get(ENV["sensor_id"]) or socket.gethostname(),
                    help="name of this capture point (default: $LIAOWANG_SENSOR_ID or the host name)")
     s.add_argument("--spool", metavar="DIR", help="disk spool for batches the broker cannot take yet "
@@ -34,7 +63,7 @@ def add_parsers(sub: Any) -> None:
                    help="drop batches when the spool is full (default when paced; unpaced files wait instead)")
     s.add_argument("--pps", type=float, metavar="N", help="pace the replay at N packets/s (as a live tap would)")
     s.add_argument("--speed", type=float, metavar="X", help="pace the replay at X times capture time")
-    s.add_argument("--chunk-mb", type=float, default=8.0, metavar="MB", help="read buffer per batch (default 8)")
+    s.add_argument("--chunk-mb", type=float, default=8.0, metavar="MB", help="bytes per batch (default 8)")
     s.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
                    help="decoding processes, as for replay")
     s.add_argument("--rule-overrides", metavar="FILE", help="the console's rule-overrides.json, if the workers' "
@@ -71,10 +100,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=os.environ.get("LIAOWANG_LOG_LEVEL", "INFO"))
 
 
-def _setup(args: argparse.Namespace) -> bool:
+def _setup(args: argparse.Namespace, kafka: bool = True) -> bool:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its reconnect chatter; ours says what matters
+    if not kafka:
+        return True
     if not args.kafka:
         print("liaowang: error: give --kafka BOOTSTRAP (or set LIAOWANG_KAFKA)", file=sys.stderr)
         return False
@@ -96,30 +127,129 @@ def _sensor(args: argparse.Namespace) -> int:
     from ingest.stream.sensor import Sensor
     from ingest.stream.topics import Topics
 
+    if args.pcap and (args.out or args.store):
+        print("liaowang: error: --out/--store are for --iface; to process files in place use `liaowang replay`",
+              file=sys.stderr)
+        return 2
+    if args.iface and args.out:
+        return _sensor_embedded(args)
+    if args.iface and args.store:
+        print("liaowang: error: --store needs --out DIR too (the run's files)", file=sys.stderr)
+        return 2
+    if args.iface and not args.kafka:
+        print("liaowang: error: give --out DIR (embedded) or --kafka BOOTSTRAP (or set LIAOWANG_KAFKA)",
+              file=sys.stderr)
+        return 2
     if not _setup(args):
         return 2
     spool = Path(args.spool) if args.spool else DEFAULT_STORE / "spool" / args.sensor_id
+    live = None
     try:
         overrides = json.loads(Path(args.rule_overrides).read_text()) if args.rule_overrides else None
         engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
+        live = _live_capture(args) if args.iface else None
         metrics = SensorMetrics()
+        if live is not None:
+            metrics.watch(lambda: live.counters)
         if args.metrics_port:
             serve(metrics.registry, args.metrics_port)
         sensor = Sensor(args.kafka, Topics(args.topic_prefix, args.partitions), sensor_id=args.sensor_id,
                         spool_dir=spool, max_spool_bytes=int(args.spool_mb * 1024 * 1024),
-                        block_when_full=not (args.drop_when_full or args.pps or args.speed), metrics=metrics)
+                        block_when_full=not (args.drop_when_full or args.pps or args.speed or live),
+                        metrics=metrics)
         # identities are pseudonymised here: give every sensor the same key (LIAOWANG_PSEUDONYM_KEY)
-        summary = sensor.replay(args.pcap, engine, Pseudonymizer.for_output(spool),
-                                chunk_bytes=int(args.chunk_mb * 1024 * 1024), processes=args.processes,
-                                pps=args.pps, speed=args.speed)
-    except (CaptureError, RuleError, ModelError, OSError, ValueError) as exc:
+        pseudonyms = Pseudonymizer.for_output(spool)
+        if live is not None:
+            from ingest.live import in_flight, stop_on_signals
+
+            restore = stop_on_signals(live, args.duration)
+            try:
+                summary = sensor.stream(live, engine, pseudonyms, processes=args.processes,
+                                     in_flight=in_flight(live, int(args.backlog_mb * 1024 * 1024)))
+            finally:
+                restore()
+        else:
+            summary = sensor.replay(args.pcap, engine, pseudonyms, chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+                                    processes=args.processes, pps=args.pps, speed=args.speed)
+    except (CaptureError, CaptureOpenError, FilterError, RuleError, ModelError, OSError, ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if live is not None:
+            live.close()
     if not args.quiet:
+        drops = f"; kernel drops {summary.dropped:,}" if live is not None else ""
         print(f"  sensor {summary.sensor} run {summary.run}: {summary.packets:,} packets in {summary.batches:,} "
               f"batches, {summary.seconds:.2f} s; {summary.sent:,} delivered, {summary.outbox.spooled:,} spooled, "
-              f"{summary.outbox.dropped_batches:,} dropped ({summary.outbox.dropped_packets:,} packets)")
+              f"{summary.outbox.dropped_batches:,} dropped ({summary.outbox.dropped_packets:,} packets){drops}")
     return 1 if summary.outbox.dropped_batches else 0
+
+
+def _live_capture(args: argparse.Namespace) -> LiveCapture:
+    ring = RingConfig(ring_bytes=int(args.ring_mb * 1024 * 1024), block_bytes=args.block_kb * 1024,
+                      block_timeout_ms=args.block_timeout_ms, promiscuous=not args.no_promisc, bpf_filter=args.filter,
+                      fanout_group=args.fanout_group, fanout_mode=args.fanout_mode)
+    live = LiveCapture(args.iface, LiveOptions(engine=args.engine, ring=ring,
+                                                chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+                                                max_wait_s=args.batch_ms / 1000))
+    logging.getLogger("liaowang.capture").info(
+        "capturing on %s (%s engine, ring %.0f MB, filter %s)", args.iface, live.engine, args.ring_mb,
+        repr(args.filter) if args.filter else "none")
+    return live
+
+
+def _sensor_embedded(args: argparse.Namespace) -> int:
+    """--iface IF --out DIR [--store URI]: the replay's outputs, from the wire."""
+    from console.cli import _rule_overrides
+    from ingest.live import capture
+    from ingest.pipeline import build_engine
+    from ingest.replay import format_summary
+    from ingest.store import StoreError, open_store
+    from ingest.stream.metrics import SensorMetrics, serve
+
+    _setup(args, kafka=False)
+    store = None
+    try:
+        overrides = _rule_overrides(args.store) if args.store else None
+        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
+        store = open_store(args.store) if args.store else None
+        live = _live_capture(args)
+    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, OSError) as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
+        if store is not None:
+            store.close()
+        return 2
+    metrics = SensorMetrics()
+    metrics.watch(lambda: live.counters)
+    if args.metrics_port:
+        serve(metrics.registry, args.metrics_port)
+
+    def on_batch(summary: Any, stats: Any) -> None:
+        metrics.packets.inc(stats.packets)
+        metrics.bytes.inc(stats.bytes)
+        metrics.batches.inc()
+        metrics.decode_errors.inc(stats.packets - stats.decode_status.get(0, 0))
+        if stats.dropped:
+            logging.getLogger("liaowang.capture").warning("%s: the kernel dropped %d packets (ring full)",
+                                                          args.iface, stats.dropped)
+
+    try:
+        summary = capture(live, Path(args.out), engine, store=store, sensor=args.sensor_id, processes=args.processes,
+                          backlog_bytes=int(args.backlog_mb * 1024 * 1024), duration_s=args.duration,
+                          on_batch=on_batch)
+    except (StoreError, OSError) as exc:
+        print(f"liaowang: error: {exc} (the files in {args.out} hold what was captured)", file=sys.stderr)
+        return 2
+    finally:
+        if store is not None:
+            store.close()
+    if not args.quiet:
+        c = live.counters
+        print(format_summary(summary, [
+            ("interface", f"{args.iface} ({live.engine}); kernel saw {c.packets:,}, dropped {c.drops:,}, "
+                          f"ring full {c.freezes:,} times"),
+            ("output", f"{args.out}/flows.parquet, {args.out}/eve.json" + (f"; store {args.store}" if store else ""))]))
+    return 0
 
 
 def _detect(args: argparse.Namespace) -> int:

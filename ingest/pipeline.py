@@ -52,7 +52,8 @@ from detection.rules.loader import apply_overrides, load_rules
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
-from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage
+from sensors.capture.frames import FrameSource
+from sensors.capture.source import Damage
 
 #: rows of a message table: of the sensor's packet batch, and of its partition's keyed table (-1: no flow)
 PACKET_ROW, KEYED_ROW = "packet_row", "keyed_row"
@@ -70,6 +71,7 @@ class BatchInfo:
     decode_errors: int
     input_start: bool = False  # first batch of a new input: detection may start a new timeline
     read_at: float = 0.0  # wall time the sensor had the batch (for detection latency)
+    dropped: int | None = None  # live capture: packets the kernel dropped while the batch filled (None: a file)
 
 
 @dataclass
@@ -143,15 +145,16 @@ def rules_fingerprint(engine: DetectionEngine) -> str:
 # -- stage 1, sensor side -----------------------------------------------------------------
 
 
-def sensor_parts(files: list[str], engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, processes: int | None = None,
-                 damages: list[Damage] | None = None, source: str | None = None,
-                 first_seq: int = 0) -> Iterator[tuple[Part, BatchStats]]:
-    """Capture files (in time order) -> one part per packet batch, with its traffic counters.
+def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
+                 processes: int | None = None, damages: list[Damage] | None = None, name: str | None = None,
+                 first_seq: int = 0, in_flight: int | None = None) -> Iterator[tuple[Part, BatchStats]]:
+    """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
     Decoding and every stateless stage after it run in forked processes when
     ``processes`` > 1 (the default on a fork-capable machine with 2+ cores).
-    ``source``: what sensor_stats names the batches by (default: the file).
+    ``name``: what sensor_stats names the batches by (default: the file, the
+    live capture's retention file, or the interface).  ``in_flight``: batches
+    a live capture may have waiting for decoders.
     """
     damages = [] if damages is None else damages
 
@@ -167,21 +170,20 @@ def sensor_parts(files: list[str], engine: DetectionEngine, pseudonyms: Pseudony
 
     processes = default_processes() if processes is None else processes
     if processes >= 2 and can_fork():
-        batches = packet_batches_forked(files, chunk_bytes, damages, stage, decoders=processes - 1)
+        batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight)
     else:
-        batches = packet_batches(files, chunk_bytes, damages, stage)
+        batches = packet_batches(source, damages, stage)
     sbi = SbiStage(pseudonyms)
     file_index = 0
     for seq, (outputs, stats) in enumerate(batches, start=first_seq):
         info = BatchInfo(
-            source=source or files[stats.file_index], first_ts_ns=stats.first_ts_ns or 0,
+            source=name or stats.retained_in or source.label(stats.file_index), first_ts_ns=stats.first_ts_ns or 0,
             last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
             decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
-            read_at=time.time())
+            read_at=time.time(), dropped=stats.dropped if source.live else None)
         file_index = stats.file_index
         yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),
                    rows=outputs.get("rows"), batch=info), stats
-
 
 
 def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:

@@ -16,18 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import pyarrow as pa
-
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector
+from detection.engine import DetectionEngine
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.control import ControlPlane
-from ingest.pipeline import DetectStage, FlowStage, Part, build_engine, sensor_parts
+from ingest.pipeline import DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
 from ingest.privacy import Pseudonymizer
+from ingest.results import ControlSnapshots, PendingWrites
 from ingest.sinks import EveSink, ParquetSink
+from ingest.store.api import Store
 from ingest.workers import BatchStats
-from sensors.capture.source import DEFAULT_CHUNK_BYTES, Damage, expand_inputs, order_by_time
+from sensors.capture.frames import FrameSource
+from sensors.capture.source import DEFAULT_CHUNK_BYTES, CaptureFiles, Damage, expand_inputs, order_by_time
 from sensors.schema import DecodeStatus, TunnelType
 
 
@@ -40,8 +42,10 @@ class ReplaySummary:
     seconds: float = 0.0
     traffic: BatchStats = field(default_factory=BatchStats)
     damages: list[Damage] = field(default_factory=list)
-    #: per batch: (source file, first ts ns, last ts ns, packets, bytes, decode errors), for sensor_stats
-    batches: list[tuple[str, int, int, int, int, int]] = field(default_factory=list)
+    #: per batch: (source, first ts ns, last ts ns, packets, bytes, decode errors, kernel drops or None),
+    #: for sensor_stats
+    batches: list[tuple[str, int, int, int, int, int, int | None]] = field(default_factory=list)
+    live: bool = False
 
     @property
     def packets(self) -> int:
@@ -69,7 +73,8 @@ class ReplaySummary:
 
     def as_stats(self) -> dict[str, object]:
         return {
-            "capture": {"files": self.files, "packets": self.packets, "bytes": self.bytes},
+            "capture": {"files": self.files, "packets": self.packets, "bytes": self.bytes,
+                        **({"kernel_drops": self.traffic.dropped} if self.live else {})},
             "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
             "flow": {"total": self.flows},
             "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels)},
@@ -103,10 +108,31 @@ def replay(
     """
     files = order_by_time(expand_inputs(inputs))
     engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = ReplaySummary(files=len(files))
-    started = time.perf_counter()
     sizes = [Path(f).stat().st_size for f in files]
+
+    def on_batch(summary: ReplaySummary, stats: BatchStats) -> None:
+        if progress is not None:
+            done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
+            progress(summary, done, sum(sizes))
+
+    summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
+                  active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch)
+    summary.files = len(files)
+    return summary
+
+
+def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_timeout_s: float = 120.0,
+        active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
+        on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
+        sensor: str = "", store_interval_s: float = 1.0) -> ReplaySummary:
+    """The three pipeline stages in this process over any frame source, into ``out_dir``.
+
+    ``store``: also write results there as they come (every ``store_interval_s``),
+    as ``sensor``; a live capture's results are then visible while it runs.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = ReplaySummary()
+    started = time.perf_counter()
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
@@ -117,13 +143,18 @@ def replay(
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
-    # and each other; one write per sink in flight
-    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(2)]
-    pending: list[Future[None]] = []
+    # and each other; one write per sink in flight.  A third one feeds the store.
+    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(3)]
+    pending: list[Future[Any]] = []
+    to_store, snapshots = PendingWrites(), ControlSnapshots()
+    stored: list[Future[dict[str, int]]] = []
+    last_store = time.monotonic()
 
-    def emit(table: pa.Table, alerts: pa.Table) -> None:
+    def emit(results: Results, final: bool = False) -> None:
+        nonlocal to_store, last_store
         while pending:
             pending.pop().result()
+        table, alerts = results.flows, results.alerts
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
@@ -132,25 +163,35 @@ def replay(
             summary.alert_levels.update(alerts.column("level").to_pylist())
             pending.append(writers[0].submit(alert_sink.write, alerts))
             pending.append(writers[1].submit(eve.write_alerts, alerts))
+        if store is None:
+            return
+        to_store.add_results(sensor, results, snapshots.due(control, final))
+        if final or time.monotonic() - last_store >= store_interval_s:
+            while stored:
+                stored.pop().result()  # one store write in flight; its errors surface here
+            stored.append(writers[2].submit(to_store.write, store))
+            to_store, last_store = PendingWrites(), time.monotonic()
 
     seq = 0
-    parts = sensor_parts(files, engine, Pseudonymizer.for_output(out_dir), chunk_bytes=chunk_bytes,
-                         processes=processes, damages=summary.damages)
+    parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,
+                         damages=summary.damages, in_flight=in_flight)
     for part, stats in parts:
         seq = part.seq + 1
         summary.traffic.add(stats)
-        summary.batches.append((files[stats.file_index], stats.first_ts_ns or 0, stats.last_ts_ns or 0, stats.packets,
-                                stats.bytes, stats.packets - stats.decode_status.get(0, 0)))
-        results = detect.update([flow_stage.update(part)])
-        emit(results.flows, results.alerts)
-        if progress is not None:
+        assert part.batch is not None
+        b = part.batch
+        summary.batches.append((b.source, b.first_ts_ns, b.last_ts_ns, b.packets, b.bytes, b.decode_errors,
+                                b.dropped))
+        emit(detect.update([flow_stage.update(part)]))
+        if on_batch is not None:
             summary.seconds = time.perf_counter() - started
-            done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
-            progress(summary, done, sum(sizes))
-    results = detect.update([flow_stage.update(Part(seq=seq, end=True))])
-    emit(results.flows, results.alerts)
-    emit(FLOW_SCHEMA.empty_table(), ALERT_SCHEMA.empty_table())  # waits for the last writes
+            on_batch(summary, stats)
+    emit(detect.update([flow_stage.update(Part(seq=seq, end=True))]), final=True)
+    emit(Results())  # waits for the last writes
+    for done in stored:
+        done.result()
     summary.flows = flow_stage.flows.flows_exported
+    summary.live = source.live
     summary.seconds = time.perf_counter() - started
     last = summary.traffic.last_ts_ns or 0
 
@@ -190,8 +231,9 @@ def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, 
 
 def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None) -> str:
     rows = [
-        ("files", f"{s.files}"),
+        *([] if s.live else [("files", f"{s.files}")]),
         ("packets", f"{s.packets:,}"),
+        *([("kernel drops", f"{s.traffic.dropped:,}")] if s.live else []),
         ("bytes", f"{s.bytes:,}"),
         ("flows", f"{s.flows:,}"),
         ("alerts", f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"

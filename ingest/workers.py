@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import os
+import signal
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.capture.source import Damage, FrameMapper, MappedFrames, read_frames
+from sensors.capture.frames import FrameBatch, FrameSource
+from sensors.capture.source import Damage, FrameMapper
 from sensors.decode import decode
 
 MAX_IN_FLIGHT = 3
@@ -48,14 +50,18 @@ class BatchStats:
     last_ts_ns: int | None = None
     file_index: int = 0  # of the last batch added
     file_offset: int = 0  # of that batch's last frame
+    dropped: int = 0  # live capture: packets the kernel dropped
+    retained_in: str = ""  # live capture: the retention file of the last batch added
     decode_status: collections.Counter[int] = field(default_factory=collections.Counter)
     app_proto: collections.Counter[int] = field(default_factory=collections.Counter)
     tunnel_type: collections.Counter[int] = field(default_factory=collections.Counter)
 
     @classmethod
-    def of(cls, packets: pa.RecordBatch) -> BatchStats:
+    def of(cls, packets: pa.RecordBatch, frames: FrameBatch | None = None) -> BatchStats:
         ts = pc.min_max(packets.column("ts").cast(pa.int64()))
         return cls(
+            dropped=frames.dropped if frames is not None else 0,
+            retained_in=frames.retained_in if frames is not None else "",
             packets=packets.num_rows,
             bytes=pc.sum(packets.column("frame_len")).as_py(),
             first_ts_ns=ts["min"].as_py(),
@@ -75,6 +81,8 @@ class BatchStats:
         self.first_ts_ns = min(firsts) if firsts else None
         self.last_ts_ns = max(lasts) if lasts else None
         self.file_index, self.file_offset = other.file_index, other.file_offset
+        self.dropped += other.dropped
+        self.retained_in = other.retained_in
         self.decode_status.update(other.decode_status)
         self.app_proto.update(other.app_proto)
         self.tunnel_type.update(other.tunnel_type)
@@ -90,15 +98,12 @@ def _stage(packets: pa.RecordBatch, transform: Transform | None) -> Outputs:
 
 
 def packet_batches(
-    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None
+    source: FrameSource, damages: list[Damage], transform: Transform | None = None
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """Read, decode and ``transform`` in this process (without a transform: ``{"packets": batch}``)."""
-    for i, path in enumerate(files):
-        for frames in read_frames(path, chunk_bytes, file_index=i, damages=damages):
-            if not len(frames):
-                continue
-            packets = decode(frames)
-            yield _stage(packets, transform), BatchStats.of(packets)
+    for frames, _ in source.batches(damages):
+        packets = decode(frames)
+        yield _stage(packets, transform), BatchStats.of(packets, frames)
 
 
 def can_fork() -> bool:
@@ -111,20 +116,26 @@ def default_processes() -> int:
 
 
 def packet_batches_forked(
-    files: list[str], chunk_bytes: int, damages: list[Damage], transform: Transform | None = None,
-    decoders: int = 1,
+    source: FrameSource, damages: list[Damage], transform: Transform | None = None,
+    decoders: int = 1, in_flight: int | None = None,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
-    """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring)."""
+    """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring).
+
+    A live source's reader only captures: ``decoders`` helpers decode, and up to
+    ``in_flight`` batches wait for them (the capture's backlog) before the
+    reader stops draining the ring and the kernel drops (and counts) packets.
+    """
     ctx = mp.get_context("fork")
-    slots = ctx.Semaphore(MAX_IN_FLIGHT + decoders - 1)
+    helpers = decoders if source.live else decoders - 1
+    slots = ctx.Semaphore(in_flight or MAX_IN_FLIGHT + decoders - 1)
     workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
     reader_rx, reader_tx = ctx.Pipe(duplex=False)
-    requests = [ctx.Pipe(duplex=False) for _ in range(decoders - 1)]
-    results = [ctx.Pipe(duplex=False) for _ in range(decoders - 1)]
+    requests = [ctx.Pipe(duplex=False) for _ in range(helpers)]
+    results = [ctx.Pipe(duplex=False) for _ in range(helpers)]
     procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir), daemon=True)
              for (req_rx, _), (_, res_tx) in zip(requests, results)]
     procs.append(ctx.Process(target=_reader_main, daemon=True, args=(
-        files, chunk_bytes, transform, reader_tx, [tx for _, tx in requests], slots, workdir)))
+        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir)))
     for p in procs:
         p.start()
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
@@ -178,30 +189,31 @@ def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
     return paths
 
 
-def _reader_main(files: list[str], chunk_bytes: int, transform: Transform | None, out: Connection,
+def _reader_main(source: FrameSource, transform: Transform | None, out: Connection,
                  helpers: list[Connection], slots: Semaphore, workdir: str) -> None:
-    """Reads every file, decodes every other batch itself and hands the rest to helpers, in turn.
+    """Reads every batch, decodes every other one itself and hands the rest to helpers, in turn.
 
     A helper gets a batch's frame index, not its bytes: it maps the same file.
-    Batches of files that cannot be mapped (gzip) are decoded here.
+    Batches of files that cannot be mapped (gzip) are decoded here.  A live
+    source's reader decodes nothing: it must get back to the ring.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the consumer decides when to stop (Ctrl-C reaches us all)
     try:
         damages: list[Damage] = []
         n = 0
-        for i, path in enumerate(files):
-            for frames in read_frames(path, chunk_bytes, file_index=i, damages=damages):
-                if not len(frames):
-                    continue
-                slots.acquire()
-                turn = n % (len(helpers) + 1)
-                ref = MappedFrames.of(path, frames) if turn else None
-                if ref is not None:
-                    helpers[turn - 1].send((n, ref))
-                    out.send(("helper", turn - 1))
-                else:
-                    packets = decode(frames)
-                    out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)), BatchStats.of(packets))))
-                n += 1
+        ways = len(helpers) if source.live else len(helpers) + 1
+        for frames, ref in source.batches(damages, workdir):
+            while not slots.acquire(timeout=0.05):
+                pass
+            turn = n % ways + (0 if source.live else -1)
+            if turn >= 0 and ref is not None:
+                helpers[turn].send((n, ref))
+                out.send(("helper", turn))
+            else:
+                packets = decode(frames)
+                out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
+                                    BatchStats.of(packets, frames))))
+            n += 1
         out.send(("done", damages))
     except BaseException:  # report everything, including KeyboardInterrupt, to the consumer
         out.send(("error", traceback.format_exc()))
@@ -213,13 +225,15 @@ def _reader_main(files: list[str], chunk_bytes: int, transform: Transform | None
 
 
 def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         mapper = FrameMapper()
         while (request := requests.recv()) is not None:
             n, ref = request
             frames = mapper.attach(ref)
             packets = decode(frames)
-            out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)), BatchStats.of(packets))))
+            out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
+                                BatchStats.of(packets, frames))))
             mapper.release(frames)
     except BaseException:
         out.send(("error", traceback.format_exc()))

@@ -2,14 +2,22 @@
 # Idempotent set-up on a fresh Debian/Ubuntu machine: .venv in the repo root with the project installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# tshark dissects NGAP/NAS (ASN.1 PER) for the control-plane tables; installed once, non-interactively
-if ! command -v tshark >/dev/null 2>&1; then
+# tshark dissects NGAP/NAS (ASN.1 PER) for the control-plane tables; libpcap compiles capture filters;
+# tcpdump is the pcap capture engine; iproute2 and tcpreplay make the live-capture tests' wire.
+# Installed once, non-interactively.
+missing=""
+for tool in tshark:tshark tcpdump:tcpdump tcpreplay:tcpreplay ip:iproute2 setpriv:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"
+done
+[ -e /usr/lib/x86_64-linux-gnu/libpcap.so.0.8 ] || ldconfig -p 2>/dev/null | grep -q libpcap || missing="$missing libpcap0.8"
+if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
-    echo "warning: tshark is not installed and apt-get is unavailable: NGAP will not be dissected" >&2
+    echo "warning: cannot install$missing (no apt-get): NGAP dissection or live-capture tests may be unavailable" >&2
   fi
 fi
 if ! command -v uv >/dev/null 2>&1; then

@@ -25,7 +25,7 @@ from ingest.replay import replay
 from ingest.store.duck import DuckStore
 from ingest.stream.codec import CorruptMessage, Envelope, decode, encode
 from ingest.stream.spool import Outbox
-from sensors.capture.source import expand_inputs, order_by_time
+from sensors.capture.source import CaptureFiles, expand_inputs, order_by_time
 from sensors.generate.mixed import generate
 from tests.conftest import PCAPS
 from tests.kafka_fixtures import Broker, liaowang, stop
@@ -80,7 +80,7 @@ def test_partitioned_stages_equal_replay(reference: tuple[pa.Table, pa.Table]) -
     detect = DetectStage(build_engine(), ControlPlane())
     stages = [FlowStage() for _ in range(3)]
     flows, alerts, clock, seq = [], [], None, 0
-    for part, _ in sensor_parts(files, build_engine(), Pseudonymizer(KEY.encode()), chunk_bytes=CHUNK):
+    for part, _ in sensor_parts(CaptureFiles(files, CHUNK), build_engine(), Pseudonymizer(KEY.encode())):
         parts, clock = split(part, 3, clock)
         seq = part.seq + 1
         # through the codec, as on Kafka
@@ -101,7 +101,7 @@ def test_partitioned_stages_equal_replay(reference: tuple[pa.Table, pa.Table]) -
 
 def test_codec_round_trip_and_corruption() -> None:
     files = order_by_time(expand_inputs([str(SHARED / "arkime_gtp-u.pcap")]))
-    part, _ = next(sensor_parts(files, build_engine(), Pseudonymizer(b"k"), processes=1))
+    part, _ = next(sensor_parts(CaptureFiles(files), build_engine(), Pseudonymizer(b"k"), processes=1))
     parts, _ = split(part, 2, None)
     env = Envelope("sensor-1", "run-1", parts[0], "abc")
     data = encode(env)

@@ -356,7 +356,7 @@ async function sensors() {
     const list = await api("/api/sensors");
     main.append(table([{ label: t("sensor"), key: "sensor" }, { label: t("capture_source"), key: "source", mono: true }, { label: t("pps"), key: "packets_per_s" },
       { label: t("packets"), render: (s) => fmtNumber(s.packets) }, { label: t("bytes"), render: (s) => fmtBytes(s.bytes) }, { label: t("decode_errors"), render: (s) => `${fmtNumber(s.decode_errors)} (${(100 * s.error_rate).toFixed(2)}%)` },
-      { label: t("drops"), render: (s) => s.drops ?? "—" }, { label: t("lag"), render: (s) => `${fmtNumber(Math.round(s.lag_s))} s` }, { label: t("last_seen_ago"), render: (s) => fmtTime(s.last_seen) }, { label: t("batches"), key: "batches" }], list));
+      { label: t("drops"), render: (s) => s.drops == null ? "—" : `${fmtNumber(s.drops)} (${(100 * s.drop_rate).toFixed(3)}%)` }, { label: t("lag"), render: (s) => `${fmtNumber(Math.round(s.lag_s))} s` }, { label: t("last_seen_ago"), render: (s) => fmtTime(s.last_seen) }, { label: t("batches"), key: "batches" }], list));
   } catch (e) { fail(main, e); }
 }
 async function audit() {

@@ -58,8 +58,9 @@ SENSOR_STATS_FIELDS = [
     Field("packets", pa.uint64(), "packets in the batch"),
     Field("bytes", pa.uint64(), "frame bytes in the batch"),
     Field("decode_errors", pa.uint64(), "packets whose decode_status is not 0"),
+    Field("drops", pa.uint64(), "live capture: packets the kernel dropped while the batch filled (null: a file)"),
 ]
-SENSOR_STATS_SCHEMA = arrow_schema(SENSOR_STATS_FIELDS, "sensor_stats", 2)
+SENSOR_STATS_SCHEMA = arrow_schema(SENSOR_STATS_FIELDS, "sensor_stats", 3)
 ALERT_STORE_SCHEMA = arrow_schema(
     [Field(f.name, f.type, "") for f in ALERT_SCHEMA] + STORE_ALERT_FIELDS, "alerts", 1)
 MESSAGE_ID = Field("message_id", pa.string(), "deterministic: hash of the message's time, endpoints and position")
@@ -128,10 +129,12 @@ def stats_id(sensor: str, source: str, first_ts_ns: int) -> str:
     return hashlib.blake2b(f"{sensor}|{source}|{first_ts_ns}".encode(), digest_size=10).hexdigest()
 
 
-def sensor_stats_table(sensor: str, batches: list[tuple[str, int, int, int, int, int]]) -> pa.Table:
-    """sensor_stats rows of packet batches: (source, first ts ns, last ts ns, packets, bytes, decode errors)."""
+def sensor_stats_table(sensor: str, batches: list[tuple[str, int, int, int, int, int, int | None]]) -> pa.Table:
+    """sensor_stats rows of packet batches: (source, first ts ns, last ts ns, packets, bytes, decode errors,
+    kernel drops or None)."""
     rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "first_ts": first, "sensor": sensor,
-             "source": src, "packets": n, "bytes": b, "decode_errors": err} for src, first, last, n, b, err in batches]
+             "source": src, "packets": n, "bytes": b, "decode_errors": err, "drops": drops}
+            for src, first, last, n, b, err, drops in batches]
     as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
                        for f in SENSOR_STATS_SCHEMA])
     return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)

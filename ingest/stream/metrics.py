@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from sensors.capture.afpacket import KernelCounters
 
 
 class SensorMetrics:
@@ -20,6 +24,17 @@ class SensorMetrics:
         self.spool_batches = Gauge("liaowang_sensor_spool_batches", "batches waiting in the disk spool", registry=r)
         self.queued_batches = Gauge("liaowang_sensor_queued_batches", "batches waiting in memory", registry=r)
         self.packets_per_second = Gauge("liaowang_sensor_packets_per_second", "decode rate, last batch", registry=r)
+        # live capture: the kernel's PACKET_STATISTICS, as the capture process last read them
+        self.kernel_packets = Gauge("liaowang_sensor_kernel_packets", "packets the capture socket saw (with drops)",
+                                    registry=r)
+        self.kernel_drops = Gauge("liaowang_sensor_kernel_drops", "packets dropped: capture ring full", registry=r)
+        self.kernel_freezes = Gauge("liaowang_sensor_kernel_freezes", "times the capture ring was full", registry=r)
+
+    def watch(self, counters: Callable[[], KernelCounters]) -> None:
+        """Report a live capture's kernel counters at every scrape."""
+        self.kernel_packets.set_function(lambda: counters().packets)
+        self.kernel_drops.set_function(lambda: counters().drops)
+        self.kernel_freezes.set_function(lambda: counters().freezes)
 
 
 class WorkerMetrics:

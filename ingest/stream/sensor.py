@@ -25,7 +25,8 @@ from ingest.stream.codec import Envelope, encode
 from ingest.stream.metrics import SensorMetrics
 from ingest.stream.spool import Outbox, OutboxStats
 from ingest.stream.topics import Topics, ensure_topics, producer_settings
-from sensors.capture.source import DEFAULT_CHUNK_BYTES, expand_inputs, order_by_time
+from sensors.capture.frames import FrameSource
+from sensors.capture.source import DEFAULT_CHUNK_BYTES, CaptureFiles, expand_inputs, order_by_time
 
 log = logging.getLogger("liaowang.sensor")
 
@@ -38,6 +39,7 @@ class SensorSummary:
     packets: int = 0
     sent: int = 0
     seconds: float = 0.0
+    dropped: int = 0  # live capture: packets the kernel dropped
     outbox: OutboxStats = field(default_factory=OutboxStats)  # spooled and dropped
     errors: list[str] = field(default_factory=list)
 
@@ -62,6 +64,13 @@ class Sensor:
                pps: float | None = None, speed: float | None = None) -> SensorSummary:
         """Publish capture files (paced at ``pps`` packets/s or ``speed`` x capture time, else at full speed)."""
         files = order_by_time(expand_inputs(inputs))
+        return self.stream(CaptureFiles(files, chunk_bytes), engine, pseudonyms, processes=processes, pps=pps,
+                        speed=speed)
+
+    def stream(self, source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
+            processes: int | None = None, in_flight: int | None = None, pps: float | None = None,
+            speed: float | None = None) -> SensorSummary:
+        """Publish a frame source's batches, then the end of the input, and deliver everything."""
         started = time.perf_counter()
         self._sender.start()  # it creates the topics: capture does not wait for the broker
         fingerprint = rules_fingerprint(engine)
@@ -69,7 +78,7 @@ class Sensor:
         clock: int | None = None
         seq, sent_packets, t0 = -1, 0, None
         self._published = -1
-        for part, stats in sensor_parts(files, engine, pseudonyms, chunk_bytes=chunk_bytes, processes=processes):
+        for part, stats in sensor_parts(source, engine, pseudonyms, processes=processes, in_flight=in_flight):
             seq = part.seq
             if pps:
                 _sleep_until(started + sent_packets / pps)
@@ -87,6 +96,7 @@ class Sensor:
             m.packets.inc(stats.packets)
             m.bytes.inc(stats.bytes)
             m.decode_errors.inc(stats.packets - stats.decode_status.get(0, 0))
+            self.summary.dropped += stats.dropped
             m.packets_per_second.set(sent_packets / max(time.perf_counter() - started, 1e-9))
         end = [Envelope(self.sensor_id, self.run, Part(seq=seq + 1, partition=p, partitions=partitions, end=True,
                                                        prev=self._published), fingerprint) for p in range(partitions)]

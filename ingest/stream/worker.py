@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import pyarrow as pa
 from kafka import ConsumerRebalanceListener
 
 from detection.engine import DetectionEngine
 from ingest.control import ControlPlane
 from ingest.pipeline import DetectStage, FlowPart, FlowStage, Part, Results, rules_fingerprint
-from ingest.store.api import Store, sensor_stats_table
+from ingest.results import ControlSnapshots, PendingWrites
+from ingest.store.api import Store
 from ingest.stream.codec import CorruptMessage, Envelope, decode, encode
 from ingest.stream.metrics import WorkerMetrics
 from ingest.stream.topics import Topics, consumer_settings, ensure_topics, producer_settings
@@ -48,8 +48,6 @@ log = logging.getLogger("liaowang.detect")
 S = TypeVar("S")
 #: ended streams remembered per partition (late re-deliveries of them are skipped)
 ENDED_KEPT = 1000
-#: sessions and the NF inventory are snapshots: rewritten at most this often while a stream runs
-SNAPSHOT_TABLES_S = 5.0
 
 
 class WorkerError(Exception):
@@ -79,8 +77,7 @@ class DetectStream:
     partitions: int
     buffers: dict[int, collections.deque[tuple[int, FlowPart]]] = field(default_factory=dict)
     last_buffered: dict[int, int] = field(default_factory=dict)
-    tables_written: float = 0.0
-    messages_written: int = -1
+    snapshots: ControlSnapshots = field(default_factory=ControlSnapshots)
 
     def __getstate__(self) -> dict[str, Any]:  # parts waiting are re-read from the committed offset
         return {"stage": self.stage, "partitions": self.partitions}
@@ -91,18 +88,6 @@ class DetectStream:
 
 FlowPartition = PartitionState[FlowStage]
 DetectPartition = PartitionState[DetectStream]
-
-
-@dataclass
-class Pending:
-    """Stage 3 results not yet in the store."""
-
-    tables: dict[str, list[pa.Table]] = field(default_factory=lambda: collections.defaultdict(list))
-    read_at: list[float] = field(default_factory=list)
-
-    def add(self, name: str, table: pa.Table) -> None:
-        if table.num_rows:
-            self.tables[name].append(table)
 
 
 class Worker:
@@ -123,7 +108,7 @@ class Worker:
         self.position: dict[tuple[str, int], int] = {}  # next offset to commit, per (topic, partition)
         self.committed: dict[tuple[str, int], int] = {}
         self.dirty: set[tuple[str, int]] = set()
-        self.pending = Pending()
+        self.pending = PendingWrites()
         self._sent: list[Any] = []  # kafka-python's send futures
         self._warned: set[str] = set()
         self._rewound: set[tuple[str, int, int, str, int]] = set()
@@ -294,22 +279,7 @@ class Worker:
                 return
 
     def _results(self, env: Envelope, st: DetectStream, r: Results) -> None:
-        p = self.pending
-        p.add("flows", r.flows)
-        p.add("alerts", r.alerts)
-        for name, t in r.protos.items():
-            p.add(f"proto_{name}", t)
-        if r.batch is not None:
-            b = r.batch
-            p.add("sensor_stats", sensor_stats_table(env.sensor, [(b.source, b.first_ts_ns, b.last_ts_ns, b.packets,
-                                                                   b.bytes, b.decode_errors)]))
-            p.read_at.append(b.read_at)
-        control = st.stage.control
-        changed = sum(control.messages.values()) != st.messages_written
-        if st.stage.ended or (changed and time.monotonic() - st.tables_written >= SNAPSHOT_TABLES_S):
-            p.add("sessions", control.sessions.table())
-            p.add("nf_inventory", control.inventory.table())
-            st.tables_written, st.messages_written = time.monotonic(), sum(control.messages.values())
+        self.pending.add_results(env.sensor, r, st.snapshots.due(st.stage.control, st.stage.ended))
         self.metrics.flows.inc(r.flows.num_rows)
         self.metrics.alerts.inc(r.alerts.num_rows)
 
@@ -327,13 +297,12 @@ class Worker:
         self._sent = []
         if failed:
             raise WorkerError(f"could not deliver {len(failed)} parts to {self.bootstrap}: {failed[0].exception}")
-        for name, tables in self.pending.tables.items():
-            self.store.write(name, pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        read_at = list(self.pending.read_at)
+        self.pending.write(self.store)
         now = time.time()
-        for t in self.pending.read_at:
+        for t in read_at:
             if t:
                 self.metrics.latency.observe(max(now - t, 0.0))
-        self.pending = Pending()
         offsets = {}
         for topic, partition in sorted(self.dirty):
             if (topic, partition) not in self.position:
@@ -378,7 +347,7 @@ class Worker:
         log.info("%s: assigned %s", self.name, ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing")
 
     def revoked(self, partitions: list[Any]) -> None:
-        if self.dirty or self.pending.tables:
+        if self.dirty or self.pending:
             self.checkpoint(commit=False)
         for tp in partitions:
             (self.flow_parts if tp.topic == self.topics.packets else self.detect_parts).pop(tp.partition, None)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sensors.capture.source import Damage, MappedFrames
 
 # Link-layer header types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL = 0
@@ -55,6 +60,29 @@ class FrameBatch:
     #: (then another process can map the same bytes instead of receiving them), else -1
     mapped_at: int = -1
     notes: list[str] = field(default_factory=list)
+    #: live capture: packets the kernel dropped (ring full) while this batch filled
+    dropped: int = 0
+    #: live capture: the file its frames are retained in ("" when not retained)
+    retained_in: str = ""
 
     def __len__(self) -> int:
         return len(self.data_off)
+
+
+class FrameSource(Protocol):
+    """Where batches come from: capture files or a live interface."""
+
+    #: a live source's batches must not wait for decoding: its reader only captures
+    live: bool
+
+    def label(self, file_index: int) -> str:
+        """What a batch of ``file_index`` is named by in statistics (a file's path, an interface)."""
+        ...
+
+    def batches(self, damages: list[Damage], shm_dir: str | None = None
+                ) -> Iterator[tuple[FrameBatch, MappedFrames | None]]:
+        """Batches, each with a reference another process can map its bytes by (None: it cannot).
+
+        ``shm_dir``: where a live source may put its batch buffers so that they can be mapped.
+        """
+        ...

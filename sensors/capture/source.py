@@ -373,12 +373,32 @@ def _whole_block(buf: Buffer, start: int) -> bytes | None:
     return bytes(buf.arr[start : start + length])
 
 
+class CaptureFiles:
+    """Capture files as a :class:`~sensors.capture.frames.FrameSource`, in the order given."""
+
+    live = False
+
+    def __init__(self, files: list[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+        self.files, self.chunk_bytes = files, chunk_bytes
+
+    def label(self, file_index: int) -> str:
+        return self.files[file_index]
+
+    def batches(self, damages: list[Damage], shm_dir: str | None = None
+                ) -> Iterator[tuple[FrameBatch, MappedFrames | None]]:
+        for i, path in enumerate(self.files):
+            for frames in read_frames(path, self.chunk_bytes, file_index=i, damages=damages):
+                if len(frames):
+                    yield frames, MappedFrames.of(path, frames)
+
+
 class MappedFrames(NamedTuple):
     """A :class:`FrameBatch` without its bytes, for a process that maps the same file."""
 
     path: str
     buf_len: int
     frames: FrameBatch
+    owned: bool = False  # a live capture's batch file: whoever maps it removes it
 
     @classmethod
     def of(cls, path: str, frames: FrameBatch) -> MappedFrames | None:
@@ -386,6 +406,12 @@ class MappedFrames(NamedTuple):
         if frames.mapped_at < 0:
             return None
         return cls(path, len(frames.buf), dataclasses.replace(frames, buf=np.empty(0, dtype=np.uint8)))
+
+    @classmethod
+    def handed_over(cls, path: str, frames: FrameBatch) -> MappedFrames:
+        """A live capture's batch built in its own file at ``path``: whoever maps it removes the file."""
+        return cls(path, len(frames.buf), dataclasses.replace(frames, buf=np.empty(0, dtype=np.uint8), mapped_at=0),
+                   owned=True)
 
 
 class FrameMapper:
@@ -408,6 +434,8 @@ class FrameMapper:
             with open(ref.path, "rb") as f:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._file, self._path = np.frombuffer(self._mm, dtype=np.uint8), ref.path
+            if ref.owned:
+                os.unlink(ref.path)  # the mapping keeps the bytes while they are needed
         start, end = ref.frames.mapped_at, ref.frames.mapped_at + ref.buf_len
         if end <= len(self._file):
             buf = self._file[start:end]
@@ -426,5 +454,5 @@ class FrameMapper:
             self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-__all__ = ["CaptureError", "Damage", "FrameMapper", "MappedFrames", "expand_inputs", "order_by_time", "read_frames",
-           "sniff"]
+__all__ = ["CaptureError", "CaptureFiles", "Damage", "FrameMapper", "MappedFrames", "expand_inputs", "order_by_time",
+           "read_frames", "sniff"]

@@ -83,8 +83,9 @@ def _after_ethertype(pk: Packets, rows: np.ndarray, off: np.ndarray, etype: np.n
         depth[t] += 1
         etype[t] = pk.u16(off[t] + 2)
         off[t] += 4
-    if depth.any():
-        pk.put("vlan_depth", rows, depth)
+    tagged_rows = depth > 0  # untagged frames stay null whatever else is in the batch
+    if tagged_rows.any():
+        pk.put("vlan_depth", rows[tagged_rows], depth[tagged_rows])
     mpls = np.flatnonzero(one_of(etype, MPLS_TYPES))
     if len(mpls):
         _mpls(pk, rows, off, etype, mpls)
