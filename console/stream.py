@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +193,14 @@ def _live_capture(args: argparse.Namespace) -> LiveCapture:
     live = LiveCapture(args.iface, LiveOptions(engine=args.engine, ring=ring,
                                                 chunk_bytes=int(args.chunk_mb * 1024 * 1024),
                                                 max_wait_s=args.batch_ms / 1000))
-    logging.getLogger("liaowang.capture").info(
-        "capturing on %s (%s engine, ring %.0f MB, filter %s)", args.iface, live.engine, args.ring_mb,
-        repr(args.filter) if args.filter else "none")
+
+    def say_when_ready() -> None:  # the pcap and scapy engines open the interface in the capture process
+        if live.ready.wait():
+            logging.getLogger("liaowang.capture").info(
+                "capturing on %s (%s engine, ring %.0f MB, filter %s)", args.iface, live.engine, args.ring_mb,
+                repr(args.filter) if args.filter else "none")
+
+    threading.Thread(target=say_when_ready, daemon=True).start()
     return live
 
 

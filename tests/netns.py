@@ -43,25 +43,30 @@ class Wire:
     receiver_if: str
 
     @classmethod
-    def create(cls, tag: str) -> Wire:
-        w = cls(f"lw-{tag}-s", f"lw-{tag}-r", f"lw{tag}s", f"lw{tag}r")
+    def create(cls, tag: str, receiver_here: bool = False) -> Wire:
+        """``receiver_here``: the capturing end stays in this namespace (to reach services on its loopback)."""
+        w = cls(f"lw-{tag}-s", "" if receiver_here else f"lw-{tag}-r", f"lw{tag}s", f"lw{tag}r")
         w.delete()
-        _run("ip", "netns", "add", w.sender_ns)
-        _run("ip", "netns", "add", w.receiver_ns)
         _run("ip", "link", "add", w.sender_if, "type", "veth", "peer", "name", w.receiver_if)
         for ns, dev in ((w.sender_ns, w.sender_if), (w.receiver_ns, w.receiver_if)):
-            _run("ip", "link", "set", dev, "netns", ns)
-            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                 "net.ipv6.conf.default.disable_ipv6=1")
-            _run("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "up")
+            if ns:
+                _run("ip", "netns", "add", ns)
+                _run("ip", "link", "set", dev, "netns", ns)
+                _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                     "net.ipv6.conf.default.disable_ipv6=1")
+            else:
+                _run("sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            _run(*(["ip", "-n", ns] if ns else ["ip"]), "link", "set", dev, "mtu", str(MTU), "up")
         return w
 
     def delete(self) -> None:
         for ns in (self.sender_ns, self.receiver_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            if ns:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.receiver_if], capture_output=True)
 
     def in_receiver(self, *cmd: str) -> list[str]:
-        return ["ip", "netns", "exec", self.receiver_ns, *cmd]
+        return ["ip", "netns", "exec", self.receiver_ns, *cmd] if self.receiver_ns else list(cmd)
 
     def replay(self, *files: str, pps: float | None = None, mbps: float | None = None,
                topspeed: bool = True) -> TcpreplayResult:

@@ -10,6 +10,7 @@ import collections
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,7 +184,7 @@ def _sensor(wire: netns.Wire, log: Path, *args: str) -> subprocess.Popen[bytes]:
                                              wire.receiver_if, *args),
                             cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while "capturing on" not in log.read_text():
+    while f"capturing on {wire.receiver_if} (" not in log.read_text():  # the capture is open
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
@@ -242,3 +243,74 @@ def test_sensor_errors_say_what_is_missing(wire: netns.Wire, tmp_path: Path) -> 
     assert nowhere.returncode == 2 and "--out DIR" in nowhere.stderr
     unprivileged = run("--iface", wire.receiver_if, "--out", str(tmp_path / "o"), user="nobody")
     assert unprivileged.returncode == 2 and "CAP_NET_RAW" in unprivileged.stderr
+
+
+def test_pcap_engine_reads_tcpdumps_stream_the_same(wire: netns.Wire) -> None:
+    files = WIRE_CAPTURES[:8]
+    live = LiveCapture(wire.receiver_if, LiveOptions(engine="pcap", chunk_bytes=1 << 20, max_wait_s=0.2))
+    tables: list[pa.RecordBatch] = []
+
+    def capture() -> None:
+        with netns.entered(wire.receiver_ns):  # tcpdump starts in this thread's namespace
+            tables.extend(decode(frames) for frames, _ in live.batches([]))
+
+    reader = threading.Thread(target=capture)
+    reader.start()
+    assert live.ready.wait(30)
+    sent = wire.replay(*map(str, files))
+    time.sleep(0.5)
+    live.stop.set()
+    reader.join(30)
+    _assert_same_packets(pa.Table.from_batches(tables), _file_packets(files))
+    assert live.counters.packets == sent.packets and live.counters.drops == 0
+
+
+def test_scapy_engine_works_slowly_and_says_so(wire: netns.Wire, tmp_path: Path) -> None:
+    log = tmp_path / "sensor.log"
+    proc = _sensor(wire, log, "--engine", "scapy", "--out", str(tmp_path / "o"), "--batch-ms", "200")
+    sent = wire.replay(str(WIRE_CAPTURES[17]), pps=500)  # 108 packets, gently
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()
+    text = log.read_text()
+    assert "drops most packets above a few thousand per second" in text
+    assert f"packets            {sent.packets:,}" in text
+
+
+def test_sensor_streams_the_wire_through_kafka(tmp_path: Path) -> None:
+    from tests.kafka_fixtures import Broker, liaowang, stop
+    from tests.test_stream import _stored, _wait_log, _wait_stored
+
+    files = [WIRE_CAPTURES[i] for i in (1, 7, 9, 13)]
+    for i, f in enumerate(files):
+        replay([str(f)], tmp_path / f"replay-{i}")
+    want = [sum(pq.read_metadata(tmp_path / f"replay-{i}" / f"{t}.parquet").num_rows for i in range(len(files)))
+            for t in ("flows", "alerts")]
+    wire = netns.Wire.create(f"k{abs(hash(str(tmp_path))) % 1000}", receiver_here=True)  # the broker is on loopback
+    broker = Broker(tmp_path)
+    broker.start()
+    procs = []
+    try:
+        store = tmp_path / "store"
+        procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
+                              "--topic-prefix", "live", "--commit-interval", "0.5", log=tmp_path / "w.log"))
+        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        procs.append(liaowang("sensor", "--iface", wire.receiver_if, "--kafka", broker.bootstrap, "--topic-prefix",
+                              "live", "--sensor-id", "tap-k", "--spool", str(tmp_path / "spool"),
+                              log=tmp_path / "sensor.log"))
+        _wait_log([tmp_path / "sensor.log"], f"capturing on {wire.receiver_if} (", procs)
+        sent = wire.replay(*map(str, files))
+        time.sleep(0.3)
+        assert stop(procs[1], timeout=60) == 0, (tmp_path / "sensor.log").read_text()
+        assert f"{sent.packets:,} packets" in (tmp_path / "sensor.log").read_text()
+        _wait_stored(store, want[0], want[1], procs[:1])
+        assert stop(procs[0]) == 0
+        flows, alerts = _stored(store)
+        assert (flows.num_rows, alerts.num_rows) == tuple(want)
+        assert int(pc.sum(flows.column("src2dst_packets")).as_py() + pc.sum(flows.column("dst2src_packets")).as_py()) \
+            <= sent.packets
+    finally:
+        for p in procs:
+            stop(p, timeout=5)
+        broker.stop()
+        wire.delete()

@@ -4,8 +4,8 @@ Engines, best first:
 
 - ``afpacket``: Linux AF_PACKET TPACKET_V3 ring (:mod:`sensors.capture.afpacket`);
   zero-copy from the kernel, the default on Linux.
-- ``pcap``: libpcap through ``tcpdump -w -`` (for other systems and unusual
-  interfaces); its pcap stream is walked like a capture file.
+- ``pcap``: libpcap through ``dumpcap -w -`` or ``tcpdump -w -`` (for other
+  systems and unusual interfaces); its pcap stream is walked like a capture file.
 - ``scapy``: scapy's sniffer, one Python object per packet: the last resort
   (measured here: 36% of packets captured at 20k packets/s, 14% at 50k).
 
@@ -21,6 +21,7 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -48,6 +49,8 @@ from sensors.capture.walk import PAD, chain_walk
 log = logging.getLogger("liaowang.capture")
 
 ENGINES = ("auto", "afpacket", "pcap", "scapy")
+#: after a stop, tcpdump is let run until it has written nothing for this long (it is behind the wire)
+QUIET_S = 0.5
 
 
 @dataclass
@@ -68,6 +71,7 @@ class LiveCapture:
         self.iface = iface
         self.options = o = options or LiveOptions()
         self.stop = mp.get_context("fork").Event()
+        self.ready = mp.get_context("fork").Event()  # the capture is open: traffic from now on is seen
         #: kernel counters as the capturing process last read them (shared: it may be a forked reader)
         self._counters = mp.get_context("fork").Array("q", 3, lock=False)
         if o.engine not in ENGINES:
@@ -79,9 +83,10 @@ class LiveCapture:
         self._ring: AfPacketRing | None = None
         if engine == "afpacket":
             self._ring = AfPacketRing(iface, o.ring)  # opened here: errors show before anything forks
+            self.ready.set()
         elif engine == "pcap":
-            if not shutil.which("tcpdump"):
-                raise CaptureOpenError("the pcap engine runs tcpdump (libpcap): apt-get install tcpdump")
+            if not shutil.which("dumpcap") and not shutil.which("tcpdump"):
+                raise CaptureOpenError("the pcap engine runs dumpcap or tcpdump (libpcap): apt-get install tcpdump")
             if o.ring.bpf_filter:
                 compile_filter(o.ring.bpf_filter, 1)  # a bad filter is an error now, not in tcpdump's stderr
         else:
@@ -140,39 +145,45 @@ class LiveCapture:
 
     def _pcap(self, damages: list[Damage]) -> Iterator[FrameBatch]:
         o = self.options
-        cmd = ["tcpdump", "-i", self.iface, "-U", "-s", str(o.snaplen), "-w", "-", "--immediate-mode",
-               "--time-stamp-precision=nano"]
-        if not o.ring.promiscuous:
-            cmd.append("-p")
-        if o.ring.bpf_filter:
-            cmd.append(o.ring.bpf_filter)
+        cmd = _libpcap_command(self.iface, o)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
+        said = proc.stderr.readline().decode(errors="replace")  # "Capturing on", "listening on", or why not
+        if not re.search("capturing on|listening on", said, re.I):
+            proc.wait()
+            raise CaptureOpenError(f"{self.iface}: {cmd[0]} cannot capture: {said.strip() or 'it exited'}")
+        if cmd[0] == "tcpdump":  # it says so once capturing; dumpcap says so earlier, and is ready at its header
+            self.ready.set()
         fd = proc.stdout.fileno()
-        head = _read_exactly(fd, pcap.GLOBAL_HEADER_LEN, proc)
-        header = pcap.parse_global_header(head)
-        if header is None:
-            message = proc.stderr.read().decode(errors="replace").strip()
-            raise CaptureOpenError(f"{self.iface}: tcpdump cannot capture: {message or 'no pcap stream'}")
-        fmt = pcap.PcapRecords(header)
+        fmt: pcap.PcapRecords | None = None  # tcpdump writes the file header with the first packet
         buf = np.zeros(o.chunk_bytes * 2 + PAD, dtype=np.uint8)
         filled = offset = 0
-        stopping = False
+        eof = False
+        last_data = time.monotonic()
         try:
-            while True:
+            while not eof:
                 deadline = time.monotonic() + o.max_wait_s
-                while filled < o.chunk_bytes and time.monotonic() < deadline:
-                    if self.stop.is_set() and not stopping:
-                        proc.terminate()  # tcpdump writes what it has and exits
-                        stopping = True
+                while filled < o.chunk_bytes and time.monotonic() < deadline and not eof:
+                    if self.stop.is_set() and proc.poll() is None and time.monotonic() - last_data > QUIET_S:
+                        proc.terminate()  # it has caught up (what it is sent on SIGTERM, it drops)
                     ready, _, _ = select.select([fd], [], [], 0.05)
                     if ready:
                         chunk = os.read(fd, len(buf) - PAD - filled)
-                        if not chunk:
-                            stopping = True
-                            break
+                        eof = not chunk
+                        last_data = time.monotonic()
                         buf[filled:filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
                         filled += len(chunk)
+                if fmt is None:
+                    if filled < pcap.GLOBAL_HEADER_LEN:
+                        continue
+                    header = pcap.parse_global_header(bytes(buf[:pcap.GLOBAL_HEADER_LEN]))
+                    if header is None:
+                        raise CaptureOpenError(f"{self.iface}: tcpdump wrote no pcap stream")
+                    fmt, link_type = pcap.PcapRecords(header), header.link_type
+                    self.ready.set()
+                    filled -= pcap.GLOBAL_HEADER_LEN
+                    buf[:filled] = buf[pcap.GLOBAL_HEADER_LEN:pcap.GLOBAL_HEADER_LEN + filled]
+                    offset = pcap.GLOBAL_HEADER_LEN
                 buf[filled:filled + PAD] = 0
                 walk = chain_walk(fmt, buf, 0, filled)
                 if len(walk.offsets):
@@ -180,7 +191,7 @@ class LiveCapture:
                     k = len(walk.offsets)
                     yield FrameBatch(buf=buf, data_off=cols["data_off"], caplen=cols["caplen"],
                                      wirelen=cols["wirelen"], ts_ns=cols["ts_ns"],
-                                     link_type=np.full(k, header.link_type, dtype=np.uint16),
+                                     link_type=np.full(k, link_type, dtype=np.uint16),
                                      interface_id=np.zeros(k, dtype=np.uint16),
                                      file_offset=walk.offsets + offset)
                     buf = buf.copy()  # the batch keeps the old buffer
@@ -191,18 +202,27 @@ class LiveCapture:
                 buf[:rest] = buf[walk.next_pos:filled]
                 offset += walk.next_pos
                 filled = rest
-                if stopping and proc.poll() is not None and not select.select([fd], [], [], 0)[0]:
-                    return
         finally:
             if proc.poll() is None:
                 proc.terminate()
             proc.wait()
+            # its parting words: dumpcap "received/dropped on interface 'IF': N/M", tcpdump "N packets received
+            # by filter", "M packets dropped by kernel"
+            said = proc.stderr.read().decode(errors="replace")
+            both = re.search(r"received/dropped on interface '[^']*': (\d+)/(\d+)", said)
+            received = re.search(r"(\d+) packets? received by filter", said)
+            dropped = re.search(r"(\d+) packets? dropped by kernel", said)
+            if both:
+                self._publish(KernelCounters(int(both.group(1)), int(both.group(2)), 0))
+            elif received and dropped:
+                self._publish(KernelCounters(int(received.group(1)), int(dropped.group(1)), 0))
 
     def _scapy(self) -> Iterator[FrameBatch]:
         from scapy.all import conf  # heavy: only when asked for
 
         o = self.options
         sock = conf.L2listen(iface=self.iface, filter=o.ring.bpf_filter, promisc=o.ring.promiscuous)
+        self.ready.set()
         frames: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + o.max_wait_s
         try:
@@ -224,6 +244,22 @@ class LiveCapture:
     def close(self) -> None:
         if self._ring is not None:
             self._ring.close()
+
+
+def _libpcap_command(iface: str, o: LiveOptions) -> list[str]:
+    """dumpcap (Wireshark's capture engine: keeps up at tcpreplay's top speed and writes each packet at once at low
+    rates), else tcpdump (its output is block-buffered: per-packet flushing (-U) loses most packets at speed)."""
+    buffer_mb = max(o.ring.ring_bytes >> 20, 2)
+    if shutil.which("dumpcap"):
+        cmd = ["dumpcap", "-i", iface, "-P", "-w", "-", "-s", str(o.snaplen), "-B", str(buffer_mb)]
+        if not o.ring.promiscuous:
+            cmd.append("-p")
+        return cmd + (["-f", o.ring.bpf_filter] if o.ring.bpf_filter else [])
+    cmd = ["tcpdump", "-i", iface, "-s", str(o.snaplen), "-w", "-", "--immediate-mode",
+           "--time-stamp-precision=nano", "-B", str(buffer_mb * 1024)]
+    if not o.ring.promiscuous:
+        cmd.append("-p")
+    return cmd + ([o.ring.bpf_filter] if o.ring.bpf_filter else [])
 
 
 def _frames_of(frames: list[tuple[int, bytes]]) -> FrameBatch:
@@ -258,20 +294,6 @@ def _shm_buffer(shm_dir: str | None, n: int, size: int) -> tuple[np.ndarray, str
         f.truncate(size)  # sparse: pages exist once written
         mm = mmap.mmap(f.fileno(), size)
     return np.frombuffer(mm, dtype=np.uint8), path
-
-
-def _read_exactly(fd: int, n: int, proc: subprocess.Popen[bytes]) -> bytes:
-    data = b""
-    while len(data) < n:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if ready:
-            chunk = os.read(fd, n - len(data))
-            if not chunk:
-                break
-            data += chunk
-        elif proc.poll() is not None:
-            break
-    return data
 
 
 __all__ = ["ENGINES", "LiveCapture", "LiveOptions"]
