@@ -1,6 +1,9 @@
 # Liaowang image: replay, sensor, detection worker and console (the command picks the role)
 FROM python:3.11-slim
 WORKDIR /opt/liaowang
+# libpcap compiles live capture filters; tcpdump is the pcap capture engine; tshark dissects NGAP
+RUN apt-get update && apt-get install -y --no-install-recommends libpcap0.8 tcpdump tshark \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY sensors sensors
 COPY detection detection
