@@ -146,15 +146,14 @@ def rules_fingerprint(engine: DetectionEngine) -> str:
 
 
 def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
-                 processes: int | None = None, damages: list[Damage] | None = None, name: str | None = None,
-                 first_seq: int = 0, in_flight: int | None = None) -> Iterator[tuple[Part, BatchStats]]:
+                 processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
+                 in_flight: int | None = None) -> Iterator[tuple[Part, BatchStats]]:
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
     Decoding and every stateless stage after it run in forked processes when
     ``processes`` > 1 (the default on a fork-capable machine with 2+ cores).
-    ``name``: what sensor_stats names the batches by (default: the file, the
-    live capture's retention file, or the interface).  ``in_flight``: batches
-    a live capture may have waiting for decoders.
+    Batches are named in sensor_stats by ``source.label`` (the file, or the
+    interface).  ``in_flight``: batches a live capture may have waiting for decoders.
     """
     damages = [] if damages is None else damages
 
@@ -177,7 +176,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
     file_index = 0
     for seq, (outputs, stats) in enumerate(batches, start=first_seq):
         info = BatchInfo(
-            source=name or stats.retained_in or source.label(stats.file_index), first_ts_ns=stats.first_ts_ns or 0,
+            source=source.label(stats.file_index), first_ts_ns=stats.first_ts_ns or 0,
             last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
             decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
             read_at=time.time(), dropped=stats.dropped if source.live else None)

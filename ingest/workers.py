@@ -51,7 +51,6 @@ class BatchStats:
     file_index: int = 0  # of the last batch added
     file_offset: int = 0  # of that batch's last frame
     dropped: int = 0  # live capture: packets the kernel dropped
-    retained_in: str = ""  # live capture: the retention file of the last batch added
     decode_status: collections.Counter[int] = field(default_factory=collections.Counter)
     app_proto: collections.Counter[int] = field(default_factory=collections.Counter)
     tunnel_type: collections.Counter[int] = field(default_factory=collections.Counter)
@@ -61,7 +60,6 @@ class BatchStats:
         ts = pc.min_max(packets.column("ts").cast(pa.int64()))
         return cls(
             dropped=frames.dropped if frames is not None else 0,
-            retained_in=frames.retained_in if frames is not None else "",
             packets=packets.num_rows,
             bytes=pc.sum(packets.column("frame_len")).as_py(),
             first_ts_ns=ts["min"].as_py(),
@@ -82,7 +80,6 @@ class BatchStats:
         self.last_ts_ns = max(lasts) if lasts else None
         self.file_index, self.file_offset = other.file_index, other.file_offset
         self.dropped += other.dropped
-        self.retained_in = other.retained_in
         self.decode_status.update(other.decode_status)
         self.app_proto.update(other.app_proto)
         self.tunnel_type.update(other.tunnel_type)
@@ -203,8 +200,7 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
         n = 0
         ways = len(helpers) if source.live else len(helpers) + 1
         for frames, ref in source.batches(damages, workdir):
-            while not slots.acquire(timeout=0.05):
-                pass
+            slots.acquire()  # live: while decoders are this far behind, the ring fills (and the kernel counts drops)
             turn = n % ways + (0 if source.live else -1)
             if turn >= 0 and ref is not None:
                 helpers[turn].send((n, ref))

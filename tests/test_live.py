@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -153,7 +154,7 @@ def test_fanout_shares_packets_between_sockets_and_keeps_flows_whole(wire: netns
     sent = wire.replay(*map(str, files))
     tables = []
     for ring in rings:
-        buf = __import__("numpy").zeros(batch_capacity(8 << 20, config), dtype="uint8")
+        buf = np.zeros(batch_capacity(8 << 20, config), dtype=np.uint8)
         tables.append(decode(fill_batch(ring, buf, 8 << 20, 0.5)))
         ring.close()
     assert sum(t.num_rows for t in tables) == sent.packets

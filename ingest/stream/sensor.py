@@ -68,8 +68,8 @@ class Sensor:
                         speed=speed)
 
     def stream(self, source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
-            processes: int | None = None, in_flight: int | None = None, pps: float | None = None,
-            speed: float | None = None) -> SensorSummary:
+               processes: int | None = None, in_flight: int | None = None, pps: float | None = None,
+               speed: float | None = None) -> SensorSummary:
         """Publish a frame source's batches, then the end of the input, and deliver everything."""
         started = time.perf_counter()
         self._sender.start()  # it creates the topics: capture does not wait for the broker

@@ -22,8 +22,10 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -148,7 +150,7 @@ class AfPacketRing:
         except PermissionError:
             raise CaptureOpenError(
                 f"{iface}: opening a packet socket needs CAP_NET_RAW (run as root, or "
-                f"`setcap cap_net_raw,cap_net_admin+eip {os.path.realpath(_python())}`)") from None
+                f"`setcap cap_net_raw,cap_net_admin+eip {os.path.realpath(sys.executable)}`)") from None
         try:
             self.link_type = link_type_of(self.sock, iface)
             self._setup(iface, c)
@@ -166,9 +168,8 @@ class AfPacketRing:
                 pass
         if c.bpf_filter:
             program = bpf.compile_filter(c.bpf_filter, self.link_type)
-            holder, fprog = bpf.sock_fprog(program)
+            holder, fprog = bpf.sock_fprog(program)  # the kernel copies the instructions from holder
             s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-            del holder
         req = struct.pack("7I", c.block_bytes, self.block_count, c.block_bytes, self.block_count,
                           c.block_timeout_ms, 0, 0)
         try:
@@ -239,8 +240,6 @@ class AfPacketRing:
 
         VLAN-tagged frames are rebuilt, tag included, after ``end`` (``spare`` bytes from there are free).
         """
-        if end == 0:
-            return _empty_batch(buf, self.link_type)
         v16, v32 = u_view(buf, "<u2"), u_view(buf, "<u4")
         walk = chain_walk(TpacketRecords(int(v16[24]), int(v32[4])), buf, 0, end)
         off = walk.offsets
@@ -311,25 +310,17 @@ def _reinsert_vlan(buf: np.ndarray, end: int, spare: int, data_off: np.ndarray, 
     return new, fits
 
 
-def _empty_batch(buf: np.ndarray, link_type: int) -> FrameBatch:
-    e = np.empty(0, dtype=np.int64)
-    return FrameBatch(buf=buf, data_off=e, caplen=e, wirelen=e, ts_ns=e, link_type=np.empty(0, dtype=np.uint16),
-                      interface_id=np.empty(0, dtype=np.uint16), file_offset=e)
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
 def batch_capacity(chunk_bytes: int, config: RingConfig) -> int:
     """Bytes a batch buffer needs: a chunk, one more block, room to rebuild tagged frames, padding."""
     return 2 * (chunk_bytes + config.block_bytes) + PAD
 
 
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
 def fill_batch(ring: AfPacketRing, buf: np.ndarray, chunk_bytes: int, max_wait_s: float,
-               stop: object = None) -> FrameBatch:
+               stop: Flag | None = None) -> FrameBatch:
     """Wait for traffic and copy retired blocks into ``buf`` until ``chunk_bytes`` or ``max_wait_s``.
 
     ``stop``: an object with ``is_set()``; when set, returns what is there at once.
@@ -341,7 +332,7 @@ def fill_batch(ring: AfPacketRing, buf: np.ndarray, chunk_bytes: int, max_wait_s
         pos, n = ring.read_into(buf, pos, limit)  # every block retired by now
         packets += n
         left = deadline - time.monotonic()
-        if pos >= chunk_bytes or left <= 0 or (stop is not None and stop.is_set()):  # type: ignore[attr-defined]
+        if pos >= chunk_bytes or left <= 0 or (stop is not None and stop.is_set()):
             break
         ring.wait(min(left, 0.1))
     buf[pos:pos + PAD] = 0

@@ -62,8 +62,6 @@ class FrameBatch:
     notes: list[str] = field(default_factory=list)
     #: live capture: packets the kernel dropped (ring full) while this batch filled
     dropped: int = 0
-    #: live capture: the file its frames are retained in ("" when not retained)
-    retained_in: str = ""
 
     def __len__(self) -> int:
         return len(self.data_off)
