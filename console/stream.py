@@ -15,9 +15,11 @@ from typing import Any
 
 from detection.detectors.anomaly import ModelError
 from detection.rules.loader import RuleError
+from ingest.retention import Retention
 from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
 from sensors.capture.bpf import FilterError
 from sensors.capture.live import ENGINES, LiveCapture, LiveOptions
+from sensors.capture.retain import RetentionPolicy, retained_files
 from sensors.capture.source import CaptureError
 
 ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
@@ -55,6 +57,16 @@ def add_parsers(sub: Any) -> None:
     live.add_argument("--fanout-mode", default="hash", choices=sorted(FANOUT_MODES),
                       help="how the group splits packets (default hash: both directions of a flow together)")
     live.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: at SIGINT/SIGTERM)")
+    keep = s.add_argument_group("packet retention (--iface): rolling pcapng files the console serves flows from")
+    keep.add_argument("--retain", metavar="DIR", help="keep every captured packet in DIR (off by default)")
+    keep.add_argument("--retain-gb", type=float, default=10.0, metavar="GB",
+                      help="the directory's size limit; the oldest files go first (default 10)")
+    keep.add_argument("--retain-hours", type=float, default=0.0, metavar="H",
+                      help="delete files older than this (default 0: size limit only)")
+    keep.add_argument("--retain-file-mb", type=float, default=256.0, metavar="MB",
+                      help="start a new file at this size (default 256)")
+    keep.add_argument("--retain-file-s", type=float, default=300.0, metavar="S",
+                      help="... or after this many seconds of capture (default 300)")
     s.add_argument("--sensor-id", default=os.environ.get(ENV["sensor_id"]) or socket.gethostname(),
                    help="name of this capture point (default: $LIAOWANG_SENSOR_ID or the host name)")
     s.add_argument("--spool", metavar="DIR", help="disk spool for batches the broker cannot take yet "
@@ -128,6 +140,9 @@ def _sensor(args: argparse.Namespace) -> int:
     from ingest.stream.sensor import Sensor
     from ingest.stream.topics import Topics
 
+    if args.pcap and args.retain:
+        print("liaowang: error: --retain is for --iface (capture files are kept already)", file=sys.stderr)
+        return 2
     if args.pcap and (args.out or args.store):
         print("liaowang: error: --out/--store are for --iface; to process files in place use `liaowang replay`",
               file=sys.stderr)
@@ -166,7 +181,8 @@ def _sensor(args: argparse.Namespace) -> int:
             restore = stop_on_signals(live, args.duration)
             try:
                 summary = sensor.stream(live, engine, pseudonyms, processes=args.processes,
-                                     in_flight=in_flight(live, int(args.backlog_mb * 1024 * 1024)))
+                                        in_flight=in_flight(live, int(args.backlog_mb * 1024 * 1024)),
+                                        retention=_retention(args))
             finally:
                 restore()
         else:
@@ -184,6 +200,16 @@ def _sensor(args: argparse.Namespace) -> int:
               f"batches, {summary.seconds:.2f} s; {summary.sent:,} delivered, {summary.outbox.spooled:,} spooled, "
               f"{summary.outbox.dropped_batches:,} dropped ({summary.outbox.dropped_packets:,} packets){drops}")
     return 1 if summary.outbox.dropped_batches else 0
+
+
+def _retention(args: argparse.Namespace) -> Retention | None:
+    if not args.retain:
+        return None
+    if min(args.retain_gb, args.retain_file_mb, args.retain_file_s) <= 0 or args.retain_hours < 0:
+        raise ValueError("--retain-gb, --retain-file-mb and --retain-file-s must be positive, --retain-hours >= 0")
+    return Retention(RetentionPolicy(Path(args.retain), max_bytes=int(args.retain_gb * (1 << 30)),
+                                     max_age_s=args.retain_hours * 3600, file_bytes=int(args.retain_file_mb * (1 << 20)),
+                                     file_seconds=args.retain_file_s))
 
 
 def _live_capture(args: argparse.Namespace) -> LiveCapture:
@@ -219,8 +245,9 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
         overrides = _rule_overrides(args.store) if args.store else None
         engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
         store = open_store(args.store) if args.store else None
+        retention = _retention(args)
         live = _live_capture(args)
-    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, OSError) as exc:
+    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, OSError, ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         if store is not None:
             store.close()
@@ -242,7 +269,7 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
     try:
         summary = capture(live, Path(args.out), engine, store=store, sensor=args.sensor_id, processes=args.processes,
                           backlog_bytes=int(args.backlog_mb * 1024 * 1024), duration_s=args.duration,
-                          on_batch=on_batch)
+                          on_batch=on_batch, retention=retention)
     except (StoreError, OSError) as exc:
         print(f"liaowang: error: {exc} (the files in {args.out} hold what was captured)", file=sys.stderr)
         return 2
@@ -254,8 +281,14 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
         print(format_summary(summary, [
             ("interface", f"{args.iface} ({live.engine}); kernel saw {c.packets:,}, dropped {c.drops:,}, "
                           f"ring full {c.freezes:,} times"),
-            ("output", f"{args.out}/flows.parquet, {args.out}/eve.json" + (f"; store {args.store}" if store else ""))]))
+            ("output", f"{args.out}/flows.parquet, {args.out}/eve.json" + (f"; store {args.store}" if store else "")),
+            *([("packets kept", f"{retention.directory} ({_size(retention.directory)})")] if retention else [])]))
     return 0
+
+
+def _size(directory: str) -> str:
+    files = retained_files(Path(directory))
+    return f"{len(files)} files, {sum(f.bytes for f in files) / 1e6:,.1f} MB"
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from types import FrameType
 
 from detection.engine import DetectionEngine
 from ingest.replay import ReplaySummary, run
+from ingest.retention import Retention
 from ingest.store.api import Store
 from ingest.workers import BatchStats
 from sensors.capture.live import LiveCapture
@@ -60,13 +61,15 @@ def stop_on_signals(capture: LiveCapture, duration_s: float | None = None) -> Ca
 def capture(live: LiveCapture, out_dir: Path, engine: DetectionEngine, *, store: Store | None = None,
             sensor: str = "", idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
             processes: int | None = None, backlog_bytes: int = DEFAULT_BACKLOG_BYTES, duration_s: float | None = None,
-            on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None) -> ReplaySummary:
-    """Capture until stopped; outputs as ``liaowang replay`` writes them, and into ``store`` as they come."""
+            on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None,
+            retention: Retention | None = None) -> ReplaySummary:
+    """Capture until stopped; outputs as ``liaowang replay`` writes them, and into ``store`` as they come;
+    the packets into ``retention`` if given."""
     restore = stop_on_signals(live, duration_s)
     try:
         return run(live, out_dir, engine, idle_timeout_s=idle_timeout_s, active_timeout_s=active_timeout_s,
                    processes=processes, in_flight=in_flight(live, backlog_bytes), on_batch=on_batch, store=store,
-                   sensor=sensor)
+                   sensor=sensor, retention=retention)
     finally:
         restore()
         live.close()

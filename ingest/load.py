@@ -7,6 +7,7 @@ deterministic ids, so loading the same replay twice adds nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 
@@ -37,5 +38,5 @@ def load_output(out_dir: Path, store: Store, summary: ReplaySummary | None = Non
 
 def sensor_stats(summary: ReplaySummary, sensor: str) -> pa.Table:
     # files by absolute path: the console cuts flows' packets out of them, from any working directory
-    return sensor_stats_table(sensor, [(str(Path(b[0]).resolve()) if Path(b[0]).is_file() else b[0], *b[1:])
-                                       for b in summary.batches])
+    return sensor_stats_table(sensor, [dataclasses.replace(b, source=str(Path(b.source).resolve()))
+                                       if Path(b.source).is_file() else b for b in summary.batches])

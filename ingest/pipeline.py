@@ -51,6 +51,7 @@ from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.loader import apply_overrides, load_rules
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
+from ingest.retention import Retention
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
@@ -72,6 +73,7 @@ class BatchInfo:
     input_start: bool = False  # first batch of a new input: detection may start a new timeline
     read_at: float = 0.0  # wall time the sensor had the batch (for detection latency)
     dropped: int | None = None  # live capture: packets the kernel dropped while the batch filled (None: a file)
+    evidence: str | None = None  # directory of the sensor's retained packets (None: not kept)
 
 
 @dataclass
@@ -147,13 +149,15 @@ def rules_fingerprint(engine: DetectionEngine) -> str:
 
 def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
                  processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
-                 in_flight: int | None = None) -> Iterator[tuple[Part, BatchStats]]:
+                 in_flight: int | None = None, retention: Retention | None = None
+                 ) -> Iterator[tuple[Part, BatchStats]]:
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
     Decoding and every stateless stage after it run in forked processes when
     ``processes`` > 1 (the default on a fork-capable machine with 2+ cores).
     Batches are named in sensor_stats by ``source.label`` (the file, or the
     interface).  ``in_flight``: batches a live capture may have waiting for decoders.
+    ``retention``: keeps every frame (in the decoders), for the console's flow downloads.
     """
     damages = [] if damages is None else damages
 
@@ -169,9 +173,11 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
 
     processes = default_processes() if processes is None else processes
     if processes >= 2 and can_fork():
-        batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight)
+        batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
+                                        keep=retention)
     else:
-        batches = packet_batches(source, damages, stage)
+        batches = packet_batches(source, damages, stage, keep=retention)
+    evidence = retention.directory if retention is not None else None
     sbi = SbiStage(pseudonyms)
     file_index = 0
     for seq, (outputs, stats) in enumerate(batches, start=first_seq):
@@ -179,7 +185,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
             source=source.label(stats.file_index), first_ts_ns=stats.first_ts_ns or 0,
             last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
             decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
-            read_at=time.time(), dropped=stats.dropped if source.live else None)
+            read_at=time.time(), dropped=stats.dropped if source.live else None, evidence=evidence)
         file_index = stats.file_index
         yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),
                    rows=outputs.get("rows"), batch=info), stats

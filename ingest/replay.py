@@ -22,9 +22,10 @@ from detection.engine import DetectionEngine
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.control import ControlPlane
-from ingest.pipeline import DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
+from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
 from ingest.privacy import Pseudonymizer
 from ingest.results import ControlSnapshots, PendingWrites
+from ingest.retention import Retention
 from ingest.sinks import EveSink, ParquetSink
 from ingest.store.api import Store
 from ingest.workers import BatchStats
@@ -42,9 +43,7 @@ class ReplaySummary:
     seconds: float = 0.0
     traffic: BatchStats = field(default_factory=BatchStats)
     damages: list[Damage] = field(default_factory=list)
-    #: per batch: (source, first ts ns, last ts ns, packets, bytes, decode errors, kernel drops or None),
-    #: for sensor_stats
-    batches: list[tuple[str, int, int, int, int, int, int | None]] = field(default_factory=list)
+    batches: list[BatchInfo] = field(default_factory=list)  # for sensor_stats
     live: bool = False
 
     @property
@@ -124,11 +123,12 @@ def replay(
 def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_timeout_s: float = 120.0,
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
-        sensor: str = "", store_interval_s: float = 1.0) -> ReplaySummary:
+        sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
     as ``sensor``; a live capture's results are then visible while it runs.
+    ``retention``: keep the packets (a live capture's evidence).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary()
@@ -174,14 +174,13 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,
-                         damages=summary.damages, in_flight=in_flight)
+                         damages=summary.damages, in_flight=in_flight, retention=retention)
     for part, stats in parts:
         seq = part.seq + 1
         summary.traffic.add(stats)
         assert part.batch is not None
         b = part.batch
-        summary.batches.append((b.source, b.first_ts_ns, b.last_ts_ns, b.packets, b.bytes, b.decode_errors,
-                                b.dropped))
+        summary.batches.append(b)
         emit(detect.update([flow_stage.update(part)]))
         if on_batch is not None:
             summary.seconds = time.perf_counter() - started

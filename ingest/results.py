@@ -55,8 +55,7 @@ class PendingWrites:
             self.add(f"proto_{name}", t)
         if r.batch is not None:
             b = r.batch
-            self.add("sensor_stats", sensor_stats_table(sensor, [(b.source, b.first_ts_ns, b.last_ts_ns, b.packets,
-                                                                  b.bytes, b.decode_errors, b.dropped)]))
+            self.add("sensor_stats", sensor_stats_table(sensor, [b]))
             self.read_at.append(b.read_at)
         for name, t in snapshots:
             self.add(name, t)

@@ -19,6 +19,7 @@ from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
 from ingest.store.api import ASSET_FIELDS, SENSOR_STATS_FIELDS, STORE_ALERT_FIELDS
+from sensors.capture.retain import INDEX_FIELDS, INDEX_VERSION
 from sensors.schema import (
     PACKET_FIELDS,
     PACKET_SCHEMA_VERSION,
@@ -80,6 +81,13 @@ def render() -> str:
         "fragments excluded), as the flow assembler consumes it. Addresses are split in 64-bit halves.",
         "",
         *_fields(keyed),
+        "",
+        f"## retention_index (version {INDEX_VERSION}) — `sensors/capture/retain.py`",
+        "",
+        "Beside each retained capture file (`liaowang sensor --retain DIR`), `<file>.idx`: one row per",
+        "packet, an Arrow IPC stream with one zstd-compressed batch per packet batch.",
+        "",
+        *_fields(INDEX_FIELDS),
         "",
         f"## hits (version {HIT_SCHEMA_VERSION}) — `detection/rules/hits.py`",
         "",

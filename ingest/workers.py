@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Semaphore
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +38,14 @@ SHM_DIR = "/dev/shm"
 #: a stateless stage after decoding: packets -> named output tables (e.g. flow keys and rule hits)
 Transform = Callable[[pa.RecordBatch], dict[str, pa.RecordBatch]]
 Outputs = dict[str, pa.RecordBatch]
+
+
+class FrameSink(Protocol):
+    """What a decoder hands each decoded batch's frames to (packet retention), in the decoding process."""
+
+    def write(self, frames: FrameBatch, packets: pa.RecordBatch) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -95,12 +103,19 @@ def _stage(packets: pa.RecordBatch, transform: Transform | None) -> Outputs:
 
 
 def packet_batches(
-    source: FrameSource, damages: list[Damage], transform: Transform | None = None
+    source: FrameSource, damages: list[Damage], transform: Transform | None = None, keep: FrameSink | None = None,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
-    """Read, decode and ``transform`` in this process (without a transform: ``{"packets": batch}``)."""
-    for frames, _ in source.batches(damages):
-        packets = decode(frames)
-        yield _stage(packets, transform), BatchStats.of(packets, frames)
+    """Read, decode and ``transform`` in this process (without a transform: ``{"packets": batch}``);
+    ``keep`` gets every batch's frames."""
+    try:
+        for frames, _ in source.batches(damages):
+            packets = decode(frames)
+            if keep is not None:
+                keep.write(frames, packets)
+            yield _stage(packets, transform), BatchStats.of(packets, frames)
+    finally:
+        if keep is not None:
+            keep.close()
 
 
 def can_fork() -> bool:
@@ -114,7 +129,7 @@ def default_processes() -> int:
 
 def packet_batches_forked(
     source: FrameSource, damages: list[Damage], transform: Transform | None = None,
-    decoders: int = 1, in_flight: int | None = None,
+    decoders: int = 1, in_flight: int | None = None, keep: FrameSink | None = None,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring).
 
@@ -129,10 +144,10 @@ def packet_batches_forked(
     reader_rx, reader_tx = ctx.Pipe(duplex=False)
     requests = [ctx.Pipe(duplex=False) for _ in range(helpers)]
     results = [ctx.Pipe(duplex=False) for _ in range(helpers)]
-    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir), daemon=True)
+    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir, keep), daemon=True)
              for (req_rx, _), (_, res_tx) in zip(requests, results)]
     procs.append(ctx.Process(target=_reader_main, daemon=True, args=(
-        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir)))
+        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir, keep)))
     for p in procs:
         p.start()
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
@@ -187,7 +202,7 @@ def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
 
 
 def _reader_main(source: FrameSource, transform: Transform | None, out: Connection,
-                 helpers: list[Connection], slots: Semaphore, workdir: str) -> None:
+                 helpers: list[Connection], slots: Semaphore, workdir: str, keep: FrameSink | None) -> None:
     """Reads every batch, decodes every other one itself and hands the rest to helpers, in turn.
 
     A helper gets a batch's frame index, not its bytes: it maps the same file.
@@ -207,6 +222,8 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
                 out.send(("helper", turn))
             else:
                 packets = decode(frames)
+                if keep is not None:
+                    keep.write(frames, packets)
                 out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
                                     BatchStats.of(packets, frames))))
             n += 1
@@ -217,10 +234,13 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
         for h in helpers:
             h.send(None)
             h.close()
+        if keep is not None:
+            keep.close()
         out.close()
 
 
-def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str) -> None:
+def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str,
+                 keep: FrameSink | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         mapper = FrameMapper()
@@ -228,10 +248,14 @@ def _helper_main(requests: Connection, out: Connection, transform: Transform | N
             n, ref = request
             frames = mapper.attach(ref)
             packets = decode(frames)
+            if keep is not None:
+                keep.write(frames, packets)
             out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
                                 BatchStats.of(packets, frames))))
             mapper.release(frames)
     except BaseException:
         out.send(("error", traceback.format_exc()))
     finally:
+        if keep is not None:
+            keep.close()
         out.close()

@@ -23,6 +23,16 @@ GENERATED = {  # the "short-flows" profile: many small flows per packet
 _made: dict[str, Path] = {}
 
 
+def frame_tuples(paths: list[Path]) -> list[tuple[int, int, int, bytes]]:
+    """Every frame of ``paths`` as (ts ns, wire length, link type, bytes), in file order."""
+    out = []
+    for p in paths:
+        for f in read_frames(str(p)):
+            out += [(int(f.ts_ns[i]), int(f.wirelen[i]), int(f.link_type[i]),
+                     f.buf[f.data_off[i]:f.data_off[i] + f.caplen[i]].tobytes()) for i in range(len(f))]
+    return out
+
+
 def capture_path(name: str) -> Path:
     """A bundled capture, or a generated one (made once per test session, byte-identical to the golden's)."""
     if name not in GENERATED:

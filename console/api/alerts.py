@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip
+from ingest.retention import flow_packets
 from ingest.store.api import ALERT_STATUSES, Condition, Store, StoreError, datetime_of_iso, ns_of_iso
 from ingest.store.api import Query as StoreQuery
 from sensors.capture.extract import FlowMatch, flow_frames, write_capture
@@ -143,18 +144,22 @@ def flow_pcap(ctx: Ctx, flow_id: int, user: str, request: Request) -> Response:
         raise HTTPException(404, f"no flow {flow_id}")
     first, last = flow["first_seen"], flow["last_seen"]
     stats = ctx.store.search(StoreQuery("sensor_stats", limit=10_000, sort="ts")).rows
-    sources = list(dict.fromkeys(s["source"] for s in stats
-                                 if s["ts"] >= first and (s.get("first_ts") or "") <= last))
-    sources = [s for s in sources if Path(s).is_file()]
-    if not sources:
-        raise HTTPException(404, "the capture holding this flow is not available on the console's machine")
+    overlapping = [s for s in stats if s["ts"] >= first and (s.get("first_ts") or "") <= last]
+    sources = [s for s in dict.fromkeys(s["source"] for s in overlapping) if Path(s).is_file()]
+    evidence = [e for e in dict.fromkeys(s.get("evidence") for s in overlapping) if e and Path(e).is_dir()]
+    if not sources and not evidence:
+        raise HTTPException(404, "the capture holding this flow is not available on the console's machine"
+                                 + (" (its packets were not retained)" if overlapping else ""))
 
     match = FlowMatch(flow["src_ip"], flow["dst_ip"], int(flow["src_port"] or 0), int(flow["dst_port"] or 0),
                       int(flow["ip_proto"]), ns_of_iso(first), ns_of_iso(last), flow.get("tunnel_src_ip"),
                       flow.get("tunnel_dst_ip"))
     frames = flow_frames(sources, match)
+    for directory in evidence:
+        frames += flow_packets(Path(directory), flow, match)
     if not frames:
-        raise HTTPException(404, "no packets of this flow in its capture files")
+        raise HTTPException(404, "no packets of this flow in its capture files"
+                                 + (" (retained packets may have been rotated out)" if evidence else ""))
     ctx.state.audit(user, "pcap_download", str(flow_id), {"packets": len(frames)}, client_ip(request))
     name = f"liaowang-flow-{flow_id}.pcap" if len({f[2] for f in frames}) == 1 else f"liaowang-flow-{flow_id}.pcapng"
     return Response(write_capture(frames), media_type="application/vnd.tcpdump.pcap",

@@ -7,12 +7,15 @@ stateful :class:`~detection.flows.assembler.FlowAssembler` takes either table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.capture.extract import packed
 from sensors.protocols.packets import masked_array
 from sensors.schema import TunnelType
 
@@ -177,6 +180,48 @@ def _less(a: np.ndarray, b: np.ndarray, pa_: np.ndarray, pb: np.ndarray) -> np.n
     )
 
 
+def key_hash(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray, ip_proto: np.ndarray,
+             vlan_id: np.ndarray, tunnel_type: np.ndarray, tsrc: np.ndarray, tdst: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(the flow-key hash, src is the canonical 'low' endpoint) of packets: addresses as (n, 2) uint64 halves,
+    the rest uint64 (absent: 0).  Symmetric: both directions, and both tunnel ends, hash alike."""
+    fwd = _less(src, dst, sport, dport)
+    lo = np.where(fwd[:, None], src, dst)
+    hi = np.where(fwd[:, None], dst, src)
+    lo_port = np.where(fwd, sport, dport)
+    hi_port = np.where(fwd, dport, sport)
+    zero = np.zeros(len(src), dtype=np.uint64)
+    tfwd = _less(tsrc, tdst, zero, zero)
+    tlo = np.where(tfwd[:, None], tsrc, tdst)
+    thi = np.where(tfwd[:, None], tdst, tsrc)
+    ports_proto = (lo_port << np.uint64(16) | hi_port | ip_proto << np.uint64(32)
+                   | vlan_id << np.uint64(40) | tunnel_type << np.uint64(56))
+    h = np.full(len(src), 0x243F6A8885A308D3, dtype=np.uint64)
+    for x in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1], ports_proto, tlo[:, 0], tlo[:, 1], thi[:, 0], thi[:, 1]):
+        h = _mix(h, x)
+    h = (h ^ (h >> np.uint64(29))) * _M2
+    h ^= h >> np.uint64(32)
+    return h, fwd
+
+
+def flow_key_hash(flow: Mapping[str, Any]) -> int:
+    """The key hash of a flow record (flows table row: addresses as text, tunnel type by name), as its
+    packets were keyed."""
+    def halves(ip: str | None) -> np.ndarray:
+        raw = b"\0" * 16 if not ip else packed(ip)
+        return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(1, 2)
+
+    def num(value: Any) -> np.ndarray:
+        return np.array([int(value or 0)], dtype=np.uint64)
+
+    tunnel = flow.get("tunnel_type")
+    h, _ = key_hash(halves(flow["src_ip"]), halves(flow["dst_ip"]), num(flow.get("src_port")),
+                    num(flow.get("dst_port")), num(flow.get("ip_proto")), num(flow.get("vlan_id")),
+                    num(TunnelType[tunnel.upper()] if tunnel else 0), halves(flow.get("tunnel_src_ip")),
+                    halves(flow.get("tunnel_dst_ip")))
+    return int(h[0])
+
+
 def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     # IP packets, except non-first fragments: without reassembly their ports are
     # unknown, so they cannot be attributed to a flow (nfstream drops them too)
@@ -190,23 +235,8 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     src, dst = _ip(col("src_ip"), sel), _ip(col("dst_ip"), sel)
     tsrc, tdst = _ip(col("tunnel_src_ip"), sel), _ip(col("tunnel_dst_ip"), sel)
     sport, dport = num["src_port"].astype(np.uint64), num["dst_port"].astype(np.uint64)
-    fwd = _less(src, dst, sport, dport)
-    lo = np.where(fwd[:, None], src, dst)
-    hi = np.where(fwd[:, None], dst, src)
-    lo_port = np.where(fwd, sport, dport)
-    hi_port = np.where(fwd, dport, sport)
-    zero = np.zeros(len(rows), dtype=np.uint64)
-    tfwd = _less(tsrc, tdst, zero, zero)
-    tlo = np.where(tfwd[:, None], tsrc, tdst)
-    thi = np.where(tfwd[:, None], tdst, tsrc)
-    wide = {name: num[name].astype(np.uint64) for name in ("ip_proto", "vlan_id", "tunnel_type")}
-    ports_proto = (lo_port << np.uint64(16) | hi_port | wide["ip_proto"] << np.uint64(32)
-                   | wide["vlan_id"] << np.uint64(40) | wide["tunnel_type"] << np.uint64(56))
-    h = np.full(len(rows), 0x243F6A8885A308D3, dtype=np.uint64)
-    for x in (lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1], ports_proto, tlo[:, 0], tlo[:, 1], thi[:, 0], thi[:, 1]):
-        h = _mix(h, x)
-    h = (h ^ (h >> np.uint64(29))) * _M2
-    h ^= h >> np.uint64(32)
+    h, fwd = key_hash(src, dst, sport, dport, num["ip_proto"].astype(np.uint64), num["vlan_id"].astype(np.uint64),
+                      num["tunnel_type"].astype(np.uint64), tsrc, tdst)
     server = pc.coalesce(col("tls_sni"), col("http_host"), col("dns_qname"))
     if isinstance(server, pa.ChunkedArray):
         server = server.combine_chunks()

@@ -18,8 +18,9 @@ import datetime as dt
 import hashlib
 import ipaddress
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,6 +60,7 @@ SENSOR_STATS_FIELDS = [
     Field("bytes", pa.uint64(), "frame bytes in the batch"),
     Field("decode_errors", pa.uint64(), "packets whose decode_status is not 0"),
     Field("drops", pa.uint64(), "live capture: packets the kernel dropped while the batch filled (null: a file)"),
+    Field("evidence", pa.string(), "live capture: directory of the sensor's retained packets (null: none kept)"),
 ]
 SENSOR_STATS_SCHEMA = arrow_schema(SENSOR_STATS_FIELDS, "sensor_stats", 3)
 ALERT_STORE_SCHEMA = arrow_schema(
@@ -129,12 +131,24 @@ def stats_id(sensor: str, source: str, first_ts_ns: int) -> str:
     return hashlib.blake2b(f"{sensor}|{source}|{first_ts_ns}".encode(), digest_size=10).hexdigest()
 
 
-def sensor_stats_table(sensor: str, batches: list[tuple[str, int, int, int, int, int, int | None]]) -> pa.Table:
-    """sensor_stats rows of packet batches: (source, first ts ns, last ts ns, packets, bytes, decode errors,
-    kernel drops or None)."""
-    rows = [{"stats_id": stats_id(sensor, src, first), "ts": last, "first_ts": first, "sensor": sensor,
-             "source": src, "packets": n, "bytes": b, "decode_errors": err, "drops": drops}
-            for src, first, last, n, b, err, drops in batches]
+class BatchRow(Protocol):
+    """What sensor_stats records of one packet batch (``ingest.pipeline.BatchInfo``)."""
+
+    source: str
+    first_ts_ns: int
+    last_ts_ns: int
+    packets: int
+    bytes: int
+    decode_errors: int
+    dropped: int | None
+    evidence: str | None
+
+
+def sensor_stats_table(sensor: str, batches: Sequence[BatchRow]) -> pa.Table:
+    """sensor_stats rows of packet batches."""
+    rows = [{"stats_id": stats_id(sensor, b.source, b.first_ts_ns), "ts": b.last_ts_ns, "first_ts": b.first_ts_ns,
+             "sensor": sensor, "source": b.source, "packets": b.packets, "bytes": b.bytes,
+             "decode_errors": b.decode_errors, "drops": b.dropped, "evidence": b.evidence} for b in batches]
     as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
                        for f in SENSOR_STATS_SCHEMA])
     return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)

@@ -21,6 +21,7 @@ from pathlib import Path
 from detection.engine import DetectionEngine
 from ingest.pipeline import Part, rules_fingerprint, sensor_parts, split
 from ingest.privacy import Pseudonymizer
+from ingest.retention import Retention
 from ingest.stream.codec import Envelope, encode
 from ingest.stream.metrics import SensorMetrics
 from ingest.stream.spool import Outbox, OutboxStats
@@ -69,8 +70,9 @@ class Sensor:
 
     def stream(self, source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
                processes: int | None = None, in_flight: int | None = None, pps: float | None = None,
-               speed: float | None = None) -> SensorSummary:
-        """Publish a frame source's batches, then the end of the input, and deliver everything."""
+               speed: float | None = None, retention: Retention | None = None) -> SensorSummary:
+        """Publish a frame source's batches, then the end of the input, and deliver everything
+        (``retention``: keep the packets too)."""
         started = time.perf_counter()
         self._sender.start()  # it creates the topics: capture does not wait for the broker
         fingerprint = rules_fingerprint(engine)
@@ -78,7 +80,8 @@ class Sensor:
         clock: int | None = None
         seq, sent_packets, t0 = -1, 0, None
         self._published = -1
-        for part, stats in sensor_parts(source, engine, pseudonyms, processes=processes, in_flight=in_flight):
+        for part, stats in sensor_parts(source, engine, pseudonyms, processes=processes, in_flight=in_flight,
+                                          retention=retention):
             seq = part.seq
             if pps:
                 _sleep_until(started + sent_packets / pps)

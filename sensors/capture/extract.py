@@ -19,7 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.capture import pcapng
+from sensors.capture.frames import FrameBatch
 from sensors.capture.source import read_frames
+from sensors.capture.walk import PAD
 from sensors.decode import decode
 
 
@@ -47,12 +50,33 @@ def flow_frames(paths: Iterable[str], flow: FlowMatch) -> list[tuple[int, int, i
                 if len(ts) and ts.min() > flow.last_ns:
                     break  # files are in time order within themselves, nearly always
                 continue
-            packets = decode(frames)
-            hit = np.asarray(_matches(packets, flow).fill_null(False)) & window
-            for i in np.flatnonzero(hit):
-                start = int(frames.data_off[i])
-                out.append((int(ts[i]), int(frames.wirelen[i]), int(frames.link_type[i]),
-                            frames.buf[start:start + int(frames.caplen[i])].tobytes()))
+            out += _frames_of(frames, _matches(decode(frames), flow) & window)
+    return out
+
+
+def matching_frames(frames: list[tuple[int, int, int, bytes]], flow: FlowMatch) -> list[tuple[int, int, int, bytes]]:
+    """Those of ``frames`` (ts_ns, wire length, link type, bytes) that belong to the flow."""
+    if not frames:
+        return []
+    lengths = np.array([len(f[3]) for f in frames], dtype=np.int64)
+    buf = np.zeros(int(lengths.sum()) + PAD, dtype=np.uint8)
+    buf[:int(lengths.sum())] = np.frombuffer(b"".join(f[3] for f in frames), dtype=np.uint8)
+    batch = FrameBatch(buf=buf, data_off=np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64), caplen=lengths,
+                       wirelen=np.array([f[1] for f in frames], dtype=np.int64),
+                       ts_ns=np.array([f[0] for f in frames], dtype=np.int64),
+                       link_type=np.array([f[2] for f in frames], dtype=np.uint16),
+                       interface_id=np.zeros(len(frames), dtype=np.uint16),
+                       file_offset=np.arange(len(frames), dtype=np.int64))
+    ts = batch.ts_ns
+    return _frames_of(batch, _matches(decode(batch), flow) & (ts >= flow.first_ns) & (ts <= flow.last_ns))
+
+
+def _frames_of(frames: FrameBatch, hit: np.ndarray) -> list[tuple[int, int, int, bytes]]:
+    out = []
+    for i in np.flatnonzero(hit):
+        start = int(frames.data_off[i])
+        out.append((int(frames.ts_ns[i]), int(frames.wirelen[i]), int(frames.link_type[i]),
+                    frames.buf[start:start + int(frames.caplen[i])].tobytes()))
     return out
 
 
@@ -62,15 +86,17 @@ def packed(ip: str) -> bytes:
     return addr.packed if addr.version == 6 else b"\0" * 10 + b"\xff\xff" + addr.packed
 
 
-def _matches(packets: pa.RecordBatch, flow: FlowMatch) -> pa.Array:
+def _matches(packets: pa.RecordBatch, flow: FlowMatch) -> np.ndarray:
     ip_type = packets.schema.field("src_ip").type
 
     def address(ip: str) -> pa.Scalar:
         return pa.scalar(packed(ip), ip_type)
 
+    sport, dport = pc.fill_null(packets["src_port"], 0), pc.fill_null(packets["dst_port"], 0)  # flows: 0 for ICMP
+
     def side(a: str, b: str, pa_: int, pb: int) -> pa.Array:
         m = pc.and_(pc.equal(packets["src_ip"], address(a)), pc.equal(packets["dst_ip"], address(b)))
-        return pc.and_(m, pc.and_(pc.equal(packets["src_port"], pa_), pc.equal(packets["dst_port"], pb)))
+        return pc.and_(m, pc.and_(pc.equal(sport, pa_), pc.equal(dport, pb)))
 
     m = pc.and_(pc.equal(packets["ip_proto"], flow.ip_proto),
                 pc.or_(side(flow.src_ip, flow.dst_ip, flow.src_port, flow.dst_port),
@@ -78,30 +104,21 @@ def _matches(packets: pa.RecordBatch, flow: FlowMatch) -> pa.Array:
     if flow.tunnel_src_ip and flow.tunnel_dst_ip:
         ends = pa.array([packed(flow.tunnel_src_ip), packed(flow.tunnel_dst_ip)], ip_type)
         m = pc.and_(m, pc.and_(pc.is_in(packets["tunnel_src_ip"], ends), pc.is_in(packets["tunnel_dst_ip"], ends)))
-    return m
+    return np.asarray(m.fill_null(False))
 
 
 def write_capture(frames: list[tuple[int, int, int, bytes]]) -> bytes:
     """A pcap (one link type) or pcapng (several) of ``frames``."""
     link_types = sorted({lt for _, _, lt, _ in frames}) or [1]
     if len(link_types) == 1:
-        parts = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, link_types[0])]
+        parts = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, pcapng.SNAPLEN, link_types[0])]
         for ts, wire, _, data in frames:
             parts.append(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000, len(data), wire) + data)
         return b"".join(parts)
     return _pcapng(frames, link_types)
 
 
-def _block(kind: int, body: bytes) -> bytes:
-    body += b"\0" * (-len(body) % 4)
-    return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
-
-
 def _pcapng(frames: list[tuple[int, int, int, bytes]], link_types: list[int]) -> bytes:
-    tsresol = struct.pack("<HHB", 9, 1, 9) + b"\0" * 3 + b"\0" * 4  # if_tsresol = 10^-9, then opt_endofopt
-    parts = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
-    parts += [_block(1, struct.pack("<HHI", lt, 0, 262144) + tsresol) for lt in link_types]
     index = {lt: i for i, lt in enumerate(link_types)}
-    for ts, wire, lt, data in frames:
-        parts.append(_block(6, struct.pack("<IIIII", index[lt], ts >> 32, ts & 0xFFFFFFFF, len(data), wire) + data))
-    return b"".join(parts)
+    return b"".join([pcapng.shb_block(), *(pcapng.idb_block(lt) for lt in link_types),
+                     *(pcapng.epb_block(index[lt], ts, wire, data) for ts, wire, lt, data in frames)])

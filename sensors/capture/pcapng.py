@@ -3,7 +3,9 @@
 Enhanced (EPB), Simple (SPB) and obsolete Packet (OPB) blocks carry frames;
 Section Header (SHB) and Interface Description (IDB) blocks are read in Python
 (there are a handful per file), every other block is skipped.  Each interface
-has its own link type, ``if_tsresol`` and ``if_tsoffset``.
+has its own link type, ``if_tsresol`` and ``if_tsoffset``.  What Liaowang
+writes (flow downloads, retained packets) is little-endian with nanosecond
+interfaces: :func:`shb_block`, :func:`idb_block`, :func:`epb_block`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ BYTE_ORDER_MAGIC = 0x1A2B3C4D
 MAX_BLOCK = 64 * 1024 * 1024
 OPT_IF_TSRESOL = 9
 OPT_IF_TSOFFSET = 14
+SNAPLEN = 262144
 
 
 @dataclass
@@ -78,6 +81,27 @@ def parse_idb(block: bytes, endian: str) -> Interface:
             (iface.offset_s,) = struct.unpack(endian + "q", value[:8])
         pos += 4 + ((length + 3) & ~3)
     return iface
+
+
+def block(kind: int, body: bytes) -> bytes:
+    """One little-endian block: type, total length, ``body`` padded to 32 bits, total length."""
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+
+def shb_block() -> bytes:
+    """A section header: little-endian, version 1.0, section length unknown."""
+    return block(SHB, struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1))
+
+
+def idb_block(link_type: int) -> bytes:
+    """An interface with nanosecond timestamps (``if_tsresol`` 9)."""
+    tsresol = struct.pack("<HHB", OPT_IF_TSRESOL, 1, 9) + b"\0" * 3 + b"\0" * 4  # then opt_endofopt
+    return block(IDB, struct.pack("<HHI", link_type, 0, SNAPLEN) + tsresol)
+
+
+def epb_block(interface: int, ts_ns: int, wirelen: int, data: bytes) -> bytes:
+    return block(EPB, struct.pack("<IIIII", interface, ts_ns >> 32, ts_ns & 0xFFFFFFFF, len(data), wirelen) + data)
 
 
 class PcapngBlocks:
