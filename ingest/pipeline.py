@@ -163,6 +163,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
 
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
+        packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
         out = {"keyed": project(packets)}
         if engine.has_packet_rules:
             out["hits"] = engine.packet_hits(packets)

@@ -7,6 +7,14 @@ pseudonym on every interface (``imsi-208930000000003`` in an SBI path, the
 IMSI digits in GTPv2-C, a null-scheme SUCI in NAS) and across replays with the
 same key, while the identity cannot be read back without the key.
 
+Text from the wire (URIs, host and query names, user agents, login commands,
+banners, every string a dissector keeps) is scrubbed the same way: SBI-style
+identities (``imsi-…``, ``msisdn-…``), Chinese IMSIs and mainland mobile numbers
+become subscriber pseudonyms (a mobile number as ``msisdn-86…``, as GTPv2-C
+carries it, so both name the same subscriber); resident identity and bank card
+numbers become ``pii-`` tokens.  A vectorized RE2 pass picks the few rows with
+a candidate digit run; only those are rewritten in Python.
+
 The key comes from ``LIAOWANG_PSEUDONYM_KEY`` (any text), else from a random
 key kept (mode 0600) in the output directory.
 """
@@ -20,12 +28,21 @@ import re
 import secrets
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from sensors.protocols import pii
+from sensors.protocols.pii import PiiKind
 from sensors.protocols.sbi import NULL_SUCI, SUBSCRIBER
 
 KEY_ENV = "LIAOWANG_PSEUDONYM_KEY"
 KEY_FILE = ".pseudonym.key"
+#: packet columns holding text from the wire
+PACKET_TEXT = ("http_uri", "http_host", "http_user_agent", "http_server", "dns_qname", "tls_sni", "login_command",
+               "ssh_banner")
+#: what makes a string worth a closer look: an SBI-style identity or a long digit run
+CANDIDATE = SUBSCRIBER.pattern + "|" + pii.CANDIDATE
 IMSI_DIGITS = re.compile(r"^[0-9]{14,15}$")
 NAI_IMSI = re.compile(r"^([0-9]{14,15})@")
 #: per proto table, the columns holding an identity, and its kind when the column holds bare digits
@@ -61,19 +78,75 @@ class Pseudonymizer:
         canonical = canonical_identity(identity, kind)
         return "sub-" + hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()[:16]
 
+    def token(self, kind: PiiKind, value: str) -> str:
+        """The keyed token of an identifier found in text (``sensors.protocols.pii.find``)."""
+        if kind == PiiKind.IMSI:
+            return self.subscriber(value, "imsi")
+        if kind == PiiKind.MOBILE:
+            return self.subscriber("86" + value, "msisdn")
+        label = "idcard" if kind == PiiKind.RESIDENT_ID else "card"
+        return "pii-" + hmac.new(self._key, f"{label}-{value}".encode(), hashlib.sha256).hexdigest()[:16]
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every identity in it replaced by its token."""
+        text = SUBSCRIBER.sub(lambda m: self.subscriber(m.group(0)), text)
+        found = pii.find(text)
+        for kind, start, end, value in reversed(found):
+            text = text[:start] + self.token(kind, value) + text[end:]
+        return text
+
+    def scrub_column(self, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        """A string column scrubbed: only rows holding a candidate are rewritten."""
+        return self._scrub_columns([column])[0]
+
+    def scrub_packets(self, packets: pa.RecordBatch) -> pa.RecordBatch:
+        """The packet table with its wire-text columns scrubbed (before flows, rules and messages see it)."""
+        names = [n for n in PACKET_TEXT if n in packets.schema.names]
+        scrubbed = self._scrub_columns([packets.column(n) for n in names])
+        for name, column in zip(names, scrubbed):
+            if column is not packets.column(name):
+                packets = packets.set_column(packets.schema.get_field_index(name), name, column)
+        return packets
+
+    def _scrub_columns(self, columns: list[pa.Array | pa.ChunkedArray]) -> list[pa.Array | pa.ChunkedArray]:
+        """The columns scrubbed; one regex pass over all their values (compiling it costs more than running it)."""
+        present = [i for i, c in enumerate(columns) if c.null_count < len(c)]
+        if not present:
+            return columns
+        valid = {i: np.flatnonzero(np.asarray(columns[i].is_valid().to_numpy(zero_copy_only=False))) for i in present}
+        values = pa.concat_arrays([_array(columns[i]).take(pa.array(valid[i])) for i in present])
+        hit = np.asarray(pc.match_substring_regex(values, CANDIDATE).to_numpy(zero_copy_only=False))
+        if not hit.any():
+            return columns
+        out = list(columns)
+        start = 0
+        for i in present:
+            mine = hit[start:start + len(valid[i])]
+            start += len(valid[i])
+            if mine.any():
+                texts = columns[i].to_pylist()
+                for row in valid[i][mine].tolist():
+                    texts[row] = self.scrub(texts[row])
+                out[i] = pa.array(texts, columns[i].type)
+        return out
+
     def protect(self, name: str, table: pa.Table) -> pa.Table:
-        """A ``proto.<name>`` table with its identity columns (and SBI paths) pseudonymised."""
+        """A ``proto.<name>`` table with its identity columns pseudonymised and its other text scrubbed."""
         columns = COLUMNS.get(name, {})
         for column, kind in columns.items():
             if column not in table.column_names:
                 continue
             values = [None if v is None else self.subscriber(v, kind) for v in table.column(column).to_pylist()]
             table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, pa.string()))
-        if name == "sbi" and "path" in table.column_names:
-            paths = [None if p is None else SUBSCRIBER.sub(lambda m: self.subscriber(m.group(0)), p)
-                     for p in table.column("path").to_pylist()]
-            table = table.set_column(table.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+        text = [i for i, f in enumerate(table.schema) if pa.types.is_string(f.type) and f.name not in columns]
+        for i, column in zip(text, self._scrub_columns([table.column(i) for i in text])):
+            if column is not table.column(i):
+                table = table.set_column(i, table.schema.field(i).name, column)
         return table
+
+
+def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def canonical_identity(identity: str, kind: str = "") -> str:

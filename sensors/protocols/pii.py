@@ -52,6 +52,10 @@ class PiiKind(enum.IntFlag):
     BANK_CARD = 8
 
 
+#: (head, tail) characters shown when masked
+MASKS = {PiiKind.RESIDENT_ID: (6, 4), PiiKind.MOBILE: (3, 4), PiiKind.IMSI: (5, 3), PiiKind.BANK_CARD: (6, 4)}
+
+
 def dissect(pk: Packets, rows: np.ndarray) -> None:
     """``rows``: TCP packets with payload, after the application dissectors."""
     http_head = pk.has("http_method", rows) | pk.has("http_status", rows)
@@ -82,25 +86,33 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
 
 def scan(text: str) -> list[tuple[PiiKind, str]]:
     """Every valid identifier in ``text``, masked, in order of appearance."""
+    return [(kind, mask(value, *MASKS[kind])) for kind, _, _, value in find(text)]
+
+
+def find(text: str) -> list[tuple[PiiKind, int, int, str]]:
+    """Every valid identifier in ``text``: (kind, start, end, value), in order of appearance.
+
+    An IMSI's value is its digits (``imsi-`` dropped), a resident ID's check character upper case.
+    """
     out = []
     for m in _RUNS.finditer(text):
         if m.group("supi"):
-            out.append((PiiKind.IMSI, mask(m.group("supi"), 5, 3)))
+            out.append((PiiKind.IMSI, m.start(), m.end(), m.group("supi")))
             continue
         digits, x = m.group("digits"), m.group("x")
         if len(digits) == 17 and x or len(digits) == 18 and not x:
             number = digits + x.upper()
             if resident_id_valid(number):
-                out.append((PiiKind.RESIDENT_ID, mask(number, 6, 4)))
+                out.append((PiiKind.RESIDENT_ID, m.start(), m.end(), number))
                 continue
         if x:
             continue
         if len(digits) == 11 and _MOBILE.fullmatch(digits):
-            out.append((PiiKind.MOBILE, mask(digits, 3, 4)))
+            out.append((PiiKind.MOBILE, m.start(), m.end(), digits))
         elif len(digits) == 15 and _CN_IMSI.fullmatch(digits):
-            out.append((PiiKind.IMSI, mask(digits, 5, 3)))
+            out.append((PiiKind.IMSI, m.start(), m.end(), digits))
         elif 15 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn_valid(digits):
-            out.append((PiiKind.BANK_CARD, mask(digits, 6, 4)))
+            out.append((PiiKind.BANK_CARD, m.start(), m.end(), digits))
     return out
 
 

@@ -25,6 +25,7 @@ import collections
 import re
 
 import pyarrow as pa
+from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
@@ -199,7 +200,7 @@ class SbiDecoder:
         row: dict[str, object] = {"stream_id": stream}
         try:
             fields, incomplete = self._decoder(conn).decode(block)
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, HPACKDecodingError) as e:  # a broken block is data, not a crash
             fields, incomplete = [], True
             row["error"] = f"HPACK: {e}"
         headers = {n.decode("latin-1"): (v or b"").decode("utf-8", "replace") for n, v in fields if n is not None}
