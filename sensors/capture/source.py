@@ -61,6 +61,8 @@ def sniff(path: str) -> str:
         raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except EOFError:
         raise CaptureError(f"{path}: compressed stream ends before the capture header") from None
+    except zlib.error as exc:
+        raise CaptureError(f"{path}: compressed stream is damaged before the capture header: {exc}") from None
     if pcap.parse_global_header(head) is not None:
         return "pcap"
     if pcapng.is_pcapng(head):

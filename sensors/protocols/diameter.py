@@ -48,6 +48,7 @@ APPLICATION_NAMES = {
 }
 USER_NAME, SESSION_ID, ORIGIN_HOST, RESULT_CODE, DESTINATION_REALM, DESTINATION_HOST = 1, 263, 264, 268, 283, 293
 ORIGIN_REALM, EXPERIMENTAL_RESULT, EXPERIMENTAL_RESULT_CODE = 296, 297, 298
+HEADER_BYTES = 20
 TEXT_AVPS = {USER_NAME: "user_name", SESSION_ID: "session_id", ORIGIN_HOST: "origin_host",
              ORIGIN_REALM: "origin_realm", DESTINATION_HOST: "destination_host", DESTINATION_REALM: "destination_realm"}
 
@@ -59,6 +60,8 @@ def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
 
 
 def decode_message(data: bytes) -> dict[str, object]:
+    if len(data) < HEADER_BYTES:  # a payload cut short: the row says so, it does not stop the batch
+        return {"error": f"{len(data)} bytes: shorter than the {HEADER_BYTES}-byte header"}
     length = int.from_bytes(data[1:4], "big")
     flags, cmd = data[4], int.from_bytes(data[5:8], "big")
     app = int.from_bytes(data[8:12], "big")
@@ -73,7 +76,7 @@ def decode_message(data: bytes) -> dict[str, object]:
     if length > len(data):
         out["error"] = "message runs past the captured payload"
     try:
-        _avps(data, 20, end, out)
+        _avps(data, HEADER_BYTES, end, out)
     except Truncated as e:
         out["error"] = str(e)
     return out
