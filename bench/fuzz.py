@@ -4,8 +4,8 @@ Each round is one seed: ``--per-round`` mutants of the bundled captures' frames
 (tests/fuzzing.py) replayed through decoding, pseudonymisation, the protocol
 dissectors (tshark for NGAP), SBI, flows, every rule and detector and the
 output sinks, as ``liaowang replay`` runs them.  A round that raises is
-reported with its seed (add it to tests/test_fuzz.py MUTANT_REGRESSIONS once
-fixed).  Then corrupted copies of every bundled capture go through the readers
+reported with its seed (once fixed, keep the breaking input in
+tests/fuzz_regressions/).  Then corrupted copies of every bundled capture go through the readers
 and the decoder.  Reported: packets and files fuzzed, failures, time, peak RSS.
 
     .venv/bin/python bench/fuzz.py [--packets 2000000] [--out bench/fuzz-results.md]

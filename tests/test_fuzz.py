@@ -1,8 +1,8 @@
 """Hostile input: mutated packets through the whole pipeline, corrupted capture files through the readers.
 
-A bounded smoke for CI; ``bench/fuzz.py`` runs millions (docs/fuzzing.md).  A
-mutant that ever breaks something is added to ``MUTANT_REGRESSIONS`` (seed,
-batch size) or, for a file, kept under ``tests/artifacts/fuzz/``.
+A bounded smoke for CI; ``bench/fuzz.py`` runs millions (bench/fuzz-results.md).
+An input that ever broke something is kept under ``tests/fuzz_regressions/``
+(see its README) and replayed here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.conftest import PCAPS, ROOT
 from tests.fuzzing import MutantSource, Seeds, corrupt_file
 
 CAPTURES = sorted(p for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
-REGRESSIONS = ROOT / "tests" / "artifacts" / "fuzz"
+REGRESSIONS = ROOT / "tests" / "fuzz_regressions"
 
 
 @pytest.fixture(scope="module")
