@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,7 @@ PACKET_TEXT = ("http_uri", "http_host", "http_user_agent", "http_server", "dns_q
                "ssh_banner")
 #: what makes a string worth a closer look: an SBI-style identity or a long digit run
 CANDIDATE = SUBSCRIBER.pattern + "|" + pii.CANDIDATE
+T = TypeVar("T", pa.RecordBatch, pa.Table)
 IMSI_DIGITS = re.compile(r"^[0-9]{14,15}$")
 NAI_IMSI = re.compile(r"^([0-9]{14,15})@")
 #: per proto table, the columns holding an identity, and its kind when the column holds bare digits
@@ -95,18 +97,17 @@ class Pseudonymizer:
             text = text[:start] + self.token(kind, value) + text[end:]
         return text
 
-    def scrub_column(self, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-        """A string column scrubbed: only rows holding a candidate are rewritten."""
-        return self._scrub_columns([column])[0]
-
     def scrub_packets(self, packets: pa.RecordBatch) -> pa.RecordBatch:
         """The packet table with its wire-text columns scrubbed (before flows, rules and messages see it)."""
-        names = [n for n in PACKET_TEXT if n in packets.schema.names]
-        scrubbed = self._scrub_columns([packets.column(n) for n in names])
-        for name, column in zip(names, scrubbed):
-            if column is not packets.column(name):
-                packets = packets.set_column(packets.schema.get_field_index(name), name, column)
-        return packets
+        return self._scrubbed(packets, [n for n in PACKET_TEXT if n in packets.schema.names])
+
+    def _scrubbed(self, table: T, names: list[str]) -> T:
+        """``table`` with the string columns ``names`` scrubbed."""
+        columns = [table.column(n) for n in names]
+        for name, before, after in zip(names, columns, self._scrub_columns(columns)):
+            if after is not before:
+                table = table.set_column(table.schema.get_field_index(name), name, after)
+        return table
 
     def _scrub_columns(self, columns: list[pa.Array | pa.ChunkedArray]) -> list[pa.Array | pa.ChunkedArray]:
         """The columns scrubbed; one regex pass over all their values (compiling it costs more than running it)."""
@@ -138,11 +139,8 @@ class Pseudonymizer:
                 continue
             values = [None if v is None else self.subscriber(v, kind) for v in table.column(column).to_pylist()]
             table = table.set_column(table.schema.get_field_index(column), column, pa.array(values, pa.string()))
-        text = [i for i, f in enumerate(table.schema) if pa.types.is_string(f.type) and f.name not in columns]
-        for i, column in zip(text, self._scrub_columns([table.column(i) for i in text])):
-            if column is not table.column(i):
-                table = table.set_column(i, table.schema.field(i).name, column)
-        return table
+        return self._scrubbed(table, [f.name for f in table.schema
+                                      if pa.types.is_string(f.type) and f.name not in columns])
 
 
 def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from detection.flows.assembler import FlowAssembler
+from sensors.capture import extract
 from sensors.capture.source import read_frames
 from sensors.decode import decode
 
@@ -25,12 +26,7 @@ _made: dict[str, Path] = {}
 
 def frame_tuples(paths: list[Path]) -> list[tuple[int, int, int, bytes]]:
     """Every frame of ``paths`` as (ts ns, wire length, link type, bytes), in file order."""
-    out = []
-    for p in paths:
-        for f in read_frames(str(p)):
-            out += [(int(f.ts_ns[i]), int(f.wirelen[i]), int(f.link_type[i]),
-                     f.buf[f.data_off[i]:f.data_off[i] + f.caplen[i]].tobytes()) for i in range(len(f))]
-    return out
+    return [t for p in paths for f in read_frames(str(p)) for t in extract.frame_tuples(f)]
 
 
 def capture_path(name: str) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sensors.capture.extract import frame_tuples
 from sensors.capture.frames import FrameBatch
 from sensors.capture.source import Damage, MappedFrames, read_frames
 from sensors.capture.walk import PAD
@@ -30,9 +31,7 @@ class Seeds:
         bufs, caplen, link, wirelen = [], [], [], []
         for p in paths:
             for f in read_frames(str(p)):
-                for i in range(len(f)):
-                    start = int(f.data_off[i])
-                    bufs.append(f.buf[start:start + int(f.caplen[i])].tobytes())
+                bufs += [frame for _, _, _, frame in frame_tuples(f)]
                 caplen.append(f.caplen)
                 link.append(f.link_type)
                 wirelen.append(f.wirelen)

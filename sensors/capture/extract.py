@@ -22,7 +22,6 @@ import pyarrow.compute as pc
 from sensors.capture import pcapng
 from sensors.capture.frames import FrameBatch
 from sensors.capture.source import read_frames
-from sensors.capture.walk import PAD
 from sensors.decode import decode
 
 
@@ -50,7 +49,7 @@ def flow_frames(paths: Iterable[str], flow: FlowMatch) -> list[tuple[int, int, i
                 if len(ts) and ts.min() > flow.last_ns:
                     break  # files are in time order within themselves, nearly always
                 continue
-            out += _frames_of(frames, _matches(decode(frames), flow) & window)
+            out += frame_tuples(frames, _matches(decode(frames), flow) & window)
     return out
 
 
@@ -58,22 +57,15 @@ def matching_frames(frames: list[tuple[int, int, int, bytes]], flow: FlowMatch) 
     """Those of ``frames`` (ts_ns, wire length, link type, bytes) that belong to the flow."""
     if not frames:
         return []
-    lengths = np.array([len(f[3]) for f in frames], dtype=np.int64)
-    buf = np.zeros(int(lengths.sum()) + PAD, dtype=np.uint8)
-    buf[:int(lengths.sum())] = np.frombuffer(b"".join(f[3] for f in frames), dtype=np.uint8)
-    batch = FrameBatch(buf=buf, data_off=np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64), caplen=lengths,
-                       wirelen=np.array([f[1] for f in frames], dtype=np.int64),
-                       ts_ns=np.array([f[0] for f in frames], dtype=np.int64),
-                       link_type=np.array([f[2] for f in frames], dtype=np.uint16),
-                       interface_id=np.zeros(len(frames), dtype=np.uint16),
-                       file_offset=np.arange(len(frames), dtype=np.int64))
+    batch = FrameBatch.of(frames)
     ts = batch.ts_ns
-    return _frames_of(batch, _matches(decode(batch), flow) & (ts >= flow.first_ns) & (ts <= flow.last_ns))
+    return frame_tuples(batch, _matches(decode(batch), flow) & (ts >= flow.first_ns) & (ts <= flow.last_ns))
 
 
-def _frames_of(frames: FrameBatch, hit: np.ndarray) -> list[tuple[int, int, int, bytes]]:
+def frame_tuples(frames: FrameBatch, hit: np.ndarray | None = None) -> list[tuple[int, int, int, bytes]]:
+    """(ts ns, wire length, link type, bytes) of the frames selected by ``hit`` (None: all)."""
     out = []
-    for i in np.flatnonzero(hit):
+    for i in range(len(frames)) if hit is None else np.flatnonzero(hit):
         start = int(frames.data_off[i])
         out.append((int(frames.ts_ns[i]), int(frames.wirelen[i]), int(frames.link_type[i]),
                     frames.buf[start:start + int(frames.caplen[i])].tobytes()))

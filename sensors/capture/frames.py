@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from sensors.capture.walk import PAD
+
 if TYPE_CHECKING:
     from sensors.capture.source import Damage, MappedFrames
 
@@ -65,6 +67,21 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return len(self.data_off)
+
+    @classmethod
+    def of(cls, frames: list[tuple[int, int, int, bytes]]) -> FrameBatch:
+        """A batch of (ts ns, wire length, link type, bytes) frames, copied back to back (for the few
+        frames a lookup or the scapy engine has, not for capture files)."""
+        lengths = np.array([len(f[3]) for f in frames], dtype=np.int64)
+        total = int(lengths.sum())
+        buf = np.zeros(total + PAD, dtype=np.uint8)
+        buf[:total] = np.frombuffer(b"".join(f[3] for f in frames), dtype=np.uint8)
+        n = len(frames)
+        return cls(buf=buf, data_off=np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)[:n], caplen=lengths,
+                   wirelen=np.array([f[1] for f in frames], dtype=np.int64),
+                   ts_ns=np.array([f[0] for f in frames], dtype=np.int64),
+                   link_type=np.array([f[2] for f in frames], dtype=np.uint16),
+                   interface_id=np.zeros(n, dtype=np.uint16), file_offset=np.arange(n, dtype=np.int64))
 
 
 class FrameSource(Protocol):

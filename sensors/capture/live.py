@@ -42,7 +42,7 @@ from sensors.capture.afpacket import (
     fill_batch,
 )
 from sensors.capture.bpf import compile_filter
-from sensors.capture.frames import FrameBatch
+from sensors.capture.frames import LINKTYPE_ETHERNET, FrameBatch
 from sensors.capture.source import Damage, MappedFrames
 from sensors.capture.walk import PAD, chain_walk
 
@@ -263,14 +263,7 @@ def _libpcap_command(iface: str, o: LiveOptions) -> list[str]:
 
 
 def _frames_of(frames: list[tuple[int, bytes]]) -> FrameBatch:
-    lens = np.array([len(b) for _, b in frames], dtype=np.int64)
-    buf = np.zeros(int(lens.sum()) + PAD, dtype=np.uint8)
-    buf[: int(lens.sum())] = np.frombuffer(b"".join(b for _, b in frames), dtype=np.uint8)
-    n = len(frames)
-    return FrameBatch(buf=buf, data_off=np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64), caplen=lens,
-                      wirelen=lens.copy(), ts_ns=np.array([t for t, _ in frames], dtype=np.int64),
-                      link_type=np.ones(n, dtype=np.uint16), interface_id=np.zeros(n, dtype=np.uint16),
-                      file_offset=np.arange(n, dtype=np.int64))
+    return FrameBatch.of([(ts, len(data), LINKTYPE_ETHERNET, data) for ts, data in frames])
 
 
 def _with_refs(batches: Iterator[FrameBatch], shm_dir: str | None
