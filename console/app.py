@@ -17,6 +17,7 @@ from console.state import INITIAL_PASSWORD_FILE, ConsoleState
 from ingest.store import DEFAULT_STORE, open_store
 from ingest.store import store_uri as resolve
 from ingest.store.api import Query, Store
+from sensors.capture.seal import Keyring
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: scripts only from this origin (no inline script, no eval): attacker-controlled strings shown on a page can
@@ -34,6 +35,8 @@ class SecurityHeaders(BaseHTTPMiddleware):
         response.headers["Referrer-Policy"] = "no-referrer"
         if request.url.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-store")
+        if request.url.scheme == "https":
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
 
@@ -47,13 +50,13 @@ def state_dir(store_uri: str) -> Path:
 
 
 def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None = None,
-               secure_cookies: bool = False) -> FastAPI:
+               secure_cookies: bool = False, evidence_keyring: Keyring | None = None) -> FastAPI:
     app = FastAPI(title="Liaowang console API", version="1",
                   description="Everything the Liaowang SOC console shows. Sign in with POST /api/login (a session "
                               "cookie); requests that change state send the returned CSRF token as X-CSRF-Token. "
                               "Roles: viewer < analyst (triage) < admin (rules, users, audit).",
                   docs_url="/api/docs", redoc_url=None)
-    app.state.ctx = Context(store, state, rule_paths, secure_cookies)
+    app.state.ctx = Context(store, state, rule_paths, secure_cookies, evidence_keyring)
     app.add_middleware(SecurityHeaders)
     for module in (auth, overview, alerts, hunt, fiveg, assets, rules, sensors):
         app.include_router(module.router)
@@ -71,17 +74,31 @@ def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None 
 
 
 def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths: list[Path] | None = None,
-          secure_cookies: bool = False) -> None:
+          secure_cookies: bool = False, tls: tuple[Path, Path] | None = None) -> None:
+    """Serve the console; ``tls``: (certificate chain, private key) PEM files (cookies are then Secure)."""
+    import ssl
+
     import uvicorn
+
+    if tls is not None:
+        for path in tls:
+            if not path.is_file():
+                raise OSError(f"{path}: no such TLS certificate or key file")
+        try:  # a wrong pair: one clear error now, not a traceback from the server thread
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(*tls)
+        except ssl.SSLError as exc:
+            raise OSError(f"{tls[0]}, {tls[1]}: not a matching PEM certificate and key ({exc.reason})") from None
+    keyring = Keyring.from_env()
 
     store_uri = resolve(store_uri)
     store = open_store(store_uri)
     store.search(Query("alerts", limit=0))  # a missing or unreachable store: one clear error now, not on every page
     state = ConsoleState(state_dir(store_uri))
     generated = state.ensure_admin(os.environ.get("LIAOWANG_ADMIN_PASSWORD"))
-    app = create_app(store, state, rule_paths, secure_cookies)
+    app = create_app(store, state, rule_paths, secure_cookies or tls is not None, keyring)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-    print(f"Liaowang console: http://{shown}:{port}/  (store {store_uri})", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"Liaowang console: {scheme}://{shown}:{port}/  (store {store_uri})", flush=True)
     initial = state.directory / INITIAL_PASSWORD_FILE
     if generated:
         print(f"  sign in as 'admin' with password '{generated}' (generated on first run, also in {initial} until "
@@ -91,4 +108,5 @@ def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths:
     else:
         print("  sign in with your console user (liaowang user add NAME --role analyst --store ... adds one)",
               flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None)

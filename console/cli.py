@@ -7,7 +7,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from console import query, stream
+from console import evidence, query, stream
 from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
 
@@ -80,11 +80,14 @@ def _rule_overrides(store: str) -> dict[str, dict[str, object]] | None:
 def _console(args: argparse.Namespace) -> int:
     from console.app import serve
     from ingest.store import StoreError
+    from sensors.capture.seal import SealError
 
     try:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise OSError("--tls-cert and --tls-key go together")
         serve(args.store, args.host, args.port, [Path(r) for r in args.rules] if args.rules else None,
-              args.secure_cookies)
-    except (StoreError, OSError) as exc:
+              args.secure_cookies, (Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None)
+    except (StoreError, OSError, SealError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
     query.add_parser(sub)
     stream.add_parsers(sub)
+    evidence.add_parser(sub)
     c = sub.add_parser("console", help="serve the SOC web console over a store")
     c.add_argument("--store", metavar="URI", help="DuckDB store directory or http(s)://elasticsearch:9200 "
                                                  "(default: $LIAOWANG_STORE or ~/.local/share/liaowang)")
@@ -257,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rules", action="append", metavar="PATH", help="rule files or directories shown on the Rules "
                                                                     "page (default: the bundled rules/)")
     c.add_argument("--secure-cookies", action="store_true", help="mark session cookies Secure (behind a TLS proxy)")
+    c.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key)")
+    c.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     c.set_defaults(func=_console)
     u = sub.add_parser("user", help="console users: add NAME --role ROLE, passwd NAME, list")
     u.add_argument("action", choices=("add", "passwd", "list"))

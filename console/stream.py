@@ -20,6 +20,7 @@ from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
 from sensors.capture.bpf import FilterError
 from sensors.capture.live import ENGINES, LiveCapture, LiveOptions
 from sensors.capture.retain import RetentionPolicy, retained_files
+from sensors.capture.seal import Keyring
 from sensors.capture.source import CaptureError
 
 ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
@@ -65,6 +66,9 @@ def add_parsers(sub: Any) -> None:
                       help="delete files older than this (default 0: size limit only)")
     keep.add_argument("--retain-file-mb", type=float, default=256.0, metavar="MB",
                       help="start a new file at this size (default 256)")
+    keep.add_argument("--evidence-keyring", metavar="FILE",
+                      help="seal retained packets with AES-GCM under this keyring's newest key (default: "
+                           "$LIAOWANG_EVIDENCE_KEY_FILE; make one with `liaowang evidence rotate FILE`)")
     keep.add_argument("--retain-file-s", type=float, default=300.0, metavar="S",
                       help="... or after this many seconds of capture (default 300)")
     s.add_argument("--sensor-id", default=os.environ.get(ENV["sensor_id"]) or socket.gethostname(),
@@ -124,6 +128,13 @@ def _setup(args: argparse.Namespace, kafka: bool = True) -> bool:
         return False
     if args.partitions < 1:
         print("liaowang: error: --partitions must be at least 1", file=sys.stderr)
+        return False
+    from ingest.stream.topics import security_settings
+
+    try:
+        security_settings()
+    except ValueError as exc:
+        print(f"liaowang: error: {exc}", file=sys.stderr)
         return False
     return True
 
@@ -207,9 +218,13 @@ def _retention(args: argparse.Namespace) -> Retention | None:
         return None
     if min(args.retain_gb, args.retain_file_mb, args.retain_file_s) <= 0 or args.retain_hours < 0:
         raise ValueError("--retain-gb, --retain-file-mb and --retain-file-s must be positive, --retain-hours >= 0")
+    keyring = Keyring.from_file(Path(args.evidence_keyring)) if args.evidence_keyring else Keyring.from_env()
+    if keyring is None:
+        print(f"liaowang: warning: retained packets in {args.retain} are not encrypted (--evidence-keyring FILE "
+              "seals them)", file=sys.stderr)
     return Retention(RetentionPolicy(Path(args.retain), max_bytes=int(args.retain_gb * (1 << 30)),
                                      max_age_s=args.retain_hours * 3600, file_bytes=int(args.retain_file_mb * (1 << 20)),
-                                     file_seconds=args.retain_file_s))
+                                     file_seconds=args.retain_file_s, keyring=keyring))
 
 
 def _live_capture(args: argparse.Namespace) -> LiveCapture:
@@ -288,7 +303,8 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
 
 def _size(directory: str) -> str:
     files = retained_files(Path(directory))
-    return f"{len(files)} files, {sum(f.bytes for f in files) / 1e6:,.1f} MB"
+    sealed = "sealed" if files and all(f.sealed for f in files) else "not sealed"
+    return f"{len(files)} files, {sum(f.bytes for f in files) / 1e6:,.1f} MB, {sealed}"
 
 
 def _detect(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from detection.flows.keys import flow_key_hash, packet_keys
 from sensors.capture.extract import FlowMatch, matching_frames
 from sensors.capture.frames import FrameBatch
 from sensors.capture.retain import PacketRetention, RetentionPolicy, retained_frames
+from sensors.capture.seal import Keyring
 
 
 class Retention:
@@ -49,9 +50,11 @@ class Retention:
             self._writer = None
 
 
-def flow_packets(directory: Path, flow: Mapping[str, Any], match: FlowMatch) -> list[tuple[int, int, int, bytes]]:
-    """The retained packets of a flow record: found by its key hash and time, checked against its 5-tuple."""
-    candidates = retained_frames(directory, flow_key_hash(flow), match.first_ns, match.last_ns)
+def flow_packets(directory: Path, flow: Mapping[str, Any], match: FlowMatch, keyring: Keyring | None = None
+                 ) -> list[tuple[int, int, int, bytes]]:
+    """The retained packets of a flow record: found by its key hash and time, checked against its 5-tuple
+    (``keyring`` opens sealed files)."""
+    candidates = retained_frames(directory, flow_key_hash(flow), match.first_ns, match.last_ns, keyring)
     return matching_frames(candidates, match)
 
 

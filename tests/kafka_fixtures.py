@@ -31,9 +31,11 @@ def tansu_binary() -> Path:
 
 
 class Broker:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, advertised_port: int | None = None) -> None:
+        """``advertised_port``: the port clients are told to use (a proxy in front of the broker's)."""
         self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.advertised_port = advertised_port or self.port
+        self.bootstrap = f"127.0.0.1:{self.advertised_port}"
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +43,8 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_dir / f"tansu-{self.port}.log", "ab")
         self.proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url,
-                                      "--advertised-listener-url", url], stdout=log, stderr=log)
+                                      "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"],
+                                     stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:

@@ -30,6 +30,7 @@ from ingest.store.duck import DuckStore
 from sensors.capture.afpacket import AfPacketRing, CaptureOpenError, RingConfig, batch_capacity, fill_batch
 from sensors.capture.live import LiveCapture, LiveOptions
 from sensors.capture.retain import epb_blocks, retained_files
+from sensors.capture.seal import Keyring, open_sealed, rotate_keyring
 from sensors.capture.source import read_frames
 from sensors.decode import decode
 from sensors.schema import TunnelType
@@ -211,9 +212,11 @@ def _flows_and_alerts(out: Path) -> tuple[collections.Counter[tuple[object, ...]
 
 
 def test_sensor_on_the_wire_finds_what_replay_finds_and_stores_it(wire: netns.Wire, tmp_path: Path) -> None:
-    out, store, kept = tmp_path / "live", tmp_path / "store", tmp_path / "kept"
+    out, store, kept, keys = tmp_path / "live", tmp_path / "store", tmp_path / "kept", tmp_path / "evidence.keys"
+    rotate_keyring(keys)
     proc = _sensor(wire, tmp_path / "sensor.log", "--out", str(out), "--store", str(store), "--sensor-id", "tap-1",
-                   "--retain", str(kept), "--retain-file-mb", "0.5", "--chunk-mb", "0.25")
+                   "--retain", str(kept), "--retain-file-mb", "0.5", "--chunk-mb", "0.25",
+                   "--evidence-keyring", str(keys))
     sent = wire.replay(*map(str, WIRE_CAPTURES))
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)  # graceful: all that was captured is processed first
@@ -238,21 +241,30 @@ def test_sensor_on_the_wire_finds_what_replay_finds_and_stores_it(wire: netns.Wi
         assert s.search(Query("flows", limit=0)).total == sum(flows.values())
         assert s.search(Query("alerts", limit=0)).total == sum(alerts.values())
         assert {r["evidence"] for r in stats} == {str(kept)}
-        _assert_flows_served_from_retained_packets(s, kept, tmp_path)
+        _assert_flows_served_from_retained_packets(s, kept, Keyring.from_file(keys), tmp_path)
 
 
-def _assert_flows_served_from_retained_packets(store: DuckStore, kept: Path, tmp_path: Path) -> None:
-    """Every packet was kept, in rotated files; the console serves a flow's packets from them."""
+def _assert_flows_served_from_retained_packets(store: DuckStore, kept: Path, keyring: Keyring, tmp_path: Path
+                                               ) -> None:
+    """Every packet was kept, sealed, in rotated files; the console serves a flow's packets from them."""
     files = retained_files(kept)
-    assert len(files) > 2 and all(f.last_ns is not None for f in files)
+    assert len(files) > 2 and all(f.last_ns is not None and f.sealed for f in files)
     sent = collections.Counter(f[3] for f in frame_tuples(WIRE_CAPTURES))
-    assert collections.Counter(f[3] for f in frame_tuples([f.path for f in files])) == sent
+    plain = []
+    for i, f in enumerate(files):
+        plain.append(tmp_path / f"plain-{i}.pcapng")
+        plain[-1].write_bytes(b"".join(open_sealed(f.path, keyring)))
+    assert collections.Counter(f[3] for f in frame_tuples(plain)) == sent
 
     state = ConsoleState(tmp_path / "console")
     state.add_user("ana", "ana-password-1", "viewer")
-    client = TestClient(create_app(store, state))
-    assert client.post("/api/login", json={"username": "ana", "password": "ana-password-1"}).status_code == 200
     flows = store.search(Query("flows", limit=10_000, sort="-bidirectional_packets")).rows
+    keyless = TestClient(create_app(store, state))
+    assert keyless.post("/api/login", json={"username": "ana", "password": "ana-password-1"}).status_code == 200
+    denied = keyless.get(f"/api/flows/{flows[0]['flow_id']}/pcap")
+    assert denied.status_code == 503 and "encrypted" in denied.json()["detail"]
+    client = TestClient(create_app(store, state, evidence_keyring=keyring))
+    assert client.post("/api/login", json={"username": "ana", "password": "ana-password-1"}).status_code == 200
     sample = flows[:20] + flows[20::25]
     assert {f["tunnel_type"] for f in sample} >= {"gtpu", None}
     for flow in sample:

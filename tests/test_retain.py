@@ -18,11 +18,13 @@ from sensors.capture.extract import FlowMatch
 from sensors.capture.frames import FrameBatch
 from sensors.capture.retain import (
     PacketRetention,
+    RetainedFile,
     RetentionPolicy,
     epb_blocks,
     retained_files,
     retained_frames,
 )
+from sensors.capture.seal import Keyring, SealError, open_sealed, rotate_keyring
 from sensors.capture.source import read_frames
 from sensors.capture.walk import PAD
 from sensors.decode import decode
@@ -165,3 +167,90 @@ def _text(raw: bytes | None) -> str | None:
         return None
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped or addr)
+
+
+def _keyring(path: Path) -> Keyring:
+    rotate_keyring(path)
+    return Keyring.from_file(path)
+
+
+def _export(files: list[RetainedFile], keyring: Keyring, out: Path) -> list[Path]:
+    plain = []
+    for i, f in enumerate(files):
+        target = out / f"plain-{i}.pcapng"
+        target.write_bytes(b"".join(open_sealed(f.path, keyring)))
+        plain.append(target)
+    return plain
+
+
+def test_sealed_files_hide_the_packets_and_open_with_the_key(tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path / "keyring")
+    kept = tmp_path / "kept"
+    keep(RetentionPolicy(kept, keyring=keyring, file_bytes=200_000), CAPTURES)
+    files = retained_files(kept)
+    assert len(files) > 1 and all(f.sealed and f.path.name.endswith(".pcapng.sealed") for f in files)
+    assert (tmp_path / "keyring").stat().st_mode & 0o777 == 0o600
+    # no frame's bytes appear in the files: a 32-byte run of each of 200 frames, searched for
+    blob = b"".join(f.path.read_bytes() for f in files)
+    frames = frame_tuples(CAPTURES)
+    runs = [f[3][14:46] for f in frames[::max(1, len(frames) // 200)] if len(f[3]) >= 46]
+    assert runs and not any(r in blob for r in runs)
+    # the key holder gets every frame back; a flow lookup decrypts what it needs
+    assert sorted(frame_tuples(_export(files, keyring, tmp_path))) == sorted(frames)
+    keep(RetentionPolicy(tmp_path / "plain", file_bytes=200_000), CAPTURES)
+    for h in (1, 3, 50):  # keep() gives a batch's frame i hash i + 1
+        got = retained_frames(kept, h, 0, 2**62, keyring)
+        assert got and got == retained_frames(tmp_path / "plain", h, 0, 2**62)
+    with pytest.raises(SealError, match="encrypted"):
+        retained_frames(kept, 3, 0, 2**62)
+    with pytest.raises(SealError, match="not in the evidence keyring"):
+        retained_frames(kept, 3, 0, 2**62, _keyring(tmp_path / "other"))
+
+
+def test_an_altered_sealed_file_fails_authentication(tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path / "keyring")
+    keep(RetentionPolicy(tmp_path / "kept", keyring=keyring), CAPTURES[2:])
+    (f,) = retained_files(tmp_path / "kept")
+    data = bytearray(f.path.read_bytes())
+    data[len(data) // 2] ^= 1
+    f.path.write_bytes(bytes(data))
+    with pytest.raises(SealError, match="fails authentication"):
+        list(open_sealed(f.path, keyring))
+
+
+def test_rotation_then_reseal_keeps_the_index_valid_and_retires_the_old_key(tmp_path: Path) -> None:
+    ring = tmp_path / "keyring"
+    old = _keyring(ring)
+    kept = tmp_path / "kept"
+    keep(RetentionPolicy(kept, keyring=old, file_bytes=200_000), CAPTURES)
+    before = [retained_frames(kept, h, 0, 2**62, old) for h in (1, 5, 40)]
+    assert evidence_cli(["rotate", str(ring)]) == 0
+    assert evidence_cli(["reseal", str(kept), "--keyring", str(ring)]) == 0
+    newest = ring.read_text().splitlines()[0]
+    ring.write_text(newest + "\n")  # the old key is gone
+    new = Keyring.from_file(ring)
+    assert new.current != old.current
+    assert [retained_frames(kept, h, 0, 2**62, new) for h in (1, 5, 40)] == before
+    assert sorted(frame_tuples(_export(retained_files(kept), new, tmp_path))) == sorted(frame_tuples(CAPTURES))
+
+
+def test_a_killed_writers_sealed_file_keeps_its_complete_records(tmp_path: Path) -> None:
+    keyring = _keyring(tmp_path / "keyring")
+    policy = RetentionPolicy(tmp_path, keyring=keyring)
+    writer = PacketRetention(policy, "p999999999")
+    batches = list(read_frames(str(CAPTURES[0]), chunk_bytes=16 << 10))[:3]
+    for frames in batches:
+        writer.write(ring_layout(frames), np.full(len(frames), 7, dtype=np.uint64))
+    writer._out.close()  # type: ignore[union-attr]
+    (live,) = retained_files(tmp_path)
+    with open(live.path, "r+b") as f:  # the last record cut short
+        f.truncate(live.path.stat().st_size - 100)
+    PacketRetention(policy, "p1").enforce()
+    (finished,) = retained_files(tmp_path)
+    assert finished.last_ns is not None and finished.sealed
+    assert len(retained_frames(tmp_path, 7, 0, 2**62, keyring)) == sum(len(b) for b in batches[:2])
+
+
+def evidence_cli(argv: list[str]) -> int:
+    from console.cli import main
+    return main(["evidence", *argv])

@@ -28,7 +28,8 @@ from ingest.stream.spool import Outbox
 from sensors.capture.source import CaptureFiles, expand_inputs, order_by_time
 from sensors.generate.mixed import generate
 from tests.conftest import PCAPS
-from tests.kafka_fixtures import Broker, liaowang, stop
+from tests.kafka_fixtures import Broker, free_port, liaowang, stop
+from tests.tls_fixtures import TlsProxy, self_signed
 
 KEY = "stream-tests"
 CHUNK = 1 << 20  # 1 MiB batches: the bundled captures make ~40 of them
@@ -341,6 +342,51 @@ def test_poison_message_goes_to_dead_letter(broker: Broker, tmp_path: Path) -> N
     _same(ref_alerts, alerts, "alert_id")
 
 
+def test_sensor_and_worker_speak_tls_to_the_broker(tmp_path: Path, reference: tuple[pa.Table, pa.Table]) -> None:
+    """With LIAOWANG_KAFKA_SECURITY=SSL every client verifies the broker's certificate; results are unchanged."""
+    cert, key = self_signed(tmp_path / "tls")
+    proxy_port = free_port()
+    broker = Broker(tmp_path, advertised_port=proxy_port)
+    broker.start()
+    proxy = TlsProxy(cert, key, proxy_port, broker.port)
+    env = {"LIAOWANG_KAFKA_SECURITY": "SSL", "LIAOWANG_KAFKA_CA": str(cert)}
+    store = tmp_path / "store"
+    procs = []
+    try:
+        procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
+                              "--topic-prefix", "tls", "--commit-interval", "0.5", log=tmp_path / "w.log", env=env))
+        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        sensor = liaowang("sensor", "--pcap", str(SHARED), "--kafka", broker.bootstrap, "--sensor-id", "tap-1",
+                          "--topic-prefix", "tls", "--spool", str(tmp_path / "spool"), "--chunk-mb",
+                          str(CHUNK / 2**20), log=tmp_path / "sensor.log", env=env)
+        procs.append(sensor)
+        assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()
+        ref_flows, ref_alerts = reference
+        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, procs[:1])
+    finally:
+        for p in procs:
+            stop(p, timeout=10)
+        proxy.close()
+        broker.stop()
+    flows, alerts = _stored(store)
+    _same(ref_flows, flows, "flow_id")
+    assert proxy.handshakes >= 2  # both processes came through TLS (the broker listens nowhere else to them)
+
+
+def test_kafka_security_settings_are_checked_before_connecting() -> None:
+    from ingest.stream.topics import security_settings
+
+    assert security_settings({}) == {"security_protocol": "PLAINTEXT"}
+    sasl = security_settings({"LIAOWANG_KAFKA_SECURITY": "sasl_ssl", "LIAOWANG_KAFKA_USER": "sensor-1",
+                              "LIAOWANG_KAFKA_PASSWORD": "pw"})
+    assert sasl["sasl_mechanism"] == "SCRAM-SHA-512" and sasl["ssl_check_hostname"] is True
+    for env, said in (({"LIAOWANG_KAFKA_SECURITY": "TLS"}, "one of PLAINTEXT"),
+                      ({"LIAOWANG_KAFKA_SECURITY": "SSL", "LIAOWANG_KAFKA_CA": "/nonexistent.pem"}, "no such file"),
+                      ({"LIAOWANG_KAFKA_SECURITY": "SASL_SSL"}, "needs LIAOWANG_KAFKA_USER")):
+        with pytest.raises(ValueError, match=said):
+            security_settings(env)
+
+
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -355,6 +401,9 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     r = subprocess.run([*run, "detect", "--kafka", "127.0.0.1:1"], capture_output=True, text=True,
                        env={**os.environ, "LIAOWANG_STORE": ""})
     assert r.returncode == 2 and "give --store" in r.stderr
+    r = subprocess.run([*run, "detect", "--kafka", "127.0.0.1:1", "--store", str(tmp_path / "st")],
+                       capture_output=True, text=True, env={**os.environ, "LIAOWANG_KAFKA_SECURITY": "SASL_SSL"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "LIAOWANG_KAFKA_USER" in r.stderr
 
 
 def test_compose_file_runs_only_commands_the_cli_accepts() -> None:

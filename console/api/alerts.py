@@ -16,6 +16,7 @@ from ingest.retention import flow_packets
 from ingest.store.api import ALERT_STATUSES, Condition, Store, StoreError, datetime_of_iso, ns_of_iso
 from ingest.store.api import Query as StoreQuery
 from sensors.capture.extract import FlowMatch, flow_frames, write_capture
+from sensors.capture.seal import SealError
 
 router = APIRouter(prefix="/api", tags=["alerts"])
 GROUPS = ("signature", "src_ip", "dst_ip", "category", "detector", "level", "status", "rule_id")
@@ -156,7 +157,11 @@ def flow_pcap(ctx: Ctx, flow_id: int, user: str, request: Request) -> Response:
                       flow.get("tunnel_dst_ip"))
     frames = flow_frames(sources, match)
     for directory in evidence:
-        frames += flow_packets(Path(directory), flow, match)
+        try:
+            frames += flow_packets(Path(directory), flow, match, ctx.evidence_keyring)
+        except SealError as exc:
+            ctx.state.audit(user, "pcap_download_failed", str(flow_id), {"error": str(exc)}, client_ip(request))
+            raise HTTPException(503, f"the retained packets cannot be opened: {exc}") from None
     if not frames:
         raise HTTPException(404, "no packets of this flow in its capture files"
                                  + (" (retained packets may have been rotated out)" if evidence else ""))

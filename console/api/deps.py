@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Query, Request
 
 from console.state import ConsoleState, User
 from ingest.store.api import Store
+from sensors.capture.seal import Keyring
 
 COOKIE = "liaowang_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -59,6 +60,7 @@ class Context:
     state: ConsoleState
     rule_paths: list[Path] | None = None  # None: the bundled rules
     secure_cookies: bool = False
+    evidence_keyring: Keyring | None = None  # opens sealed retained packets
     limiter: RateLimiter = field(default_factory=RateLimiter)
 
 

@@ -41,9 +41,46 @@ def default_prefix() -> str:
     return os.environ.get("LIAOWANG_TOPIC_PREFIX", "liaowang")
 
 
+#: transport security from the environment (docs/streaming.md, "Securing the transport")
+SECURITY_ENV = {"protocol": "LIAOWANG_KAFKA_SECURITY", "ca": "LIAOWANG_KAFKA_CA", "cert": "LIAOWANG_KAFKA_CERT",
+                "key": "LIAOWANG_KAFKA_KEY", "mechanism": "LIAOWANG_KAFKA_SASL_MECHANISM",
+                "user": "LIAOWANG_KAFKA_USER", "password": "LIAOWANG_KAFKA_PASSWORD"}
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
 def client_settings(bootstrap: str) -> dict[str, Any]:
     return {"bootstrap_servers": bootstrap.split(","), "client_id": f"liaowang-{os.getpid()}",
-            "request_timeout_ms": 30_000, "reconnect_backoff_max_ms": 2_000}
+            "request_timeout_ms": 30_000, "reconnect_backoff_max_ms": 2_000, **security_settings()}
+
+
+def security_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """TLS (server CA, optional client certificate) and SASL settings from ``LIAOWANG_KAFKA_*``; ValueError
+    names what is wrong."""
+    env = dict(os.environ) if env is None else env
+    value = {k: env.get(v, "") for k, v in SECURITY_ENV.items()}
+    protocol = (value["protocol"] or "PLAINTEXT").upper()
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{SECURITY_ENV['protocol']}={protocol}: one of {', '.join(PROTOCOLS)}")
+    settings: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        for name, setting in (("ca", "ssl_cafile"), ("cert", "ssl_certfile"), ("key", "ssl_keyfile")):
+            if value[name]:
+                if not os.path.isfile(value[name]):
+                    raise ValueError(f"{SECURITY_ENV[name]}={value[name]}: no such file")
+                settings[setting] = value[name]
+        settings["ssl_check_hostname"] = True
+    if protocol.startswith("SASL"):
+        mechanism = (value["mechanism"] or MECHANISMS[0]).upper()
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"{SECURITY_ENV['mechanism']}={mechanism}: one of {', '.join(MECHANISMS)}")
+        if not value["user"]:
+            raise ValueError(f"{protocol} needs {SECURITY_ENV['user']} and {SECURITY_ENV['password']}")
+        if mechanism == "PLAIN" and protocol == "SASL_PLAINTEXT":
+            log.warning("SASL PLAIN without TLS sends the Kafka password in clear")
+        settings.update(sasl_mechanism=mechanism, sasl_plain_username=value["user"],
+                        sasl_plain_password=value["password"])
+    return settings
 
 
 def producer_settings(bootstrap: str) -> dict[str, Any]:

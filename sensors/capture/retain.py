@@ -21,6 +21,11 @@ record headers) or too large are cut between contiguous segments; the padding
 is a custom option (code 2989) holding whatever the gap held, ring metadata.
 Within a batch blocks follow the buffer's order: frames whose VLAN tag the
 capture restored come after the others.
+
+With an evidence keyring (``RetentionPolicy.keyring``) the files are sealed
+(``….pcapng.sealed``, :mod:`sensors.capture.seal`): each batch is one AES-GCM
+record, the index names the record of every packet, and reading a flow
+decrypts only its records.  Indexes stay clear: hashes, times and lengths.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -39,12 +44,13 @@ import pyarrow.compute as pc
 
 from sensors.capture import pcapng
 from sensors.capture.frames import FrameBatch
+from sensors.capture.seal import SUFFIX, Keyring, SealedReader, SealedWriter, is_sealed
 from sensors.schema import Field, arrow_schema
 
 EPB_HEADER = 28
 OPT_CUSTOM_BINARY = 2989  # custom option, binary, not to be copied (pcapng 3.5.1)
 MAX_FILLER = 256  # larger gaps are cut: a segment ends there
-FILE_NAME = re.compile(r"^(\d+)-(live|\d+)-([A-Za-z0-9_]+)\.pcapng$")
+FILE_NAME = re.compile(r"^(\d+)-(live|\d+)-([A-Za-z0-9_]+)\.pcapng(\.sealed)?$")
 INDEX_VERSION = 1
 INDEX_FIELDS = [
     Field("hash", pa.uint64(), "flow-key hash of the packet (detection/flows/keys.py key_hash); 0: none"),
@@ -52,6 +58,8 @@ INDEX_FIELDS = [
     Field("offset", pa.uint64(), "file offset of the packet's enhanced packet block"),
     Field("caplen", pa.uint32(), "captured bytes (the block's data follows its 28-byte header)"),
     Field("link_type", pa.uint16(), "link-layer header type of the frame"),
+    Field("record", pa.uint64(), "sealed files: file offset of the encrypted record holding the block (offset is "
+                                 "then into the records' plaintext); 0: the file is not sealed"),
 ]
 INDEX_SCHEMA = arrow_schema(INDEX_FIELDS, "retention_index", INDEX_VERSION)
 _IPC = pa.ipc.IpcWriteOptions(compression="zstd")
@@ -66,6 +74,7 @@ class RetentionPolicy:
     max_age_s: float = 0.0  # 0: no age limit
     file_bytes: int = 256 << 20  # rotate at this size ...
     file_seconds: float = 300.0  # ... or after this much capture time
+    keyring: Keyring | None = None  # seal the files (AES-GCM) under its newest key
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,11 @@ class RetainedFile:
 
     @property
     def index(self) -> Path:
-        return self.path.with_suffix(".idx")
+        return self.path.with_name(self.path.name.split(".", 1)[0] + ".idx")
+
+    @property
+    def sealed(self) -> bool:
+        return is_sealed(self.path)
 
     @property
     def bytes(self) -> int:
@@ -110,6 +123,7 @@ class PacketRetention:
         self.writer = writer
         self._file: RetainedFile | None = None
         self._out: BinaryIO | None = None
+        self._sealer: SealedWriter | None = None
         self._index: pa.ipc.RecordBatchStreamWriter | None = None
         self._interfaces: dict[int, int] = {}
         self._size = 0
@@ -142,10 +156,14 @@ class PacketRetention:
         base = self._size
         for seg in segments:
             self._append(seg)
+        record = 0
+        if self._sealer is not None:
+            record = self._sealer.tell()
+            self._sealer.seal()
         self._index.write_batch(pa.RecordBatch.from_arrays([
             pa.array(key_hash, pa.uint64()), pa.array(frames.ts_ns, pa.int64()),
             pa.array(offsets.astype(np.uint64) + np.uint64(base)), pa.array(frames.caplen, pa.uint32()),
-            pa.array(link, pa.uint16())], schema=INDEX_SCHEMA))
+            pa.array(link, pa.uint16()), pa.array(np.full(n, record, dtype=np.uint64))], schema=INDEX_SCHEMA))
         self._out.flush()
 
     def close(self) -> None:
@@ -156,9 +174,11 @@ class PacketRetention:
     # -- files ---------------------------------------------------------------------------
 
     def _open(self, first_ns: int) -> None:
-        path = self.policy.directory / f"{first_ns}-live-{self.writer}.pcapng"
+        keyring = self.policy.keyring
+        path = self.policy.directory / f"{first_ns}-live-{self.writer}.pcapng{SUFFIX if keyring else ''}"
         self._file = RetainedFile(path, first_ns, None, self.writer)
         self._out = open(path, "wb")  # noqa: SIM115 (lives as long as the file is current)
+        self._sealer = SealedWriter(self._out, keyring) if keyring else None
         self._index = pa.ipc.new_stream(pa.OSFile(str(self._file.index), "wb"), INDEX_SCHEMA, options=_IPC)
         self._interfaces = {}
         self._size = 0
@@ -166,7 +186,11 @@ class PacketRetention:
 
     def _append(self, data: bytes | np.ndarray) -> None:
         assert self._out is not None
-        self._out.write(data if isinstance(data, bytes) else data.data)
+        chunk = data if isinstance(data, bytes) else data.data
+        if self._sealer is not None:
+            self._sealer.append(chunk)
+        else:
+            self._out.write(chunk)
         self._size += len(data)
 
     def _rotate(self) -> None:
@@ -174,7 +198,7 @@ class PacketRetention:
         self._out.close()
         self._index.close()
         _finish(self._file, self._first_ns, self._last_ns)
-        self._file = self._out = self._index = None
+        self._file = self._out = self._index = self._sealer = None
         self.enforce()
 
     def enforce(self) -> list[Path]:
@@ -222,9 +246,9 @@ def _finish(f: RetainedFile, first_ns: int | None = None, last_ns: int | None = 
         ranges = [pc.min_max(b.column("ts_ns")).as_py() for b in _index_batches(f.index) if b.num_rows]
         first_ns = min([f.first_ns, *(r["min"] for r in ranges)])
         last_ns = max([f.first_ns, *(r["max"] for r in ranges)])
-    final = f.path.with_name(f"{first_ns}-{last_ns}-{f.writer}.pcapng")
+    final = f.path.with_name(f"{first_ns}-{last_ns}-{f.writer}.pcapng{SUFFIX if f.sealed else ''}")
     with contextlib.suppress(FileNotFoundError):
-        os.replace(f.index, final.with_suffix(".idx"))
+        os.replace(f.index, RetainedFile(final, first_ns, last_ns, f.writer).index)
     with contextlib.suppress(FileNotFoundError):
         os.replace(f.path, final)
 
@@ -242,10 +266,10 @@ def _index_batches(path: Path) -> Iterator[pa.RecordBatch]:
         return
 
 
-def retained_frames(directory: Path, key_hash: int, first_ns: int, last_ns: int
+def retained_frames(directory: Path, key_hash: int, first_ns: int, last_ns: int, keyring: Keyring | None = None
                     ) -> list[tuple[int, int, int, bytes]]:
     """(ts ns, wire length, link type, frame bytes) of the retained packets with flow-key hash ``key_hash``
-    between ``first_ns`` and ``last_ns``, in time order."""
+    between ``first_ns`` and ``last_ns``, in time order (``keyring`` opens sealed files; SealError without)."""
     out = []
     for f in retained_files(directory):
         if f.last_ns is not None and (f.first_ns > last_ns or f.last_ns < first_ns):
@@ -257,17 +281,40 @@ def retained_frames(directory: Path, key_hash: int, first_ns: int, last_ns: int
                            pc.and_(pc.greater_equal(ts, first_ns), pc.less_equal(ts, last_ns)))
             if pc.any(mask).as_py():
                 hits.append(batch.filter(mask))
-        if not hits:
-            continue
-        with contextlib.suppress(FileNotFoundError), open(f.path, "rb") as capture:
-            for row in pa.Table.from_batches(hits).to_pylist():
-                capture.seek(row["offset"])
-                block = capture.read(EPB_HEADER + row["caplen"])
-                if len(block) < EPB_HEADER + row["caplen"]:
-                    continue  # the writer was killed before this block was complete
-                header = np.frombuffer(block[:EPB_HEADER], dtype=_EPB)[0]
-                out.append((row["ts_ns"], int(header["wirelen"]), row["link_type"], block[EPB_HEADER:]))
+        if hits:
+            with contextlib.suppress(FileNotFoundError), open(f.path, "rb") as capture:
+                blocks = _sealed_blocks(capture, keyring, f) if f.sealed else _plain_blocks(capture)
+                for row in pa.Table.from_batches(hits).to_pylist():
+                    block = blocks(row)
+                    if block is None or len(block) < EPB_HEADER + row["caplen"]:
+                        continue  # the writer was killed before this block was complete
+                    header = np.frombuffer(block[:EPB_HEADER], dtype=_EPB)[0]
+                    out.append((row["ts_ns"], int(header["wirelen"]), row["link_type"], block[EPB_HEADER:]))
     return sorted(out, key=lambda r: r[0])
+
+
+def _plain_blocks(capture: BinaryIO) -> Callable[[dict[str, Any]], bytes | None]:
+    def block(row: dict[str, Any]) -> bytes:
+        capture.seek(row["offset"])
+        return capture.read(EPB_HEADER + row["caplen"])
+    return block
+
+
+def _sealed_blocks(capture: BinaryIO, keyring: Keyring | None, f: RetainedFile
+                   ) -> Callable[[dict[str, Any]], bytes | None]:
+    reader = SealedReader(capture, keyring, f.path.name)
+    records: dict[int, tuple[int, bytes] | None] = {}
+
+    def block(row: dict[str, Any]) -> bytes | None:
+        at = row.get("record") or 0
+        if at not in records:
+            records[at] = reader.record(at)
+        got = records[at]
+        if got is None:
+            return None
+        start = row["offset"] - got[0]
+        return got[1][start:start + EPB_HEADER + row["caplen"]]
+    return block
 
 
 # -- enhanced packet blocks, vectorized ------------------------------------------------------
