@@ -228,3 +228,41 @@ def test_elasticsearch_documents_use_ecs(elastic: Store) -> None:
     assert doc["event"]["kind"] == "alert" and doc["rule"]["id"] and doc["source"]["ip"]
     flow = es.search(index="liaowang-flows-*", size=1, query={"term": {"fiveg.plane": "N3"}})["hits"]["hits"][0]
     assert flow["_source"]["fiveg"]["teid"] is not None and flow["_source"]["network"]["community_id"]
+
+
+def test_purge_dry_run_counts_what_the_purge_then_deletes(replayed: tuple[Path, ReplaySummary], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from console.cli import main
+    from console.state import ConsoleState
+
+    with open_store(tmp_path) as store:
+        load_output(replayed[0], store)
+        before = {t: store.search(Query(t, limit=0)).total for t in ("flows", "alerts", "proto_pfcp")}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("flows: {days: 30}\nproto_*: {days: 1, gb: 1}\nalerts: {gb: 0}\n")
+    assert main(["purge", "--store", str(tmp_path), "--policy", str(policy), "--dry-run"]) == 0
+    would = {line.split()[0]: int(line.split()[-2].replace(",", "")) for line in capsys.readouterr().out.splitlines()}
+    with open_store(tmp_path) as store:  # nothing went
+        assert {t: store.search(Query(t, limit=0)).total for t in before} == before
+    assert would["flows"] > 0 and would["alerts"] == before["alerts"] and would["proto_pfcp"] > 0
+    assert main(["purge", "--store", str(tmp_path), "--policy", str(policy)]) == 0
+    done = {line.split()[0]: int(line.split()[-2].replace(",", "")) for line in capsys.readouterr().out.splitlines()}
+    assert done == would
+    with open_store(tmp_path) as store:
+        assert {t: store.search(Query(t, limit=0)).total for t in before} == {t: before[t] - done[t] for t in before}
+    audit, _ = ConsoleState(tmp_path / "console").audit_log()
+    assert [a["action"] for a in audit[:2]] == ["purge", "purge_dry_run"]
+    assert audit[0]["detail"]["rows"]["flows"] == done["flows"]
+    for bad, said in (("flowz: {days: 1}\n", "flowz: no such table"), ("flows: {days: -1}\n", "a number >= 0"),
+                      ("flows: [1]\n", "give days and/or gb")):
+        policy.write_text(bad)
+        assert main(["purge", "--store", str(tmp_path), "--policy", str(policy)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err
+
+
+def test_elasticsearch_purge_dry_run_deletes_nothing(elastic: Store) -> None:
+    total = elastic.search(Query("proto_pfcp", limit=0)).total
+    assert total > 0
+    assert elastic.retain("proto_pfcp", max_bytes=0, dry_run=True) == total
+    assert elastic.search(Query("proto_pfcp", limit=0)).total == total

@@ -276,9 +276,10 @@ class Store(ABC):
         """Triage: returns False when no such alert."""
 
     @abstractmethod
-    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None) -> int:
+    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,
+               dry_run: bool = False) -> int:
         """Drop rows of ``name`` older than ``max_age_days`` (before its newest row), then oldest days until
-        the table is under ``max_bytes``; returns rows dropped."""
+        the table is under ``max_bytes``; returns rows dropped (``dry_run``: that would be, nothing is)."""
 
     @abstractmethod
     def put_state(self, key: str, data: bytes) -> None:

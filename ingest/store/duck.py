@@ -315,30 +315,37 @@ class DuckStore(Store):
                                 "RETURNING alert_id", [status, alert_id]).fetchall()
         return bool(found)
 
-    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None) -> int:
+    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,
+               dry_run: bool = False) -> int:
         if name in PARQUET_TABLES:
-            return self._retain_days(name, max_age_days, max_bytes)
+            return self._retain_days(name, max_age_days, max_bytes, dry_run)
         spec = TABLES[name]
         col = spec.time_column
         dropped = 0
-        with self._connect(write=True) as con:
+        with self._connect(write=not dry_run) as con:
+            cutoff = None
             if max_age_days is not None:
                 newest = con.execute(f'SELECT epoch_ns(max("{col}")) FROM "{name}"').fetchall()[0][0]
                 if newest is not None:
                     cutoff = int(newest - max_age_days * 86400e9)
-                    dropped += len(con.execute(f'DELETE FROM "{name}" WHERE epoch_ns("{col}") < ? RETURNING 1',
-                                               [cutoff]).fetchall())
+                    old = f'FROM "{name}" WHERE epoch_ns("{col}") < ?'
+                    dropped += con.execute(f"SELECT count(*) {old}", [cutoff]).fetchall()[0][0] if dry_run else len(
+                        con.execute(f"DELETE {old} RETURNING 1", [cutoff]).fetchall())
             if max_bytes is not None:
-                days = con.execute(f"""SELECT strftime("{col}", '%Y-%m-%d') d, count(*) FROM "{name}"
+                after = f'WHERE epoch_ns("{col}") >= {cutoff}' if dry_run and cutoff is not None else ""
+                days = con.execute(f"""SELECT strftime("{col}", '%Y-%m-%d') d, count(*) FROM "{name}" {after}
                                        GROUP BY d ORDER BY d""").fetchall()
                 total = sum(c for _, c in days)
-                size = self._table_bytes(con, name)
+                size = self._table_bytes(con, name, total if dry_run else None)
                 per_row = size / total if total else 0
                 while days and size > max_bytes:
                     d, c = days.pop(0)
-                    con.execute(f"""DELETE FROM "{name}" WHERE strftime("{col}", '%Y-%m-%d') = ?""", [d])
+                    if not dry_run:
+                        con.execute(f"""DELETE FROM "{name}" WHERE strftime("{col}", '%Y-%m-%d') = ?""", [d])
                     dropped += c
                     size -= c * per_row
+            if dry_run:
+                return int(dropped)
             kept = {r[0] for r in con.execute(f"""SELECT DISTINCT strftime("{col}", '%Y-%m-%d') FROM "{name}" """
                                               ).fetchall()}
             con.execute("CHECKPOINT")
@@ -349,9 +356,9 @@ class DuckStore(Store):
                     shutil.rmtree(part)
         return dropped
 
-    def _retain_days(self, name: str, max_age_days: float | None, max_bytes: int | None) -> int:
+    def _retain_days(self, name: str, max_age_days: float | None, max_bytes: int | None, dry_run: bool) -> int:
         """Whole days of a Parquet table, as Elasticsearch drops whole daily indices."""
-        with self._connect(write=True):  # holding the lock: no writer renames files in meanwhile
+        with self._connect(write=not dry_run):  # holding the lock: no writer renames files in meanwhile
             days = self._days(name)
             drop: list[str] = []
             if max_age_days is not None and days:
@@ -365,20 +372,21 @@ class DuckStore(Store):
                     drop.append(day)
                     size -= sum(f.stat().st_size for f in days[day])
             dropped = sum(pq.read_metadata(f).num_rows for d in drop for f in days[d])
-            for d in drop:
+            for d in drop if not dry_run else []:
                 shutil.rmtree(self.root / "archive" / name / f"day={d}")
         return dropped
 
     @staticmethod
-    def _table_bytes(con: duckdb.DuckDBPyConnection, name: str) -> int:
-        """Estimated bytes of a table: its share of the database's used blocks, by row count."""
+    def _table_bytes(con: duckdb.DuckDBPyConnection, name: str, rows_of_name: int | None = None) -> int:
+        """Estimated bytes of a table: its share of the database's used blocks, by row count (``rows_of_name``:
+        as if it had that many rows)."""
         info = con.execute("PRAGMA database_size").fetchall()[0]
         used = int(info[2]) * int(info[4]) if info else 0  # block_size * used_blocks
         rows = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchall()[0][0] for t in SCHEMAS
                 if t not in PARQUET_TABLES}
         widths = {t: len(SCHEMAS[t]) for t in SCHEMAS}
         weight = sum(rows[t] * widths[t] for t in rows) or 1
-        return int(used * rows[name] * widths[name] / weight)
+        return int(used * (rows[name] if rows_of_name is None else rows_of_name) * widths[name] / weight)
 
     # -- worker checkpoints: one file per key, replaced atomically --
     def _state_path(self, key: str) -> Path:

@@ -283,7 +283,8 @@ class ElasticStore(Store):
                        doc={"liaowang": {"alerts": {"status": status, "status_changed": iso_ns(time.time_ns())}}})
         return True
 
-    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None) -> int:
+    def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,
+               dry_run: bool = False) -> int:
         stats: list[dict[str, Any]] = self.es.cat.indices(  # type: ignore[assignment]
             index=f"{PREFIX}{name}-*", format="json", bytes="b").body
         daily = sorted((i["index"], int(i["docs.count"] or 0), int(i["store.size"] or 0)) for i in stats
@@ -300,7 +301,7 @@ class ElasticStore(Store):
                 d = left.pop(0)
                 drop.append(d)
                 size -= d[2]
-        for index, _, _ in drop:
+        for index, _, _ in drop if not dry_run else []:
             self.es.indices.delete(index=index)
         return sum(d[1] for d in drop)
 
