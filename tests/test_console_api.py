@@ -62,6 +62,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("PATCH", "/api/rules/{rule}", "admin", {"window_s": 60}), ("GET", "/api/sensors", "viewer", None),
     ("GET", "/api/users", "admin", None), ("GET", "/api/audit", "admin", None),
     ("POST", "/api/users", "admin", {"username": "someone{n}", "password": "long-enough-pass", "role": "viewer"}),
+    ("POST", "/api/admin/reidentify", "admin", {"case": "case-{n}", "key": "k", "identities": ["001010000000001"]}),
 ]
 ORDER = ["viewer", "analyst", "admin"]
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -101,6 +102,34 @@ def test_no_raw_identity_in_any_output(tmp_path: Path) -> None:
     gtpc = pq.read_table(out / "proto_gtpc.parquet").to_pylist()
     assert {r["imsi"] for r in gtpc} >= {key.subscriber(CN_IMSI, "imsi")}
     assert key.subscriber(CN_IMSI, "imsi") == key.subscriber(f"imsi-{CN_IMSI}")  # GTPv2-C IE == SBI path
+    _reidentify(store, out, raw, tmp_path)
+
+
+def _reidentify(store_dir: Path, out: Path, raw: set[str], tmp_path: Path) -> None:
+    """The admin's path back: the identities a case names, with the key, give pseudonyms found in the store;
+    the audit keeps the case and the pseudonyms, never the identities or the key."""
+    from console.app import create_app
+    from console.state import ConsoleState
+    from ingest.store import open_store
+    from tests.test_console_api import client
+
+    key_text = (out / ".pseudonym.key").read_text().strip()
+    state = ConsoleState(tmp_path / "console")
+    state.add_user("admin", "admin-password-1", "admin")
+    with open_store(store_dir) as store:
+        app = create_app(store, state)
+        c, csrf = client(app, "admin", "admin-password-1")
+        body = {"case": "warrant-2026-117", "key": key_text, "identities": [CN_IMSI, "001019999999999"]}
+        r = c.post("/api/admin/reidentify", json=body, headers=csrf)
+        assert r.status_code == 200, r.text
+        rows = r.json()["rows"]
+        assert rows[0]["pseudonym"] == Pseudonymizer(key_text.encode()).subscriber(CN_IMSI, "imsi")
+        assert rows[0]["messages"]["gtpc"] >= 1 and not rows[1]["messages"] and r.json()["found"] == 1
+        wrong = c.post("/api/admin/reidentify", json={**body, "key": "not-the-key"}, headers=csrf).json()
+        assert wrong["found"] == 0 and "check the key" in wrong["note"]
+    audit = json.dumps(state.audit_log()[0])
+    assert "warrant-2026-117" in audit and rows[0]["pseudonym"] in audit
+    assert key_text not in audit and not any(v in audit for v in raw)
 
 
 def _text(table: pa.Table) -> str:
@@ -119,3 +148,104 @@ def test_scrub_replaces_every_identity_in_text() -> None:
     assert scrubbed.endswith("&n=12345")  # ordinary numbers stay
     assert key.subscriber("86" + PHONE, "msisdn") in scrubbed and key.subscriber(MSISDN, "msisdn") in scrubbed
     assert Pseudonymizer(b"other").scrub(text) != scrubbed
+
+
+def _envelope_text(value: bytes) -> str:
+    from ingest.stream.codec import decode
+
+    part = decode(value).part
+    texts = []
+    for item in vars(part).values():
+        for table in (item.values() if isinstance(item, dict) else [item]):
+            if isinstance(table, pa.RecordBatch):
+                table = pa.Table.from_batches([table])
+            if isinstance(table, pa.Table):
+                texts.append(_text(table))
+    return "\n".join(texts)
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is installed by scripts/setup.sh")
+def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
+    """Sensor -> Kafka -> detection worker: every message on every topic, decoded, holds no raw identity."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from tests.kafka_fixtures import Broker, liaowang, stop
+    from tests.test_stream import _stored, _wait_log
+
+    captures = [planted(tmp_path / "planted.pcap"), *(PCAPS / n for n in SIGNALLING)]
+    raw = raw_identities(captures)
+    reference = subprocess.run([sys.executable, "-m", "console.cli", "replay", *map(str, captures), "--out",
+                                str(tmp_path / "ref"), "-q"], cwd=ROOT, env={**_env(), "LIAOWANG_PSEUDONYM_KEY": "k"})
+    assert reference.returncode == 0
+    flows = pq.read_metadata(tmp_path / "ref" / "flows.parquet").num_rows
+    broker = Broker(tmp_path)
+    broker.start()
+    env = {"LIAOWANG_PSEUDONYM_KEY": "k"}
+    procs = []
+    try:
+        procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(tmp_path / "s"),
+                              "--topic-prefix", "priv", "--commit-interval", "0.5", log=tmp_path / "w.log", env=env))
+        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        sensor = liaowang("sensor", "--pcap", *map(str, captures), "--kafka", broker.bootstrap, "--topic-prefix",
+                          "priv", "--spool", str(tmp_path / "spool"), log=tmp_path / "sensor.log", env=env)
+        assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the worker has put every flow on the flows topic and in the store
+            try:
+                if _stored(tmp_path / "s")[0].num_rows >= flows:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.5)
+        consumer = KafkaConsumer(bootstrap_servers=[broker.bootstrap], auto_offset_reset="earliest",
+                                 consumer_timeout_ms=5000, enable_auto_commit=False,
+                                 fetch_max_bytes=64 << 20, max_partition_fetch_bytes=64 << 20)
+        consumer.assign([TopicPartition(t, p) for t in ("priv.packets", "priv.flows", "priv.dead-letter")
+                         for p in consumer.partitions_for_topic(t) or ()])
+        consumer.seek_to_beginning()
+        messages = {(m.topic, m.partition, m.offset): m.value for m in consumer}
+        consumer.close()
+    finally:
+        for p in procs:
+            stop(p, timeout=10)
+        broker.stop()
+    topics = {t for t, _, _ in messages}
+    assert {"priv.packets", "priv.flows"} <= topics
+    texts = {key: _envelope_text(value) for key, value in messages.items() if key[0] != "priv.dead-letter"}
+    assert sum(len(t) for t in texts.values()) > 100_000
+    texts["logs"] = (tmp_path / "w.log").read_text() + (tmp_path / "sensor.log").read_text()
+    assert not {(where, value) for where, text in texts.items() for value in raw if value in text}
+    assert Pseudonymizer(b"k").subscriber(CN_IMSI, "imsi") in "".join(texts.values())  # the pseudonyms travel
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is installed by scripts/setup.sh")
+def test_no_raw_identity_in_elasticsearch(tmp_path: Path) -> None:
+    from ingest.store import open_store
+
+    url = subprocess.run(["bash", str(ROOT / "scripts" / "elasticsearch.sh")], check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()[-1]
+    captures = [planted(tmp_path / "planted.pcap"), *(PCAPS / n for n in SIGNALLING)]
+    raw = raw_identities(captures)
+    store = open_store(url)
+    es = store.es  # type: ignore[attr-defined]
+    es.indices.delete(index="liaowang-*", ignore_unavailable=True)
+    run = subprocess.run([sys.executable, "-m", "console.cli", "replay", *map(str, captures), "--out",
+                          str(tmp_path / "out"), "--store", url], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**_env(), "LIAOWANG_PSEUDONYM_KEY": "k"})
+    assert run.returncode == 0, run.stderr
+    es.indices.refresh(index="liaowang-*")
+    docs = []
+    for index in es.indices.get(index="liaowang-*"):
+        page = es.search(index=index, size=10_000, query={"match_all": {}})
+        docs += [json.dumps(h["_source"], default=str) for h in page["hits"]["hits"]]
+    store.close()
+    text = "\n".join(docs)
+    assert len(docs) > 500  # flows, alerts, sessions, messages
+    assert not {value for value in raw if value in text}
+    assert Pseudonymizer(b"k").subscriber(CN_IMSI, "imsi") in text
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
