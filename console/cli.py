@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from console import evidence, purge, query, stream
+from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
 
@@ -28,6 +29,7 @@ def _replay(args: argparse.Namespace) -> int:
             chunk_bytes=int(args.chunk_mb * 1024 * 1024),
             idle_timeout_s=args.idle_timeout,
             active_timeout_s=args.active_timeout,
+            max_flows=args.max_flows,
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
             rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
@@ -217,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="PCAP_OR_DIR", help="pcap/pcapng files (gzip ok), directories, globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
+    p.add_argument("--max-flows", type=int, default=MAX_FLOWS, metavar="N",
+                   help=f"flow table limit: beyond it the least recently seen flows end as 'evicted' "
+                        f"(default {MAX_FLOWS:,}, ~5 KB each; 0: no limit)"),
     p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
     p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
     p.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("user add/passwd need a user name")
     if getattr(args, "idle_timeout", 1) <= 0 or getattr(args, "active_timeout", 1) <= 0:
         parser.error("timeouts must be positive")
+    if getattr(args, "max_flows", 0) < 0:
+        parser.error("--max-flows must be >= 0 (0: no limit)")
     _tune_malloc()
     return int(args.func(args))
 

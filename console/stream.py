@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from detection.detectors.anomaly import ModelError
+from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
 from ingest.retention import Retention
 from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
@@ -95,6 +96,8 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--store", default=os.environ.get(ENV["store"]), metavar="URI",
                    help="DuckDB store directory or http(s)://elasticsearch:9200 (default: $LIAOWANG_STORE)")
     d.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="flow idle timeout, seconds")
+    d.add_argument("--max-flows", type=int, default=MAX_FLOWS, metavar="N",
+                   help=f"flow table limit per sensor stream (default {MAX_FLOWS:,}; 0: no limit)")
     d.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
     d.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
                    help="seconds between checkpoints: results stored, state saved, offsets committed (default 1)")
@@ -335,7 +338,8 @@ def _detect(args: argparse.Namespace) -> int:
         # builds an engine once: rule and model errors show now, not at the first batch
         worker = Worker(args.kafka, args.group, store, Topics(args.topic_prefix, args.partitions), engine,
                         idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
-                        commit_interval_s=args.commit_interval, metrics=metrics, name=args.name)
+                        commit_interval_s=args.commit_interval, metrics=metrics, name=args.name,
+                        max_flows=args.max_flows)
     except (RuleError, ModelError, StoreError, OSError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
 from detection.engine import DetectionEngine
-from detection.flows.assembler import FlowAssembler
+from detection.flows.assembler import MAX_FLOWS, FlowAssembler
 from detection.flows.keys import keys_of, project
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
@@ -242,10 +242,11 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
 class FlowStage:
     """One partition's flow table: parts -> ended flows and flow ids for the messages."""
 
-    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> None:
+    def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
+                 max_flows: int = MAX_FLOWS) -> None:
         # every batch hands out the flows that ended in it: stage 3 sees the same flows at the
         # same batch however many partitions there are
-        self.flows = FlowAssembler(idle_timeout_s, active_timeout_s, export_rows=1)
+        self.flows = FlowAssembler(idle_timeout_s, active_timeout_s, export_rows=1, max_flows=max_flows)
         self.seq = -1  # the last part applied
 
     def update(self, part: Part) -> FlowPart:

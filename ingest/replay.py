@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector
 from detection.engine import DetectionEngine
+from detection.flows.assembler import MAX_FLOWS
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.control import ControlPlane
@@ -94,6 +95,7 @@ def replay(
     rules: list[Path] | None = None,
     rule_overrides: dict[str, dict[str, Any]] | None = None,
     detectors: list[Detector] | None = None,
+    max_flows: int = MAX_FLOWS,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
@@ -115,7 +117,7 @@ def replay(
             progress(summary, done, sum(sizes))
 
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
-                  active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch)
+                  active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows)
     summary.files = len(files)
     return summary
 
@@ -123,7 +125,8 @@ def replay(
 def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_timeout_s: float = 120.0,
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
-        sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None) -> ReplaySummary:
+        sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
+        max_flows: int = MAX_FLOWS) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
@@ -138,7 +141,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     eve = EveSink(out_dir / "eve.json")
     control = ControlPlane(out_dir)
     # the three stages of ingest/pipeline.py, in this process, one partition
-    flow_stage = FlowStage(idle_timeout_s, active_timeout_s)
+    flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
     detect = DetectStage(engine, control)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels

@@ -140,7 +140,8 @@ class EveSink:
         proto = pc.if_else(pc.equal(proto, ""), _text(c("ip_proto")), proto)
         closed = pc.or_(pc.greater(c("bidirectional_fin_packets"), 0), pc.greater(c("bidirectional_rst_packets"), 0))
         state = pc.if_else(closed, "closed", pc.if_else(pc.greater(c("dst2src_packets"), 0), "established", "new"))
-        reason = _lookup(c("expiration_reason"), {"idle": "timeout", "active": "timeout", "tcp_reuse": "forced"},
+        reason = _lookup(c("expiration_reason"), {"idle": "timeout", "active": "timeout", "tcp_reuse": "forced",
+                                                        "evicted": "forced"},
                          "shutdown")
         age = pc.divide(pc.subtract(c("last_seen").cast(pa.int64()), c("first_seen").cast(pa.int64())), 1_000_000_000)
         tunnel = _join(

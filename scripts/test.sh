@@ -6,4 +6,5 @@ bash scripts/setup.sh
 bash scripts/chromium.sh >/dev/null  # the console's end-to-end tests drive the system's Chromium
 .venv/bin/ruff check sensors detection ingest console tests bench
 .venv/bin/mypy
+bash scripts/audit.sh  # known-vulnerable dependencies fail the run
 .venv/bin/python -m pytest -q tests

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from ingest.control import ControlPlane
 from ingest.pipeline import DetectStage, FlowStage, Part, build_engine, sensor_parts, split
@@ -406,6 +407,14 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "LIAOWANG_KAFKA_USER" in r.stderr
 
 
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's YAML: its !override and !reset tags keep their values."""
+
+
+_ComposeLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_sequence(node)
+                                     if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node))
+
+
 def test_compose_file_runs_only_commands_the_cli_accepts() -> None:
     """docker-compose.yml cannot run here (no Docker engine): check every Liaowang command it runs parses,
     that the scale-out services exist, and `docker compose config` accepts it where the CLI exists."""
@@ -435,6 +444,14 @@ def test_compose_file_runs_only_commands_the_cli_accepts() -> None:
             environment = svc.get("environment") or {}
             assert environment.get("LIAOWANG_KAFKA") == "kafka:9092", name
     assert commands >= 5
+    # the secure overlay (docker-compose.secure.yml): its commands parse too, every Kafka client gets TLS
+    secure = yaml.load((root / "docker-compose.secure.yml").read_text(), Loader=_ComposeLoader)
+    for name, svc in secure["services"].items():
+        if "command" in svc:
+            argv = [re.sub(r"\$\{(\w+):-[^}]*\}", lambda m: env.get(m.group(1), "1"), a) for a in svc["command"]]
+            parser.parse_args(argv)
+        if name in ("sensor", "detect"):
+            assert svc["environment"]["LIAOWANG_KAFKA_SECURITY"] == "SASL_SSL", name
     has_compose = shutil.which("docker") and subprocess.run(["docker", "compose", "version"],
                                                            capture_output=True).returncode == 0
     if has_compose:

@@ -9,7 +9,10 @@ user-plane flow in two; both TEIDs are kept as flow columns instead.
 A flow ends when it has been idle for ``idle_timeout_s`` (a gap of at least
 that long, in whole milliseconds as nfstream counts), when it has lasted
 ``active_timeout_s``, or — TCP only — when a bare SYN arrives after the flow
-saw a RST or FINs both ways (port reuse).  Everything is computed per batch
+saw a RST or FINs both ways (port reuse), or — when the table holds more than
+``max_flows`` after a batch — when it is among the least recently seen and is
+evicted (a flood of spoofed sources must not take the sensor's memory; the
+eviction point depends on batch boundaries).  Everything is computed per batch
 with numpy; state carried between batches makes any batching give the same
 flows as one big batch.
 """
@@ -26,7 +29,11 @@ from detection.flows.state import FlowState
 
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
 FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
-REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END = 1, 2, 3, 4
+REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END, REASON_EVICTED = 1, 2, 3, 4, 5
+#: default size limit of the flow table (~5 KB per flow with its features: ~2.5 GB)
+MAX_FLOWS = 500_000
+#: an eviction makes room for this share of max_flows, so a flood does not evict on every batch
+EVICT_TO = 0.9
 
 
 class FlowAssembler:
@@ -37,9 +44,13 @@ class FlowAssembler:
     """
 
     def __init__(self, idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
-                 export_rows: int = 8192) -> None:
+                 export_rows: int = 8192, max_flows: int = MAX_FLOWS) -> None:
         if idle_timeout_s <= 0 or active_timeout_s <= 0:
             raise ValueError("flow timeouts must be positive")
+        if max_flows < 0:
+            raise ValueError("max_flows must be >= 0 (0: no limit)")
+        self.max_flows = max_flows
+        self.flows_evicted = 0
         self.idle_timeout_s = idle_timeout_s
         self.active_timeout_s = active_timeout_s
         self._idle_ms = int(round(idle_timeout_s * 1000))
@@ -77,6 +88,8 @@ class FlowAssembler:
             self._clock_ns = max(self._clock_ns, now_ns)
         done.append(self._expire_idle())
         self._retire(done)
+        if self.max_flows and len(self._slot_of) > self.max_flows:
+            self._retire([self._evict()])
         return self._export() if self._ended_count >= self._export_rows else FLOW_SCHEMA.empty_table()
 
     def flush(self) -> pa.Table:
@@ -93,6 +106,14 @@ class FlowAssembler:
         slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
         idle = slots[now_ms - self._state["last_ms"][slots] >= self._idle_ms]
         return idle, np.full(len(idle), REASON_IDLE, dtype=np.int8)
+
+    def _evict(self) -> tuple[np.ndarray, np.ndarray]:
+        """The least recently seen flows beyond :data:`EVICT_TO` of the limit."""
+        slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+        count = len(slots) - int(self.max_flows * EVICT_TO)
+        oldest = slots[np.argpartition(self._state["last_ms"][slots], count - 1)[:count]]
+        self.flows_evicted += len(oldest)
+        return oldest, np.full(len(oldest), REASON_EVICTED, dtype=np.int8)
 
     def _retire(self, done: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Ended flows leave the key index at once (the key's next packet starts a new flow)."""

@@ -18,7 +18,7 @@ TUNNEL_NAMES = {1: "gtpu", 2: "gre", 3: "vxlan", 4: "geneve", 5: "ipip", 6: "ers
 APP_NAMES = {1: "dns", 2: "tls", 3: "http", 4: "http2", 5: "ssh", 6: "modbus", 7: "pfcp", 8: "gtpc", 9: "gtpu",
              10: "diameter", 11: "ngap", 12: "s1ap", 13: "arp", 14: "smb", 15: "mail", 16: "ftp",
              17: "dnp3", 18: "s7comm"}
-REASONS = {1: "idle", 2: "active", 3: "tcp_reuse", 4: "end_of_input"}
+REASONS = {1: "idle", 2: "active", 3: "tcp_reuse", 4: "end_of_input", 5: "evicted"}
 V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 # Community ID v1: ICMP types that have a reverse (request <-> reply)
 ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}

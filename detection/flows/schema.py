@@ -64,7 +64,8 @@ FLOW_FIELDS: list[Field] = [
     Field("application_hint", pa.string(), "first application protocol recognised (dns, tls, http, pfcp...)"),
     Field("server_name", pa.string(), "first TLS SNI, HTTP Host or DNS query name seen"),
     Field("decode_error_packets", pa.uint64(), "packets whose decode_status is not 0"),
-    Field("expiration_reason", pa.string(), "idle, active, tcp_reuse (new SYN after FIN/RST) or end_of_input"),
+    Field("expiration_reason", pa.string(), "idle, active, tcp_reuse (new SYN after FIN/RST), end_of_input or evicted (the "
+                                             "flow table was full: least recently seen first)"),
     Field("session_id", pa.string(), "the 5G/4G session (sessions table) of a GTP-U flow or of a UE's N6 flow,"
           " null when none is known"),
     Field("plane", pa.string(), "5G interface: N2, N3, N4, SBI, N6 (a UE's untunnelled flow), S1/S11/S5, Diameter or other"),

@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 from kafka import ConsumerRebalanceListener
 
 from detection.engine import DetectionEngine
+from detection.flows.assembler import MAX_FLOWS
 from ingest.control import ControlPlane
 from ingest.pipeline import DetectStage, FlowPart, FlowStage, Part, Results, rules_fingerprint
 from ingest.results import ControlSnapshots, PendingWrites
@@ -94,11 +95,12 @@ class Worker:
     def __init__(self, bootstrap: str, group: str, store: Store, topics: Topics,
                  engine: Callable[[], DetectionEngine], *, idle_timeout_s: float = 120.0,
                  active_timeout_s: float = 1800.0, commit_interval_s: float = 1.0,
-                 metrics: WorkerMetrics | None = None, name: str | None = None) -> None:
+                 metrics: WorkerMetrics | None = None, name: str | None = None, max_flows: int = MAX_FLOWS) -> None:
         self.bootstrap, self.group, self.store, self.topics = bootstrap, group, store, topics
         self.new_engine = engine
         self.fingerprint = rules_fingerprint(engine())
         self.idle_timeout_s, self.active_timeout_s = idle_timeout_s, active_timeout_s
+        self.max_flows = max_flows
         self.commit_interval_s = commit_interval_s
         self.metrics = metrics or WorkerMetrics()
         self.name = name or socket.gethostname()
@@ -225,7 +227,8 @@ class Worker:
                 end = Part(seq=old.seq + 1, partition=partition, partitions=part.partitions, end=True)
                 self._forward(Envelope(env.sensor, old_key.split("/", 1)[1], old.update(end), env.rules))
                 state.end(old_key, end.seq)
-            stage = state.streams[env.stream] = FlowStage(self.idle_timeout_s, self.active_timeout_s)
+            stage = state.streams[env.stream] = FlowStage(self.idle_timeout_s, self.active_timeout_s,
+                                                                    self.max_flows)
         if part.seq <= stage.seq:
             self.metrics.duplicates.inc()
             return
