@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sensors.capture.retain import retained_files
-from sensors.capture.seal import HEADER, MAGIC, Keyring, SealError, open_sealed, reseal, rotate_keyring
+from sensors.capture.seal import Keyring, SealError, open_sealed, reseal, rotate_keyring, sealing_key
 
 
 def add_parser(sub: Any) -> None:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.action == "list":
             return _list(path)
-        keyring = Keyring.from_file(Path(args.keyring)) if args.keyring else Keyring.from_env()
+        keyring = Keyring.load(args.keyring)
         if keyring is None:
             raise SealError("no evidence keyring: --keyring FILE or $LIAOWANG_EVIDENCE_KEY_FILE")
         if args.action == "reseal":
@@ -61,9 +61,8 @@ def _list(directory: Path) -> int:
         raise SealError(f"{directory}: no such directory")
     files = retained_files(directory)
     for f in files:
-        with open(f.path, "rb") as fh:
-            head = fh.read(HEADER)
-        key = head[len(MAGIC):].hex() if head.startswith(MAGIC) else "not sealed"
+        kid = sealing_key(f.path)
+        key = kid.hex() if kid else "not sealed"
         state = "being written" if f.last_ns is None else "finished"
         print(f"{f.path.name:<60} {f.bytes / 1e6:10,.1f} MB  {state:<13}  key {key}")
     return 0

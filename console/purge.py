@@ -44,11 +44,16 @@ def add_parser(sub: Any) -> None:
 
 
 def load_policy(text: str, tables: list[str], origin: str) -> dict[str, dict[str, float]]:
-    """The policy per store table; PolicyError says what is wrong where."""
+    """The policy per store table from YAML; PolicyError says what is wrong where."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PolicyError(f"{origin}: not YAML ({exc})") from None
+    return parse_policy(raw, tables, origin)
+
+
+def parse_policy(raw: object, tables: list[str], origin: str) -> dict[str, dict[str, float]]:
+    """``{pattern: {days, gb}}`` checked and expanded to store tables."""
     if not isinstance(raw, dict):
         raise PolicyError(f"{origin}: a mapping of table names to {{days, gb}}")
     policy: dict[str, dict[str, float]] = {}
@@ -77,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if args.table:
             if args.policy or (args.days is None and args.gb is None):
                 raise PolicyError("--table goes with --days and/or --gb (not with --policy)")
-            policy = load_policy(yaml.safe_dump({args.table: {k: v for k, v in (("days", args.days),
-                                                                                 ("gb", args.gb)) if v is not None}}),
-                                 tables, "--table")
+            limits = {k: v for k, v in (("days", args.days), ("gb", args.gb)) if v is not None}
+            policy = parse_policy({args.table: limits}, tables, "--table")
         elif args.policy:
             path = Path(args.policy)
             try:
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 raise PolicyError(f"{path}: {exc.strerror}") from None
             policy = load_policy(text, tables, str(path))
         else:
-            policy = load_policy(yaml.safe_dump(DEFAULT_POLICY), tables, "built-in policy")
+            policy = parse_policy(DEFAULT_POLICY, tables, "built-in policy")
         if args.show_policy:
             print(yaml.safe_dump(policy, sort_keys=False), end="")
             return 0
@@ -102,11 +106,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     verb = "would delete" if args.dry_run else "deleted"
     for name, rows in dropped.items():
-        limits = ", ".join(f"{v:g} {k}" for k, v in policy[name].items())
-        print(f"{name:<24} keep {limits:<20} {verb} {rows:,} rows")
+        keep = ", ".join(f"{v:g} {k}" for k, v in policy[name].items())
+        print(f"{name:<24} keep {keep:<20} {verb} {rows:,} rows")
     ConsoleState(state_dir(uri)).audit(f"cli:{getpass.getuser()}", "purge_dry_run" if args.dry_run else "purge",
                                        uri, {"policy": policy, "rows": dropped})
     return 0
 
 
-__all__ = ["DEFAULT_POLICY", "PolicyError", "add_parser", "load_policy", "run"]
+__all__ = ["DEFAULT_POLICY", "PolicyError", "add_parser", "load_policy", "parse_policy", "run"]

@@ -221,7 +221,7 @@ def _retention(args: argparse.Namespace) -> Retention | None:
         return None
     if min(args.retain_gb, args.retain_file_mb, args.retain_file_s) <= 0 or args.retain_hours < 0:
         raise ValueError("--retain-gb, --retain-file-mb and --retain-file-s must be positive, --retain-hours >= 0")
-    keyring = Keyring.from_file(Path(args.evidence_keyring)) if args.evidence_keyring else Keyring.from_env()
+    keyring = Keyring.load(args.evidence_keyring)
     if keyring is None:
         print(f"liaowang: warning: retained packets in {args.retain} are not encrypted (--evidence-keyring FILE "
               "seals them)", file=sys.stderr)

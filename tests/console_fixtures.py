@@ -9,8 +9,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from fastapi.testclient import TestClient
 
 from console.app import create_app
 from console.state import ConsoleState
@@ -89,3 +91,13 @@ def serve_in_thread(store: Store, state: ConsoleState) -> tuple[str, uvicorn.Ser
             raise RuntimeError("the console did not start")
         time.sleep(0.05)
     return f"http://127.0.0.1:{port}", server
+
+
+def client(app: Any, user: str | None = None, password: str | None = None) -> tuple[TestClient, dict[str, str]]:
+    """A client signed in as ``user`` (a fixture user unless ``password`` is given) and its CSRF header."""
+    c = TestClient(app)
+    if user is None:
+        return c, {}
+    r = c.post("/api/login", json={"username": user, "password": password or PASSWORDS[user]})
+    assert r.status_code == 200, r.text
+    return c, {"X-CSRF-Token": r.json()["csrf"]}

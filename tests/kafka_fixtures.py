@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+
+from ingest.store.duck import DuckStore
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,3 +81,25 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def stored(store_dir: Path) -> tuple[pa.Table, pa.Table]:
+    """The flows and alerts a DuckDB store holds."""
+    store = DuckStore(store_dir)
+    try:
+        with store._connect(write=False) as con:
+            return (con.sql("SELECT * FROM flows").to_arrow_table(), con.sql("SELECT * FROM alerts").to_arrow_table())
+    finally:
+        store.close()
+
+
+def wait_log(logs: list[Path], text: str, procs: list, timeout: float = 60) -> None:
+    """Until every log says ``text``; a process that exits first fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(p.exists() and text in p.read_text() for p in logs):
+            return
+        for p, log in zip(procs, logs):
+            assert p.poll() is None, f"{log.name} exited: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} in " + "; ".join(p.read_text()[-500:] for p in logs if p.exists()))

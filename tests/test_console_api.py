@@ -18,23 +18,13 @@ from ingest.store import open_store
 from ingest.store.api import Condition, Store
 from sensors.capture.source import read_frames
 from sensors.decode import decode
-from tests.console_fixtures import PASSWORDS, PAYLOADS
+from tests.console_fixtures import PAYLOADS, client
 
 
 @pytest.fixture(scope="module")
 def app(console_store: tuple[Store, ConsoleState, Path]) -> Any:
     store, state, _ = console_store
     return create_app(store, state)
-
-
-def client(app: Any, user: str | None = None, password: str | None = None) -> tuple[TestClient, dict[str, str]]:
-    """A client signed in as ``user`` (a fixture user unless ``password`` is given) and its CSRF header."""
-    c = TestClient(app)
-    if user is None:
-        return c, {}
-    r = c.post("/api/login", json={"username": user, "password": password or PASSWORDS[user]})
-    assert r.status_code == 200, r.text
-    return c, {"X-CSRF-Token": r.json()["csrf"]}
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
 
 from detection.flows.assembler import FlowAssembler
+from sensors.capture.pcap import global_header
 from sensors.capture.source import read_frames
 from sensors.decode import decode
 from sensors.schema import AppProto, DecodeStatus, TunnelType
@@ -67,7 +68,7 @@ def test_linux_sll2(tmp_path: Path) -> None:
     pkt = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=5000, dport=53) / Raw(b"x"))
     path = tmp_path / "sll2.pcap"
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 276))
+        f.write(global_header(276, 65535))
         data = sll2 + pkt
         f.write(struct.pack("<IIII", 1_700_000_000, 0, len(data), len(data)) + data)
     (r,) = pa.Table.from_batches([decode(b) for b in read_frames(str(path))]).drop(["ts"]).to_pylist()

@@ -5,6 +5,7 @@ the raw values, and find none; the pseudonyms still correlate."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -111,7 +112,7 @@ def _reidentify(store_dir: Path, out: Path, raw: set[str], tmp_path: Path) -> No
     from console.app import create_app
     from console.state import ConsoleState
     from ingest.store import open_store
-    from tests.test_console_api import client
+    from tests.console_fixtures import client
 
     key_text = (out / ".pseudonym.key").read_text().strip()
     state = ConsoleState(tmp_path / "console")
@@ -169,13 +170,12 @@ def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
     """Sensor -> Kafka -> detection worker: every message on every topic, decoded, holds no raw identity."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from tests.kafka_fixtures import Broker, liaowang, stop
-    from tests.test_stream import _stored, _wait_log
+    from tests.kafka_fixtures import Broker, liaowang, stop, stored, wait_log
 
     captures = [planted(tmp_path / "planted.pcap"), *(PCAPS / n for n in SIGNALLING)]
     raw = raw_identities(captures)
     reference = subprocess.run([sys.executable, "-m", "console.cli", "replay", *map(str, captures), "--out",
-                                str(tmp_path / "ref"), "-q"], cwd=ROOT, env={**_env(), "LIAOWANG_PSEUDONYM_KEY": "k"})
+                                str(tmp_path / "ref"), "-q"], cwd=ROOT, env={**os.environ, "LIAOWANG_PSEUDONYM_KEY": "k"})
     assert reference.returncode == 0
     flows = pq.read_metadata(tmp_path / "ref" / "flows.parquet").num_rows
     broker = Broker(tmp_path)
@@ -185,14 +185,14 @@ def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
     try:
         procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(tmp_path / "s"),
                               "--topic-prefix", "priv", "--commit-interval", "0.5", log=tmp_path / "w.log", env=env))
-        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        wait_log([tmp_path / "w.log"], "assigned", procs)
         sensor = liaowang("sensor", "--pcap", *map(str, captures), "--kafka", broker.bootstrap, "--topic-prefix",
                           "priv", "--spool", str(tmp_path / "spool"), log=tmp_path / "sensor.log", env=env)
         assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the worker has put every flow on the flows topic and in the store
             try:
-                if _stored(tmp_path / "s")[0].num_rows >= flows:
+                if stored(tmp_path / "s")[0].num_rows >= flows:
                     break
             except Exception:
                 pass
@@ -231,7 +231,7 @@ def test_no_raw_identity_in_elasticsearch(tmp_path: Path) -> None:
     es.indices.delete(index="liaowang-*", ignore_unavailable=True)
     run = subprocess.run([sys.executable, "-m", "console.cli", "replay", *map(str, captures), "--out",
                           str(tmp_path / "out"), "--store", url], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={**_env(), "LIAOWANG_PSEUDONYM_KEY": "k"})
+                         timeout=300, env={**os.environ, "LIAOWANG_PSEUDONYM_KEY": "k"})
     assert run.returncode == 0, run.stderr
     es.indices.refresh(index="liaowang-*")
     docs = []
@@ -243,9 +243,3 @@ def test_no_raw_identity_in_elasticsearch(tmp_path: Path) -> None:
     assert len(docs) > 500  # flows, alerts, sessions, messages
     assert not {value for value in raw if value in text}
     assert Pseudonymizer(b"k").subscriber(CN_IMSI, "imsi") in text
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

@@ -23,13 +23,12 @@ from ingest.control import ControlPlane
 from ingest.pipeline import DetectStage, FlowStage, Part, build_engine, sensor_parts, split
 from ingest.privacy import Pseudonymizer
 from ingest.replay import replay
-from ingest.store.duck import DuckStore
 from ingest.stream.codec import CorruptMessage, Envelope, decode, encode
 from ingest.stream.spool import Outbox
 from sensors.capture.source import CaptureFiles, expand_inputs, order_by_time
 from sensors.generate.mixed import generate
 from tests.conftest import PCAPS
-from tests.kafka_fixtures import Broker, free_port, liaowang, stop
+from tests.kafka_fixtures import Broker, free_port, liaowang, stop, stored, wait_log
 from tests.tls_fixtures import TlsProxy, self_signed
 
 KEY = "stream-tests"
@@ -166,15 +165,6 @@ def _run(*args: str, log: Path) -> object:
     return p
 
 
-def _stored(store_dir: Path) -> tuple[pa.Table, pa.Table]:
-    store = DuckStore(store_dir)
-    try:
-        with store._connect(write=False) as con:
-            return (con.sql("SELECT * FROM flows").to_arrow_table(), con.sql("SELECT * FROM alerts").to_arrow_table())
-    finally:
-        store.close()
-
-
 def _wait_stored(store_dir: Path, flows: int, alerts: int, procs: list, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     got = (0, 0)
@@ -182,7 +172,7 @@ def _wait_stored(store_dir: Path, flows: int, alerts: int, procs: list, timeout:
         if any(p.poll() not in (None, 0) for p in procs):
             break
         try:
-            f, a = _stored(store_dir)
+            f, a = stored(store_dir)
             got = (f.num_rows, a.num_rows)
         except Exception:
             pass
@@ -197,19 +187,8 @@ def _workers(broker: Broker, store: Path, tmp: Path, n: int = 2, prefix: str = "
     procs = [_run("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
                       "--topic-prefix", prefix, "--commit-interval", "0.5", "--name", f"w{i}",
                       log=tmp / f"w{i}.log") for i in range(n)]
-    _wait_log([tmp / f"w{i}.log" for i in range(n)], "assigned", procs)
+    wait_log([tmp / f"w{i}.log" for i in range(n)], "assigned", procs)
     return procs
-
-
-def _wait_log(logs: list[Path], text: str, procs: list, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(p.exists() and text in p.read_text() for p in logs):
-            return
-        for p, log in zip(procs, logs):
-            assert p.poll() is None, f"{log.name} exited: {log.read_text()[-2000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"no {text!r} in " + "; ".join(p.read_text()[-500:] for p in logs if p.exists()))
 
 
 def _sensor(broker: Broker, inputs: list[str], tmp: Path, *extra: str, prefix: str = "t") -> object:
@@ -230,7 +209,7 @@ def test_sensor_to_two_workers_equals_replay(broker: Broker, tmp_path: Path,
     finally:
         codes = [stop(w) for w in workers]
     assert codes == [0, 0]
-    flows, alerts = _stored(store)
+    flows, alerts = stored(store)
     _same(ref_flows, flows, "flow_id")
     _same(ref_alerts, alerts, "alert_id")
     # both workers did flow work: the packets topic's partitions were shared
@@ -255,7 +234,7 @@ def test_killed_worker_is_taken_over(broker: Broker, tmp_path: Path, reference: 
     finally:
         for w in workers:
             stop(w)
-    flows, alerts = _stored(store)
+    flows, alerts = stored(store)
     _same(ref_flows, flows, "flow_id")
     _same(ref_alerts, alerts, "alert_id")
     survivor = (tmp_path / f"w{1 - victim}.log").read_text()
@@ -302,7 +281,7 @@ def test_broker_outage_spools_then_drains(broker: Broker, tmp_path: Path) -> Non
     log = (tmp_path / "sensor.log").read_text()
     assert ", 0 dropped" in log and re.search(r"7 delivered, [3-9] spooled", log), log
     assert not list((tmp_path / "spool").glob("*.spool"))
-    flows, alerts = _stored(store)
+    flows, alerts = stored(store)
     _same(ref_flows, flows, "flow_id")
     _same(ref_alerts, alerts, "alert_id")
 
@@ -338,7 +317,7 @@ def test_poison_message_goes_to_dead_letter(broker: Broker, tmp_path: Path) -> N
     consumer.close()
     assert sorted(v[:4] for v, _ in dead) == [b"\x00" * 4, b"LWP\x01"]
     assert {h["liaowang.partition"] for _, h in dead} == {b"1", b"2"}
-    flows, alerts = _stored(store)
+    flows, alerts = stored(store)
     _same(ref_flows, flows, "flow_id")
     _same(ref_alerts, alerts, "alert_id")
 
@@ -356,7 +335,7 @@ def test_sensor_and_worker_speak_tls_to_the_broker(tmp_path: Path, reference: tu
     try:
         procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
                               "--topic-prefix", "tls", "--commit-interval", "0.5", log=tmp_path / "w.log", env=env))
-        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        wait_log([tmp_path / "w.log"], "assigned", procs)
         sensor = liaowang("sensor", "--pcap", str(SHARED), "--kafka", broker.bootstrap, "--sensor-id", "tap-1",
                           "--topic-prefix", "tls", "--spool", str(tmp_path / "spool"), "--chunk-mb",
                           str(CHUNK / 2**20), log=tmp_path / "sensor.log", env=env)
@@ -369,7 +348,7 @@ def test_sensor_and_worker_speak_tls_to_the_broker(tmp_path: Path, reference: tu
             stop(p, timeout=10)
         proxy.close()
         broker.stop()
-    flows, alerts = _stored(store)
+    flows, alerts = stored(store)
     _same(ref_flows, flows, "flow_id")
     assert proxy.handshakes >= 2  # both processes came through TLS (the broker listens nowhere else to them)
 

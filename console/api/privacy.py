@@ -11,7 +11,7 @@ case reference, who asked and the pseudonyms, not the identities.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -27,8 +27,8 @@ router = APIRouter(prefix="/api", tags=["privacy"])
 class Reidentify(BaseModel):
     case: str = Field(min_length=3, max_length=200, description="the lawful basis: case or warrant reference")
     key: str = Field(min_length=1, max_length=4096, description="the deployment's pseudonym key")
-    identities: list[str] = Field(min_length=1, max_length=1000,
-                                  description="IMSI/SUPI/SUCI (null scheme), MSISDN/GPSI or IMEI values")
+    identities: list[Annotated[str, Field(max_length=256)]] = Field(
+        min_length=1, max_length=1000, description="IMSI/SUPI/SUCI (null scheme), MSISDN/GPSI or IMEI values")
     kind: Literal["", "imsi", "msisdn", "imei"] = Field("", description="what bare digits are ('': IMSI when 14-15)")
 
 
@@ -38,7 +38,7 @@ def reidentify(body: Reidentify, request: Request, admin: Admin, ctx: Ctx) -> di
     pseudonymizer = Pseudonymizer(body.key.encode())
     rows = []
     for i, identity in enumerate(body.identities):
-        pseudonym = pseudonymizer.subscriber(identity[:256], body.kind)
+        pseudonym = pseudonymizer.subscriber(identity, body.kind)
         sessions = ctx.store.search(StoreQuery("sessions", [Condition("subscriber", "eq", pseudonym)],
                                                limit=0)).total
         messages = {name: sum(ctx.store.search(StoreQuery(f"proto_{name}", [Condition(col, "eq", pseudonym)],

@@ -16,6 +16,8 @@ import struct
 import subprocess
 import tempfile
 
+from sensors.capture.pcap import global_header
+
 SNAPLEN = 262144
 
 
@@ -81,7 +83,7 @@ def _compile_libpcap(lib: ctypes.CDLL, expression: str, link_type: int) -> Progr
 
 def _compile_tcpdump(expression: str, link_type: int) -> Program:
     with tempfile.NamedTemporaryFile(suffix=".pcap") as empty:
-        empty.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, link_type))
+        empty.write(global_header(link_type, SNAPLEN))
         empty.flush()
         run = subprocess.run(["tcpdump", "-ddd", "-r", empty.name, expression], capture_output=True, text=True,
                              env={**os.environ, "LC_ALL": "C"})

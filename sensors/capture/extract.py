@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from sensors.capture import pcapng
 from sensors.capture.frames import FrameBatch
+from sensors.capture.pcap import global_header
 from sensors.capture.source import read_frames
 from sensors.decode import decode
 
@@ -103,7 +104,7 @@ def write_capture(frames: list[tuple[int, int, int, bytes]]) -> bytes:
     """A pcap (one link type) or pcapng (several) of ``frames``."""
     link_types = sorted({lt for _, _, lt, _ in frames}) or [1]
     if len(link_types) == 1:
-        parts = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, pcapng.SNAPLEN, link_types[0])]
+        parts = [global_header(link_types[0], pcapng.SNAPLEN, nanoseconds=True)]
         for ts, wire, _, data in frames:
             parts.append(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000, len(data), wire) + data)
         return b"".join(parts)

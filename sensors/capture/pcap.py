@@ -27,6 +27,11 @@ MAGICS = {
 }
 
 
+def global_header(link_type: int = 1, snaplen: int = 262144, nanoseconds: bool = False) -> bytes:
+    """A little-endian file header (version 2.4) for files this project writes."""
+    return struct.pack("<IHHiIII", 0xA1B23C4D if nanoseconds else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, link_type)
+
+
 @dataclass
 class PcapHeader:
     endian: str  # '<' or '>'

@@ -80,6 +80,11 @@ class Keyring:
         return cls(keys)
 
     @classmethod
+    def load(cls, path: str | Path | None) -> Keyring | None:
+        """The keyring file ``path``, else the environment's (:meth:`from_env`); None: neither."""
+        return cls.from_file(Path(path)) if path else cls.from_env()
+
+    @classmethod
     def from_env(cls) -> Keyring | None:
         """The keyring ``LIAOWANG_EVIDENCE_KEY_FILE`` names, or the one key in ``LIAOWANG_EVIDENCE_KEY``; None: unset."""
         path = os.environ.get(KEY_FILE_ENV)
@@ -143,16 +148,13 @@ class SealedWriter:
             return
         plain = b"".join(self._pending)
         self._pending = []
-        self._write_record(self._cipher, self._kid, self._plain, plain)
-        self._plain += len(plain)
-
-    def _write_record(self, cipher: AESGCM, kid: bytes, plain_offset: int, plain: bytes) -> None:
         nonce = secrets.token_bytes(12)
-        sealed = cipher.encrypt(nonce, plain, _aad(kid, plain_offset))
-        self._out.write(RECORD_HEADER.pack(len(sealed), plain_offset, nonce))
+        sealed = self._cipher.encrypt(nonce, plain, _aad(self._kid, self._plain))
+        self._out.write(RECORD_HEADER.pack(len(sealed), self._plain, nonce))
         self._out.write(sealed)
         self._out.flush()
         self._size += RECORD_HEADER.size + len(sealed)
+        self._plain += len(plain)
 
 
 def _aad(kid: bytes, plain_offset: int) -> bytes:
@@ -163,12 +165,19 @@ def is_sealed(path: Path) -> bool:
     return path.name.endswith(SUFFIX)
 
 
+def sealing_key(path: Path) -> bytes | None:
+    """The id of the key that sealed the file; None: not a sealed file."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER)
+    return head[len(MAGIC):] if len(head) == HEADER and head.startswith(MAGIC) else None
+
+
 class SealedReader:
     """Random access to a sealed file's records by their file offset."""
 
     def __init__(self, f: BinaryIO, keyring: Keyring | None, name: str) -> None:
         head = f.read(HEADER)
-        if head[:len(MAGIC)] != MAGIC or len(head) < HEADER:
+        if len(head) < HEADER or not head.startswith(MAGIC):
             raise SealError(f"{name}: not a sealed evidence file")
         self.kid = head[len(MAGIC):]
         if keyring is None:
@@ -232,4 +241,4 @@ def reseal(path: Path, keyring: Keyring) -> bool:
 
 
 __all__ = ["KEY_ENV", "KEY_FILE_ENV", "SUFFIX", "Keyring", "SealError", "SealedReader", "SealedWriter", "is_sealed",
-           "key_id", "new_key", "open_sealed", "reseal", "rotate_keyring"]
+           "key_id", "new_key", "open_sealed", "reseal", "rotate_keyring", "sealing_key"]

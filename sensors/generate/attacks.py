@@ -18,11 +18,13 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from sensors.capture.pcap import global_header
+
 
 def _write(path: Path, frames: list[tuple[float, bytes]]) -> Path:
     """A pcap from (seconds, frame) pairs: floods need thousands of packets, fast."""
     with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        f.write(global_header(snaplen=65535))
         for t, frame in frames:
             f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
     return path

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sensors.capture.pcap import global_header
+
 
 def syn_flood(path: Path, packets: int, seconds: float, seed: int = 7) -> None:
     """``packets`` SYNs to 10.0.0.5:80 from random 100.64.0.0/10 sources, evenly over ``seconds``."""
@@ -28,7 +30,7 @@ def syn_flood(path: Path, packets: int, seconds: float, seed: int = 7) -> None:
     sport = rng.integers(1024, 65535, n, dtype=np.uint16).astype(">u2")
     record[:, 16 + 34:16 + 36] = sport.view(np.uint8).reshape(n, 2)
     with open(path, "wb") as f:
-        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, 65535, 1], dtype="<u4").tobytes()[:24])
+        f.write(global_header(snaplen=65535))
         f.write(record.tobytes())
 
 

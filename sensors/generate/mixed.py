@@ -9,12 +9,12 @@ gives the same bytes.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sensors.capture.pcap import global_header
 from sensors.generate.templates import NAME_DIGITS, FlowTemplate, all_templates
 
 #: share of packets per flow class, per profile; GTP-U classes make up 20% in both.
@@ -33,7 +33,6 @@ PROFILES = {
     },
 }
 BLOCK_PACKETS = 100_000
-PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
 BASE_TS = 1_700_000_000.0
 UPF_N3 = (172 << 24) | (16 << 16) | (255 << 8) | 1
 
@@ -88,7 +87,7 @@ def generate(path: Path, packets: int = 1_000_000, seed: int = 1, duration_s: fl
     lengths = np.array([len(r) for r in raws], dtype=np.int64)
     gtp_packets = int(info["gtp"][tid].sum())
     with open(path, "wb") as f:
-        f.write(PCAP_HEADER)
+        f.write(global_header())
         for lo in range(0, len(ts), BLOCK_PACKETS):
             hi = min(lo + BLOCK_PACKETS, len(ts))
             f.write(_block(raws, lengths, info, ts[lo:hi], tid[lo:hi], inst[lo:hi]))

@@ -26,6 +26,7 @@ import tempfile
 
 import pyarrow as pa
 
+from sensors.capture.pcap import global_header
 from sensors.protocols.messages import select, to_table
 from sensors.schema import AppProto
 
@@ -89,7 +90,7 @@ def dissect_payloads(payloads: list[bytes], dissector: bytes = b"ngap") -> list[
     fd, path = tempfile.mkstemp(suffix=".pcap", prefix="liaowang-ngap-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_WIRESHARK_UPPER_PDU))
+            f.write(global_header(LINKTYPE_WIRESHARK_UPPER_PDU))
             head = _tag(EXP_PDU_TAG_PROTO_NAME, dissector) + _tag(EXP_PDU_TAG_END, b"")
             for i, p in enumerate(payloads):
                 rec = head + p
