@@ -103,3 +103,22 @@ def wait_log(logs: list[Path], text: str, procs: list, timeout: float = 60) -> N
             assert p.poll() is None, f"{log.name} exited: {log.read_text()[-2000:]}"
         time.sleep(0.2)
     raise AssertionError(f"no {text!r} in " + "; ".join(p.read_text()[-500:] for p in logs if p.exists()))
+
+
+def wait_stored(store_dir: Path, flows: int, alerts: int, procs: list, timeout: float = 120) -> None:
+    """Until the store holds ``flows`` flows and ``alerts`` alerts (a process that fails ends the wait)."""
+    deadline = time.monotonic() + timeout
+    got = (0, 0)
+    while time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        try:
+            f, a = stored(store_dir)
+            got = (f.num_rows, a.num_rows)
+        except Exception:
+            pass
+        if got[0] >= flows and got[1] >= alerts:
+            time.sleep(1.5)  # anything beyond would be a duplicate: let it arrive
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"stored {got[0]} flows / {got[1]} alerts, want {flows} / {alerts}")

@@ -327,8 +327,7 @@ def test_scapy_engine_works_slowly_and_says_so(wire: netns.Wire, tmp_path: Path)
 
 
 def test_sensor_streams_the_wire_through_kafka(tmp_path: Path) -> None:
-    from tests.kafka_fixtures import Broker, liaowang, stop
-    from tests.test_stream import _stored, _wait_log, _wait_stored
+    from tests.kafka_fixtures import Broker, liaowang, stop, stored, wait_log, wait_stored
 
     files = [WIRE_CAPTURES[i] for i in (1, 7, 9, 13)]
     for i, f in enumerate(files):
@@ -343,18 +342,18 @@ def test_sensor_streams_the_wire_through_kafka(tmp_path: Path) -> None:
         store = tmp_path / "store"
         procs.append(liaowang("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
                               "--topic-prefix", "live", "--commit-interval", "0.5", log=tmp_path / "w.log"))
-        _wait_log([tmp_path / "w.log"], "assigned", procs)
+        wait_log([tmp_path / "w.log"], "assigned", procs)
         procs.append(liaowang("sensor", "--iface", wire.receiver_if, "--kafka", broker.bootstrap, "--topic-prefix",
                               "live", "--sensor-id", "tap-k", "--spool", str(tmp_path / "spool"),
                               log=tmp_path / "sensor.log"))
-        _wait_log([tmp_path / "sensor.log"], f"capturing on {wire.receiver_if} (", procs)
+        wait_log([tmp_path / "sensor.log"], f"capturing on {wire.receiver_if} (", procs)
         sent = wire.replay(*map(str, files))
         time.sleep(0.3)
         assert stop(procs[1], timeout=60) == 0, (tmp_path / "sensor.log").read_text()
         assert f"{sent.packets:,} packets" in (tmp_path / "sensor.log").read_text()
-        _wait_stored(store, want[0], want[1], procs[:1])
+        wait_stored(store, want[0], want[1], procs[:1])
         assert stop(procs[0]) == 0
-        flows, alerts = _stored(store)
+        flows, alerts = stored(store)
         assert (flows.num_rows, alerts.num_rows) == tuple(want)
         assert int(pc.sum(flows.column("src2dst_packets")).as_py() + pc.sum(flows.column("dst2src_packets")).as_py()) \
             <= sent.packets

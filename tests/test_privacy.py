@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -170,7 +169,7 @@ def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
     """Sensor -> Kafka -> detection worker: every message on every topic, decoded, holds no raw identity."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from tests.kafka_fixtures import Broker, liaowang, stop, stored, wait_log
+    from tests.kafka_fixtures import Broker, liaowang, stop, wait_log, wait_stored
 
     captures = [planted(tmp_path / "planted.pcap"), *(PCAPS / n for n in SIGNALLING)]
     raw = raw_identities(captures)
@@ -189,14 +188,7 @@ def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
         sensor = liaowang("sensor", "--pcap", *map(str, captures), "--kafka", broker.bootstrap, "--topic-prefix",
                           "priv", "--spool", str(tmp_path / "spool"), log=tmp_path / "sensor.log", env=env)
         assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # the worker has put every flow on the flows topic and in the store
-            try:
-                if stored(tmp_path / "s")[0].num_rows >= flows:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.5)
+        wait_stored(tmp_path / "s", flows, 0, procs[:1])  # every flow is on the flows topic and stored
         consumer = KafkaConsumer(bootstrap_servers=[broker.bootstrap], auto_offset_reset="earliest",
                                  consumer_timeout_ms=5000, enable_auto_commit=False,
                                  fetch_max_bytes=64 << 20, max_partition_fetch_bytes=64 << 20)

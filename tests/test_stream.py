@@ -28,7 +28,7 @@ from ingest.stream.spool import Outbox
 from sensors.capture.source import CaptureFiles, expand_inputs, order_by_time
 from sensors.generate.mixed import generate
 from tests.conftest import PCAPS
-from tests.kafka_fixtures import Broker, free_port, liaowang, stop, stored, wait_log
+from tests.kafka_fixtures import Broker, free_port, liaowang, stop, stored, wait_log, wait_stored
 from tests.tls_fixtures import TlsProxy, self_signed
 
 KEY = "stream-tests"
@@ -165,24 +165,6 @@ def _run(*args: str, log: Path) -> object:
     return p
 
 
-def _wait_stored(store_dir: Path, flows: int, alerts: int, procs: list, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    got = (0, 0)
-    while time.monotonic() < deadline:
-        if any(p.poll() not in (None, 0) for p in procs):
-            break
-        try:
-            f, a = stored(store_dir)
-            got = (f.num_rows, a.num_rows)
-        except Exception:
-            pass
-        if got[0] >= flows and got[1] >= alerts:
-            time.sleep(1.5)  # anything beyond would be a duplicate: let it arrive
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"stored {got[0]} flows / {got[1]} alerts, want {flows} / {alerts}")
-
-
 def _workers(broker: Broker, store: Path, tmp: Path, n: int = 2, prefix: str = "t") -> list:
     procs = [_run("detect", "--kafka", broker.bootstrap, "--group", "g", "--store", str(store),
                       "--topic-prefix", prefix, "--commit-interval", "0.5", "--name", f"w{i}",
@@ -205,7 +187,7 @@ def test_sensor_to_two_workers_equals_replay(broker: Broker, tmp_path: Path,
         sensor = _sensor(broker, [str(SHARED)], tmp_path, "--metrics-port", "0")
         assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()  # type: ignore[attr-defined]
         ref_flows, ref_alerts = reference
-        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers)
+        wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers)
     finally:
         codes = [stop(w) for w in workers]
     assert codes == [0, 0]
@@ -230,7 +212,7 @@ def test_killed_worker_is_taken_over(broker: Broker, tmp_path: Path, reference: 
         workers[victim].kill()
         assert sensor.wait(120) == 0  # type: ignore[attr-defined]
         ref_flows, ref_alerts = reference
-        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, [workers[1 - victim]])
+        wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, [workers[1 - victim]])
     finally:
         for w in workers:
             stop(w)
@@ -274,7 +256,7 @@ def test_broker_outage_spools_then_drains(broker: Broker, tmp_path: Path) -> Non
     workers = _workers(broker, store, tmp_path)
     try:
         assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()  # type: ignore[attr-defined]
-        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers, timeout=90)
+        wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers, timeout=90)
     finally:
         for w in workers:
             stop(w)
@@ -304,7 +286,7 @@ def test_poison_message_goes_to_dead_letter(broker: Broker, tmp_path: Path) -> N
     try:
         sensor = _sensor(broker, inputs, tmp_path, prefix="p")
         assert sensor.wait(60) == 0  # type: ignore[attr-defined]
-        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers)
+        wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, workers)
         assert workers[0].poll() is None  # still running
     finally:
         stop(workers[0])
@@ -342,7 +324,7 @@ def test_sensor_and_worker_speak_tls_to_the_broker(tmp_path: Path, reference: tu
         procs.append(sensor)
         assert sensor.wait(120) == 0, (tmp_path / "sensor.log").read_text()
         ref_flows, ref_alerts = reference
-        _wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, procs[:1])
+        wait_stored(store, ref_flows.num_rows, ref_alerts.num_rows, procs[:1])
     finally:
         for p in procs:
             stop(p, timeout=10)
