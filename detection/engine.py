@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 
 from detection.alerts import ALERT_SCHEMA, alert_table
-from detection.detectors.base import NEVER, ControlDetector, Detector, PacketDetector, Windowed
+from detection.detectors.base import MAX_BUFFERED_EVENTS, NEVER, Detector, PacketDetector, Windowed
 from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
-from detection.rules.windows import Episode, WindowCounter
+from detection.rules.windows import MAX_PARTIAL_ROWS, Episode, WindowCounter
 
 #: how late a packet may come after a later one (files of one replay overlap a little)
 PACKET_LATENESS_S = 5.0
@@ -34,13 +34,17 @@ class DetectionEngine:
     """Rules over packets and flows, and stateful flow detectors, -> alert tables."""
 
     def __init__(self, rules: list[Rule], flow_lateness_s: float = 1800.0 + 120.0,
-                 detectors: list[Detector] | None = None) -> None:
+                 detectors: list[Detector] | None = None, max_partial_rows: int = MAX_PARTIAL_ROWS,
+                 max_buffered_events: int = MAX_BUFFERED_EVENTS) -> None:
+        """``max_partial_rows``: rule counts each window counter holds; ``max_buffered_events``: events
+        each detector holds until its window closes (0: no limit; beyond, the lightest groups are shed)."""
         detectors = detectors or []
         # detectors raise alerts like rules: each gets a rule entry after the loaded rules
         self.rules = rules + [d.rule for d in detectors]
         self._packet_rules = HitExtractor(rules, "packets")
         self._flow_rules = HitExtractor(rules, "flows")
-        self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s),
+        self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s,
+                                     max_buffered_events),
                             HitExtractor([], d.source, matchers=[(len(rules) + i, Everything(d.rule))]))
                            for i, d in enumerate(detectors)]
         # each detector as given (fitted or not): a new timeline starts again from this state
@@ -49,9 +53,9 @@ class DetectionEngine:
         self._packet_columns = list(dict.fromkeys(
             [c for d in detectors if isinstance(d, PacketDetector) for c in (d.time_column, *d.columns)]
             + [f.name for f in TUPLE_FIELDS if f.name not in ("flow_id", "detail")]))
-        self._packet_windows = WindowCounter(self.rules, PACKET_LATENESS_S)
+        self._packet_windows = WindowCounter(self.rules, PACKET_LATENESS_S, max_partial_rows)
         # a flow's event time is its first packet, and flows are exported when they end
-        self._flow_windows = WindowCounter(self.rules, flow_lateness_s)
+        self._flow_windows = WindowCounter(self.rules, flow_lateness_s, max_partial_rows)
         self.alerts = 0
 
     # a checkpoint holds the state (windows, detectors, rules); compiled selections are rebuilt
@@ -138,12 +142,19 @@ class DetectionEngine:
             if isinstance(events, pa.RecordBatch):
                 events = pa.Table.from_batches([events])
             mine = events
-            if isinstance(detector, (PacketDetector, ControlDetector)) and events is not None and events.num_rows:
+            if events is not None and events.num_rows:
                 mine = events.filter(pa.array(np.asarray(detector.select(events), dtype=bool)))
             flagged = windows.flush() if final else windows.update(mine, watermark_ns)
             if flagged is not None:
                 parts.append(extractor.hits(flagged))
         return parts
+
+    def shed(self) -> dict[str, int]:
+        """What the state limits dropped so far (all 0 unless a flood outgrew them)."""
+        counters = (self._packet_windows, self._flow_windows)
+        return {"rule_groups": sum(c.shed_groups for c in counters),
+                "rule_events": sum(c.shed_events for c in counters),
+                "detector_events": sum(w.shed_events for w, _ in self._detectors)}
 
     @property
     def watermark_ns(self) -> int:

@@ -179,6 +179,7 @@ class SessionTable:
             if s is None or s.state == "released":
                 s = self._new(ts, "5g", f"pfcp|{src}|{m['fseid_seid']}")
             s.smf_ip, s.cp_seid, s.upf_ip = src, m["fseid_seid"], s.upf_ip or dst
+            s.subscriber = s.subscriber or m.get("supi")  # the User ID IE, when the SMF sends it
             s.cp_nodes.add(src)
             self._key(s, ("fseid", src, m["fseid_seid"]))
             self._pfcp_rules(s, m)

@@ -50,6 +50,7 @@ NAI_IMSI = re.compile(r"^([0-9]{14,15})@")
 #: per proto table, the columns holding an identity, and its kind when the column holds bare digits
 COLUMNS: dict[str, dict[str, str]] = {
     "gtpc": {"imsi": "imsi", "msisdn": "msisdn", "mei": "imei"},
+    "pfcp": {"supi": "", "gpsi": "", "pei": ""},  # spelled imsi-/msisdn-/imei-<digits> by the dissector
     "ngap": {"supi": ""},
     "sbi": {"supi": ""},
     "diameter": {"user_name": ""},

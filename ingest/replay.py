@@ -46,6 +46,8 @@ class ReplaySummary:
     damages: list[Damage] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)  # for sensor_stats
     live: bool = False
+    #: what the state limits dropped: flows evicted from the table, and engine.shed()
+    shed: dict[str, int] = field(default_factory=dict)
 
     @property
     def packets(self) -> int:
@@ -76,8 +78,9 @@ class ReplaySummary:
             "capture": {"files": self.files, "packets": self.packets, "bytes": self.bytes,
                         **({"kernel_drops": self.traffic.dropped} if self.live else {})},
             "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
-            "flow": {"total": self.flows},
-            "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels)},
+            "flow": {"total": self.flows, "evicted": self.shed.get("flows", 0)},
+            "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels),
+                       "shed": {k: v for k, v in self.shed.items() if k != "flows"}},
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
         }
@@ -193,6 +196,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     for done in stored:
         done.result()
     summary.flows = flow_stage.flows.flows_exported
+    summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
     summary.live = source.live
     summary.seconds = time.perf_counter() - started
     last = summary.traffic.last_ts_ns or 0
@@ -248,6 +252,11 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
     ]
     for d in s.damages:
         rows.append(("damaged file", f"{d.path} at byte {d.offset}: {d.reason}"))
+    if any(s.shed.values()):  # a flood outgrew the state limits: say what it cost
+        rows.append(("state limits", f"{s.shed.get('flows', 0):,} flows evicted early; shed "
+                                     f"{s.shed.get('rule_groups', 0):,} rule counts "
+                                     f"({s.shed.get('rule_events', 0):,} events), "
+                                     f"{s.shed.get('detector_events', 0):,} detector events"))
     rows += extra or []
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

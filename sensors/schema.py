@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 PACKET_SCHEMA_VERSION = 1
+#: the longest text a decoder stores (names, URIs, user agents, banners...): hostile input may send
+#: 64 KB headers, and every copy downstream (flows, alerts, stores, the console) would pay for them
+MAX_TEXT_CHARS = 1024
 
 
 class DecodeStatus(enum.IntEnum):
@@ -222,6 +225,9 @@ PFCP_FIELDS: list[Field] = PROTO_COMMON + [
     Field("urr_ids", pa.list_(pa.uint32()), "URR IDs"),
     Field("network_instances", pa.list_(pa.string()), "Network Instance IEs (DNN / APN / VRF names)"),
     Field("apply_actions", pa.list_(pa.uint16()), "Apply Action flags of FARs (1 drop, 2 forward, 4 buffer...)"),
+    Field("supi", pa.string(), "User ID IE: the IMSI, NAI or SUPI, pseudonymised"),
+    Field("gpsi", pa.string(), "User ID IE: the MSISDN or GPSI, pseudonymised"),
+    Field("pei", pa.string(), "User ID IE: the IMEI or PEI, pseudonymised"),
     Field("unknown_ies", pa.list_(pa.struct([("type", pa.uint16()), ("value", pa.binary())])),
           "IEs not interpreted, as type and raw value"),
 ]

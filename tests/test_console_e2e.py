@@ -194,3 +194,37 @@ def test_every_page_renders(browser: Browser, url: str, page_name: str) -> None:
         assert series_points(s.page, "topology") > 0
     s.shot(page_name)
     assert not s.errors
+
+
+def test_lawful_reidentification_form(browser: Browser, url: str,
+                                      console_store: tuple[Store, ConsoleState, Path]) -> None:
+    """An admin turns a warrant's IMSI into its pseudonym and hunts its flows; the key leaves the form; the audit
+    log names the case, never the IMSI."""
+    import os
+
+    from ingest.privacy import KEY_ENV, KEY_FILE, Pseudonymizer
+
+    _, _, root = console_store
+    key = os.environ.get(KEY_ENV) or (root / "replay" / KEY_FILE).read_text().strip()
+    imsi = "999700000000001"  # a UE of the bundled 5G core captures
+    s = sign_in(browser, url, "admin", locale="en-US")
+    page = s.page
+    page.goto(url + "#/audit")
+    page.fill("#reid-case", "warrant-2026-0042")
+    page.fill("#reid-key", key)
+    page.fill("#reid-ids", f"{imsi}\n001019999999999")
+    page.click("#reid-go")
+    page.wait_for_selector("#reid-result table")
+    pseudonym = Pseudonymizer(key.encode()).subscriber(imsi, "imsi")
+    row = page.locator(f"#reid-result tr[data-id='{pseudonym}']")
+    assert imsi in (row.text_content() or "") and "Hunt its flows" in (row.text_content() or "")
+    assert "Found: 1 / 2" in (page.locator("#reid-result p").text_content() or "")
+    assert page.input_value("#reid-key") == ""
+    page.wait_for_selector("#audit-log td:text('reidentify')")
+    log = page.locator("#audit-log").text_content() or ""
+    assert "warrant-2026-0042" in log and pseudonym in log and imsi not in log and key not in log
+    s.shot("reidentify")
+    row.locator("a").click()
+    page.wait_for_function("location.hash.startsWith('#/hunt')")
+    assert page.input_value("#hunt-query") == f"subscriber={pseudonym}"
+    assert not s.errors

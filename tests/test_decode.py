@@ -85,3 +85,31 @@ def test_malformed_packets_are_marked_not_raised() -> None:
     assert t.num_rows == 108
     frag = [r for r in t.drop(["ts"]).to_pylist() if r["ip_is_fragment"]]
     assert frag
+
+
+def test_stored_text_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A 20 KB request target or Host header, and a 5 KB PFCP node name, are cut to MAX_TEXT_CHARS."""
+    from scapy.layers.inet import IP, UDP
+
+    from ingest.replay import replay
+    from sensors.generate.attacks import _tcp, _write
+    from sensors.protocols.messages import to_table
+    from sensors.schema import MAX_TEXT_CHARS
+
+    long_uri = b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: example.org\r\n\r\n"
+    long_host = b"GET /ok HTTP/1.1\r\nHost: " + b"h" * 20_000 + b"\r\n\r\n"
+    short = b"GET /ok HTTP/1.1\r\nHost: example.org\r\n\r\n"
+    path = _write(tmp_path / "long.pcap", [(1_700_000_000.0 + i, _tcp(f"10.0.0.{i + 1}", "10.0.0.9", 80, payload))
+                                           for i, payload in enumerate([long_uri, long_host, short])])
+    packets = decode_file(path).to_pylist()
+    assert [p["http_uri"] for p in packets] == ["/" + "a" * (MAX_TEXT_CHARS - 1), "/ok", "/ok"]
+    assert [p["http_host"] for p in packets] == [None, "h" * MAX_TEXT_CHARS, "example.org"]
+    replay([str(path)], tmp_path / "out", processes=1)  # and so is every copy downstream
+    import pyarrow.parquet as pq
+
+    flows = pq.read_table(tmp_path / "out" / "flows.parquet").to_pylist()
+    assert max(len(f["server_name"] or "") for f in flows) == MAX_TEXT_CHARS  # the long Host
+    assert all(len(line) < 4 * MAX_TEXT_CHARS for line in (tmp_path / "out" / "eve.json").read_text().splitlines())
+    table = to_table("pfcp", [{"ts": 0, "packet_row": 0, "node_id": "n" * 5000, "msg_name": "heartbeat_request"}])
+    assert table.column("node_id").to_pylist() == ["n" * MAX_TEXT_CHARS]
+    assert UDP and IP  # scapy layers registered for the frames above

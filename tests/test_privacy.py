@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.conftest import PCAPS, ROOT
 #: planted in the generated capture (the resident ID's check digit is valid)
 PHONE, RESIDENT_ID, CN_IMSI, MSISDN, IMEI = "13812345678", "110105199003071239", "460001234567890", "8613912345678", \
     "353490069873319"
+N4_IMSI, N4_IMEI = "460007654321098", "358240051111110"  # in a PFCP User ID IE
 #: bundled captures whose signalling carries identities (GTPv2-C, GTPv1, NAS, SBI, Diameter)
 SIGNALLING = ["5g-attacks-clem272001_Dataset_2_capture_pdn.pcap", "zeek_tunnels_gtp_pdp_ctx_messages.pcapng",
               "arkime_diameter_synthetic.pcap", "telekom-5g-trace-visualizer_free5gc.pcap", "5greplay_oai.pcap",
@@ -34,6 +36,18 @@ def planted(path: Path) -> Path:
     """Identities in wire text (HTTP, DNS, FTP, SBI-style paths) and in GTPv2-C IEs."""
     from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, Raw, wrpcap
     from scapy.contrib.gtp_v2 import IE_IMSI, IE_MEI, IE_MSISDN, GTPHeader, GTPV2CreateSessionRequest
+
+    def tbcd(digits: str) -> bytes:
+        padded = digits + "f" * (len(digits) % 2)
+        return bytes(int(padded[i + 1] + padded[i], 16) for i in range(0, len(padded), 2))
+
+    def pfcp_establishment(imsi: str, imei: str) -> bytes:
+        """Session Establishment Request (TS 29.244 7.5.2) with Node ID, F-SEID and a User ID IE (8.2.101)."""
+        user = bytes([0x03, 8]) + tbcd(imsi) + bytes([8]) + tbcd(imei)
+        ies = (struct.pack("!HHB4s", 60, 5, 0, bytes([10, 9, 0, 5])) + struct.pack("!HHBQ4s", 57, 13, 2, 77,
+                                                                                     bytes([10, 9, 0, 5]))
+               + struct.pack("!HH", 141, len(user)) + user)
+        return struct.pack("!BBHQI", 0x21, 50, 12 + len(ies), 0, 7 << 8) + ies
 
     def tcp(sport: int, dport: int, payload: bytes) -> Ether:
         return Ether() / IP(src="10.9.0.2", dst="10.9.0.1") / TCP(sport=sport, dport=dport, flags="PA") / Raw(payload)
@@ -48,6 +62,8 @@ def planted(path: Path) -> Path:
         Ether() / IP(src="10.9.0.3", dst="10.9.0.4") / UDP(sport=2123, dport=2123)
         / GTPHeader(gtp_type=32, seq=1, teid=0) / GTPV2CreateSessionRequest(IE_list=[
             IE_IMSI(IMSI=CN_IMSI), IE_MSISDN(digits=MSISDN), IE_MEI(MEI=IMEI)]),
+        Ether() / IP(src="10.9.0.5", dst="10.9.0.6") / UDP(sport=8805, dport=8805)
+        / Raw(pfcp_establishment(N4_IMSI, N4_IMEI)),
     ]
     for i, f in enumerate(frames):
         f.time = 1_750_000_000 + i
@@ -57,7 +73,7 @@ def planted(path: Path) -> Path:
 
 def raw_identities(paths: list[Path]) -> set[str]:
     """What a real dissector (tshark) reads in the captures (IMSIs, MSISDNs, IMEIs), and SUPIs in SBI paths."""
-    found = {PHONE, RESIDENT_ID, CN_IMSI, MSISDN, IMEI}
+    found = {PHONE, RESIDENT_ID, CN_IMSI, MSISDN, IMEI, N4_IMSI, N4_IMEI}
     for p in paths:
         out = subprocess.run(["tshark", "-r", str(p), "-T", "fields", "-E", "separator=\n", "-e", "e212.imsi",
                               "-e", "e164.msisdn", "-e", "gsm_a.imei", "-e", "gtpv2.mei", "-e", "http2.header.value",
@@ -92,7 +108,9 @@ def test_no_raw_identity_in_any_output(tmp_path: Path) -> None:
             texts[f"{db}:{table}"] = _text(con.sql(f'SELECT * FROM "{table}"').to_arrow_table())
         con.close()
     assert sum(len(t) for t in texts.values()) > 1_000_000  # the outputs are there to search
-    leaks = {(where, value) for where, text in texts.items() for value in raw if value in text}
+    # as text, and as the BCD bytes signalling carries them in (binary columns are searched as hex)
+    forms = {value: (value, _tbcd_hex(value)) for value in raw}
+    leaks = {(where, value) for where, text in texts.items() for value in raw if any(f in text for f in forms[value])}
     assert not leaks
 
     # what was found is still there, as tokens that correlate
@@ -101,6 +119,10 @@ def test_no_raw_identity_in_any_output(tmp_path: Path) -> None:
     assert key.subscriber("86" + PHONE, "msisdn") in flows  # the DNS name, as the flow's server name
     gtpc = pq.read_table(out / "proto_gtpc.parquet").to_pylist()
     assert {r["imsi"] for r in gtpc} >= {key.subscriber(CN_IMSI, "imsi")}
+    pfcp = [r for r in pq.read_table(out / "proto_pfcp.parquet", columns=["supi", "pei"]).to_pylist() if r["supi"]]
+    assert (key.subscriber(N4_IMSI, "imsi"), key.subscriber(N4_IMEI, "imei")) in {(r["supi"], r["pei"]) for r in pfcp}
+    sessions = pq.read_table(out / "sessions.parquet").column("subscriber").to_pylist()
+    assert key.subscriber(N4_IMSI, "imsi") in sessions  # the N4 session knows its subscriber
     assert key.subscriber(CN_IMSI, "imsi") == key.subscriber(f"imsi-{CN_IMSI}")  # GTPv2-C IE == SBI path
     _reidentify(store, out, raw, tmp_path)
 
@@ -133,11 +155,18 @@ def _reidentify(store_dir: Path, out: Path, raw: set[str], tmp_path: Path) -> No
 
 
 def _text(table: pa.Table) -> str:
-    """Every value of a table as text (timestamps as integers: Python's datetime stops at microseconds)."""
+    """Every value of a table as text (timestamps as integers: Python's datetime stops at microseconds; bytes
+    as hex)."""
     for i, f in enumerate(table.schema):
         if pa.types.is_timestamp(f.type):
             table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
-    return json.dumps(table.to_pylist(), default=str)
+    return json.dumps(table.to_pylist(), default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
+
+
+def _tbcd_hex(digits: str) -> str:
+    """Telephony BCD (low nibble first, F filler), as hex text."""
+    padded = digits + "f" * (len(digits) % 2)
+    return "".join(padded[i + 1] + padded[i] for i in range(0, len(padded), 2))
 
 
 def test_scrub_replaces_every_identity_in_text() -> None:

@@ -266,3 +266,32 @@ def test_elasticsearch_purge_dry_run_deletes_nothing(elastic: Store) -> None:
     assert total > 0
     assert elastic.retain("proto_pfcp", max_bytes=0, dry_run=True) == total
     assert elastic.search(Query("proto_pfcp", limit=0)).total == total
+
+
+def test_a_store_of_an_older_version_gains_the_new_columns(replayed: tuple[Path, ReplaySummary],
+                                                           tmp_path: Path) -> None:
+    """Schemas grow by additions: a store written before a column existed (Parquet files and database tables
+    without it) opens, answers with nulls for it, and takes new rows that have it."""
+    import duckdb
+    import pyarrow.compute as pc
+
+    out, summary = replayed
+    store = open_store(tmp_path)
+    load_output(out, store, summary)
+    store.close()
+    for f in (tmp_path / "archive" / "proto_pfcp").rglob("*.parquet"):  # as an older version wrote them
+        pq.write_table(pq.read_table(f).drop_columns(["supi", "gpsi", "pei"]), f)
+    con = duckdb.connect(str(next(tmp_path.rglob("*.duckdb"))))
+    con.execute('ALTER TABLE sessions DROP COLUMN "dnn"')
+    con.close()
+
+    store = open_store(tmp_path)
+    rows = store.search(Query("proto_pfcp", limit=5)).rows
+    assert rows and all(r["supi"] is None for r in rows)
+    assert store.search(Query("sessions", limit=5)).rows[0]["dnn"] is None
+    # a new load fills the new columns
+    fresh = pq.read_table(out / "sessions.parquet")
+    assert store.write("sessions", fresh) == fresh.num_rows
+    dnns = {r["dnn"] for r in store.search(Query("sessions", limit=1000)).rows}
+    assert dnns - {None} == set(pc.unique(fresh.column("dnn")).drop_null().to_pylist())
+    store.close()

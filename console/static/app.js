@@ -359,13 +359,40 @@ async function sensors() {
       { label: t("drops"), render: (s) => s.drops == null ? "—" : `${fmtNumber(s.drops)} (${(100 * s.drop_rate).toFixed(3)}%)` }, { label: t("lag"), render: (s) => `${fmtNumber(Math.round(s.lag_s))} s` }, { label: t("last_seen_ago"), render: (s) => fmtTime(s.last_seen) }, { label: t("batches"), key: "batches" }], list));
   } catch (e) { fail(main, e); }
 }
+// Re-identification for a lawful investigation: the identities a warrant names, with the pseudonym key, give the
+// pseudonyms to follow. The key is sent once and cleared from the form; the server keeps neither it nor the identities.
+function reidentifyForm(onDone) {
+  const caseRef = h("input", { id: "reid-case", size: 28, required: true, minlength: 3, maxlength: 200, placeholder: t("case_ref") });
+  const key = h("input", { id: "reid-key", type: "password", size: 28, required: true, autocomplete: "off", placeholder: t("pseudonym_key") });
+  const ids = h("textarea", { id: "reid-ids", rows: 3, cols: 34, required: true, placeholder: t("identities_hint") });
+  const kind = h("select", { id: "reid-kind", title: t("identity_kind") }, ["", "imsi", "msisdn", "imei"].map((k) => h("option", { value: k }, k ? k.toUpperCase() : t("auto"))));
+  const out = h("div", { id: "reid-result" });
+  const submit = async (e) => {
+    e.preventDefault();
+    const list = ids.value.split(/[\s,;]+/).filter(Boolean);
+    try {
+      const r = await api("/api/admin/reidentify", { method: "POST", body: { case: caseRef.value, key: key.value, identities: list, kind: kind.value } });
+      key.value = "";
+      out.replaceChildren(h("p", { class: r.found ? "" : "error" }, `${t("found")}: ${r.found} / ${list.length}`, r.found ? "" : " — " + t("check_key")),
+        table([{ label: t("identity"), render: (x) => list[x.index] }, { label: t("pseudonym"), key: "pseudonym", mono: true }, { label: t("sessions"), key: "sessions" },
+          { label: t("messages"), render: (x) => Object.entries(x.messages).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(", ") },
+          { label: "", render: (x) => x.sessions || Object.keys(x.messages).length ? h("a", { href: "#/hunt" + qs({ q: "subscriber=" + x.pseudonym }) }, t("hunt_flows")) : "" }], r.rows, { id: (x) => x.pseudonym }));
+      onDone();
+    } catch (err) { out.replaceChildren(h("p", { class: "error" }, `${t("error")}: ${err.message}`)); }
+  };
+  return card(t("reidentify"), "span12", h("p", { class: "dim" }, t("reidentify_hint")),
+    h("form", { class: "toolbar", id: "reid-form", onsubmit: submit }, caseRef, key, ids, kind, h("button", { class: "primary", type: "submit", id: "reid-go" }, t("reidentify_go"))), out);
+}
 async function audit() {
   const main = shell("audit");
-  try {
+  const log_ = h("div", { id: "audit-log" });
+  const refresh = async () => {
     const log = await api("/api/audit?limit=200");
-    main.append(table([{ label: t("time"), render: (x) => fmtTime(new Date(x.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("action"), key: "action" },
+    log_.replaceChildren(table([{ label: t("time"), render: (x) => fmtTime(new Date(x.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("action"), key: "action" },
       { label: t("target"), key: "target", mono: true }, { label: t("detail"), render: (x) => x.detail == null ? "" : JSON.stringify(x.detail) }, { label: t("client"), key: "client_ip" }], log.rows));
-  } catch (e) { fail(main, e); }
+  };
+  main.append(h("div", { class: "grid" }, reidentifyForm(() => refresh().catch((e) => fail(main, e))), card(t("audit_trail"), "span12", log_)));
+  try { await refresh(); } catch (e) { fail(main, e); }
 }
 
 // -- routing --

@@ -24,6 +24,10 @@ export const MESSAGES = {
     forbidden: "无权限", error: "错误", loading: "加载中…", nothing: "无数据", timezone: "时区", language: "English",
     rule: "规则", group: "分组键", rule_status: "规则状态", capture_source: "数据来源",
     plane: "平面", port: "端口", proto: "协议", app: "应用", server_name: "SNI/域名", duration: "时长(ms)", total: "合计",
+    reidentify: "依法调查：用户身份重识别", reidentify_hint: "输入案件或令状编号、假名化密钥及案件所涉身份（IMSI/SUPI、MSISDN/GPSI、IMEI），得到对应假名及其出现位置。密钥仅用于本次请求，不保存；审计仅记录案件编号与假名。",
+    case_ref: "案件/令状编号", pseudonym_key: "假名化密钥", identities_hint: "身份，每行一个", identity_kind: "身份类型", auto: "自动识别",
+    reidentify_go: "重识别", found: "已找到", check_key: "未找到任何记录：请核对密钥（错误的密钥会得到不同的假名）", identity: "身份", pseudonym: "假名",
+    messages: "信令消息", hunt_flows: "狩猎其流量",
   },
   en: {
     brand: "Liaowang · 5G security situational awareness", overview: "Overview", alerts: "Alerts", hunt: "Hunt", fiveg: "5G sessions", assets: "Assets",
@@ -49,6 +53,10 @@ export const MESSAGES = {
     forbidden: "Not allowed", error: "Error", loading: "Loading…", nothing: "Nothing here", timezone: "Time zone", language: "中文",
     rule: "Rule", group: "Group key", rule_status: "Rule status", capture_source: "Capture source",
     plane: "Plane", port: "Port", proto: "Protocol", app: "Application", server_name: "SNI / name", duration: "Duration (ms)", total: "Total",
+    reidentify: "Lawful investigation: re-identify subscribers", reidentify_hint: "Enter the case or warrant reference, the pseudonym key and the identities the case names (IMSI/SUPI, MSISDN/GPSI, IMEI) to get their pseudonyms and where they appear. The key is used for this request only and never kept; the audit log records the case and the pseudonyms only.",
+    case_ref: "Case / warrant reference", pseudonym_key: "Pseudonym key", identities_hint: "Identities, one per line", identity_kind: "Identity kind", auto: "Auto",
+    reidentify_go: "Re-identify", found: "Found", check_key: "nothing found: check the key (a wrong key gives other pseudonyms)", identity: "Identity", pseudonym: "Pseudonym",
+    messages: "Signalling messages", hunt_flows: "Hunt its flows",
   },
 };
 

@@ -26,7 +26,8 @@ learned state ends in ``_``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from collections import OrderedDict
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +37,41 @@ from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Aggregate, Rule, derived_signature_id
 
 NEVER = -(1 << 62)
+#: keys a detector remembers at most (nodes, peers, devices): beyond, the least recently used go
+MAX_STATE_KEYS = 200_000
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruDict(OrderedDict[K, V]):
+    """A dict of at most ``max_items`` keys; reading or writing a key makes it the most recent, and
+    a new key beyond the limit pushes out the least recent.  Detectors keep what they learn per
+    node or peer in one, so a flood of spoofed sources cannot grow it without bound, while the
+    nodes that keep talking stay."""
+
+    def __init__(self, max_items: int = MAX_STATE_KEYS) -> None:
+        super().__init__()
+        self.max_items = max_items
+
+    def __getitem__(self, key: K) -> V:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        if not super().__contains__(key):
+            return False
+        self.move_to_end(key)  # type: ignore[arg-type]
+        return True
+
+    def get(self, key: K, default: Any = None) -> Any:  # type: ignore[override]
+        return self[key] if key in self else default
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.max_items:
+            self.popitem(last=False)
 
 
 class Estimator:
@@ -82,6 +118,11 @@ class Detector(Estimator):
         """Learn from baseline data (default: nothing to learn)."""
         return self
 
+    def select(self, events: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """The rows ``evaluate`` can use (bool mask; stateless and cheap): only these are buffered
+        until their window closes, so a flood of what a detector never judges costs it nothing."""
+        return np.ones(events.num_rows, dtype=bool)
+
     def evaluate(self, events: pa.Table) -> np.ndarray:
         """One closed window's events (in time order) -> bool mask of the events to report."""
         raise NotImplementedError
@@ -105,6 +146,10 @@ class Detector(Estimator):
 
 class FlowDetector(Detector):
     """A detector over exported flows."""
+
+
+#: events one detector buffers at most until their windows close
+MAX_BUFFERED_EVENTS = 250_000
 
 
 class PacketDetector(Detector):
@@ -141,21 +186,48 @@ class ControlDetector(Detector):
 
 
 class Windowed:
-    """Buffers one detector's events per tumbling window; ``update`` / ``flush`` -> flagged events."""
+    """Buffers one detector's events per tumbling window; ``update`` / ``flush`` -> flagged events.
 
-    def __init__(self, detector: Detector, lateness_s: float) -> None:
+    The buffer is capped (``max_events``): beyond it, the events of the groups
+    (the detector's ``group_by``) with the fewest events are shed until a quarter
+    of the room is free, and counted in ``shed_events``.  A flood of one-off
+    sources is what gets shed; a repeated pattern (a beacon, a spoofer) stays.
+    """
+
+    def __init__(self, detector: Detector, lateness_s: float, max_events: int = MAX_BUFFERED_EVENTS) -> None:
         self.detector = detector
         self.window_ns = max(int(detector.window_s * 1e9), 1)
         self.lateness_ns = int(lateness_s * 1e9)
+        self.max_events = max_events  # 0: no limit
         self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.shed_events = 0
         self.closed = NEVER  # the last evaluated window index
 
     def update(self, events: pa.Table | None, watermark_ns: int | None) -> pa.Table | None:
         if events is not None and events.num_rows:
             self.buffer.append(events.select(self._columns(events)))
+            self.buffered += events.num_rows
+            if self.max_events and self.buffered > self.max_events:
+                self._shed()
         if watermark_ns is None or not self.buffer:
             return None
         return self._evaluate((watermark_ns - self.lateness_ns) // self.window_ns - 1)
+
+    def _shed(self) -> None:
+        table = pa.concat_tables(self.buffer)
+        by = [c for c in self.detector.group_by if c in table.column_names]
+        keys = [pc.cast(table.column(c), pa.string()) for c in by]
+        key = pc.binary_join_element_wise(*keys, "|") if len(keys) > 1 else keys[0]
+        codes = pc.dictionary_encode(pc.fill_null(key, "")).combine_chunks().indices.to_numpy(zero_copy_only=False)
+        sizes = np.bincount(codes)
+        # keep the largest groups (ties: the earlier-coded, i.e. earlier-seen, group) within 3/4 of the room
+        order = np.lexsort((np.arange(len(sizes)), -sizes))
+        kept = order[:int(np.searchsorted(np.cumsum(sizes[order]), self.max_events * 3 // 4, side="right"))]
+        keep = np.isin(codes, kept)
+        self.shed_events += int((~keep).sum())
+        table = table.filter(pa.array(keep))
+        self.buffer, self.buffered = ([table] if table.num_rows else []), table.num_rows
 
     def flush(self) -> pa.Table | None:
         return self._evaluate(1 << 61) if self.buffer else None
@@ -177,6 +249,7 @@ class Windowed:
             return None
         rest = table.filter(pa.array(~due))
         self.buffer = [rest] if rest.num_rows else []
+        self.buffered = rest.num_rows
         ready = table.filter(pa.array(due)).append_column("window", pa.array(window[due]))
         ties = [("flow_id", "ascending")] if "flow_id" in ready.column_names else []  # packets: arrival order
         ready = ready.sort_by([("window", "ascending"), (time_column, "ascending"), *ties])
@@ -193,6 +266,18 @@ class Windowed:
                 flagged.append(found.append_column("detail", pa.array(detail, pa.string())))
         self.closed = max(self.closed, int(w.max()))
         return pa.concat_tables(flagged) if flagged else None
+
+
+def external(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Unicast addresses on the internet (not private, shared, loopback, link-local, multicast or broadcast)."""
+    return ~private(addresses) & ~multicast_or_broadcast(addresses)
+
+
+def gtpu_tunnelled(flows: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """Flows carried in GTP-U with both tunnel endpoints known."""
+    gtp = pc.and_(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False),
+                  pc.and_(flows.column("tunnel_src_ip").is_valid(), flows.column("tunnel_dst_ip").is_valid()))
+    return np.asarray(gtp.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _split(addresses: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.detectors.base import FlowDetector, multicast_or_broadcast, private
+from detection.detectors.base import FlowDetector, external
 
 #: periodic by design: DNS, NTP, NetBIOS/mDNS/LLMNR/SSDP announcements, PFCP/GTP-C echo
 PERIODIC_SERVICES = [53, 123, 137, 138, 1900, 5353, 5355, 8805, 2123]
@@ -34,15 +34,20 @@ class Beaconing(FlowDetector):
         self.max_jitter = max_jitter
         self.max_size_spread = max_size_spread
 
+    def select(self, flows: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """TCP and UDP to an external service that is not periodic by design: C2 servers are on the
+        internet; between internal hosts periodic polling is the norm (5G NF heartbeats to the NRF,
+        SCADA polling, monitoring)."""
+        proto = flows.column("ip_proto").to_numpy(zero_copy_only=False)
+        port = pc.fill_null(flows.column("dst_port"), 0).to_numpy(zero_copy_only=False)
+        return np.isin(proto, (6, 17)) & ~np.isin(port, PERIODIC_SERVICES) & external(flows.column("dst_ip"))
+
     def evaluate(self, flows: pa.Table) -> np.ndarray:
         n = flows.num_rows
         out = np.zeros(n, dtype=bool)
         proto = flows.column("ip_proto").to_numpy(zero_copy_only=False)
         port = pc.fill_null(flows.column("dst_port"), 0).to_numpy(zero_copy_only=False)
-        # C2 servers are on the internet; between internal hosts periodic polling is the norm
-        # (5G NF heartbeats to the NRF, SCADA polling, monitoring)
-        external = ~private(flows.column("dst_ip")) & ~multicast_or_broadcast(flows.column("dst_ip"))
-        candidate = np.isin(proto, (6, 17)) & ~np.isin(port, PERIODIC_SERVICES) & external
+        candidate = self.select(flows)
         if candidate.sum() < self.min_flows:
             return out
         key = pc.binary_join_element_wise(flows.column("src_ip"), flows.column("dst_ip"),

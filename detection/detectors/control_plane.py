@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from detection.detectors.base import ControlDetector
+from detection.detectors.base import ControlDetector, LruDict
 from detection.rules.compiler import in_networks
 
 
@@ -159,8 +159,8 @@ class SbiNewPeer(ControlDetector):
 
     def evaluate(self, events: pa.Table) -> np.ndarray:
         if not hasattr(self, "pairs_"):
-            self.pairs_: set[tuple[str, str]] = set()
-            self.since_ns_: dict[str, int] = {}
+            self.pairs_: LruDict[tuple[str, str], None] = LruDict()
+            self.since_ns_: LruDict[str, int] = LruDict()
         out = np.zeros(events.num_rows, dtype=bool)
         ts = events.column("ts").cast(pa.int64()).to_pylist()
         warmup_ns = int(self.warmup_s * 1e9)
@@ -169,7 +169,7 @@ class SbiNewPeer(ControlDetector):
             since = self.since_ns_.setdefault(src, ts[i])
             if (src, service) in self.pairs_:
                 continue
-            self.pairs_.add((src, service))
+            self.pairs_[(src, service)] = None
             out[i] = ts[i] - since >= warmup_ns
         return out & ~in_networks(events.column("src_ip"), self.known_clients)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.detectors.base import FlowDetector
+from detection.detectors.base import FlowDetector, LruDict, gtpu_tunnelled
 from detection.rules.compiler import in_networks
 
 
@@ -39,12 +39,12 @@ class GtpuUnexpectedPeer(FlowDetector):
         self.window_s = window_s
 
     def fit(self, flows: pa.Table) -> GtpuUnexpectedPeer:
-        self.peers_: set[tuple[str, str]] = set()
-        self.since_ns_: dict[str, int] = {}
+        self.peers_: LruDict[tuple[str, str], None] = LruDict()
+        self.since_ns_: LruDict[str, int] = LruDict()
         pairs = self._pairs(flows)
         if pairs is not None:
             for endpoint, peer, _ in pairs:
-                self.peers_.add((endpoint, peer))
+                self.peers_[(endpoint, peer)] = None
                 self.since_ns_[endpoint] = -(1 << 62)  # learned from the baseline: warm already
         return self
 
@@ -61,7 +61,7 @@ class GtpuUnexpectedPeer(FlowDetector):
             if (endpoint, peer) in self.peers_:
                 continue
             since = self.since_ns_.setdefault(endpoint, first_ns)
-            self.peers_.add((endpoint, peer))
+            self.peers_[(endpoint, peer)] = None
             if first_ns - since >= warmup_ns:
                 new.add((endpoint, peer))
         self.known_of_ = {e: sorted(p for (e2, p) in self.peers_ if e2 == e and (e2, p) not in new)
@@ -73,12 +73,13 @@ class GtpuUnexpectedPeer(FlowDetector):
             out &= ~in_networks(flows.column("tunnel_src_ip"), self.known_peers)
         return out
 
+    def select(self, flows: pa.Table | pa.RecordBatch) -> np.ndarray:
+        return gtpu_tunnelled(flows)
+
     @staticmethod
     def _pairs(flows: pa.Table) -> list[tuple[str, str, int]] | None:
         """Distinct (endpoint, peer, first flow start ns) of the GTP-U flows, in time order."""
-        gtp = pc.and_(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False),
-                      pc.and_(flows.column("tunnel_src_ip").is_valid(), flows.column("tunnel_dst_ip").is_valid()))
-        t = flows.filter(gtp)
+        t = flows.filter(pa.array(gtpu_tunnelled(flows)))
         if not t.num_rows:
             return None
         firsts = pa.table({"e": t.column("tunnel_dst_ip"), "p": t.column("tunnel_src_ip"),

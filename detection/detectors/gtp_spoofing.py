@@ -34,12 +34,16 @@ class TeidSpoofing(FlowDetector):
     def __init__(self, window_s: float = 300.0) -> None:
         self.window_s = window_s
 
+    def select(self, flows: pa.Table | pa.RecordBatch) -> np.ndarray:
+        """GTP-U flows with their TEID."""
+        return np.asarray(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False)
+                          .to_numpy(zero_copy_only=False), dtype=bool) & \
+            np.asarray(flows.column("teid").is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
     def evaluate(self, flows: pa.Table) -> np.ndarray:
         n = flows.num_rows
         out = np.zeros(n, dtype=bool)
-        gtp = np.asarray(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False)
-                         .to_numpy(zero_copy_only=False), dtype=bool) & \
-            np.asarray(flows.column("teid").is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        gtp = self.select(flows)
         if not gtp.any():
             return out
         # a UE also sends from its IPv6 link-local address (router and neighbour discovery)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.detectors.base import PacketDetector
+from detection.detectors.base import LruDict, PacketDetector
 from detection.rules.compiler import in_networks
 
 MODBUS_PORT, DNP3_PORT, S7_PORT = 502, 20000, 102
@@ -59,7 +59,7 @@ class IcsCommandFromNewMaster(PacketDetector):
 
     def evaluate(self, events: pa.Table) -> np.ndarray:
         if not hasattr(self, "masters_"):
-            self.masters_: dict[str, str] = {}  # device address -> its master
+            self.masters_: LruDict[str, str] = LruDict()  # device address -> its master
         src, dst = events.column("src_ip"), events.column("dst_ip")
         # a device first seen in this window: its master is the first host that sent it a request
         firsts = pa.table({"d": dst, "i": pa.array(np.arange(events.num_rows))}).group_by("d").aggregate(

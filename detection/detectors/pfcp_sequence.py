@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.detectors.base import PacketDetector
+from detection.detectors.base import LruDict, PacketDetector
 
 SEQ_SPACE = 1 << 24
 #: request message types (TS 29.244 table 7.3-1): node-related and session-related
@@ -63,7 +63,7 @@ class PfcpSequenceSpoofing(PacketDetector):
 
     def evaluate(self, events: pa.Table) -> np.ndarray:
         if not hasattr(self, "nodes_"):
-            self.nodes_: dict[tuple[str, str], list[int]] = {}  # [last seq, ttl, other seq, its run]
+            self.nodes_: LruDict[tuple[str, str], list[int]] = LruDict()  # [last seq, ttl, other seq, its run]
         out = np.zeros(events.num_rows, dtype=bool)
         self.reasons_: list[str | None] = [None] * events.num_rows
         cols = events.select(["src_ip", "dst_ip", "ip_ttl", "pfcp_msg_type", "pfcp_seq"]).to_pydict()

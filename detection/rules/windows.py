@@ -9,6 +9,12 @@ the event time (the largest seen, less ``lateness_s``) has passed its end:
 any batching of the same hits gives the same alerts.  Consecutive firing
 windows of one rule and group form one episode, which becomes one alert with
 its event count, first and last time, so repeats do not flood the analyst.
+
+The partial counts are capped (``max_rows``): a flood of spoofed sources makes
+a group per source, each with a count of one.  Beyond the cap the lightest
+groups (fewest events, then the least recent) are shed until a quarter of the
+room is free, and counted in ``shed_groups`` / ``shed_events``: a group that
+would have fired is heavy, so it stays.  Below the cap nothing changes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from detection.rules.model import Rule
 TUPLE = [f.name for f in TUPLE_FIELDS]
 KEYS = ["rule", "group", "bucket", "value"]
 NEVER = -(1 << 62)
+#: partial-count rows one counter holds at most (~140 bytes each, a few times that while merging)
+MAX_PARTIAL_ROWS = 200_000
 
 
 @dataclass
@@ -54,7 +62,7 @@ class Episode:
 class WindowCounter:
     """Counts hits of many rules per group and window; ``update(hits)`` / ``flush()`` -> closed episodes."""
 
-    def __init__(self, rules: list[Rule], lateness_s: float = 5.0) -> None:
+    def __init__(self, rules: list[Rule], lateness_s: float = 5.0, max_rows: int = MAX_PARTIAL_ROWS) -> None:
         self.rules = rules
         self.hop_ns = np.array([r.aggregate.hop_ns for r in rules] or [1], dtype=np.int64)
         self.threshold = np.array([r.aggregate.threshold for r in rules] or [1], dtype=np.int64)
@@ -65,6 +73,9 @@ class WindowCounter:
         self.partials: pa.Table | None = None
         self.open: dict[tuple[int, str], Episode] = {}
         self.late_events = 0
+        self.max_rows = max_rows  # 0: no limit
+        self.shed_groups = 0
+        self.shed_events = 0
 
     def update(self, hits: pa.RecordBatch | pa.Table, watermark_ns: int | None = None) -> list[Episode]:
         """Add hits; ``watermark_ns`` is the event time reached by the input (default: the latest hit)."""
@@ -111,8 +122,22 @@ class WindowCounter:
             hits = hits.filter(pa.array(~late))
         table = self._partials(hits)
         parts = [table] if self.partials is None else [self.partials, table]
-        self.partials = _combine(pa.concat_tables(parts))
+        self.partials = self._shed(_combine(pa.concat_tables(parts)))
         return episodes
+
+    def _shed(self, p: pa.Table) -> pa.Table:
+        """Keep the heaviest groups when the partials outgrow ``max_rows`` (see the module's doc)."""
+        if not self.max_rows or p.num_rows <= self.max_rows:
+            return p
+        key = pc.binary_join_element_wise(p.column("rule").cast(pa.string()), p.column("group"), "\x1f")
+        groups = pa.table({"key": key, "n": p.column("n"), "last_ts": p.column("last_ts")}).group_by(
+            "key", use_threads=False).aggregate([("n", "sum"), ("n", "count"), ("last_ts", "max")])
+        groups = groups.sort_by([("n_sum", "descending"), ("last_ts_max", "descending"), ("key", "ascending")])
+        rows = np.cumsum(groups.column("n_count").to_numpy(zero_copy_only=False))
+        kept = int(np.searchsorted(rows, self.max_rows * 3 // 4, side="right"))
+        self.shed_groups += groups.num_rows - kept
+        self.shed_events += int(pc.sum(groups.column("n_sum").slice(kept)).as_py() or 0)
+        return p.filter(pc.is_in(key, value_set=groups.column("key").slice(0, kept).combine_chunks()))
 
     def _partials(self, hits: pa.RecordBatch | pa.Table) -> pa.Table:
         """Hits are partial aggregates already (counted per batch where they were found)."""

@@ -128,6 +128,7 @@ class DuckStore(Store):
         self.db = self.root / DB_FILE
         self._con: duckdb.DuckDBPyConnection | None = None
         self._view_files: dict[str, list[str]] = {}
+        self._upgraded = False  # tables checked against the schemas (once per process)
 
     # -- connections --
     def _memory(self) -> duckdb.DuckDBPyConnection:
@@ -142,6 +143,14 @@ class DuckStore(Store):
     def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         if not write and not self.db.exists():
             raise StoreError(f"{self.root}: no Liaowang store here (run `liaowang replay ... --store {self.root}`)")
+        if not write and not self._upgraded:
+            # a store of an older version gains the columns added since before anyone reads it (a
+            # store this process may not write to is read as it is)
+            try:
+                with self._connect(write=True):
+                    pass
+            except (StoreError, duckdb.Error, OSError):
+                self._upgraded = True
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -169,8 +178,9 @@ class DuckStore(Store):
                 waiting.unlink(missing_ok=True)
             try:
                 con.execute("USE store")
-                if write:
+                if write and not self._upgraded:
                     self._create_tables(con)
+                    self._upgraded = True
                 self._views(con)
                 yield con
             finally:
@@ -184,6 +194,11 @@ class DuckStore(Store):
                 continue
             con.register("empty_", schema.empty_table())
             con.execute(f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM empty_')
+            # a store made by an older version: columns added to the schema since (additions only) are added
+            have = {r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()}
+            for column, kind, *_ in con.execute("DESCRIBE empty_").fetchall():
+                if column not in have:
+                    con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {kind}')
             con.unregister("empty_")
 
     def _days(self, name: str) -> dict[str, list[Path]]:
@@ -206,7 +221,13 @@ class DuckStore(Store):
             else:
                 con.register(f"empty_{name}", SCHEMAS[name].empty_table())
                 source = f'"empty_{name}"'
-            columns = ", ".join(f'"{c}"' for c in SCHEMAS[name].names)
+            con.register("empty_", SCHEMAS[name].empty_table())
+            kinds = {c: kind for c, kind, *_ in con.execute("DESCRIBE empty_").fetchall()}
+            con.unregister("empty_")
+            # files written by an older version lack the columns added since: null there
+            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            columns = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS {kinds[c]}) AS "{c}"'
+                                for c in SCHEMAS[name].names)
             con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {columns} FROM {source}')
 
     # -- writes --
@@ -229,7 +250,7 @@ class DuckStore(Store):
             else:
                 con.execute(f'DELETE FROM new_ WHERE "{key}" IN (SELECT "{key}" FROM "{name}")')
             added = con.execute("SELECT count(*) FROM new_").fetchall()[0][0]
-            con.execute(f'INSERT INTO "{name}" SELECT * FROM new_')
+            con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM new_')
             if added and not spec.replace:
                 self._archive(con, name, spec.time_column)
             con.execute("COMMIT")

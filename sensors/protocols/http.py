@@ -20,7 +20,8 @@ HTTP_WORD = int.from_bytes(b"HTTP", "big")
 #: lookup table: can a payload starting with this byte be HTTP/1 (a method or "HTTP/")?
 FIRST_BYTES = np.zeros(256, dtype=bool)
 FIRST_BYTES[[m[0] for m in METHODS] + [ord("H")]] = True
-REQUEST_LINE = r"^(?P<method>[A-Z]{3,8}) (?P<uri>[^ \r\n]+) HTTP/"
+#: a request target longer than the prefix read is still a request (and its target is kept, cut)
+REQUEST_LINE = r"^(?P<method>[A-Z]{3,8}) (?P<uri>[^ \r\n]+)(?: HTTP/|$)"
 HOST = r"(?i)\r\nhost:[ \t]*(?P<v>[^\r\n]*)"
 USER_AGENT = r"(?i)\r\nuser-agent:[ \t]*(?P<v>[^\r\n]*)"
 AUTH_SCHEME = r"(?i)\r\nauthorization:[ \t]*(?P<v>[A-Za-z0-9_-]+)"  # the scheme only: credentials stay out

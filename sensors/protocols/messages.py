@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.protocols.packets import V4_MAPPED_LO, ip_strings
+from sensors.protocols.packets import V4_MAPPED_LO, bounded_text, ip_strings
 from sensors.schema import PROTO_SCHEMAS, AppProto
 
 
@@ -85,7 +85,7 @@ def to_table(name: str, rows: list[dict[str, object]]) -> pa.Table:
     """
     schema = _with_packet_row(name)
     ts = pa.array([r.pop("ts") for r in rows], pa.int64()).cast(schema.field("ts").type)
-    table = pa.Table.from_pylist(rows, schema=schema.remove(0))
+    table = _bounded(pa.Table.from_pylist(rows, schema=schema.remove(0)))
     return table.add_column(0, schema.field("ts"), ts)
 
 
@@ -93,9 +93,17 @@ def from_columns(name: str, msgs: Messages, columns: dict[str, pa.Array]) -> pa.
     """:func:`to_table` from whole columns: ``msgs``' common ones, ``columns``, nulls for the rest."""
     schema = _with_packet_row(name)
     given = {**msgs.arrays, **columns}
-    return pa.Table.from_arrays(
+    return _bounded(pa.Table.from_arrays(
         [given[f.name].cast(f.type) if f.name in given else pa.nulls(len(msgs), f.type) for f in schema],
-        schema=schema)
+        schema=schema))
+
+
+def _bounded(table: pa.Table) -> pa.Table:
+    """Every text column within the length a decoder stores (IEs, AVPs and headers can be 64 KB)."""
+    for i, f in enumerate(table.schema):
+        if f.type == pa.string():
+            table = table.set_column(i, f, bounded_text(table.column(i)))
+    return table
 
 
 def _with_packet_row(name: str) -> pa.Schema:

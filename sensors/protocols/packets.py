@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from sensors.capture.frames import FrameBatch
 from sensors.capture.walk import u_view
-from sensors.schema import IP, PACKET_FIELDS, PACKET_SCHEMA, DecodeStatus
+from sensors.schema import IP, MAX_TEXT_CHARS, PACKET_FIELDS, PACKET_SCHEMA, DecodeStatus
 
 _NUMPY_OF: dict[pa.DataType, np.dtype] = {
     pa.uint8(): np.dtype(np.uint8),
@@ -196,13 +196,13 @@ class Packets:
     def _string_array(self, name: str) -> pa.Array:
         if name in self.arrow_strings:
             rows, values = self.arrow_strings[name]
-            return scatter_strings(self.n, rows, values)
+            return scatter_strings(self.n, rows, bounded_text(values))
         got = self.strings.get(name)
         if got is None:
             return pa.nulls(self.n, pa.string())
         rows, off, length = got
         order = np.argsort(rows, kind="stable")
-        rows, off, length = rows[order], off[order], np.maximum(length[order], 0)
+        rows, off, length = rows[order], off[order], np.clip(length[order], 0, MAX_TEXT_CHARS)  # ASCII: 1 char/byte
         return gather_strings(self.buf, self.n, rows, off, length, self.dots.get(name))
 
 
@@ -221,6 +221,13 @@ def masked_array(values: np.ndarray, valid: np.ndarray | None, ftype: pa.DataTyp
     else:
         data = pa.py_buffer(np.ascontiguousarray(values, dtype=ftype.to_pandas_dtype()))
     return pa.Array.from_buffers(ftype, n, [validity, data], null_count=nulls)
+
+
+def bounded_text(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text cut to :data:`~sensors.schema.MAX_TEXT_CHARS` (untouched, without a copy, when all fit)."""
+    values = values.cast(pa.string())
+    longest = pc.max(pc.utf8_length(values)).as_py()
+    return values if longest is None or longest <= MAX_TEXT_CHARS else pc.utf8_slice_codeunits(values, 0, MAX_TEXT_CHARS)
 
 
 def scatter_strings(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:

@@ -4,9 +4,11 @@
 sequence), vectorized, on UDP port 8805 in either direction.
 ``messages``: the information elements a session needs (8.2: Node ID, F-SEID,
 F-TEID, UE IP Address, PDR/FAR/QER/URR ids, Network Instance, Apply Action,
-Outer Header Creation, Cause, Recovery Time Stamp), walking grouped IEs for
-every message of a batch at once; other IEs are kept as opaque bytes, never
-fatal.
+Outer Header Creation, Cause, Recovery Time Stamp, User ID), walking grouped
+IEs for every message of a batch at once; other IEs are kept as opaque bytes,
+never fatal.  The User ID IE names the subscriber (IMSI, IMEI, MSISDN...): it
+becomes ``supi``/``gpsi``/``pei`` (pseudonymised before output) and is never
+kept as raw bytes, readable or not.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sensors.protocols.messages import (
     payload_buffer,
     scan_ies,
     select,
+    tbcd,
     texts,
     values,
 )
@@ -74,7 +77,7 @@ CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREATED_PDR = 1,
 UPDATE_PDR, UPDATE_FAR, UPDATE_FORWARDING_PARAMETERS = 9, 10, 11
 CAUSE, SOURCE_INTERFACE, F_TEID, NETWORK_INSTANCE, APPLY_ACTION = 19, 20, 21, 22, 44
 PDR_ID, F_SEID, NODE_ID, URR_ID, OUTER_HEADER_CREATION, UE_IP_ADDRESS = 56, 57, 60, 81, 84, 93
-RECOVERY_TIME_STAMP, FAR_ID, QER_ID = 96, 108, 109
+RECOVERY_TIME_STAMP, FAR_ID, QER_ID, USER_ID = 96, 108, 109, 141
 GROUPED = {CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREATED_PDR, UPDATE_PDR, UPDATE_FAR,
            UPDATE_FORWARDING_PARAMETERS, 6, 13, 14, 15, 16, 17, 18}  # + Create/Update/Remove URR/QER, Remove PDR/FAR
 
@@ -136,6 +139,7 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     for t, least in MIN_LENGTH.items():
         readable |= (typ == t) & (length >= least)
     readable &= leaf
+    readable |= leaf & (typ == USER_ID)  # an identity: never kept as raw bytes, even when malformed
     cols: dict[str, pa.Array] = {}
     j = np.flatnonzero(readable & (typ == NETWORK_INSTANCE))
     names = pa.array(texts(ies, j, labels), pa.string())
@@ -170,6 +174,12 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     m, i = first(F_SEID)
     cols["fseid_seid"] = scalar(ies.uint(ies.v0[i] + 1, 8), m, pa.uint64())
     cols["fseid_ip"] = scalar(_ip_or_null(ies, i, 9, v4_flag=0x02, v6_flag=0x01), m, pa.string())
+
+    m, i = first(USER_ID)
+    user = [_user_id(raw) for raw in (ies.buf[a:b].tobytes() for a, b in zip(ies.v0[i].tolist(),
+                                                                             ies.v1[i].tolist()))]
+    for k, name in enumerate(("supi", "gpsi", "pei")):
+        cols[name] = scalar([u[k] for u in user], m, pa.string())
 
     ctx = _context(ies, n, readable)
     j = np.flatnonzero(readable & (typ == F_TEID))
@@ -218,6 +228,30 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     unknown = pa.StructArray.from_arrays([pa.array(typ[j], pa.uint16()), values(ies, j)], names=["type", "value"])
     cols["unknown_ies"] = list_column(n, ies.msg[j], unknown)
     return cols
+
+
+#: User ID flags (8.2.101) in field order, and how each identity is spelled (ingest.privacy.canonical_identity)
+USER_ID_FIELDS = ((0x01, "imsi-", 0), (0x02, "imei-", 2), (0x04, "msisdn-", 1), (0x08, "", 0),
+                  (0x10, "", 0), (0x20, "", 1), (0x40, "", 2))
+
+
+def _user_id(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    """(supi, gpsi, pei) of a User ID IE: IMSI/IMEI/MSISDN in TBCD, NAI/SUPI/GPSI/PEI as text.
+    A field cut short ends the walk; what came before it stands."""
+    found: list[str | None] = [None, None, None]
+    if not raw:
+        return None, None, None
+    flags, at = raw[0], 1
+    for bit, prefix, slot in USER_ID_FIELDS:
+        if not flags & bit:
+            continue
+        if at >= len(raw) or at + 1 + raw[at] > len(raw):
+            break
+        value, at = raw[at + 1:at + 1 + raw[at]], at + 1 + raw[at]
+        text = prefix + tbcd(value) if prefix else value.decode("utf-8", "replace")
+        if found[slot] is None and text.strip("-"):
+            found[slot] = text
+    return found[0], found[1], found[2]
 
 
 def _scope(ies: Ies, j: np.ndarray) -> np.ndarray:
