@@ -43,11 +43,12 @@ import pyarrow as pa
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
-from detection.engine import DetectionEngine
+from detection.engine import PACKET_LATENESS_NS, DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
 from detection.flows.keys import keys_of, project
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
+from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
 from detection.rules.loader import apply_overrides, load_rules
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
@@ -117,6 +118,7 @@ class Results:
     alerts: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
     protos: dict[str, pa.Table] = field(default_factory=dict)
     batch: BatchInfo | None = None
+    incidents: pa.Table = field(default_factory=INCIDENT_SCHEMA.empty_table)  # the incidents this batch changed
 
 
 def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
@@ -277,6 +279,7 @@ class DetectStage:
     def __init__(self, engine: DetectionEngine, control: ControlPlane) -> None:
         self.engine = engine
         self.control = control
+        self.incidents = IncidentBuilder(engine.rules)
         self.seq = -1
         self.ended = False
 
@@ -290,8 +293,17 @@ class DetectStage:
         rows = next((p.rows for p in parts if p.rows is not None), None)
         context = self.control.sessions.context
         alerts = []
+        closed = ALERT_SCHEMA.empty_table()
+        old_incidents = INCIDENT_SCHEMA.empty_table()
         if batch is not None and batch.input_start:
-            alerts.append(context(self.engine.input_starts(batch.first_ts_ns)))
+            restarts = batch.first_ts_ns is not None and \
+                batch.first_ts_ns < self.engine.watermark_ns - PACKET_LATENESS_NS
+            closed = context(self.engine.input_starts(batch.first_ts_ns))
+            if restarts:  # a new timeline (an unrelated capture): the old one's alerts and incidents close
+                old_incidents = self.incidents.update(closed)
+                self.incidents = IncidentBuilder(self.engine.rules)
+            else:
+                alerts.append(closed)
         events = self.control.update(protos)
         flows, found = self.control.sessions.attribute(flows)
         flows = with_planes(flows)
@@ -304,7 +316,10 @@ class DetectStage:
             alerts.append(context(self.engine.update(hits, flows, None if batch is None else batch.last_ts_ns,
                                                      rows, events)))
         table = pa.concat_tables(alerts) if len(alerts) > 1 else alerts[0]
-        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch)
+        incidents = self.incidents.update(table)
+        if old_incidents.num_rows:
+            table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
+        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents)
 
 
 def _canonical(flows: pa.Table) -> pa.Table:

@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector
 from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
+from detection.incidents import INCIDENT_SCHEMA, LEVELS
 from ingest.control import ControlPlane
 from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
 from ingest.privacy import Pseudonymizer
@@ -46,6 +50,8 @@ class ReplaySummary:
     damages: list[Damage] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)  # for sensor_stats
     live: bool = False
+    #: incidents per level
+    incidents: collections.Counter[str] = field(default_factory=collections.Counter)
     #: what the state limits dropped: flows evicted from the table, and engine.shed()
     shed: dict[str, int] = field(default_factory=dict)
 
@@ -155,11 +161,14 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     to_store, snapshots = PendingWrites(), ControlSnapshots()
     stored: list[Future[dict[str, int]]] = []
     last_store = time.monotonic()
+    incidents: dict[str, pa.Table] = {}  # the latest row of each incident
 
     def emit(results: Results, final: bool = False) -> None:
         nonlocal to_store, last_store
         while pending:
             pending.pop().result()
+        for i, incident_id in enumerate(results.incidents.column("incident_id").to_pylist()):
+            incidents[incident_id] = results.incidents.slice(i, 1)
         table, alerts = results.flows, results.alerts
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
@@ -197,6 +206,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         done.result()
     summary.flows = flow_stage.flows.flows_exported
     summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
+    summary.incidents = collections.Counter(t.column("level")[0].as_py() for t in incidents.values())
     summary.live = source.live
     summary.seconds = time.perf_counter() - started
     last = summary.traffic.last_ts_ns or 0
@@ -210,6 +220,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         flow_sink.close()
         alert_sink.close()
         control.close()
+        rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0]))
+        pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
     for f in closing:
@@ -244,6 +256,9 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         ("flows", f"{s.flows:,}"),
         ("alerts", f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"
                                       if s.alerts else "")),
+        *([("incidents", f"{sum(s.incidents.values()):,} (" + ", ".join(
+            f"{k} {v}" for k, v in sorted(s.incidents.items(), key=lambda kv: [name for _, name in LEVELS].index(kv[0]))) + ")")]
+          if s.incidents else []),
         ("time", f"{s.seconds:.2f} s"),
         ("packets/s", f"{s.packets_per_second:,.0f}"),
         ("decode errors", ", ".join(f"{k} {v:,}" for k, v in s.decode_errors.items()) or "none"),

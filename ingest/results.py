@@ -51,6 +51,7 @@ class PendingWrites:
     def add_results(self, sensor: str, r: Results, snapshots: list[tuple[str, pa.Table]]) -> None:
         self.add("flows", r.flows)
         self.add("alerts", r.alerts)
+        self.add("incidents", r.incidents)
         for name, t in r.protos.items():
             self.add(f"proto_{name}", t)
         if r.batch is not None:

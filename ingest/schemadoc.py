@@ -15,6 +15,7 @@ from pathlib import Path
 from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
 from detection.flows.keys import KEYED_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
+from detection.incidents import INCIDENT_FIELDS, INCIDENT_SCHEMA_VERSION
 from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
@@ -102,6 +103,15 @@ def render() -> str:
         "the same alerts are EVE `alert` events in `eve.json`.",
         "",
         *_fields(ALERT_FIELDS),
+        "",
+        f"## incidents (version {INCIDENT_SCHEMA_VERSION}) — `detection/incidents.py`",
+        "",
+        "One row per incident: alerts of one actor (host, subscriber) or, for alerts counted per target only,",
+        "one target, with their stages along the ATT&CK/FiGHT tactics, `incidents.parquet` (the latest row of",
+        "each); a store replaces rows by `incident_id` and keeps the `state` analysts set.",
+        "[docs/incidents.md](incidents.md) explains the grouping and the score.",
+        "",
+        *_fields(INCIDENT_FIELDS),
         "",
     ]
     for name, fields in PROTO_FIELDS.items():

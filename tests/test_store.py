@@ -194,6 +194,7 @@ PARITY = [
     Query("sessions", limit=200), Query("sessions", [Condition("state", "ne", "released")], sort="ue_ip"),
     Query("assets", limit=200), Query("assets", sort="-bytes_sent"), Query("nf_inventory", sort="ip", limit=100),
     Query("proto_pfcp", [Condition("msg_type", "eq", 50)], limit=50), Query("proto_ngap", limit=50),
+    Query("incidents", limit=100, sort="-score"), Query("incidents", [Condition("level", "in", ["red", "orange"])]),
 ]
 
 
@@ -295,3 +296,13 @@ def test_a_store_of_an_older_version_gains_the_new_columns(replayed: tuple[Path,
     dnns = {r["dnn"] for r in store.search(Query("sessions", limit=1000)).rows}
     assert dnns - {None} == set(pc.unique(fresh.column("dnn")).drop_null().to_pylist())
     store.close()
+
+
+def test_elasticsearch_keeps_the_analysts_incident_state(elastic: Store, replayed: tuple[Path, ReplaySummary]) -> None:
+    first = elastic.search(Query("incidents", sort="-score", limit=1)).rows[0]
+    assert elastic.set_incident_state(first["incident_id"], "investigating")
+    elastic.write("incidents", pq.read_table(replayed[0] / "incidents.parquet"))  # a later snapshot
+    elastic.refresh()  # type: ignore[attr-defined]
+    again = elastic.search(Query("incidents", [Condition("incident_id", "eq", first["incident_id"])])).rows[0]
+    assert again["state"] == "investigating"
+    elastic.set_incident_state(first["incident_id"], "new")  # as the parity queries expect

@@ -15,6 +15,7 @@ from detection.rules.model import Aggregate, Condition, Rule, derived_signature_
 
 SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
 BUNDLED_RULES = Path(__file__).resolve().parents[2] / "rules"
+BUNDLED_TACTICS = BUNDLED_RULES / "correlation" / "tactics.yml"
 
 
 class RuleError(Exception):
@@ -32,7 +33,9 @@ def load_rules(paths: list[Path] | None = None) -> list[Rule]:
     files: list[Path] = []
     for p in [BUNDLED_RULES] if paths is None else paths:
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml")))
+            # correlation/ holds what the incident builder reads (tactics of techniques), not rules
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml")
+                                and "correlation" not in f.relative_to(p).parts))
         elif p.exists():
             files.append(p)
         else:

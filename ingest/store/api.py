@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 
 from detection.alerts import ALERT_SCHEMA
 from detection.flows.schema import FLOW_SCHEMA
+from detection.incidents import INCIDENT_SCHEMA
+from detection.incidents import STATES as INCIDENT_STATES
 from detection.inventory import INVENTORY_SCHEMA
 from detection.sessions import SESSION_SCHEMA
 from sensors.schema import PROTO_SCHEMAS, Field, arrow_schema
@@ -43,6 +45,7 @@ class TableSpec:
     replace: bool = False  # snapshots: a newer row with the same id replaces the stored one
     ip_columns: tuple[str, ...] = ()  # what an ``ip`` filter (address or CIDR) matches
     text_columns: tuple[str, ...] = ()  # what a ``text`` filter searches (case-insensitive substring)
+    analyst_columns: tuple[str, ...] = ()  # set by analysts: a newer row replacing a stored one keeps them
 
 
 ALERT_STATUSES = ("new", "acknowledged", "investigating", "resolved", "false_positive")
@@ -76,6 +79,8 @@ TABLES: dict[str, TableSpec] = {
                                                                                  "amf_ip"),
                           text_columns=("subscriber", "dnn", "snssai")),
     "nf_inventory": TableSpec("nf_id", "last_seen", replace=True, ip_columns=("ip",), text_columns=("role",)),
+    "incidents": TableSpec("incident_id", "first_seen", replace=True, text_columns=("title",),
+                           analyst_columns=("state",)),
     "sensor_stats": TableSpec("stats_id", "ts"),
     **{f"proto_{name}": TableSpec("message_id", "ts", ip_columns=("src_ip", "dst_ip"), text_columns=("msg_name",))
        for name in PROTO_SCHEMAS},
@@ -84,6 +89,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "flows": FLOW_SCHEMA,
     "alerts": ALERT_STORE_SCHEMA,
     "sessions": SESSION_SCHEMA,
+    "incidents": INCIDENT_SCHEMA,
     "nf_inventory": INVENTORY_SCHEMA.insert(0, pa.field("nf_id", pa.string())),
     "sensor_stats": SENSOR_STATS_SCHEMA,
     **{f"proto_{name}": schema.insert(0, pa.field(MESSAGE_ID.name, MESSAGE_ID.type))
@@ -93,6 +99,11 @@ SCHEMAS: dict[str, pa.Schema] = {
 GRADES = ("red", "orange", "yellow", "blue")
 #: 5G planes of the protocol mix, in display order (flows.plane)
 PLANES = ("N2", "N3", "N4", "SBI", "N6", "S1/S11/S5", "Diameter", "other")
+
+
+def check_incident_state(state: str) -> None:
+    if state not in INCIDENT_STATES:
+        raise StoreError(f"unknown incident state {state!r}; one of {', '.join(INCIDENT_STATES)}")
 
 
 def prepare(name: str, table: pa.Table) -> pa.Table:
@@ -274,6 +285,11 @@ class Store(ABC):
     @abstractmethod
     def set_alert_status(self, alert_id: str, status: str) -> bool:
         """Triage: returns False when no such alert."""
+
+    @abstractmethod
+    def set_incident_state(self, incident_id: str, state: str) -> bool:
+        """An analyst moves an incident (new, investigating, contained, closed); False when no such incident.
+        Later snapshots of the incident keep it."""
 
     @abstractmethod
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,

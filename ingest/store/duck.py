@@ -54,6 +54,7 @@ from ingest.store.api import (
     Store,
     StoreError,
     check_group,
+    check_incident_state,
     check_status,
     check_top,
     fill_buckets,
@@ -246,6 +247,9 @@ class DuckStore(Store):
             con.execute(f'CREATE OR REPLACE TEMP TABLE new_ AS SELECT * FROM (SELECT * FROM batch_ '
                         f'QUALIFY row_number() OVER (PARTITION BY "{key}") = 1) b')
             if spec.replace:
+                for column in spec.analyst_columns:  # what analysts set outlives the snapshot
+                    con.execute(f'UPDATE new_ SET "{column}" = t."{column}" FROM "{name}" t '
+                                f'WHERE new_."{key}" = t."{key}"')
                 con.execute(f'DELETE FROM "{name}" WHERE "{key}" IN (SELECT "{key}" FROM new_)')
             else:
                 con.execute(f'DELETE FROM new_ WHERE "{key}" IN (SELECT "{key}" FROM "{name}")')
@@ -334,6 +338,13 @@ class DuckStore(Store):
         with self._connect(write=True) as con:
             found = con.execute("UPDATE alerts SET status = ?, status_changed = now() WHERE alert_id = ? "
                                 "RETURNING alert_id", [status, alert_id]).fetchall()
+        return bool(found)
+
+    def set_incident_state(self, incident_id: str, state: str) -> bool:
+        check_incident_state(state)
+        with self._connect(write=True) as con:
+            found = con.execute("UPDATE incidents SET state = ? WHERE incident_id = ? RETURNING incident_id",
+                                [state, incident_id]).fetchall()
         return bool(found)
 
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,

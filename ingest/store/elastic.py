@@ -37,6 +37,7 @@ from ingest.store.api import (
     Store,
     StoreError,
     check_group,
+    check_incident_state,
     check_status,
     check_top,
     datetime_of_ns,
@@ -229,8 +230,12 @@ class ElasticStore(Store):
         if not table.num_rows:
             return 0
         self._template(name)
-        op = "index" if TABLES[name].replace else "create"
+        spec = TABLES[name]
+        op = ("update" if spec.analyst_columns else "index") if spec.replace else "create"
         docs = self._documents(name, table)
+        if op == "update":  # an upsert that leaves what analysts set on a stored document alone
+            paths = [field_of(name, c).split(".") for c in spec.analyst_columns]
+            docs = [(index, doc_id, {"doc": _without(doc, paths), "upsert": doc}) for index, doc_id, doc in docs]
         added = 0
         for i in range(0, len(docs), BULK_DOCS):
             added += self._bulk(op, docs[i:i + BULK_DOCS])
@@ -281,6 +286,17 @@ class ElasticStore(Store):
             return False
         self.es.update(index=hits[0]["_index"], id=alert_id, refresh=True,
                        doc={"liaowang": {"alerts": {"status": status, "status_changed": iso_ns(time.time_ns())}}})
+        return True
+
+    def set_incident_state(self, incident_id: str, state: str) -> bool:
+        check_incident_state(state)
+        hits = self.es.search(index=f"{PREFIX}incidents-*", query={"ids": {"values": [incident_id]}}, size=1,
+                              ignore_unavailable=True, allow_no_indices=True)["hits"]["hits"]
+        if not hits:
+            return False
+        doc: dict[str, Any] = {}
+        _put(doc, field_of("incidents", "state"), state)
+        self.es.update(index=hits[0]["_index"], id=incident_id, refresh=True, doc=doc)
         return True
 
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,
@@ -527,3 +543,19 @@ def _get(doc: dict[str, Any], path: str) -> Any:
             return None
         node = node[p]
     return node
+
+
+def _without(doc: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    """A copy of ``doc`` without the fields at ``paths`` (dotted names, split)."""
+    out = dict(doc)
+    for path in paths:
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.pop(path[-1], None)
+    return out
+
