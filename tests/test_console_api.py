@@ -33,8 +33,9 @@ def ids(app: Any) -> dict[str, Any]:
     alerts = c.get("/api/alerts", params={"limit": 200}).json()["rows"]
     with_flow = next(a for a in alerts if a.get("flow_id"))
     rule_id = c.get("/api/rules").json()[0]["id"]
+    incident = c.get("/api/incidents", params={"limit": 1}).json()["rows"][0]["incident_id"]
     return {"alert": alerts[0]["alert_id"], "flow_alert": with_flow["alert_id"], "flow": with_flow["flow_id"],
-            "rule": rule_id}
+            "rule": rule_id, "incident": incident}
 
 
 #: every API route and the least role it needs ("" = open)
@@ -44,6 +45,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/api/alerts", "viewer", None), ("GET", "/api/alerts/groups", "viewer", None),
     ("GET", "/api/alerts/{alert}", "viewer", None), ("GET", "/api/alerts/{flow_alert}/pcap", "viewer", None),
     ("POST", "/api/alerts/triage", "analyst", {"alert_ids": ["{alert}"], "comment": "seen"}),
+    ("GET", "/api/incidents", "viewer", None), ("GET", "/api/incidents/{incident}", "viewer", None),
+    ("POST", "/api/incidents/{incident}/state", "analyst", {"state": "investigating"}),
     ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
     ("GET", "/api/flows/{flow}/pcap", "viewer", None), ("GET", "/api/hunt/fields", "viewer", None),
     ("GET", "/api/sessions", "viewer", None), ("GET", "/api/inventory", "viewer", None),
@@ -61,7 +64,8 @@ def test_every_api_route_is_classified(app: Any) -> None:
     served = {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops
               } - {("POST", "/api/login"), ("GET", "/api/events")}
     listed = {(m, p.replace("{alert}", "{alert_id}").replace("{flow_alert}", "{alert_id}")
-               .replace("{flow}", "{flow_id}").replace("{rule}", "{rule_id}")) for m, p, _, _ in ROUTES}
+               .replace("{flow}", "{flow_id}").replace("{rule}", "{rule_id}")
+               .replace("{incident}", "{incident_id}")) for m, p, _, _ in ROUTES}
     assert served == listed
 
 

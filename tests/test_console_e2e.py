@@ -185,7 +185,7 @@ def test_hostile_strings_are_shown_as_text(browser: Browser, url: str) -> None:
     s.shot("hunt-hostile-names")
 
 
-@pytest.mark.parametrize("page_name", ["alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"])
+@pytest.mark.parametrize("page_name", ["incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"])
 def test_every_page_renders(browser: Browser, url: str, page_name: str) -> None:
     s = sign_in(browser, url, "admin")
     s.page.goto(f"{url}#/{page_name}")
@@ -227,4 +227,27 @@ def test_lawful_reidentification_form(browser: Browser, url: str,
     row.locator("a").click()
     page.wait_for_function("location.hash.startsWith('#/hunt')")
     assert page.input_value("#hunt-query") == f"subscriber={pseudonym}"
+    assert not s.errors
+
+
+def test_incidents_page_tells_the_story(browser: Browser, url: str) -> None:
+    """The incidents list, an incident's stages in order with its alerts, and an analyst moving it (audited)."""
+    s = sign_in(browser, url, "analyst", locale="en-US")
+    page = s.page
+    page.goto(url + "#/incidents")
+    page.wait_for_selector("a.incident-link")
+    assert page.locator("tbody tr").count() >= 1
+    s.shot("incidents")
+    page.locator("a.incident-link").first.click()
+    page.wait_for_selector("#incident-title")
+    stages = page.locator("#app ol.stages").first.locator("li b").all_text_contents()
+    assert stages and all(stage for stage in stages)
+    assert series_points(page, "incident-timeline") == len(stages)
+    assert page.locator("a[href^='#/alert/']").count() >= 1
+    page.select_option("#incident-state", "investigating")
+    page.fill("#incident-comment", "owner: NOC shift B")
+    page.click("#incident-save")
+    page.wait_for_selector("text=owner: NOC shift B")
+    assert page.input_value("#incident-state") == "investigating"
+    s.shot("incident-detail")
     assert not s.errors

@@ -61,7 +61,8 @@ window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()))
 const tooltip = { trigger: "axis", renderMode: "richText" };
 
 // -- layout --
-const PAGES = ["overview", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"];
+const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"];
+const INCIDENT_STATES = ["new", "investigating", "contained", "closed"];
 function header(active) {
   const nav = h("nav", {}, PAGES.filter((p) => p !== "audit" || (state.me && state.me.role === "admin"))
     .map((p) => h("a", { href: "#/" + p, class: p === active ? "active" : "", "data-page": p }, t(p))));
@@ -349,6 +350,64 @@ async function rules() {
   } catch (e) { fail(main, e); }
 }
 
+// -- incidents: alerts of one actor as a story of stages --
+const tactic = (name) => t("tactic_" + name);
+function stageLine(stages) {
+  return h("ol", { class: "stages" }, stages.map((s) => h("li", { title: s.signatures.join("\n") }, h("b", {}, tactic(s.tactic)), " ",
+    h("span", { class: "dim" }, `${fmtTime(new Date(s.first_seen_ns / 1e6).toISOString())} · ${fmtNumber(s.alerts)}`))));
+}
+async function incidents() {
+  const params = hashParams(); const offset = Number(params.get("offset") || 0); const limit = 50;
+  const level = params.get("level") || ""; const st = params.get("state") || "";
+  const main = shell("incidents");
+  const levelSel = h("select", { name: "level" }, ["", ...GRADES].map((g) => h("option", { value: g, selected: g === level }, g ? t("level_" + g) : t("level"))));
+  const stateSel = h("select", { name: "state" }, ["", ...INCIDENT_STATES].map((s) => h("option", { value: s, selected: s === st }, s ? t("istate_" + s) : t("state"))));
+  main.append(h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); location.hash = "#/incidents" + qs({ level: levelSel.value, state: stateSel.value }); } },
+    levelSel, stateSel, h("button", { class: "primary", type: "submit", id: "incident-filter" }, t("apply"))));
+  try {
+    const page = await api("/api/incidents" + qs({ ...rangeParams(), level, state: st, limit, offset }));
+    main.append(table([{ label: t("level"), render: (x) => pill(x.level) }, { label: t("score"), key: "score" },
+      { label: t("incident"), render: (x) => h("a", { class: "incident-link", href: "#/incident/" + encodeURIComponent(x.incident_id) }, x.title) },
+      { label: t("stages"), render: (x) => stageLine(x.stages) }, { label: t("alerts_n"), key: "alert_count" },
+      { label: t("affected"), render: (x) => x.affected_assets.slice(0, 4).join(", ") + (x.affected_assets.length > 4 ? " …" : ""), mono: true },
+      { label: t("state"), render: (x) => t("istate_" + x.state) }, { label: t("first_seen"), render: (x) => fmtTime(x.first_seen) }, { label: t("last_seen"), render: (x) => fmtTime(x.last_seen) }],
+    page.rows, { id: (x) => x.incident_id }), pager(page.total, limit, offset, (o) => { location.hash = "#/incidents" + qs({ level, state: st, offset: o }); }));
+  } catch (e) { fail(main, e); }
+}
+async function incidentDetail(id) {
+  const main = shell("incidents");
+  let d; try { d = await api("/api/incidents/" + encodeURIComponent(id)); } catch (e) { return fail(main, e); }
+  const x = d.incident; const canMove = state.me.role !== "viewer";
+  const stateSel = h("select", { id: "incident-state", disabled: !canMove }, INCIDENT_STATES.map((s) => h("option", { value: s, selected: s === x.state }, t("istate_" + s))));
+  const comment = h("input", { id: "incident-comment", size: 40, placeholder: t("comment"), disabled: !canMove });
+  const result = h("span", { id: "incident-result", class: "ok" });
+  const save = h("button", { class: "primary", id: "incident-save", disabled: !canMove, onclick: async () => {
+    try { await api("/api/incidents/" + encodeURIComponent(id) + "/state", { method: "POST", body: { state: stateSel.value, comment: comment.value || null } }); result.textContent = t("done"); setTimeout(() => incidentDetail(id), 300); }
+    catch (e) { result.textContent = e.message; result.className = "error"; } } }, t("save"));
+  const timeline = h("div", { class: "chart", id: "incident-timeline" });
+  main.append(h("div", { class: "toolbar" }, h("a", { href: "#/incidents" }, "← " + t("back"))),
+    h("div", { class: "grid" },
+      card(t("incident"), "span7", h("h2", { id: "incident-title" }, pill(x.level), " ", x.title),
+        h("p", {}, `${t("score")}: ${x.score} · ${t("state")}: ${t("istate_" + x.state)} · ${fmtTime(x.first_seen)} — ${fmtTime(x.last_seen)}`),
+        h("h3", {}, t("stages")), stageLine(x.stages), timeline),
+      card(t("triage"), "span5", h("div", { class: "toolbar" }, stateSel, comment, save, result),
+        h("h3", {}, t("entities")), h("p", { class: "mono" }, x.entities.join("  ")),
+        h("h3", {}, t("affected")), h("p", { class: "mono" }, x.affected_assets.join("  ") || "—"),
+        x.subscribers.length ? [h("h3", {}, t("subscriber")), h("p", { class: "mono" }, x.subscribers.join("  "))] : null,
+        x.slices.length ? [h("h3", {}, t("snssai")), h("p", { class: "mono" }, x.slices.join("  "))] : null,
+        h("h3", {}, t("audit_trail")), table([{ label: t("time"), render: (a) => fmtTime(new Date(a.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("detail"), render: (a) => JSON.stringify(a.detail) }], d.audit)),
+      card(t("alerts"), "span12", table([{ label: t("time"), render: (a) => fmtTime(a.first_seen) }, { label: t("level"), render: (a) => pill(a.level) },
+        { label: t("signature"), render: (a) => h("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.signature) }, { label: t("source"), key: "src_ip", mono: true }, { label: t("target"), key: "dst_ip", mono: true },
+        { label: t("score"), key: "score" }], d.alerts))));
+  // the stages on a time axis: one bar per tactic, from its first to its last alert
+  const rows = x.stages.map((s) => tactic(s.tactic));
+  chart(timeline, { tooltip: { trigger: "item", renderMode: "richText" }, grid: { left: 150, right: 20, top: 10, bottom: 30 },
+    xAxis: { type: "time" }, yAxis: { type: "category", data: rows, inverse: true },
+    series: [{ type: "custom", renderItem: (params, api_) => { const y = api_.coord([api_.value(0), api_.value(2)]); const e = api_.coord([api_.value(1), api_.value(2)]); const hgt = api_.size([0, 1])[1] * 0.5;
+      return { type: "rect", shape: { x: y[0], y: y[1] - hgt / 2, width: Math.max(e[0] - y[0], 4), height: hgt }, style: { fill: GRADE_COLORS[x.level] } }; },
+      encode: { x: [0, 1], y: 2 }, data: x.stages.map((s, i) => [s.first_seen_ns / 1e6, s.last_seen_ns / 1e6, i, s.alerts]) }] });
+}
+
 // -- sensors, audit --
 async function sensors() {
   const main = shell("sensors");
@@ -402,8 +461,9 @@ function route() {
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   const [page, arg] = path.split("/");
   if (page !== "overview" && page !== "" && state.events) { state.events.close(); state.events = null; }
-  const pages = { overview, alerts, hunt, fiveg, assets, rules, sensors, audit };
+  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, sensors, audit };
   if (page === "alert" && arg) return alertDetail(decodeURIComponent(arg));
+  if (page === "incident" && arg) return incidentDetail(decodeURIComponent(arg));
   return (pages[page] || overview)();
 }
 async function render() {

@@ -28,6 +28,12 @@ export const MESSAGES = {
     case_ref: "案件/令状编号", pseudonym_key: "假名化密钥", identities_hint: "身份，每行一个", identity_kind: "身份类型", auto: "自动识别",
     reidentify_go: "重识别", found: "已找到", check_key: "未找到任何记录：请核对密钥（错误的密钥会得到不同的假名）", identity: "身份", pseudonym: "假名",
     messages: "信令消息", hunt_flows: "狩猎其流量",
+    incidents: "安全事件", incident: "事件", stages: "攻击阶段", entities: "关联实体", affected: "受影响资产",
+    istate_new: "新事件", istate_investigating: "研判中", istate_contained: "已遏制", istate_closed: "已关闭",
+    tactic_reconnaissance: "侦察", tactic_resource_development: "资源开发", tactic_initial_access: "初始访问", tactic_execution: "执行",
+    tactic_persistence: "持久化", tactic_privilege_escalation: "权限提升", tactic_defense_evasion: "防御规避", tactic_credential_access: "凭据访问",
+    tactic_discovery: "发现", tactic_lateral_movement: "横向移动", tactic_collection: "收集", tactic_command_and_control: "命令与控制",
+    tactic_exfiltration: "数据渗出", tactic_impact: "破坏影响", tactic_unclassified: "未分类",
   },
   en: {
     brand: "Liaowang · 5G security situational awareness", overview: "Overview", alerts: "Alerts", hunt: "Hunt", fiveg: "5G sessions", assets: "Assets",
@@ -57,6 +63,12 @@ export const MESSAGES = {
     case_ref: "Case / warrant reference", pseudonym_key: "Pseudonym key", identities_hint: "Identities, one per line", identity_kind: "Identity kind", auto: "Auto",
     reidentify_go: "Re-identify", found: "Found", check_key: "nothing found: check the key (a wrong key gives other pseudonyms)", identity: "Identity", pseudonym: "Pseudonym",
     messages: "Signalling messages", hunt_flows: "Hunt its flows",
+    incidents: "Incidents", incident: "Incident", stages: "Stages", entities: "Entities", affected: "Affected assets",
+    istate_new: "New", istate_investigating: "Investigating", istate_contained: "Contained", istate_closed: "Closed",
+    tactic_reconnaissance: "Reconnaissance", tactic_resource_development: "Resource development", tactic_initial_access: "Initial access", tactic_execution: "Execution",
+    tactic_persistence: "Persistence", tactic_privilege_escalation: "Privilege escalation", tactic_defense_evasion: "Defense evasion", tactic_credential_access: "Credential access",
+    tactic_discovery: "Discovery", tactic_lateral_movement: "Lateral movement", tactic_collection: "Collection", tactic_command_and_control: "Command and control",
+    tactic_exfiltration: "Exfiltration", tactic_impact: "Impact", tactic_unclassified: "Unclassified",
   },
 };
 
