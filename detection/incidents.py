@@ -7,7 +7,9 @@ one service, a storm towards one node) have no credible actor (their sources
 are spoofed): their alerts are keyed on the target.  Alerts that share an actor
 key belong to one incident while the incident is active: an alert more than
 ``max_gap_s`` after the incident's last one starts a new incident.  An alert
-whose keys lead to two incidents merges them (the older one stays).
+whose keys lead to two incidents merges them: the older one stays, and the other
+is given once more with ``merged_into`` naming it, so every copy of it (a store,
+a file) can drop it.
 
 Each alert is a **stage** of the ATT&CK/FiGHT tactic its rule names
 (``attack.<tactic>`` tags, else its techniques looked up in
@@ -76,6 +78,7 @@ INCIDENT_FIELDS: list[Field] = [
     Field("affected_assets", pa.list_(pa.string()), f"addresses its alerts targeted, the first {MAX_LISTED}"),
     Field("subscribers", pa.list_(pa.string()), "pseudonymous subscribers of the sessions involved"),
     Field("slices", pa.list_(pa.string()), "S-NSSAIs of the sessions involved"),
+    Field("merged_into", pa.string(), "'' while it stands alone; the incident it became part of, once merged"),
 ]
 INCIDENT_SCHEMA = arrow_schema(INCIDENT_FIELDS, "incidents", INCIDENT_SCHEMA_VERSION)
 
@@ -122,6 +125,7 @@ class Incident:
     slices: set[str] = field(default_factory=set)
     top_score: float = 0.0
     state: str = "new"
+    merged_into: str = ""
 
     @property
     def score(self) -> float:
@@ -151,7 +155,7 @@ class Incident:
             "stages": [{"tactic": t, "first_seen_ns": s.first_ns, "last_seen_ns": s.last_ns, "alerts": s.alerts,
                         "signatures": s.signatures} for t, s in stages],
             "alert_count": self.alert_count, "alert_ids": self.alert_ids, "affected_assets": self.assets,
-            "subscribers": sorted(self.subscribers), "slices": sorted(self.slices),
+            "subscribers": sorted(self.subscribers), "slices": sorted(self.slices), "merged_into": self.merged_into,
         }
 
 
@@ -164,6 +168,7 @@ class IncidentBuilder:
         self._rules = {r.id: (rule_tactic(r, techniques), tuple(r.aggregate.by)) for r in rules}
         self._incidents: dict[str, Incident] = {}
         self._owner: dict[str, str] = {}  # actor key -> incident id
+        self._merged: list[Incident] = []  # merged away since the last update's rows
         self.watermark_ns = -(1 << 62)
 
     def update(self, alerts: pa.Table) -> pa.Table:
@@ -178,8 +183,10 @@ class IncidentBuilder:
         touched: set[str] = set()
         for a in sorted(rows.to_pylist(), key=lambda r: (r["first_seen"], r["alert_id"])):
             touched.add(self._add(a))
-        self._forget_idle()
-        return self._rows([self._incidents[i] for i in sorted(touched) if i in self._incidents])
+        merged, self._merged = self._merged, []
+        changed = self._rows([self._incidents[i] for i in sorted(touched) if i in self._incidents] + merged)
+        self._forget_idle()  # after the rows: an incident can end idle in the very update that changed it
+        return changed
 
     def incidents(self) -> pa.Table:
         """Every incident still held (the active ones and those idle less than the gap)."""
@@ -255,6 +262,8 @@ class IncidentBuilder:
         into.subscribers |= other.subscribers
         into.slices |= other.slices
         into.top_score = max(into.top_score, other.top_score)
+        other.merged_into = into.incident_id
+        self._merged.append(other)
         del self._incidents[other.incident_id]
 
     def _forget_idle(self) -> None:

@@ -167,8 +167,12 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         nonlocal to_store, last_store
         while pending:
             pending.pop().result()
-        for i, incident_id in enumerate(results.incidents.column("incident_id").to_pylist()):
-            incidents[incident_id] = results.incidents.slice(i, 1)
+        changed = results.incidents.select(["incident_id", "merged_into"]).to_pylist()
+        for i, row in enumerate(changed):
+            if row["merged_into"]:
+                incidents.pop(row["incident_id"], None)
+            else:
+                incidents[row["incident_id"]] = results.incidents.slice(i, 1)
         table, alerts = results.flows, results.alerts
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
@@ -220,7 +224,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         flow_sink.close()
         alert_sink.close()
         control.close()
-        rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0]))
+        rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]

@@ -139,6 +139,12 @@ def test_alerts_are_the_same_for_any_batching_and_process_count(tmp_path: Path, 
     forked = _alerts(tmp_path, inputs, "forked", processes=3, chunk_bytes=16 << 10)
     assert len(one) >= 4
     assert one == small == forked  # deterministic ids and counts, so re-delivery never duplicates
+    # and the same incidents: the same alerts grouped alike, with the same stages
+    incidents = [{(frozenset(r["alert_ids"]), tuple(r["tactics"]), r["score"])
+                  for r in pq.read_table(tmp_path / name / "incidents.parquet",
+                                         columns=["alert_ids", "tactics", "score"]).to_pylist()}
+                 for name in ("one", "small", "forked")]
+    assert incidents[0] and incidents[0] == incidents[1] == incidents[2]
 
 
 def test_alert_events_in_eve(tmp_path: Path) -> None:

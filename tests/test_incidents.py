@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from detection.alerts import ALERT_SCHEMA
 from detection.detectors import default_detectors
 from detection.incidents import TACTICS, UNKNOWN_TACTIC, IncidentBuilder, load_tactics, rule_tactic
 from detection.rules.loader import load_rules
@@ -105,3 +106,27 @@ def test_every_bundled_rule_is_a_stage_of_a_tactic() -> None:
     for rule in load_rules() + [d.rule for d in default_detectors()]:
         assert rule_tactic(rule, tactics) in TACTICS, rule.title
     assert UNKNOWN_TACTIC not in TACTICS
+
+
+def test_an_alert_that_ties_two_incidents_merges_them() -> None:
+    """Two hosts, then one subscriber seen behind both (a UE that changed address): one incident, and the
+    absorbed one is given once more, marked, so copies of it can be dropped."""
+    rules = load_rules()
+    ssh = next(r for r in rules if r.title.startswith("SSH brute force"))
+
+    def alert(n: int, src: str, subscriber: str | None) -> dict[str, object]:
+        return {"alert_id": f"a{n}", "first_seen": n * 10**9, "last_seen": n * 10**9 + 1, "rule_id": ssh.id,
+                "signature": ssh.title, "score": 60.0, "group": f"src_ip={src},dst_ip=10.9.9.9", "src_ip": src,
+                "dst_ip": "10.9.9.9", "session": None if subscriber is None else f'{{"subscriber": "{subscriber}"}}'}
+
+    builder = IncidentBuilder(rules)
+    first = [builder.update(pa.Table.from_pylist([a], schema=ALERT_SCHEMA)) for a in
+             (alert(1, "10.1.1.1", None), alert(2, "10.2.2.2", None), alert(3, "10.1.1.1", "sub-x"))]
+    a_id, b_id = first[0].column("incident_id")[0].as_py(), first[1].column("incident_id")[0].as_py()
+    assert a_id != b_id
+    rows = builder.update(pa.Table.from_pylist([alert(4, "10.2.2.2", "sub-x")], schema=ALERT_SCHEMA)).select(
+        ["incident_id", "merged_into"]).to_pylist()
+    assert {(r["incident_id"], r["merged_into"]) for r in rows} == {(a_id, ""), (b_id, a_id)}
+    kept = builder.incidents().select(["alert_count", "alert_ids", "entities"]).to_pylist()
+    assert len(kept) == 1 and kept[0]["alert_count"] == 4 and set(kept[0]["alert_ids"]) == {"a1", "a2", "a3", "a4"}
+    assert set(kept[0]["entities"]) == {"host:10.1.1.1", "host:10.2.2.2", "subscriber:sub-x"}

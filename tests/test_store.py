@@ -42,7 +42,7 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
     out, summary = replayed
     assert load_output(out, duck, summary) == {**{k: 0 for k in TABLES if (out / f"{k}.parquet").exists()
                                                  and not TABLES[k].replace},
-                                             "sessions": _rows(out, "sessions"),
+                                             "sessions": _rows(out, "sessions"), "incidents": _rows(out, "incidents"),
                                              "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0}
     for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp"):
         assert duck.search(Query(name, limit=0)).total == _rows(out, name)

@@ -24,7 +24,7 @@ def _csv(value: str | None) -> list[str]:
 def list_incidents(_: Viewer, ctx: Ctx, rng: Range, level: str | None = None, state: str | None = None,
                    text: str | None = None, sort: str = "-score", limit: int = 50, offset: int = 0) -> dict[str, Any]:
     where = [Condition(column, "in", values) for column, values in (("level", _csv(level)), ("state", _csv(state)))
-             if values]
+             if values] + [Condition("merged_into", "eq", "")]  # a merged incident lives on in the one it joined
     try:
         page = ctx.store.search(StoreQuery("incidents", where, text=text or None, start=rng.start, end=rng.end,
                                            sort=sort or None, limit=min(max(limit, 1), 500), offset=max(offset, 0)))
