@@ -306,3 +306,8 @@ def test_elasticsearch_keeps_the_analysts_incident_state(elastic: Store, replaye
     again = elastic.search(Query("incidents", [Condition("incident_id", "eq", first["incident_id"])])).rows[0]
     assert again["state"] == "investigating"
     elastic.set_incident_state(first["incident_id"], "new")  # as the parity queries expect
+    alert = elastic.search(Query("alerts", limit=1)).rows[0]  # alerts' triage takes the same path
+    assert elastic.set_alert_status(alert["alert_id"], "acknowledged")
+    assert elastic.search(Query("alerts", [Condition("alert_id", "eq", alert["alert_id"])])).rows[0]["status"] == \
+        "acknowledged"
+    elastic.set_alert_status(alert["alert_id"], "new")

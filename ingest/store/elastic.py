@@ -280,23 +280,22 @@ class ElasticStore(Store):
 
     def set_alert_status(self, alert_id: str, status: str) -> bool:
         check_status(status)
-        hits = self.es.search(index=f"{PREFIX}alerts-*", query={"ids": {"values": [alert_id]}}, size=1,
-                              ignore_unavailable=True, allow_no_indices=True)["hits"]["hits"]
-        if not hits:
-            return False
-        self.es.update(index=hits[0]["_index"], id=alert_id, refresh=True,
-                       doc={"liaowang": {"alerts": {"status": status, "status_changed": iso_ns(time.time_ns())}}})
-        return True
+        return self._update("alerts", alert_id, {"status": status, "status_changed": iso_ns(time.time_ns())})
 
     def set_incident_state(self, incident_id: str, state: str) -> bool:
         check_incident_state(state)
-        hits = self.es.search(index=f"{PREFIX}incidents-*", query={"ids": {"values": [incident_id]}}, size=1,
+        return self._update("incidents", incident_id, {"state": state})
+
+    def _update(self, table: str, doc_id: str, values: dict[str, Any]) -> bool:
+        """Set ``values`` (columns of ``table``) on the stored document ``doc_id``; False when there is none."""
+        hits = self.es.search(index=f"{PREFIX}{table}-*", query={"ids": {"values": [doc_id]}}, size=1,
                               ignore_unavailable=True, allow_no_indices=True)["hits"]["hits"]
         if not hits:
             return False
         doc: dict[str, Any] = {}
-        _put(doc, field_of("incidents", "state"), state)
-        self.es.update(index=hits[0]["_index"], id=incident_id, refresh=True, doc=doc)
+        for column, value in values.items():
+            _put(doc, field_of(table, column), value)
+        self.es.update(index=hits[0]["_index"], id=doc_id, refresh=True, doc=doc)
         return True
 
     def retain(self, name: str, max_age_days: float | None = None, max_bytes: int | None = None,
