@@ -115,6 +115,10 @@ class DetectionEngine:
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
 
+    def starts_new_timeline(self, first_ts_ns: int | None) -> bool:
+        """Would an input starting at ``first_ts_ns`` get a timeline of its own (see ``input_starts``)?"""
+        return first_ts_ns is not None and first_ts_ns < self.watermark_ns - PACKET_LATENESS_NS
+
     def input_starts(self, first_ts_ns: int | None) -> pa.Table:
         """Call before the first events of a new input.  An input that starts earlier than the event
         time reached (unrelated captures replayed together) gets a timeline of its own: every window
@@ -122,7 +126,7 @@ class DetectionEngine:
         late ones, and the detectors forget what they learned from the other input (hosts seen,
         a device's master, a node's sequence) and start again from their state as given.
         Returns the alerts that closed."""
-        if first_ts_ns is None or first_ts_ns >= self.watermark_ns - PACKET_LATENESS_NS:
+        if not self.starts_new_timeline(first_ts_ns):
             return ALERT_SCHEMA.empty_table()
         alerts = self.flush()
         for counter in (self._packet_windows, self._flow_windows):

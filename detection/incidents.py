@@ -254,7 +254,7 @@ class IncidentBuilder:
         for tactic, s in other.stages.items():
             mine = into.stages.setdefault(tactic, _Stage(first_ns=s.first_ns, last_ns=s.last_ns))
             mine.first_ns, mine.last_ns = min(mine.first_ns, s.first_ns), max(mine.last_ns, s.last_ns)
-            mine.alerts += s.alerts if mine is not s else 0
+            mine.alerts += s.alerts
             mine.signatures += [x for x in s.signatures if x not in mine.signatures]
         into.alert_count += other.alert_count
         into.alert_ids = (into.alert_ids + other.alert_ids)[:MAX_LISTED]

@@ -43,7 +43,7 @@ import pyarrow as pa
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
-from detection.engine import PACKET_LATENESS_NS, DetectionEngine
+from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
 from detection.flows.keys import keys_of, project
 from detection.flows.planes import with_planes
@@ -296,8 +296,7 @@ class DetectStage:
         closed = ALERT_SCHEMA.empty_table()
         old_incidents = INCIDENT_SCHEMA.empty_table()
         if batch is not None and batch.input_start:
-            restarts = batch.first_ts_ns is not None and \
-                batch.first_ts_ns < self.engine.watermark_ns - PACKET_LATENESS_NS
+            restarts = self.engine.starts_new_timeline(batch.first_ts_ns)
             closed = context(self.engine.input_starts(batch.first_ts_ns))
             if restarts:  # a new timeline (an unrelated capture): the old one's alerts and incidents close
                 old_incidents = self.incidents.update(closed)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip
+from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip, csv_values
 from ingest.retention import flow_packets
 from ingest.store.api import ALERT_STATUSES, Condition, Store, StoreError, datetime_of_iso, ns_of_iso
 from ingest.store.api import Query as StoreQuery
@@ -23,10 +23,6 @@ GROUPS = ("signature", "src_ip", "dst_ip", "category", "detector", "level", "sta
 RELATED_WINDOW = dt.timedelta(hours=1)
 
 
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
 def alert_query(rng: Range, level: str | None = None, category: str | None = None, detector: str | None = None,
                 technique: Annotated[str | None, Query(description="ATT&CK or FiGHT id: T1046, FGT1498")] = None,
                 ip: Annotated[str | None, Query(description="address or CIDR, any side")] = None,
@@ -35,7 +31,7 @@ def alert_query(rng: Range, level: str | None = None, category: str | None = Non
                 offset: int = 0) -> StoreQuery:
     where = []
     for column, value in (("level", level), ("category", category), ("detector", detector), ("status", status)):
-        if values := _csv(value):
+        if values := csv_values(value):
             where.append(Condition(column, "in", values))
     if technique:
         t = technique.strip().lower()

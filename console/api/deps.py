@@ -123,3 +123,8 @@ def time_range(start: Annotated[str | None, Query(description="ISO-8601, inclusi
 
 
 Range = Annotated[TimeRange, Depends(time_range)]
+
+
+def csv_values(value: str | None) -> list[str]:
+    """A comma-separated query parameter as its values (filters: level=red,orange)."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip
+from console.api.deps import Analyst, Ctx, Range, Viewer, client_ip, csv_values
 from detection.incidents import STATES
 from ingest.store.api import Condition, StoreError
 from ingest.store.api import Query as StoreQuery
@@ -16,14 +16,10 @@ from ingest.store.api import Query as StoreQuery
 router = APIRouter(prefix="/api", tags=["incidents"])
 
 
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
 @router.get("/incidents", summary="Incidents, filtered (level, state, text), sorted and paged")
 def list_incidents(_: Viewer, ctx: Ctx, rng: Range, level: str | None = None, state: str | None = None,
                    text: str | None = None, sort: str = "-score", limit: int = 50, offset: int = 0) -> dict[str, Any]:
-    where = [Condition(column, "in", values) for column, values in (("level", _csv(level)), ("state", _csv(state)))
+    where = [Condition(column, "in", values) for column, values in (("level", csv_values(level)), ("state", csv_values(state)))
              if values] + [Condition("merged_into", "eq", "")]  # a merged incident lives on in the one it joined
     try:
         page = ctx.store.search(StoreQuery("incidents", where, text=text or None, start=rng.start, end=rng.end,

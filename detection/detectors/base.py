@@ -200,19 +200,21 @@ class Windowed:
         self.lateness_ns = int(lateness_s * 1e9)
         self.max_events = max_events  # 0: no limit
         self.buffer: list[pa.Table] = []
-        self.buffered = 0
         self.shed_events = 0
         self.closed = NEVER  # the last evaluated window index
 
     def update(self, events: pa.Table | None, watermark_ns: int | None) -> pa.Table | None:
         if events is not None and events.num_rows:
             self.buffer.append(events.select(self._columns(events)))
-            self.buffered += events.num_rows
             if self.max_events and self.buffered > self.max_events:
                 self._shed()
         if watermark_ns is None or not self.buffer:
             return None
         return self._evaluate((watermark_ns - self.lateness_ns) // self.window_ns - 1)
+
+    @property
+    def buffered(self) -> int:
+        return sum(t.num_rows for t in self.buffer)
 
     def _shed(self) -> None:
         table = pa.concat_tables(self.buffer)
@@ -227,7 +229,7 @@ class Windowed:
         keep = np.isin(codes, kept)
         self.shed_events += int((~keep).sum())
         table = table.filter(pa.array(keep))
-        self.buffer, self.buffered = ([table] if table.num_rows else []), table.num_rows
+        self.buffer = [table] if table.num_rows else []
 
     def flush(self) -> pa.Table | None:
         return self._evaluate(1 << 61) if self.buffer else None
@@ -249,7 +251,6 @@ class Windowed:
             return None
         rest = table.filter(pa.array(~due))
         self.buffer = [rest] if rest.num_rows else []
-        self.buffered = rest.num_rows
         ready = table.filter(pa.array(due)).append_column("window", pa.array(window[due]))
         ties = [("flow_id", "ascending")] if "flow_id" in ready.column_names else []  # packets: arrival order
         ready = ready.sort_by([("window", "ascending"), (time_column, "ascending"), *ties])

@@ -129,7 +129,7 @@ class WindowCounter:
         """Keep the heaviest groups when the partials outgrow ``max_rows`` (see the module's doc)."""
         if not self.max_rows or p.num_rows <= self.max_rows:
             return p
-        key = pc.binary_join_element_wise(p.column("rule").cast(pa.string()), p.column("group"), "\x1f")
+        key = _rule_group(p)
         groups = pa.table({"key": key, "n": p.column("n"), "last_ts": p.column("last_ts")}).group_by(
             "key", use_threads=False).aggregate([("n", "sum"), ("n", "count"), ("last_ts", "max")])
         groups = groups.sort_by([("n_sum", "descending"), ("last_ts_max", "descending"), ("key", "ascending")])
@@ -201,9 +201,7 @@ class WindowCounter:
         if not fired.num_rows:
             return []
         # the buckets of firing windows, with their events and first 5-tuple
-        key = pc.binary_join_element_wise(used.column("rule").cast(pa.string()), used.column("group"), "\x1f")
-        fkey = pc.binary_join_element_wise(fired.column("rule").cast(pa.string()), fired.column("group"), "\x1f")
-        mine = pc.is_in(key, value_set=pc.unique(fkey))
+        mine = pc.is_in(_rule_group(used), value_set=pc.unique(_rule_group(fired)))
         per_bucket = used.filter(mine).group_by(["rule", "group", "bucket"], use_threads=False).aggregate(
             [("n", "sum"), ("first_ts", "min"), ("last_ts", "max"), *[(c, "first") for c in TUPLE]])
         buckets: dict[tuple[int, str, int], dict[str, Any]] = {
@@ -233,6 +231,11 @@ class WindowCounter:
                 if fid is not None and len(ep.samples) < 5 and fid not in ep.samples:
                     ep.samples.append(fid)
         return closed
+
+
+def _rule_group(t: pa.Table) -> pa.ChunkedArray:
+    """One key per (rule, group) of a partials or windows table."""
+    return pc.binary_join_element_wise(t.column("rule").cast(pa.string()), t.column("group"), "\x1f")
 
 
 def _combine(t: pa.Table) -> pa.Table:

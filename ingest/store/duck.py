@@ -129,7 +129,8 @@ class DuckStore(Store):
         self.db = self.root / DB_FILE
         self._con: duckdb.DuckDBPyConnection | None = None
         self._view_files: dict[str, list[str]] = {}
-        self._upgraded = False  # tables checked against the schemas (once per process)
+        self._upgraded = False  # tables made and checked against the schemas (once per process)
+        self._read_only = False  # a reader could not take the writer's lock to upgrade: read as it is
 
     # -- connections --
     def _memory(self) -> duckdb.DuckDBPyConnection:
@@ -144,14 +145,14 @@ class DuckStore(Store):
     def _connect(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         if not write and not self.db.exists():
             raise StoreError(f"{self.root}: no Liaowang store here (run `liaowang replay ... --store {self.root}`)")
-        if not write and not self._upgraded:
+        if not write and not self._upgraded and not self._read_only:
             # a store of an older version gains the columns added since before anyone reads it (a
             # store this process may not write to is read as it is)
             try:
                 with self._connect(write=True):
                     pass
             except (StoreError, duckdb.Error, OSError):
-                self._upgraded = True
+                self._read_only = True
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -216,15 +217,10 @@ class DuckStore(Store):
             if self._view_files.get(name) == files:
                 continue  # binding a view reads every file's footer: only when the files changed
             self._view_files[name] = files
-            if files:
-                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                source = f"read_parquet([{listed}], union_by_name = true)"
-            else:
-                con.register(f"empty_{name}", SCHEMAS[name].empty_table())
-                source = f'"empty_{name}"'
-            con.register("empty_", SCHEMAS[name].empty_table())
-            kinds = {c: kind for c, kind, *_ in con.execute("DESCRIBE empty_").fetchall()}
-            con.unregister("empty_")
+            con.register(f"empty_{name}", SCHEMAS[name].empty_table())  # the source when there are no files
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            source = f"read_parquet([{listed}], union_by_name = true)" if files else f'"empty_{name}"'
+            kinds = {c: kind for c, kind, *_ in con.execute(f'DESCRIBE "empty_{name}"').fetchall()}
             # files written by an older version lack the columns added since: null there
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
             columns = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS {kinds[c]}) AS "{c}"'
