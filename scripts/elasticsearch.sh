@@ -66,7 +66,9 @@ http {
   }
 }
 NGINX
-if ! [ -s "$WORK/nginx.pid" ] || ! kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; then
+# a pid file that outlived a reboot may name another process now: trust it only if that process is our nginx
+NGINX_PID=$(cat "$WORK/nginx.pid" 2>/dev/null || true)
+if ! { [ -n "$NGINX_PID" ] && tr '\0' ' ' <"/proc/$NGINX_PID/cmdline" 2>/dev/null | grep -q "nginx.*$WORK/nginx.conf"; }; then
   "$(command -v nginx || echo /usr/sbin/nginx)" -c "$WORK/nginx.conf" >/dev/null 2>&1 </dev/null
 fi
 for _ in $(seq 1 120); do
