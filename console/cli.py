@@ -16,6 +16,7 @@ from sensors.capture.source import CaptureError
 def _replay(args: argparse.Namespace) -> int:
     from detection.detectors import default_detectors
     from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel, ModelError
+    from ingest.notify import NotifyConfigError
     from ingest.replay import format_summary, progress_bar, replay
 
     try:
@@ -35,8 +36,9 @@ def _replay(args: argparse.Namespace) -> int:
             rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
             rule_overrides=overrides,
             detectors=detectors,
+            notify=Path(args.notify) if args.notify else None,
         )
-    except (CaptureError, RuleError, ModelError) as exc:
+    except (CaptureError, RuleError, ModelError, NotifyConfigError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -231,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rule file or directory (repeatable; default: the bundled rules/)")
     p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
+    p.add_argument("--notify", metavar="FILE", help="notification settings (YAML, docs/notifications.md): send "
+                                                    "alerts and incidents to webhooks, group robots, syslog, email")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--store", metavar="URI", help="also load the output into a store: a DuckDB store directory or "
                                                   "http(s)://elasticsearch:9200 (see `liaowang query`)")

@@ -16,6 +16,7 @@ from typing import Any
 from detection.detectors.anomaly import ModelError
 from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
+from ingest.notify import Notifier, NotifyConfigError
 from ingest.retention import Retention
 from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
 from sensors.capture.bpf import FilterError
@@ -86,6 +87,8 @@ def add_parsers(sub: Any) -> None:
                    help="decoding processes, as for replay")
     s.add_argument("--rule-overrides", metavar="FILE", help="the console's rule-overrides.json, if the workers' "
                                                             "store has one (packet rules are selected here)")
+    s.add_argument("--notify", metavar="FILE", help="embedded (--iface): notification settings (YAML, "
+                                                    "docs/notifications.md), re-read when the file changes")
     s.add_argument("-q", "--quiet", action="store_true", help="no summary")
     s.set_defaults(func=_sensor)
 
@@ -102,6 +105,8 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
                    help="seconds between checkpoints: results stored, state saved, offsets committed (default 1)")
     d.add_argument("--name", default=socket.gethostname(), help="this worker's name in logs")
+    d.add_argument("--notify", metavar="FILE", help="notification settings (YAML, docs/notifications.md) for the "
+                                                    "alerts and incidents this worker finds")
     d.set_defaults(func=_detect)
 
 
@@ -264,8 +269,10 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
         engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
         store = open_store(args.store) if args.store else None
         retention = _retention(args)
+        notifier = _notifier(args, store)
         live = _live_capture(args)
-    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, OSError, ValueError) as exc:
+    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, NotifyConfigError, OSError,
+            ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         if store is not None:
             store.close()
@@ -287,7 +294,7 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
     try:
         summary = capture(live, Path(args.out), engine, store=store, sensor=args.sensor_id, processes=args.processes,
                           backlog_bytes=int(args.backlog_mb * 1024 * 1024), duration_s=args.duration,
-                          on_batch=on_batch, retention=retention)
+                          on_batch=on_batch, retention=retention, notifier=notifier)
     except (StoreError, OSError) as exc:
         print(f"liaowang: error: {exc} (the files in {args.out} hold what was captured)", file=sys.stderr)
         return 2
@@ -302,6 +309,17 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
             ("output", f"{args.out}/flows.parquet, {args.out}/eve.json" + (f"; store {args.store}" if store else "")),
             *([("packets kept", f"{retention.directory} ({_size(retention.directory)})")] if retention else [])]))
     return 0
+
+
+def _notifier(args: argparse.Namespace, store: Any) -> Notifier | None:
+    """A sensor's or worker's notifier: escalation asks the store whether analysts took incidents up."""
+    if not args.notify:
+        return None
+    out = getattr(args, "out", None)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return Notifier(Path(args.notify), log_path=Path(out) / "notifications.jsonl" if out else None,
+                    acknowledged=store.acknowledged_incidents if store is not None else None)
 
 
 def _size(directory: str) -> str:
@@ -339,8 +357,8 @@ def _detect(args: argparse.Namespace) -> int:
         worker = Worker(args.kafka, args.group, store, Topics(args.topic_prefix, args.partitions), engine,
                         idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
                         commit_interval_s=args.commit_interval, metrics=metrics, name=args.name,
-                        max_flows=args.max_flows)
-    except (RuleError, ModelError, StoreError, OSError) as exc:
+                        max_flows=args.max_flows, notifier=_notifier(args, store))
+    except (RuleError, ModelError, StoreError, NotifyConfigError, OSError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):

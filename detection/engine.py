@@ -115,6 +115,13 @@ class DetectionEngine:
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
 
+    def take_warnings(self) -> pa.Table:
+        """Early warnings since the last call: alerts as their counts first reach the threshold, before their
+        episode closes (``detection/rules/windows.py``); the alert follows later with the same ``alert_id``
+        and its final counts.  For real-time notification; they depend on batching, alerts do not."""
+        episodes = self._packet_windows.take_warnings() + self._flow_windows.take_warnings()
+        return alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()
+
     def starts_new_timeline(self, first_ts_ns: int | None) -> bool:
         """Would an input starting at ``first_ts_ns`` get a timeline of its own (see ``input_starts``)?"""
         return first_ts_ns is not None and first_ts_ns < self.watermark_ns - PACKET_LATENESS_NS

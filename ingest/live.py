@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from detection.engine import DetectionEngine
+from ingest.notify import Notifier
 from ingest.replay import ReplaySummary, run
 from ingest.retention import Retention
 from ingest.store.api import Store
@@ -62,14 +63,14 @@ def capture(live: LiveCapture, out_dir: Path, engine: DetectionEngine, *, store:
             sensor: str = "", idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
             processes: int | None = None, backlog_bytes: int = DEFAULT_BACKLOG_BYTES, duration_s: float | None = None,
             on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None,
-            retention: Retention | None = None) -> ReplaySummary:
+            retention: Retention | None = None, notifier: Notifier | None = None) -> ReplaySummary:
     """Capture until stopped; outputs as ``liaowang replay`` writes them, and into ``store`` as they come;
-    the packets into ``retention`` if given."""
+    the packets into ``retention`` if given; alerts and incidents to ``notifier`` as they are found."""
     restore = stop_on_signals(live, duration_s)
     try:
         return run(live, out_dir, engine, idle_timeout_s=idle_timeout_s, active_timeout_s=active_timeout_s,
                    processes=processes, in_flight=in_flight(live, backlog_bytes), on_batch=on_batch, store=store,
-                   sensor=sensor, retention=retention)
+                   sensor=sensor, retention=retention, notifier=notifier)
     finally:
         restore()
         live.close()

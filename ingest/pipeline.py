@@ -119,6 +119,8 @@ class Results:
     protos: dict[str, pa.Table] = field(default_factory=dict)
     batch: BatchInfo | None = None
     incidents: pa.Table = field(default_factory=INCIDENT_SCHEMA.empty_table)  # the incidents this batch changed
+    #: early warnings: alerts as they first reach their threshold, before they are final (for notification)
+    warnings: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
 
 
 def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
@@ -318,7 +320,8 @@ class DetectStage:
         incidents = self.incidents.update(table)
         if old_incidents.num_rows:
             table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
-        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents)
+        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
+                       warnings=context(self.engine.take_warnings()))
 
 
 def _canonical(flows: pa.Table) -> pa.Table:

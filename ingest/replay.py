@@ -27,6 +27,7 @@ from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, LEVELS
 from ingest.control import ControlPlane
+from ingest.notify import Notifier
 from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
 from ingest.privacy import Pseudonymizer
 from ingest.results import ControlSnapshots, PendingWrites
@@ -54,6 +55,8 @@ class ReplaySummary:
     incidents: collections.Counter[str] = field(default_factory=collections.Counter)
     #: what the state limits dropped: flows evicted from the table, and engine.shed()
     shed: dict[str, int] = field(default_factory=dict)
+    #: notifications per delivery status (empty: no notifier)
+    notifications: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def packets(self) -> int:
@@ -105,12 +108,14 @@ def replay(
     rule_overrides: dict[str, dict[str, Any]] | None = None,
     detectors: list[Detector] | None = None,
     max_flows: int = MAX_FLOWS,
+    notify: Path | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
     ``rules``: rule files or directories; None for the bundled rules, [] for none.
     ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
     ``detectors``: stateful flow and packet detectors; None for the defaults (none when ``rules`` is []).
+    ``notify``: a notification settings file (``ingest/notify``): alerts and incidents go out as they are found.
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
@@ -125,8 +130,11 @@ def replay(
             done = sum(sizes[: stats.file_index]) + min(stats.file_offset, sizes[stats.file_index])
             progress(summary, done, sum(sizes))
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl") if notify is not None else None
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
-                  active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows)
+                  active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
+                  notifier=notifier)
     summary.files = len(files)
     return summary
 
@@ -135,12 +143,14 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
         sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
-        max_flows: int = MAX_FLOWS) -> ReplaySummary:
+        max_flows: int = MAX_FLOWS, notifier: Notifier | None = None) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
     as ``sensor``; a live capture's results are then visible while it runs.
     ``retention``: keep the packets (a live capture's evidence).
+    ``notifier``: is offered every batch's alerts and incidents; its record of what it sent goes to the store
+    as it comes and to ``notifications.parquet`` at the end.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary()
@@ -174,6 +184,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             else:
                 incidents[row["incident_id"]] = results.incidents.slice(i, 1)
         table, alerts = results.flows, results.alerts
+        if notifier is not None:
+            notifier.offer(pa.concat_tables([results.warnings, alerts]), results.incidents)
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
@@ -185,6 +197,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         if store is None:
             return
         to_store.add_results(sensor, results, snapshots.due(control, final))
+        if notifier is not None:
+            to_store.add("notifications", notifier.drain())
         if final or time.monotonic() - last_store >= store_interval_s:
             while stored:
                 stored.pop().result()  # one store write in flight; its errors surface here
@@ -208,6 +222,11 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     emit(Results())  # waits for the last writes
     for done in stored:
         done.result()
+    if notifier is not None:  # what is still being delivered has a few seconds; the record is complete
+        notifier.close()
+        if store is not None:
+            store.write("notifications", notifier.drain())
+        summary.notifications = collections.Counter(notifier.table().column("status").to_pylist())
     summary.flows = flow_stage.flows.flows_exported
     summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
     summary.incidents = collections.Counter(t.column("level")[0].as_py() for t in incidents.values())
@@ -226,6 +245,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         control.close()
         rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
+        if notifier is not None:
+            pq.write_table(notifier.table(), out_dir / "notifications.parquet")
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
     for f in closing:
@@ -263,6 +284,8 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         *([("incidents", f"{sum(s.incidents.values()):,} (" + ", ".join(
             f"{k} {v}" for k, v in sorted(s.incidents.items(), key=lambda kv: [name for _, name in LEVELS].index(kv[0]))) + ")")]
           if s.incidents else []),
+        *([("notifications", ", ".join(f"{k} {v:,}" for k, v in s.notifications.most_common()))]
+          if s.notifications else []),
         ("time", f"{s.seconds:.2f} s"),
         ("packets/s", f"{s.packets_per_second:,.0f}"),
         ("decode errors", ", ".join(f"{k} {v:,}" for k, v in s.decode_errors.items()) or "none"),

@@ -19,6 +19,7 @@ from detection.incidents import INCIDENT_FIELDS, INCIDENT_SCHEMA_VERSION
 from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
+from ingest.notify.notifier import NOTIFICATION_FIELDS
 from ingest.store.api import ASSET_FIELDS, SENSOR_STATS_FIELDS, STORE_ALERT_FIELDS
 from sensors.capture.retain import INDEX_FIELDS, INDEX_VERSION
 from sensors.schema import (
@@ -112,6 +113,14 @@ def render() -> str:
         "[docs/incidents.md](incidents.md) explains the grouping and the score.",
         "",
         *_fields(INCIDENT_FIELDS),
+        "",
+        "## notifications (version 1) — `ingest/notify/notifier.py`",
+        "",
+        "One row per notification (a message for one channel) and its delivery, `notifications.parquet` and",
+        "`notifications.jsonl` (every state change) when a replay or sensor runs with `--notify`; a store replaces",
+        "rows by `notification_id`. [docs/notifications.md](notifications.md) explains routes and limits.",
+        "",
+        *_fields(NOTIFICATION_FIELDS),
         "",
     ]
     for name, fields in PROTO_FIELDS.items():

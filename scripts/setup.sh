@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # tshark dissects NGAP/NAS (ASN.1 PER) for the control-plane tables; libpcap compiles capture filters;
-# tcpdump is the pcap capture engine; iproute2 and tcpreplay make the live-capture tests' wire.
+# tcpdump is the pcap capture engine; iproute2 and tcpreplay make the live-capture tests' wire;
+# nft checks the containment exports' nftables scripts (in check mode: nothing is applied).
 # Installed once, non-interactively.
 missing=""
-for tool in tshark:tshark tcpdump:tcpdump tcpreplay:tcpreplay ip:iproute2 setpriv:util-linux; do
+for tool in tshark:tshark tcpdump:tcpdump tcpreplay:tcpreplay ip:iproute2 setpriv:util-linux nft:nftables; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool##*:}"
 done
 [ -e /usr/lib/x86_64-linux-gnu/libpcap.so.0.8 ] || ldconfig -p 2>/dev/null | grep -q libpcap || missing="$missing libpcap0.8"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 from fastapi.testclient import TestClient
 
 from console.app import create_app
@@ -21,6 +22,7 @@ from ingest.replay import replay
 from ingest.store import open_store
 from ingest.store.api import Store
 from tests.conftest import PCAPS
+from tests.receivers import HttpReceiver, free_port
 
 PAYLOADS = ['<script>window.__xss=1</script>', '"><img src=x onerror="window.__xss=2">']
 PASSWORDS = {"admin": "admin-pass-0001", "analyst": "analyst-pass-01", "viewer": "viewer-pass-001"}
@@ -69,8 +71,21 @@ class Console:
 
 
 def build_store(root: Path) -> tuple[Store, ConsoleState]:
+    """The bundled captures (and hostile strings) replayed into a store, notifying a real local webhook and a
+    receiver that is down (so the record has deliveries and failures)."""
     captures = [str(PCAPS), str(hostile_capture(root / "hostile.pcap"))]
-    summary = replay(captures, root / "replay", processes=1)
+    receiver = HttpReceiver()
+    notify = root / "notify.yml"
+    notify.write_text(yaml.safe_dump({
+        "attempts": 2, "retry_s": 0.1,
+        "channels": {"soc": {"type": "webhook", "url": receiver.url()},
+                     "pager": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/down"}},
+        "routes": [{"name": "incidents", "kinds": ["incident"], "levels": ["red", "orange", "yellow"], "channels": ["soc"]},
+                   {"name": "red-alerts", "kinds": ["alert"], "levels": ["red"], "channels": ["pager"]}]}))
+    try:
+        summary = replay(captures, root / "replay", processes=1, notify=notify)
+    finally:
+        receiver.close()
     store = open_store(root / "store")
     load_output(root / "replay", store, summary)
     state = ConsoleState(root / "store" / "console")

@@ -4,6 +4,8 @@ throttling, triage with audit, the hunt language, rule overrides that a replay a
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/alerts/triage", "analyst", {"alert_ids": ["{alert}"], "comment": "seen"}),
     ("GET", "/api/incidents", "viewer", None), ("GET", "/api/incidents/{incident}", "viewer", None),
     ("POST", "/api/incidents/{incident}/state", "analyst", {"state": "investigating"}),
+    ("GET", "/api/notifications", "viewer", None),
+    ("POST", "/api/containment", "analyst", {"format": "stix", "incident_ids": ["{incident}"]}),
     ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
     ("GET", "/api/flows/{flow}/pcap", "viewer", None), ("GET", "/api/hunt/fields", "viewer", None),
     ("GET", "/api/sessions", "viewer", None), ("GET", "/api/inventory", "viewer", None),
@@ -137,6 +141,60 @@ def test_alert_filters_and_groups(app: Any) -> None:
     groups = c.get("/api/alerts/groups", params={"by": "src_ip"}).json()
     assert sum(g["count"] for g in groups) == c.get("/api/alerts", params={"limit": 0}).json()["total"]
     assert c.get("/api/alerts", params={"sort": "nonsense"}).status_code == 422
+
+
+def test_notifications_record_is_filtered_and_counted(app: Any) -> None:
+    c, _ = client(app, "viewer")
+    everything = c.get("/api/notifications", params={"limit": 500}).json()
+    assert everything["total"] == len(everything["rows"]) == sum(everything["by_status"].values())
+    assert everything["by_status"]["delivered"] >= 1 and everything["by_status"]["failed"] >= 1
+    failed = c.get("/api/notifications", params={"status": "failed", "limit": 500}).json()
+    assert failed["total"] == everything["by_status"]["failed"]
+    assert {r["channel"] for r in failed["rows"]} == {"pager"} and all("cannot reach" in r["last_error"]
+                                                                      for r in failed["rows"])
+    delivered = [r for r in everything["rows"] if r["status"] == "delivered" and r["kind"] == "incident"]
+    detail = c.get(f"/api/incidents/{delivered[0]['subject_id']}").json()
+    assert [n["notification_id"] for n in detail["notifications"]] == [delivered[0]["notification_id"]]
+
+
+def test_containment_exports_block_actors_not_network_functions(app: Any, tmp_path: Path) -> None:
+    c, headers = client(app, "analyst")
+    incidents = c.get("/api/incidents", params={"limit": 500}).json()["rows"]
+    roles = {r["ip"] for r in c.get("/api/inventory", params={"limit": 500}).json()["rows"]}
+    hosts = [i for i in incidents if i["entities"][0].startswith("host:") and i["entities"][0][5:] not in roles]
+    actor = hosts[0]["entities"][0].split(":", 1)[1]
+    got = c.post("/api/containment", json={"format": "nftables", "incident_ids": [hosts[0]["incident_id"]]},
+                 headers=headers)
+    assert got.status_code == 200 and "attachment" in got.headers["content-disposition"]
+    assert f"elements = {{ {actor} }}" in got.text and hosts[0]["incident_id"] in got.text
+    if shutil.which("nft"):  # the kernel's own parser, in check mode: nothing is applied
+        (tmp_path / "c.nft").write_text(got.text)
+        check = subprocess.run(["nft", "-c", "-f", str(tmp_path / "c.nft")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    # alerts whose source is a network function of the inventory (a spoofed SMF/UPF): withheld, with the reason
+    alerts = c.get("/api/alerts", params={"limit": 500}).json()["rows"]
+    spoofed = [a for a in alerts if (a.get("tunnel_src_ip") or a["src_ip"]) in roles]
+    assert spoofed
+    stix = c.post("/api/containment", json={"format": "stix", "alert_ids": [spoofed[0]["alert_id"]]}, headers=headers)
+    bundle = stix.json()
+    assert bundle["type"] == "bundle" and [o["type"] for o in bundle["objects"]] == ["identity"]
+    rules = c.post("/api/containment", json={"format": "suricata", "alert_ids": [spoofed[0]["alert_id"]]},
+                   headers=headers).text
+    assert "not blocked: " + (spoofed[0].get("tunnel_src_ip") or spoofed[0]["src_ip"]) in rules
+    assert "the operator's own network function" in rules and "drop ip" not in rules
+    # a 5G incident lists its sessions' SEIDs/TEIDs for the core
+    with_sessions = [a for a in alerts if a.get("session")]
+    if with_sessions:
+        core = c.post("/api/containment", json={"format": "core", "alert_ids": [with_sessions[0]["alert_id"]]},
+                      headers=headers).text
+        assert "kind,value,node,incident,reason" in core and ("seid," in core or "teid," in core)
+    admin, admin_headers = client(app, "admin")
+    log = admin.get("/api/audit", params={"limit": 50}).json()["rows"]
+    exports = [e for e in log if e["action"] == "containment_export"]
+    assert exports[0]["username"] == "analyst" and exports[0]["detail"]["format"] == "suricata"
+    assert any(e["detail"]["blocked"] == [actor] for e in exports)
+    assert c.post("/api/containment", json={"format": "pdf", "alert_ids": ["x"]}, headers=headers).status_code == 422
+    assert c.post("/api/containment", json={"format": "stix", "alert_ids": ["nope"]}, headers=headers).status_code == 404
 
 
 def test_hunt_language(app: Any) -> None:

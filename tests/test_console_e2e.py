@@ -185,7 +185,8 @@ def test_hostile_strings_are_shown_as_text(browser: Browser, url: str) -> None:
     s.shot("hunt-hostile-names")
 
 
-@pytest.mark.parametrize("page_name", ["incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"])
+@pytest.mark.parametrize("page_name", ["incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "notifications",
+                                       "audit"])
 def test_every_page_renders(browser: Browser, url: str, page_name: str) -> None:
     s = sign_in(browser, url, "admin")
     s.page.goto(f"{url}#/{page_name}")
@@ -244,10 +245,41 @@ def test_incidents_page_tells_the_story(browser: Browser, url: str) -> None:
     assert stages and all(stage for stage in stages)
     assert series_points(page, "incident-timeline") == len(stages)
     assert page.locator("a[href^='#/alert/']").count() >= 1
+    page.select_option("#containment-format", "nftables")
+    with page.expect_download() as download:
+        page.click("#containment-export")
+    script = Path(download.value.path()).read_text()
+    assert script.startswith("#!/usr/sbin/nft -f") and "table inet liaowang_containment" in script
     page.select_option("#incident-state", "investigating")
     page.fill("#incident-comment", "owner: NOC shift B")
     page.click("#incident-save")
     page.wait_for_selector("text=owner: NOC shift B")
     assert page.input_value("#incident-state") == "investigating"
     s.shot("incident-detail")
+    assert not s.errors
+
+
+def test_notifications_show_what_reached_whom(browser: Browser, url: str) -> None:
+    """The record of the replay's notifications: delivered to the webhook, failed on the receiver that was down
+    (with the reason), filterable; and an incident lists the notifications sent about it."""
+    s = sign_in(browser, url, "viewer", locale="zh-CN")
+    page = s.page
+    page.goto(url + "#/notifications")
+    page.wait_for_selector("#notification-counts")
+    counts = page.inner_text("#notification-counts")
+    assert "已送达" in counts and "发送失败" in counts
+    s.shot("notifications")
+    page.select_option("#notification-status", "failed")
+    page.click("form.toolbar button[type=submit]")
+    page.wait_for_function("location.hash.includes('status=failed')")
+    page.wait_for_selector("tbody tr")
+    statuses = page.locator("tbody .nstatus").all_text_contents()
+    assert statuses and set(statuses) == {"发送失败"}
+    assert "cannot reach" in page.locator("tbody tr").first.inner_text()
+    page.goto(url + "#/notifications?status=delivered")
+    page.wait_for_selector("tbody a[href^='#/incident/']")
+    page.locator("tbody a[href^='#/incident/']").first.click()
+    page.wait_for_selector("#incident-notifications tbody tr")
+    assert "已送达" in page.inner_text("#incident-notifications")
+    s.shot("incident-notifications")
     assert not s.errors

@@ -99,6 +99,8 @@ def _analyst_state(store: Store, scenario: Path) -> None:
     store.write("incidents", pq.read_table(scenario / "incidents.parquet"))  # a later snapshot
     again = store.search(Query("incidents", [Condition("incident_id", "eq", target["incident_id"])])).rows[0]
     assert again["state"] == "contained" and again["alert_count"] == target["alert_count"]
+    everyone = [r["incident_id"] for r in store.search(Query("incidents")).rows]
+    assert store.acknowledged_incidents(everyone) == {target["incident_id"]}  # what escalation asks
 
 
 def test_every_bundled_rule_is_a_stage_of_a_tactic() -> None:

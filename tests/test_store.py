@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from console.cli import main as cli
 from ingest.load import load_output
@@ -17,14 +18,24 @@ from ingest.replay import ReplaySummary, replay
 from ingest.store import Condition, Query, StoreError, open_store
 from ingest.store.api import TABLES, Store
 from tests.conftest import PCAPS
+from tests.receivers import HttpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReplaySummary]:
-    out = tmp_path_factory.mktemp("replay")
-    return out, replay([str(PCAPS)], out, processes=1)
+    """The bundled captures, their incidents notified to a real local webhook (the record is a table too)."""
+    base = tmp_path_factory.mktemp("replay")
+    out, notify = base / "out", base / "notify.yml"
+    receiver = HttpReceiver()
+    notify.write_text(yaml.safe_dump({"channels": {"soc": {"type": "webhook", "url": receiver.url()}},
+                                      "routes": [{"kinds": ["incident"], "levels": ["red", "orange", "yellow"],
+                                                  "channels": ["soc"]}]}))
+    try:
+        return out, replay([str(PCAPS)], out, processes=1, notify=notify)
+    finally:
+        receiver.close()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +54,9 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
     assert load_output(out, duck, summary) == {**{k: 0 for k in TABLES if (out / f"{k}.parquet").exists()
                                                  and not TABLES[k].replace},
                                              "sessions": _rows(out, "sessions"), "incidents": _rows(out, "incidents"),
-                                             "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0}
-    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp"):
+                                             "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0,
+                                             "notifications": _rows(out, "notifications")}
+    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications"):
         assert duck.search(Query(name, limit=0)).total == _rows(out, name)
     assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
 
@@ -195,6 +207,7 @@ PARITY = [
     Query("assets", limit=200), Query("assets", sort="-bytes_sent"), Query("nf_inventory", sort="ip", limit=100),
     Query("proto_pfcp", [Condition("msg_type", "eq", 50)], limit=50), Query("proto_ngap", limit=50),
     Query("incidents", limit=100, sort="-score"), Query("incidents", [Condition("level", "in", ["red", "orange"])]),
+    Query("notifications", [Condition("status", "in", ["delivered", "digested"])], sort="subject_id", limit=100),
 ]
 
 
@@ -305,6 +318,8 @@ def test_elasticsearch_keeps_the_analysts_incident_state(elastic: Store, replaye
     elastic.refresh()  # type: ignore[attr-defined]
     again = elastic.search(Query("incidents", [Condition("incident_id", "eq", first["incident_id"])])).rows[0]
     assert again["state"] == "investigating"
+    others = [r["incident_id"] for r in elastic.search(Query("incidents", limit=5)).rows]
+    assert elastic.acknowledged_incidents(others + [first["incident_id"]]) == {first["incident_id"]}  # escalation asks
     elastic.set_incident_state(first["incident_id"], "new")  # as the parity queries expect
     # alerts' triage takes the same path (limit 100: with size 1 over a dozen alert indices, the test
     # cluster's Elasticsearch 7.9 reads a nanosecond sort value as milliseconds and fails the shards)

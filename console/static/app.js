@@ -61,8 +61,10 @@ window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()))
 const tooltip = { trigger: "axis", renderMode: "richText" };
 
 // -- layout --
-const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "audit"];
+const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "notifications", "audit"];
+const NOTIFY_STATUSES = ["queued", "retrying", "delivered", "failed", "digested"];
 const INCIDENT_STATES = ["new", "investigating", "contained", "closed"];
+const CONTAINMENT_FORMATS = ["nftables", "iptables", "suricata", "stix", "core"];
 function header(active) {
   const nav = h("nav", {}, PAGES.filter((p) => p !== "audit" || (state.me && state.me.role === "admin"))
     .map((p) => h("a", { href: "#/" + p, class: p === active ? "active" : "", "data-page": p }, t(p))));
@@ -385,12 +387,24 @@ async function incidentDetail(id) {
     try { await api("/api/incidents/" + encodeURIComponent(id) + "/state", { method: "POST", body: { state: stateSel.value, comment: comment.value || null } }); result.textContent = t("done"); setTimeout(() => incidentDetail(id), 300); }
     catch (e) { result.textContent = e.message; result.className = "error"; } } }, t("save"));
   const timeline = h("div", { class: "chart", id: "incident-timeline" });
+  const fmtSel = h("select", { id: "containment-format", disabled: !canMove }, CONTAINMENT_FORMATS.map((f) => h("option", { value: f }, t("fmt_" + f))));
+  const exportResult = h("span", { id: "containment-result" });
+  const exportBtn = h("button", { id: "containment-export", disabled: !canMove, onclick: async () => {
+    try {
+      const r = await fetch("/api/containment", { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json", "X-CSRF-Token": state.me.csrf },
+        body: JSON.stringify({ format: fmtSel.value, incident_ids: [id] }) });
+      if (!r.ok) throw new Error((await r.json()).detail || r.statusText);
+      const name = (r.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+      const a = h("a", { href: URL.createObjectURL(await r.blob()), download: name ? name[1] : "containment" }); document.body.append(a); a.click(); a.remove();
+      exportResult.textContent = t("done"); exportResult.className = "ok";
+    } catch (e) { exportResult.textContent = e.message; exportResult.className = "error"; } } }, t("containment_export"));
   main.append(h("div", { class: "toolbar" }, h("a", { href: "#/incidents" }, "← " + t("back"))),
     h("div", { class: "grid" },
       card(t("incident"), "span7", h("h2", { id: "incident-title" }, pill(x.level), " ", x.title),
         h("p", {}, `${t("score")}: ${x.score} · ${t("state")}: ${t("istate_" + x.state)} · ${fmtTime(x.first_seen)} — ${fmtTime(x.last_seen)}`),
         h("h3", {}, t("stages")), stageLine(x.stages), timeline),
       card(t("triage"), "span5", h("div", { class: "toolbar" }, stateSel, comment, save, result),
+        h("h3", {}, t("containment")), h("div", { class: "toolbar" }, fmtSel, exportBtn, exportResult),
         h("h3", {}, t("entities")), h("p", { class: "mono" }, x.entities.join("  ")),
         h("h3", {}, t("affected")), h("p", { class: "mono" }, x.affected_assets.join("  ") || "—"),
         x.subscribers.length ? [h("h3", {}, t("subscriber")), h("p", { class: "mono" }, x.subscribers.join("  "))] : null,
@@ -398,7 +412,9 @@ async function incidentDetail(id) {
         h("h3", {}, t("audit_trail")), table([{ label: t("time"), render: (a) => fmtTime(new Date(a.ts_ms).toISOString()) }, { label: t("user"), key: "username" }, { label: t("detail"), render: (a) => JSON.stringify(a.detail) }], d.audit)),
       card(t("alerts"), "span12", table([{ label: t("time"), render: (a) => fmtTime(a.first_seen) }, { label: t("level"), render: (a) => pill(a.level) },
         { label: t("signature"), render: (a) => h("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.signature) }, { label: t("source"), key: "src_ip", mono: true }, { label: t("target"), key: "dst_ip", mono: true },
-        { label: t("score"), key: "score" }], d.alerts))));
+        { label: t("score"), key: "score" }], d.alerts)),
+      card(t("notifications"), "span12", h("div", { id: "incident-notifications" }, d.notifications.length
+        ? table(notificationColumns.filter((c) => c.label !== t("title")), d.notifications) : h("p", { class: "dim" }, t("nothing"))))));
   // the stages on a time axis: one bar per tactic, from its first to its last alert
   const rows = x.stages.map((s) => tactic(s.tactic));
   chart(timeline, { tooltip: { trigger: "item", renderMode: "richText" }, grid: { left: 150, right: 20, top: 10, bottom: 30 },
@@ -454,6 +470,28 @@ async function audit() {
   try { await refresh(); } catch (e) { fail(main, e); }
 }
 
+// -- notifications: what went out to whom, and whether it arrived --
+const notificationColumns = [{ label: t("created"), render: (x) => fmtTime(x.created) }, { label: t("level"), render: (x) => pill(x.level) },
+  { label: t("kind"), render: (x) => t("kind_" + x.kind) }, { label: t("title"), render: (x) => x.kind === "incident" || x.kind === "escalation"
+    ? h("a", { href: "#/incident/" + encodeURIComponent(x.subject_id) }, x.title) : x.kind === "alert" ? h("a", { href: "#/alert/" + encodeURIComponent(x.subject_id) }, x.title)
+    : `${t("kind_digest")}: ${fmtNumber(x.covers)}` },
+  { label: t("channel"), render: (x) => `${x.channel} (${x.channel_type})` }, { label: t("route"), key: "route" },
+  { label: t("status"), render: (x) => h("span", { class: "nstatus nstatus-" + x.status }, t("nstatus_" + x.status)) },
+  { label: t("attempts"), key: "attempts" }, { label: t("latency_ms"), key: "latency_ms" }, { label: t("last_error"), key: "last_error" }];
+async function notifications() {
+  const params = hashParams(); const offset = Number(params.get("offset") || 0); const limit = 50;
+  const st = params.get("status") || "";
+  const main = shell("notifications");
+  const statusSel = h("select", { name: "status", id: "notification-status" }, ["", ...NOTIFY_STATUSES].map((s) => h("option", { value: s, selected: s === st }, s ? t("nstatus_" + s) : t("status"))));
+  main.append(h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); location.hash = "#/notifications" + qs({ status: statusSel.value }); } },
+    statusSel, h("button", { class: "primary", type: "submit" }, t("apply"))));
+  try {
+    const page = await api("/api/notifications" + qs({ ...rangeParams(), status: st, limit, offset }));
+    main.append(h("p", { id: "notification-counts" }, NOTIFY_STATUSES.filter((s) => page.by_status[s]).map((s) => `${t("nstatus_" + s)} ${fmtNumber(page.by_status[s])}`).join(" · ") || t("nothing")),
+      table(notificationColumns, page.rows, { id: (x) => x.notification_id }), pager(page.total, limit, offset, (o) => { location.hash = "#/notifications" + qs({ status: st, offset: o }); }));
+  } catch (e) { fail(main, e); }
+}
+
 // -- routing --
 function route() {
   document.documentElement.lang = language();
@@ -461,7 +499,7 @@ function route() {
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   const [page, arg] = path.split("/");
   if (page !== "overview" && page !== "" && state.events) { state.events.close(); state.events = null; }
-  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, sensors, audit };
+  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, sensors, notifications, audit };
   if (page === "alert" && arg) return alertDetail(decodeURIComponent(arg));
   if (page === "incident" && arg) return incidentDetail(decodeURIComponent(arg));
   return (pages[page] || overview)();

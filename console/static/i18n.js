@@ -34,6 +34,11 @@ export const MESSAGES = {
     tactic_persistence: "持久化", tactic_privilege_escalation: "权限提升", tactic_defense_evasion: "防御规避", tactic_credential_access: "凭据访问",
     tactic_discovery: "发现", tactic_lateral_movement: "横向移动", tactic_collection: "收集", tactic_command_and_control: "命令与控制",
     tactic_exfiltration: "数据渗出", tactic_impact: "破坏影响", tactic_unclassified: "未分类",
+    notifications: "通知记录", title: "标题", containment: "应急处置：遏制导出", containment_export: "导出",
+    fmt_nftables: "nftables 脚本", fmt_iptables: "iptables 脚本", fmt_suricata: "Suricata 阻断规则", fmt_stix: "STIX 2.1 指标", fmt_core: "5G 核心网清单 (SEID/TEID/用户)", channel: "通道", kind: "类型", attempts: "尝试次数", latency_ms: "时延(ms)", last_error: "失败原因",
+    route: "路由", covers: "条数", delivered_at: "送达时间", created: "发出时间",
+    kind_alert: "告警", kind_incident: "事件", kind_escalation: "升级", kind_digest: "汇总",
+    nstatus_queued: "排队中", nstatus_retrying: "重试中", nstatus_delivered: "已送达", nstatus_failed: "发送失败", nstatus_digested: "已并入汇总",
   },
   en: {
     brand: "Liaowang · 5G security situational awareness", overview: "Overview", alerts: "Alerts", hunt: "Hunt", fiveg: "5G sessions", assets: "Assets",
@@ -69,6 +74,11 @@ export const MESSAGES = {
     tactic_persistence: "Persistence", tactic_privilege_escalation: "Privilege escalation", tactic_defense_evasion: "Defense evasion", tactic_credential_access: "Credential access",
     tactic_discovery: "Discovery", tactic_lateral_movement: "Lateral movement", tactic_collection: "Collection", tactic_command_and_control: "Command and control",
     tactic_exfiltration: "Exfiltration", tactic_impact: "Impact", tactic_unclassified: "Unclassified",
+    notifications: "Notifications", title: "Title", containment: "Containment export", containment_export: "Export",
+    fmt_nftables: "nftables script", fmt_iptables: "iptables script", fmt_suricata: "Suricata drop rules", fmt_stix: "STIX 2.1 indicators", fmt_core: "5G core list (SEID/TEID/subscribers)", channel: "Channel", kind: "Kind", attempts: "Attempts", latency_ms: "Latency (ms)", last_error: "Last error",
+    route: "Route", covers: "Covers", delivered_at: "Delivered", created: "Created",
+    kind_alert: "Alert", kind_incident: "Incident", kind_escalation: "Escalation", kind_digest: "Digest",
+    nstatus_queued: "Queued", nstatus_retrying: "Retrying", nstatus_delivered: "Delivered", nstatus_failed: "Failed", nstatus_digested: "In a digest",
   },
 };
 

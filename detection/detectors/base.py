@@ -109,6 +109,9 @@ class Detector(Estimator):
     window_s: float = 3600.0
     #: findings of one group in one window that make an alert (1: every finding)
     threshold: int = 1
+    #: True: ``evaluate`` judges each event on its own (from what came before it), so events are judged as
+    #: they arrive rather than when their window closes (the same findings, found without delay)
+    instant: ClassVar[bool] = False
 
     @property
     def time_column(self) -> str:
@@ -177,6 +180,8 @@ class ControlDetector(Detector):
         return np.asarray(pc.fill_null(pc.is_in(events.column("kind"), pa.array(self.kinds, pa.string())), False)
                           .to_numpy(zero_copy_only=False), dtype=bool)
 
+    instant: ClassVar[bool] = True  # unless a subclass's evaluate needs the window
+
     def evaluate(self, events: pa.Table) -> np.ndarray:
         """Default: the session table already judged; every selected event is a finding."""
         return np.ones(events.num_rows, dtype=bool)
@@ -204,6 +209,11 @@ class Windowed:
         self.closed = NEVER  # the last evaluated window index
 
     def update(self, events: pa.Table | None, watermark_ns: int | None) -> pa.Table | None:
+        if self.detector.instant:  # nothing to wait for
+            if events is None or not events.num_rows:
+                return None
+            self.buffer = [events.select(self._columns(events))]
+            return self._evaluate(1 << 61)
         if events is not None and events.num_rows:
             self.buffer.append(events.select(self._columns(events)))
             if self.max_events and self.buffered > self.max_events:

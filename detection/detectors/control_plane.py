@@ -151,6 +151,8 @@ class SbiNewPeer(ControlDetector):
     columns: ClassVar[list[str]] = ["ts", "kind", "key", "src_ip", "dst_ip", "dst_port"]
     group_by = ("src_ip", "key")
 
+    instant = False  # its warm-up clock and learned pairs need a window's events in time order
+
     def __init__(self, warmup_s: float = 3600.0, known_clients: tuple[str, ...] = (),
                  window_s: float = 300.0) -> None:
         self.warmup_s = warmup_s
@@ -192,6 +194,8 @@ class SbiSubscriberEnumeration(ControlDetector):
     kinds = ("sbi_request",)
     columns: ClassVar[list[str]] = ["ts", "kind", "key", "src_ip", "dst_ip", "detail"]
     group_by = ("src_ip",)
+
+    instant = False  # judges a window's events together
 
     def __init__(self, min_subscribers: int = 50, window_s: float = 60.0) -> None:
         self.min_subscribers = min_subscribers

@@ -10,6 +10,14 @@ any batching of the same hits gives the same alerts.  Consecutive firing
 windows of one rule and group form one episode, which becomes one alert with
 its event count, first and last time, so repeats do not flood the analyst.
 
+**Early warnings**: the final alert waits for its episode to close, but a
+count only grows, so a window whose count already reaches the threshold will
+fire.  ``warnings`` are the episodes that just crossed it, as far as they go:
+the same rule, group and first window (hence the same alert id) as the alert
+to come, announced in the batch whose events made the crossing.  Each
+(rule, group) is announced once per episode.  They depend on batching (when
+the crossing is seen); alerts do not.
+
 The partial counts are capped (``max_rows``): a flood of spoofed sources makes
 a group per source, each with a count of one.  Beyond the cap the lightest
 groups (fewest events, then the least recent) are shed until a quarter of the
@@ -76,6 +84,8 @@ class WindowCounter:
         self.max_rows = max_rows  # 0: no limit
         self.shed_groups = 0
         self.shed_events = 0
+        self.warned: set[tuple[int, str]] = set()  # (rule, group) announced early, until its episode closes
+        self.warnings: list[Episode] = []  # announced since the caller last took them
 
     def update(self, hits: pa.RecordBatch | pa.Table, watermark_ns: int | None = None) -> list[Episode]:
         """Add hits; ``watermark_ns`` is the event time reached by the input (default: the latest hit)."""
@@ -86,7 +96,41 @@ class WindowCounter:
             self.watermark = max(self.watermark, watermark_ns)
         elif hits.num_rows:
             self.watermark = max(self.watermark, int(pc.max(hits.column("last_ts")).as_py()))
-        return late + self._advance(self.watermark - self.lateness_ns)
+        if hits.num_rows:  # before the windows are evaluated: an episode they open is announced too
+            self._warn(hits, {(e.rule, e.group) for e in late})
+        closed = late + self._advance(self.watermark - self.lateness_ns)
+        for e in closed:
+            self.warned.discard((e.rule, e.group))
+        return closed
+
+    def take_warnings(self) -> list[Episode]:
+        """The early warnings since the last call (see the module's doc)."""
+        out, self.warnings = self.warnings, []
+        return out
+
+    def _warn(self, hits: pa.RecordBatch | pa.Table, done: set[tuple[int, str]]) -> None:
+        """Announce the (rule, group)s these hits touched whose open windows now reach the threshold."""
+        if self.partials is None or not self.partials.num_rows:
+            return
+        table = pa.Table.from_batches([hits]) if isinstance(hits, pa.RecordBatch) else hits
+        touched = pc.unique(_rule_group(table))
+        mine = self.partials.filter(pc.is_in(_rule_group(self.partials), value_set=touched))
+        found = self._windows(mine, self.done, np.full_like(self.done, 1 << 61)) if mine.num_rows else None
+        if found is None:
+            return
+        fired = self._fired(found[0])
+        if not fired.num_rows:
+            return
+        keys = list(zip(fired.column("rule").to_pylist(), fired.column("group").to_pylist()))
+        new = np.array([(k not in self.warned and k not in self.open and k not in done) for k in keys])
+        if not new.any():
+            return
+        scratch: dict[tuple[int, str], Episode] = {}
+        split = self._episodes(fired.filter(pa.array(new)), found[1], scratch)
+        for e in sorted(split + list(scratch.values()), key=lambda e: (e.first_window, e.rule, e.group)):
+            if (e.rule, e.group) not in self.warned:  # the first episode of a group, if its windows split
+                self.warned.add((e.rule, e.group))
+                self.warnings.append(e)
 
     def reset(self) -> None:
         """Forget the event time reached (after ``flush``): the next hits start a new timeline."""
@@ -94,11 +138,13 @@ class WindowCounter:
         self.watermark = NEVER
         self.partials = None
         self.open.clear()
+        self.warned.clear()
 
     def flush(self) -> list[Episode]:
         closed = self._advance(1 << 62)
         closed.extend(self.open.values())
         self.open.clear()
+        self.warned.clear()
         return sorted(closed, key=lambda e: (e.first_ts, e.rule, e.group))
 
     # -- internals ------------------------------------------------------------------

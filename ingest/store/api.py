@@ -31,6 +31,7 @@ from detection.incidents import INCIDENT_SCHEMA
 from detection.incidents import STATES as INCIDENT_STATES
 from detection.inventory import INVENTORY_SCHEMA
 from detection.sessions import SESSION_SCHEMA
+from ingest.notify.notifier import NOTIFICATION_SCHEMA
 from sensors.schema import PROTO_SCHEMAS, Field, arrow_schema
 
 
@@ -81,6 +82,8 @@ TABLES: dict[str, TableSpec] = {
     "nf_inventory": TableSpec("nf_id", "last_seen", replace=True, ip_columns=("ip",), text_columns=("role",)),
     "incidents": TableSpec("incident_id", "first_seen", replace=True, text_columns=("title",),
                            analyst_columns=("state",)),
+    "notifications": TableSpec("notification_id", "created", replace=True,
+                               text_columns=("title", "channel", "route", "last_error")),
     "sensor_stats": TableSpec("stats_id", "ts"),
     **{f"proto_{name}": TableSpec("message_id", "ts", ip_columns=("src_ip", "dst_ip"), text_columns=("msg_name",))
        for name in PROTO_SCHEMAS},
@@ -91,6 +94,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "sessions": SESSION_SCHEMA,
     "incidents": INCIDENT_SCHEMA,
     "nf_inventory": INVENTORY_SCHEMA.insert(0, pa.field("nf_id", pa.string())),
+    "notifications": NOTIFICATION_SCHEMA,
     "sensor_stats": SENSOR_STATS_SCHEMA,
     **{f"proto_{name}": schema.insert(0, pa.field(MESSAGE_ID.name, MESSAGE_ID.type))
        for name, schema in PROTO_SCHEMAS.items()},
@@ -320,6 +324,14 @@ class Store(ABC):
         found = self.search(Query("sessions", [Condition("session_id", "eq", sid)], limit=1)).rows if sid else []
         row["session"] = found[0] if found else None
         return row
+
+    def acknowledged_incidents(self, incident_ids: list[str]) -> set[str]:
+        """Of these incidents, those an analyst has taken up (their state is no longer ``new``)."""
+        if not incident_ids:
+            return set()
+        rows = self.search(Query("incidents", [Condition("incident_id", "in", list(incident_ids)),
+                                               Condition("state", "ne", "new")], limit=len(incident_ids))).rows
+        return {r["incident_id"] for r in rows}
 
     def plane_mix(self, start: dt.datetime | None = None, end: dt.datetime | None = None) -> list[dict[str, Any]]:
         """Flows, packets and bytes per 5G plane, in :data:`PLANES` order."""

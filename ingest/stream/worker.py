@@ -33,11 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import pyarrow as pa
 from kafka import ConsumerRebalanceListener
 
 from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS
 from ingest.control import ControlPlane
+from ingest.notify import Notifier
 from ingest.pipeline import DetectStage, FlowPart, FlowStage, Part, Results, rules_fingerprint
 from ingest.results import ControlSnapshots, PendingWrites
 from ingest.store.api import Store
@@ -95,7 +97,8 @@ class Worker:
     def __init__(self, bootstrap: str, group: str, store: Store, topics: Topics,
                  engine: Callable[[], DetectionEngine], *, idle_timeout_s: float = 120.0,
                  active_timeout_s: float = 1800.0, commit_interval_s: float = 1.0,
-                 metrics: WorkerMetrics | None = None, name: str | None = None, max_flows: int = MAX_FLOWS) -> None:
+                 metrics: WorkerMetrics | None = None, name: str | None = None, max_flows: int = MAX_FLOWS,
+                 notifier: Notifier | None = None) -> None:
         self.bootstrap, self.group, self.store, self.topics = bootstrap, group, store, topics
         self.new_engine = engine
         self.fingerprint = rules_fingerprint(engine())
@@ -111,6 +114,7 @@ class Worker:
         self.committed: dict[tuple[str, int], int] = {}
         self.dirty: set[tuple[str, int]] = set()
         self.pending = PendingWrites()
+        self.notifier = notifier  # offered the results of the streams this worker detects
         self._sent: list[Any] = []  # kafka-python's send futures
         self._warned: set[str] = set()
         self._rewound: set[tuple[str, int, int, str, int]] = set()
@@ -146,6 +150,9 @@ class Worker:
         finally:
             self.consumer.close(autocommit=False)
             self.producer.close()
+            if self.notifier is not None:  # queued deliveries get their few seconds; the record is stored
+                self.notifier.close()
+                self.store.write("notifications", self.notifier.drain())
 
     def _handle(self, topic: str, partition: int, m: Any) -> bool:
         """False when the partition was rewound (the message will come again)."""
@@ -283,6 +290,8 @@ class Worker:
 
     def _results(self, env: Envelope, st: DetectStream, r: Results) -> None:
         self.pending.add_results(env.sensor, r, st.snapshots.due(st.stage.control, st.stage.ended))
+        if self.notifier is not None:
+            self.notifier.offer(pa.concat_tables([r.warnings, r.alerts]), r.incidents)
         self.metrics.flows.inc(r.flows.num_rows)
         self.metrics.alerts.inc(r.alerts.num_rows)
 
@@ -301,6 +310,8 @@ class Worker:
         if failed:
             raise WorkerError(f"could not deliver {len(failed)} parts to {self.bootstrap}: {failed[0].exception}")
         read_at = list(self.pending.read_at)
+        if self.notifier is not None:
+            self.pending.add("notifications", self.notifier.drain())
         self.pending.write(self.store)
         now = time.time()
         for t in read_at:

@@ -1,0 +1,6 @@
+"""Notifications: alerts and incidents to webhooks, group robots, syslog (CEF) and email; see ``notifier.py``."""
+
+from ingest.notify.config import NotifyConfig, NotifyConfigError, load_config, parse_config
+from ingest.notify.notifier import NOTIFICATION_SCHEMA, Notifier
+
+__all__ = ["NOTIFICATION_SCHEMA", "NotifyConfig", "NotifyConfigError", "Notifier", "load_config", "parse_config"]
