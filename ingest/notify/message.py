@@ -87,25 +87,21 @@ def _when(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ns else ""
 
 
-def _ns(value: Any) -> int:
-    return int(value.value) if hasattr(value, "value") else int(value or 0)
-
-
 def alert_message(row: dict[str, Any]) -> Message:
-    """A message for one alert row (``detection.alerts.ALERT_SCHEMA``; timestamps as ns or pandas-free scalars)."""
+    """A message for one alert row (``detection.alerts.ALERT_SCHEMA``, timestamps as ns integers)."""
     src = row.get("tunnel_src_ip") or row.get("src_ip")
     dst = row.get("tunnel_dst_ip") or row.get("dst_ip")
     return Message(kind="alert", subject_id=row["alert_id"], level=row["level"], title=row["signature"],
-                   score=float(row.get("score") or 0), first_seen_ns=_ns(row["first_seen"]),
-                   last_seen_ns=_ns(row["last_seen"]), signature_id=int(row.get("signature_id") or 0),
+                   score=float(row.get("score") or 0), first_seen_ns=int(row["first_seen"] or 0),
+                   last_seen_ns=int(row["last_seen"] or 0), signature_id=int(row.get("signature_id") or 0),
                    details={"category": row.get("category"), "src": src, "dst": dst})
 
 
 def incident_message(row: dict[str, Any]) -> Message:
-    """A message for one incident row (``detection.incidents.INCIDENT_SCHEMA``)."""
+    """A message for one incident row (``detection.incidents.INCIDENT_SCHEMA``, timestamps as ns integers)."""
     return Message(kind="incident", subject_id=row["incident_id"], level=row["level"], title=row["title"],
-                   score=float(row.get("score") or 0), first_seen_ns=_ns(row["first_seen"]),
-                   last_seen_ns=_ns(row["last_seen"]),
+                   score=float(row.get("score") or 0), first_seen_ns=int(row["first_seen"] or 0),
+                   last_seen_ns=int(row["last_seen"] or 0),
                    details={"tactics": list(row.get("tactics") or []), "assets": list(row.get("affected_assets") or [])[:10],
                             "subscribers": list(row.get("subscribers") or [])[:10], "slices": list(row.get("slices") or [])})
 

@@ -267,7 +267,8 @@ class Notifier:
         levels = set(lv for r in self.config.routes if "alert" in r.kinds for lv in r.levels)
         cols = ["alert_id", "first_seen", "last_seen", "level", "signature_id", "signature", "category", "score",
                 "rule_id", "group", "src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"]
-        for row in _rows(alerts, cols, lambda t: _level_in(t, levels)):
+        wanted = pa.array(sorted(levels), pa.string())
+        for row in _rows(alerts, cols, lambda t: pc.is_in(t["level"], value_set=wanted)):
             self.counts["offered"] += 1
             if row["alert_id"] in self._alerted:  # its early warning went out already (or a re-delivery)
                 self.counts["deduplicated"] += 1
@@ -414,12 +415,7 @@ class Notifier:
 
 
 def _table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in NOTIFICATION_SCHEMA])
-    return pa.Table.from_pylist(list(rows), schema=as_ns).cast(NOTIFICATION_SCHEMA)
-
-
-def _level_in(table: pa.Table, levels: set[str]) -> pa.Array:
-    return pc.is_in(table["level"], value_set=pa.array(sorted(levels), pa.string()))
+    return pa.Table.from_pylist(list(rows), schema=NOTIFICATION_SCHEMA)  # times as ns integers: Arrow takes them
 
 
 def _rows(table: pa.Table, columns: list[str], keep: Callable[[pa.Table], pa.Array] | None) -> list[dict[str, Any]]:

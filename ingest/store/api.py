@@ -164,9 +164,7 @@ def sensor_stats_table(sensor: str, batches: Sequence[BatchRow]) -> pa.Table:
     rows = [{"stats_id": stats_id(sensor, b.source, b.first_ts_ns), "ts": b.last_ts_ns, "first_ts": b.first_ts_ns,
              "sensor": sensor, "source": b.source, "packets": b.packets, "bytes": b.bytes,
              "decode_errors": b.decode_errors, "drops": b.dropped, "evidence": b.evidence} for b in batches]
-    as_ns = pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f
-                       for f in SENSOR_STATS_SCHEMA])
-    return pa.Table.from_pylist(rows, schema=as_ns).cast(SENSOR_STATS_SCHEMA)
+    return pa.Table.from_pylist(rows, schema=SENSOR_STATS_SCHEMA)  # times as ns integers: Arrow takes them
 
 
 @dataclass(frozen=True)
