@@ -141,6 +141,8 @@ PACKET_FIELDS: list[Field] = [
     Field("tls_handshake_type", pa.uint8(), "first handshake message type (1 ClientHello, 2 ServerHello)"),
     Field("tls_version", pa.uint16(), "hello version, or the highest supported_versions entry"),
     Field("tls_sni", pa.string(), "ClientHello server_name"),
+    Field("tls_ja3", pa.string(), "ClientHello JA3 fingerprint (MD5 hex), when the hello fits in the packet"),
+    Field("tls_ja4", pa.string(), "ClientHello JA4 fingerprint (t13d1516h2_..._...), when the hello fits in the packet"),
     Field("http_method", pa.string(), "HTTP/1 request method"),
     Field("http_host", pa.string(), "HTTP/1 Host header"),
     Field("http_uri", pa.string(), "HTTP/1 request target"),
