@@ -11,7 +11,21 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from console.api import alerts, assets, auth, fiveg, hunt, incidents, notifications, overview, privacy, response, rules, sensors
+from console.api import (
+    alerts,
+    assets,
+    auth,
+    fiveg,
+    hunt,
+    incidents,
+    intel,
+    notifications,
+    overview,
+    privacy,
+    response,
+    rules,
+    sensors,
+)
 from console.api.deps import Context
 from console.state import INITIAL_PASSWORD_FILE, ConsoleState
 from ingest.store import DEFAULT_STORE, open_store
@@ -58,7 +72,7 @@ def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None 
                   docs_url="/api/docs", redoc_url=None)
     app.state.ctx = Context(store, state, rule_paths, secure_cookies, evidence_keyring)
     app.add_middleware(SecurityHeaders)
-    for module in (auth, overview, alerts, incidents, notifications, response, hunt, fiveg, assets, rules, sensors,
+    for module in (auth, overview, alerts, incidents, intel, notifications, response, hunt, fiveg, assets, rules, sensors,
                    privacy):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -16,6 +16,7 @@ from sensors.capture.source import CaptureError
 def _replay(args: argparse.Namespace) -> int:
     from detection.detectors import default_detectors
     from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel, ModelError
+    from detection.intel import IntelConfigError
     from ingest.notify import NotifyConfigError
     from ingest.replay import format_summary, progress_bar, replay
 
@@ -37,8 +38,9 @@ def _replay(args: argparse.Namespace) -> int:
             rule_overrides=overrides,
             detectors=detectors,
             notify=Path(args.notify) if args.notify else None,
+            intel=Path(args.intel) if args.intel else None,
         )
-    except (CaptureError, RuleError, ModelError, NotifyConfigError) as exc:
+    except (CaptureError, RuleError, ModelError, NotifyConfigError, IntelConfigError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
     p.add_argument("--notify", metavar="FILE", help="notification settings (YAML, docs/notifications.md): send "
                                                     "alerts and incidents to webhooks, group robots, syslog, email")
+    p.add_argument("--intel", metavar="FILE", help="threat-intelligence feeds (YAML, docs/intel.md): STIX 2.1, "
+                                                   "MISP or plain lists, matched against every packet")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--store", metavar="URI", help="also load the output into a store: a DuckDB store directory or "
                                                   "http(s)://elasticsearch:9200 (see `liaowang query`)")

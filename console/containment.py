@@ -106,6 +106,12 @@ def _header(p: Plan, who: str, when: dt.datetime, comment: str = "#") -> list[st
     return lines
 
 
+def _address_order(address: str) -> tuple[int, int]:
+    """IPv4 before IPv6, each in numeric order (ipaddress cannot compare across families)."""
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
 def _split(p: Plan) -> tuple[list[str], list[str]]:
     v4 = sorted((a for a in p.blocks if ipaddress.ip_address(a).version == 4), key=ipaddress.ip_address)
     v6 = sorted((a for a in p.blocks if ipaddress.ip_address(a).version == 6), key=ipaddress.ip_address)
@@ -144,7 +150,7 @@ def iptables(p: Plan, who: str, when: dt.datetime) -> str:
 
 def suricata(p: Plan, who: str, when: dt.datetime) -> str:
     lines = _header(p, who, when)
-    for i, b in enumerate(sorted(p.blocks.values(), key=lambda b: ipaddress.ip_address(b.address))):
+    for i, b in enumerate(sorted(p.blocks.values(), key=lambda b: _address_order(b.address))):
         msg = f"Liaowang containment: {b.titles[0]}".replace("\\", "\\\\").replace('"', '\\"').replace(";", "\\;")
         lines.append(f'drop ip {b.address} any -> any any (msg:"{msg}"; sid:{SID_BASE + i}; rev:1; '
                      f'metadata:liaowang_subject {b.reasons[0]};)')
@@ -160,7 +166,7 @@ def stix(p: Plan, who: str, when: dt.datetime) -> str:
     created = _stix_time(when)
     objects: list[dict[str, Any]] = [{"type": "identity", "spec_version": "2.1", "id": identity, "created": created,
                                       "modified": created, "name": "Liaowang", "identity_class": "system"}]
-    for b in sorted(p.blocks.values(), key=lambda b: ipaddress.ip_address(b.address)):
+    for b in sorted(p.blocks.values(), key=lambda b: _address_order(b.address)):
         kind = "ipv4-addr" if ipaddress.ip_address(b.address).version == 4 else "ipv6-addr"
         objects.append({
             "type": "indicator", "spec_version": "2.1", "id": f"indicator--{uuid.uuid5(NAMESPACE, b.address)}",

@@ -15,6 +15,7 @@ from typing import Any
 
 from detection.detectors.anomaly import ModelError
 from detection.flows.assembler import MAX_FLOWS
+from detection.intel import IntelConfigError
 from detection.rules.loader import RuleError
 from ingest.notify import Notifier, NotifyConfigError
 from ingest.retention import Retention
@@ -121,6 +122,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="rule file or directory (repeatable; default: the bundled rules/); same on both sides")
     p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
+    p.add_argument("--intel", metavar="FILE", help="threat-intelligence feeds (YAML, docs/intel.md), re-read when "
+                                                   "they change; matched where packets are decoded (the sensor)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default=os.environ.get("LIAOWANG_LOG_LEVEL", "INFO"))
 
@@ -145,6 +148,10 @@ def _setup(args: argparse.Namespace, kafka: bool = True) -> bool:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return False
     return True
+
+
+def _intel(args: argparse.Namespace) -> Path | None:
+    return Path(args.intel) if args.intel else None
 
 
 def _rules(args: argparse.Namespace) -> list[Path] | None:
@@ -181,7 +188,8 @@ def _sensor(args: argparse.Namespace) -> int:
     live = None
     try:
         overrides = json.loads(Path(args.rule_overrides).read_text()) if args.rule_overrides else None
-        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
+        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None,
+                              intel=_intel(args))
         live = _live_capture(args) if args.iface else None
         metrics = SensorMetrics()
         if live is not None:
@@ -207,7 +215,8 @@ def _sensor(args: argparse.Namespace) -> int:
         else:
             summary = sensor.replay(args.pcap, engine, pseudonyms, chunk_bytes=int(args.chunk_mb * 1024 * 1024),
                                     processes=args.processes, pps=args.pps, speed=args.speed)
-    except (CaptureError, CaptureOpenError, FilterError, RuleError, ModelError, OSError, ValueError) as exc:
+    except (CaptureError, CaptureOpenError, FilterError, RuleError, ModelError, IntelConfigError, OSError,
+            ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -266,12 +275,13 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
     store = None
     try:
         overrides = _rule_overrides(args.store) if args.store else None
-        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None)
+        engine = build_engine(_rules(args), overrides, model=Path(args.model) if args.model else None,
+                              intel=_intel(args))
         store = open_store(args.store) if args.store else None
         retention = _retention(args)
         notifier = _notifier(args, store)
         live = _live_capture(args)
-    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, NotifyConfigError, OSError,
+    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError, OSError,
             ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         if store is not None:
@@ -346,7 +356,8 @@ def _detect(args: argparse.Namespace) -> int:
         model = Path(args.model) if args.model else None
 
         def engine() -> Any:
-            return build_engine(_rules(args), overrides, model=model, idle_timeout_s=args.idle_timeout,
+            return build_engine(_rules(args), overrides, model=model, intel=_intel(args),
+                                idle_timeout_s=args.idle_timeout,
                                 active_timeout_s=args.active_timeout)
 
         store = open_store(args.store)
@@ -358,7 +369,7 @@ def _detect(args: argparse.Namespace) -> int:
                         idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
                         commit_interval_s=args.commit_interval, metrics=metrics, name=args.name,
                         max_flows=args.max_flows, notifier=_notifier(args, store))
-    except (RuleError, ModelError, StoreError, NotifyConfigError, OSError) as exc:
+    except (RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError, OSError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,9 +17,11 @@ import copy
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detection.alerts import ALERT_SCHEMA, alert_table
 from detection.detectors.base import MAX_BUFFERED_EVENTS, NEVER, Detector, PacketDetector, Windowed
+from detection.intel import IntelFeeds, intel_rules
 from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
@@ -30,17 +32,34 @@ PACKET_LATENESS_S = 5.0
 PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
 
 
+class _IntelLevel:
+    """Selects the intelligence matches of one level, for that level's rule."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def matches(self, table: pa.Table, cache: dict[str, object] | None = None) -> np.ndarray:
+        return np.asarray(pc.equal(table.column("intel_level"), self.rule.level).to_numpy(zero_copy_only=False),
+                          dtype=bool)
+
+
 class DetectionEngine:
     """Rules over packets and flows, and stateful flow detectors, -> alert tables."""
 
     def __init__(self, rules: list[Rule], flow_lateness_s: float = 1800.0 + 120.0,
                  detectors: list[Detector] | None = None, max_partial_rows: int = MAX_PARTIAL_ROWS,
-                 max_buffered_events: int = MAX_BUFFERED_EVENTS) -> None:
+                 max_buffered_events: int = MAX_BUFFERED_EVENTS, intel: IntelFeeds | None = None) -> None:
         """``max_partial_rows``: rule counts each window counter holds; ``max_buffered_events``: events
-        each detector holds until its window closes (0: no limit; beyond, the lightest groups are shed)."""
+        each detector holds until its window closes (0: no limit; beyond, the lightest groups are shed).
+        ``intel``: threat-intelligence feeds matched against every packet batch (``detection/intel``)."""
         detectors = detectors or []
-        # detectors raise alerts like rules: each gets a rule entry after the loaded rules
-        self.rules = rules + [d.rule for d in detectors]
+        # detectors raise alerts like rules: each gets a rule entry after the loaded rules, and the
+        # intelligence rules come last (always there: sensors and detection workers agree on positions)
+        self.rules = rules + [d.rule for d in detectors] + intel_rules()
+        self.intel = intel
+        first_intel = len(rules) + len(detectors)
+        self._intel_hits = HitExtractor([], "packets", matchers=[(first_intel + i, _IntelLevel(r))
+                                                                 for i, r in enumerate(intel_rules())])
         self._packet_rules = HitExtractor(rules, "packets")
         self._flow_rules = HitExtractor(rules, "flows")
         self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s,
@@ -68,7 +87,7 @@ class DetectionEngine:
     def __setstate__(self, state: dict[str, object]) -> None:
         windows: list[Windowed] = state.pop("_detectors")  # type: ignore[assignment]
         self.__dict__.update(state)
-        n = len(self.rules) - len(windows)
+        n = len(self.rules) - len(windows) - len(intel_rules())
         self._packet_rules = HitExtractor(self.rules[:n], "packets")
         self._flow_rules = HitExtractor(self.rules[:n], "flows")
         self._detectors = [(w, HitExtractor([], w.detector.source, matchers=[(n + i, Everything(w.detector.rule))]))
@@ -76,7 +95,8 @@ class DetectionEngine:
 
     @property
     def has_packet_rules(self) -> bool:
-        return bool(self._packet_rules.compiled)
+        """Are there packet rules (or intelligence feeds) to evaluate on every batch?"""
+        return bool(self._packet_rules.compiled) or self.intel is not None
 
     @property
     def _packet_detectors(self) -> list[PacketDetector]:
@@ -87,7 +107,13 @@ class DetectionEngine:
         return bool(self._packet_detectors)
 
     def packet_hits(self, packets: pa.RecordBatch) -> pa.RecordBatch:
-        return self._packet_rules.hits(packets)
+        hits = self._packet_rules.hits(packets)
+        if self.intel is not None:
+            matched = self.intel.matcher().match(packets)
+            if matched.num_rows:
+                intel = self._intel_hits.hits(matched)
+                hits = pa.concat_batches([hits, intel]) if hits.num_rows else intel
+        return hits
 
     def packet_rows(self, packets: pa.RecordBatch) -> pa.RecordBatch:
         """The rows any packet detector reads, with addresses as text (usually a handful)."""

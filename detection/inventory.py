@@ -62,6 +62,11 @@ class NfInventory:
 
     def __init__(self) -> None:
         self._roles: dict[tuple[str, str], _Role] = {}
+        self._by_ip: dict[str, set[str]] = {}
+
+    def roles(self, ip: str | None) -> set[str]:
+        """The network-function roles seen at ``ip`` (empty: not a network function)."""
+        return self._by_ip.get(ip or "", set())
 
     def update(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """Messages of one batch (``detection.sessions.message_rows``)."""
@@ -75,6 +80,7 @@ class NfInventory:
         r = self._roles.get((ip, role))
         if r is None:
             r = self._roles[(ip, role)] = _Role(first_ns=ts)
+            self._by_ip.setdefault(ip, set()).add(role)
         r.first_ns = min(r.first_ns, ts)
         r.last_ns = max(r.last_ns, ts)
         r.messages += 1

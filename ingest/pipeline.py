@@ -49,6 +49,8 @@ from detection.flows.keys import keys_of, project
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
+from detection.intel import IntelFeeds
+from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA, PostureTracker
 from detection.rules.loader import apply_overrides, load_rules
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
@@ -121,25 +123,30 @@ class Results:
     incidents: pa.Table = field(default_factory=INCIDENT_SCHEMA.empty_table)  # the incidents this batch changed
     #: early warnings: alerts as they first reach their threshold, before they are final (for notification)
     warnings: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
+    posture: pa.Table = field(default_factory=POSTURE_SCHEMA.empty_table)  # scopes whose posture moved
+    posture_changes: pa.Table = field(default_factory=POSTURE_CHANGE_SCHEMA.empty_table)  # level changes, why
 
 
 def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
                  detectors: list[Detector] | None = None, model: Path | None = None,
-                 idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0) -> DetectionEngine:
+                 idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
+                 intel: Path | None = None) -> DetectionEngine:
     """The detection engine from the options every entry point takes.
 
     ``rules``: rule files or directories; None for the bundled rules, [] for none.
     ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
     ``detectors``: stateful detectors; None for the defaults (none when ``rules`` is []).
     ``model``: an anomaly model file (liaowang train) to score flows with as well.
-    Raises RuleError / ModelError.
+    ``intel``: a threat-intelligence configuration (``detection/intel/feeds.py``).
+    Raises RuleError / ModelError / IntelConfigError.
     """
     if detectors is None:
         detectors = [] if rules == [] else default_detectors()
     if model is not None:
         detectors = [*detectors, AnomalyDetector(FlowAnomalyModel.load(model))]
     loaded = apply_overrides(load_rules(rules), rule_overrides or {})
-    return DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s, detectors=detectors)
+    return DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s, detectors=detectors,
+                           intel=IntelFeeds(intel) if intel is not None else None)
 
 
 def rules_fingerprint(engine: DetectionEngine) -> str:
@@ -282,6 +289,7 @@ class DetectStage:
         self.engine = engine
         self.control = control
         self.incidents = IncidentBuilder(engine.rules)
+        self.posture = PostureTracker(inventory=control.inventory)
         self.seq = -1
         self.ended = False
 
@@ -297,12 +305,15 @@ class DetectStage:
         alerts = []
         closed = ALERT_SCHEMA.empty_table()
         old_incidents = INCIDENT_SCHEMA.empty_table()
+        old_posture = (POSTURE_SCHEMA.empty_table(), POSTURE_CHANGE_SCHEMA.empty_table())
         if batch is not None and batch.input_start:
             restarts = self.engine.starts_new_timeline(batch.first_ts_ns)
             closed = context(self.engine.input_starts(batch.first_ts_ns))
             if restarts:  # a new timeline (an unrelated capture): the old one's alerts and incidents close
                 old_incidents = self.incidents.update(closed)
                 self.incidents = IncidentBuilder(self.engine.rules)
+                old_posture = self.posture.update(closed, None)
+                self.posture = PostureTracker(inventory=self.control.inventory)
             else:
                 alerts.append(closed)
         events = self.control.update(protos)
@@ -318,10 +329,13 @@ class DetectStage:
                                                      rows, events)))
         table = pa.concat_tables(alerts) if len(alerts) > 1 else alerts[0]
         incidents = self.incidents.update(table)
+        posture, changes = self.posture.update(table, None if batch is None else batch.last_ts_ns)
         if old_incidents.num_rows:
             table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
+        if old_posture[0].num_rows or old_posture[1].num_rows:
+            posture, changes = pa.concat_tables([old_posture[0], posture]), pa.concat_tables([old_posture[1], changes])
         return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
-                       warnings=context(self.engine.take_warnings()))
+                       warnings=context(self.engine.take_warnings()), posture=posture, posture_changes=changes)
 
 
 def _canonical(flows: pa.Table) -> pa.Table:

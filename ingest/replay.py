@@ -26,6 +26,7 @@ from detection.flows.assembler import MAX_FLOWS
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, LEVELS
+from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from ingest.control import ControlPlane
 from ingest.notify import Notifier
 from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
@@ -109,6 +110,7 @@ def replay(
     detectors: list[Detector] | None = None,
     max_flows: int = MAX_FLOWS,
     notify: Path | None = None,
+    intel: Path | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
@@ -116,13 +118,14 @@ def replay(
     ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
     ``detectors``: stateful flow and packet detectors; None for the defaults (none when ``rules`` is []).
     ``notify``: a notification settings file (``ingest/notify``): alerts and incidents go out as they are found.
+    ``intel``: a threat-intelligence configuration (``detection/intel``): its feeds' indicators are matched.
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
-    engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s)
+    engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s, intel)
     sizes = [Path(f).stat().st_size for f in files]
 
     def on_batch(summary: ReplaySummary, stats: BatchStats) -> None:
@@ -172,6 +175,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     stored: list[Future[dict[str, int]]] = []
     last_store = time.monotonic()
     incidents: dict[str, pa.Table] = {}  # the latest row of each incident
+    posture: dict[str, pa.Table] = {}  # the latest row of each posture scope
+    posture_changes: list[pa.Table] = []
+    intel_reloads = [-1]  # the feeds' reload count last stored
 
     def emit(results: Results, final: bool = False) -> None:
         nonlocal to_store, last_store
@@ -183,6 +189,10 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
                 incidents.pop(row["incident_id"], None)
             else:
                 incidents[row["incident_id"]] = results.incidents.slice(i, 1)
+        for i, scope in enumerate(results.posture.column("scope").to_pylist()):
+            posture[scope] = results.posture.slice(i, 1)
+        if results.posture_changes.num_rows:
+            posture_changes.append(results.posture_changes)
         table, alerts = results.flows, results.alerts
         if notifier is not None:
             notifier.offer(pa.concat_tables([results.warnings, alerts]), results.incidents)
@@ -199,6 +209,11 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         to_store.add_results(sensor, results, snapshots.due(control, final))
         if notifier is not None:
             to_store.add("notifications", notifier.drain())
+        if engine.intel is not None:
+            engine.intel.matcher()  # looks for changed feeds here too (decoder processes look for themselves)
+            if engine.intel.reloads != intel_reloads[0]:  # first, and after each change: the console shows it
+                intel_reloads[0] = engine.intel.reloads
+                to_store.add("intel_feeds", engine.intel.status())
         if final or time.monotonic() - last_store >= store_interval_s:
             while stored:
                 stored.pop().result()  # one store write in flight; its errors surface here
@@ -247,6 +262,12 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
         if notifier is not None:
             pq.write_table(notifier.table(), out_dir / "notifications.parquet")
+        if engine.intel is not None:
+            pq.write_table(engine.intel.status(), out_dir / "intel_feeds.parquet")
+        pq.write_table(pa.concat_tables([posture[k] for k in sorted(posture)]) if posture
+                       else POSTURE_SCHEMA.empty_table(), out_dir / "posture.parquet")
+        pq.write_table(pa.concat_tables(posture_changes) if posture_changes else POSTURE_CHANGE_SCHEMA.empty_table(),
+                       out_dir / "posture_changes.parquet")
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
     for f in closing:

@@ -52,6 +52,8 @@ class PendingWrites:
         self.add("flows", r.flows)
         self.add("alerts", r.alerts)
         self.add("incidents", r.incidents)
+        self.add("posture", r.posture)
+        self.add("posture_changes", r.posture_changes)
         for name, t in r.protos.items():
             self.add(f"proto_{name}", t)
         if r.batch is not None:

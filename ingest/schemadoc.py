@@ -16,7 +16,10 @@ from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
 from detection.flows.keys import KEYED_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
 from detection.incidents import INCIDENT_FIELDS, INCIDENT_SCHEMA_VERSION
+from detection.intel.feeds import FEED_STATUS_FIELDS, FEED_STATUS_SCHEMA_VERSION
+from detection.intel.indicators import INDICATOR_FIELDS, INDICATOR_SCHEMA_VERSION
 from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
+from detection.posture import POSTURE_CHANGE_FIELDS, POSTURE_FIELDS, POSTURE_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
 from ingest.notify.notifier import NOTIFICATION_FIELDS
@@ -121,6 +124,34 @@ def render() -> str:
         "rows by `notification_id`. [docs/notifications.md](notifications.md) explains routes and limits.",
         "",
         *_fields(NOTIFICATION_FIELDS),
+        "",
+        f"## posture (version {POSTURE_SCHEMA_VERSION}) — `detection/posture.py`",
+        "",
+        "One row per scope (network, asset, network function, slice) and its score and warning level,",
+        "`posture.parquet` (the latest row of each); a store replaces rows by `scope`.",
+        "[docs/posture.md](posture.md) explains the score and the hysteresis.",
+        "",
+        *_fields(POSTURE_FIELDS),
+        "",
+        f"## posture_changes (version {POSTURE_SCHEMA_VERSION}) — `detection/posture.py`",
+        "",
+        "One row per warning-level change of a scope, with its reason, `posture_changes.parquet`.",
+        "",
+        *_fields(POSTURE_CHANGE_FIELDS),
+        "",
+        f"## indicators (version {INDICATOR_SCHEMA_VERSION}) — `detection/intel/indicators.py`",
+        "",
+        "One row per threat-intelligence indicator, as the feeds of `--intel` give them (in memory; the matcher",
+        "compiles them). [docs/intel.md](intel.md) explains formats, matching and expiry.",
+        "",
+        *_fields(INDICATOR_FIELDS),
+        "",
+        f"## intel_feeds (version {FEED_STATUS_SCHEMA_VERSION}) — `detection/intel/feeds.py`",
+        "",
+        "One row per feed and its last load, `intel_feeds.parquet` when a replay or sensor runs with `--intel`;",
+        "a store replaces rows by `feed`.",
+        "",
+        *_fields(FEED_STATUS_FIELDS),
         "",
     ]
     for name, fields in PROTO_FIELDS.items():

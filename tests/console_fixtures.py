@@ -22,6 +22,7 @@ from ingest.replay import replay
 from ingest.store import open_store
 from ingest.store.api import Store
 from tests.conftest import PCAPS
+from tests.intel_fixtures import lab_feeds
 from tests.receivers import HttpReceiver, free_port
 
 PAYLOADS = ['<script>window.__xss=1</script>', '"><img src=x onerror="window.__xss=2">']
@@ -72,7 +73,7 @@ class Console:
 
 def build_store(root: Path) -> tuple[Store, ConsoleState]:
     """The bundled captures (and hostile strings) replayed into a store, notifying a real local webhook and a
-    receiver that is down (so the record has deliveries and failures)."""
+    receiver that is down (so the record has deliveries and failures), with intelligence feeds (tests/intel_fixtures.py)."""
     captures = [str(PCAPS), str(hostile_capture(root / "hostile.pcap"))]
     receiver = HttpReceiver()
     notify = root / "notify.yml"
@@ -83,7 +84,7 @@ def build_store(root: Path) -> tuple[Store, ConsoleState]:
         "routes": [{"name": "incidents", "kinds": ["incident"], "levels": ["red", "orange", "yellow"], "channels": ["soc"]},
                    {"name": "red-alerts", "kinds": ["alert"], "levels": ["red"], "channels": ["pager"]}]}))
     try:
-        summary = replay(captures, root / "replay", processes=1, notify=notify)
+        summary = replay(captures, root / "replay", processes=1, notify=notify, intel=lab_feeds(root / "intel"))
     finally:
         receiver.close()
     store = open_store(root / "store")

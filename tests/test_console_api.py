@@ -21,6 +21,7 @@ from ingest.store.api import Condition, Store
 from sensors.capture.source import read_frames
 from sensors.decode import decode
 from tests.console_fixtures import PAYLOADS, client
+from tests.intel_fixtures import C2_URL, FEEDS, MALICIOUS_JA3
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/alerts/triage", "analyst", {"alert_ids": ["{alert}"], "comment": "seen"}),
     ("GET", "/api/incidents", "viewer", None), ("GET", "/api/incidents/{incident}", "viewer", None),
     ("POST", "/api/incidents/{incident}/state", "analyst", {"state": "investigating"}),
-    ("GET", "/api/notifications", "viewer", None),
+    ("GET", "/api/notifications", "viewer", None), ("GET", "/api/intel", "viewer", None),
     ("POST", "/api/containment", "analyst", {"format": "stix", "incident_ids": ["{incident}"]}),
     ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
     ("GET", "/api/flows/{flow}/pcap", "viewer", None), ("GET", "/api/hunt/fields", "viewer", None),
@@ -157,6 +158,22 @@ def test_notifications_record_is_filtered_and_counted(app: Any) -> None:
     assert [n["notification_id"] for n in detail["notifications"]] == [delivered[0]["notification_id"]]
 
 
+def test_intel_feeds_and_their_matches(app: Any) -> None:
+    """The feeds the replay matched (tests/intel_fixtures.py), and the indicators they matched in the captures."""
+    c, _ = client(app, "viewer")
+    d = c.get("/api/intel").json()
+    feeds = {f["feed"]: f for f in d["feeds"]}
+    assert set(feeds) == set(FEEDS)
+    assert feeds["misp-lab"]["by_type"] == {"domain": 2} and feeds["misp-lab"]["format"] == "misp"
+    matched = {(m["feed"], m["indicator"], m["level"]) for m in d["matches"]}
+    assert {("cti-stix", C2_URL, "orange"), ("ja3-blocklist", MALICIOUS_JA3, "red"),
+            ("misp-lab", "att.net", "yellow"), ("misp-lab", "montimage.com", "yellow")} <= matched
+    assert sum(d["by_level"].values()) == sum(m["alerts"] for m in d["matches"])
+    # an intelligence alert names its feed and indicator where analysts read it
+    alerts = c.get("/api/alerts", params={"detector": "intel", "text": C2_URL, "limit": 10}).json()["rows"]
+    assert alerts and alerts[0]["detail"].startswith(f"cti-stix: url {C2_URL} (http_uri 45.9.74.78/c2sock)")
+
+
 def test_containment_exports_block_actors_not_network_functions(app: Any, tmp_path: Path) -> None:
     c, headers = client(app, "analyst")
     incidents = c.get("/api/incidents", params={"limit": 500}).json()["rows"]
@@ -191,7 +208,10 @@ def test_containment_exports_block_actors_not_network_functions(app: Any, tmp_pa
     admin, admin_headers = client(app, "admin")
     log = admin.get("/api/audit", params={"limit": 50}).json()["rows"]
     exports = [e for e in log if e["action"] == "containment_export"]
-    assert exports[0]["username"] == "analyst" and exports[0]["detail"]["format"] == "suricata"
+    # newest first: every export of this test is there, by the analyst who made it
+    assert [e["detail"]["format"] for e in exports[:4 if with_sessions else 3]] == \
+        (["core"] if with_sessions else []) + ["suricata", "stix", "nftables"]
+    assert {e["username"] for e in exports} == {"analyst"}
     assert any(e["detail"]["blocked"] == [actor] for e in exports)
     assert c.post("/api/containment", json={"format": "pdf", "alert_ids": ["x"]}, headers=headers).status_code == 422
     assert c.post("/api/containment", json={"format": "stix", "alert_ids": ["nope"]}, headers=headers).status_code == 404

@@ -87,6 +87,11 @@ def test_overview_shows_the_replay(browser: Browser, url: str) -> None:
     for chart_id in CHARTS:
         assert series_points(page, chart_id) > 0, chart_id
     assert page.locator("#recent tbody tr").count() == 10
+    # the tracked posture: level changes with their reasons (the captures' alerts have all aged out since, so
+    # no scope is under a warning now: the scopes card says so)
+    changes = page.inner_text("#level-changes")
+    assert "network" in changes and "score " in changes and ("alerts aged" in changes or ">=" in changes)
+    assert page.locator("#posture-scopes tbody tr").count() == 0
     s.shot("overview-zh")
     assert not s.errors
 
@@ -185,8 +190,8 @@ def test_hostile_strings_are_shown_as_text(browser: Browser, url: str) -> None:
     s.shot("hunt-hostile-names")
 
 
-@pytest.mark.parametrize("page_name", ["incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "notifications",
-                                       "audit"])
+@pytest.mark.parametrize("page_name", ["incidents", "alerts", "hunt", "fiveg", "assets", "rules", "intel", "sensors",
+                                       "notifications", "audit"])
 def test_every_page_renders(browser: Browser, url: str, page_name: str) -> None:
     s = sign_in(browser, url, "admin")
     s.page.goto(f"{url}#/{page_name}")
@@ -256,6 +261,22 @@ def test_incidents_page_tells_the_story(browser: Browser, url: str) -> None:
     page.wait_for_selector("text=owner: NOC shift B")
     assert page.input_value("#incident-state") == "investigating"
     s.shot("incident-detail")
+    assert not s.errors
+
+
+def test_intel_page_shows_feeds_and_leads_to_their_alerts(browser: Browser, url: str) -> None:
+    s = sign_in(browser, url, "viewer", locale="zh-CN")
+    page = s.page
+    page.goto(url + "#/intel")
+    page.wait_for_selector("#intel-feeds tbody tr")
+    feeds = page.inner_text("#intel-feeds")
+    assert "cti-stix" in feeds and "misp-lab" in feeds and "ja3-blocklist" in feeds
+    assert "45.9.74.78/c2sock" in page.inner_text("#intel-matches")
+    s.shot("intel")
+    page.locator("#intel-matches a[href*='text=45.9.74.78']").first.click()
+    page.wait_for_function("location.hash.startsWith('#/alerts')")
+    page.wait_for_selector("main tbody tr")
+    assert "Threat intelligence indicator matched" in page.inner_text("main tbody")
     assert not s.errors
 
 

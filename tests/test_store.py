@@ -18,6 +18,7 @@ from ingest.replay import ReplaySummary, replay
 from ingest.store import Condition, Query, StoreError, open_store
 from ingest.store.api import TABLES, Store
 from tests.conftest import PCAPS
+from tests.intel_fixtures import lab_feeds
 from tests.receivers import HttpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReplaySummary]:
-    """The bundled captures, their incidents notified to a real local webhook (the record is a table too)."""
+    """The bundled captures, their incidents notified to a real local webhook (the record is a table too),
+    with intelligence feeds that match some of them."""
     base = tmp_path_factory.mktemp("replay")
     out, notify = base / "out", base / "notify.yml"
     receiver = HttpReceiver()
@@ -33,7 +35,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReplaySumm
                                       "routes": [{"kinds": ["incident"], "levels": ["red", "orange", "yellow"],
                                                   "channels": ["soc"]}]}))
     try:
-        return out, replay([str(PCAPS)], out, processes=1, notify=notify)
+        return out, replay([str(PCAPS)], out, processes=1, notify=notify, intel=lab_feeds(base / "intel"))
     finally:
         receiver.close()
 
@@ -55,8 +57,9 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
                                                  and not TABLES[k].replace},
                                              "sessions": _rows(out, "sessions"), "incidents": _rows(out, "incidents"),
                                              "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0,
-                                             "notifications": _rows(out, "notifications")}
-    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications"):
+                                             "notifications": _rows(out, "notifications"),
+                                             "intel_feeds": _rows(out, "intel_feeds"), "posture": _rows(out, "posture")}
+    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications", "intel_feeds"):
         assert duck.search(Query(name, limit=0)).total == _rows(out, name)
     assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
 
@@ -208,6 +211,8 @@ PARITY = [
     Query("proto_pfcp", [Condition("msg_type", "eq", 50)], limit=50), Query("proto_ngap", limit=50),
     Query("incidents", limit=100, sort="-score"), Query("incidents", [Condition("level", "in", ["red", "orange"])]),
     Query("notifications", [Condition("status", "in", ["delivered", "digested"])], sort="subject_id", limit=100),
+    Query("intel_feeds", sort="feed"), Query("alerts", [Condition("detector", "in", ["intel"])], sort="alert_id"),
+    Query("posture", sort="scope", limit=200), Query("posture_changes", sort="change_id", limit=200),
 ]
 
 

@@ -79,6 +79,9 @@ def overview(_: Viewer, ctx: Ctx, rng: Range) -> dict[str, Any]:
         "top_targets": store.group(Query("alerts", start=start, end=end), ("dst_ip",), 8),
         "top_sources": store.group(Query("alerts", start=start, end=end), ("src_ip",), 8),
         "graph": store.group(Query("alerts", start=start, end=end), ("src_ip", "dst_ip"), 40),
+        # the tracked posture (detection/posture.py): scopes by score, and the latest level changes with why
+        "scopes": store.search(Query("posture", [Condition("level", "in", list(GRADES))], sort="-score", limit=10)).rows,
+        "level_changes": store.search(Query("posture_changes", start=start, end=end, limit=10)).rows,
         "recent_critical": store.search(Query("alerts", [Condition("level", "in", ["red", "orange"])], start=start, end=end,
                                               limit=10)).rows,
     }

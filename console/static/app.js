@@ -61,7 +61,7 @@ window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()))
 const tooltip = { trigger: "axis", renderMode: "richText" };
 
 // -- layout --
-const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "sensors", "notifications", "audit"];
+const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "intel", "sensors", "notifications", "audit"];
 const NOTIFY_STATUSES = ["queued", "retrying", "delivered", "failed", "digested"];
 const INCIDENT_STATES = ["new", "investigating", "contained", "closed"];
 const CONTAINMENT_FORMATS = ["nftables", "iptables", "suricata", "stix", "core"];
@@ -141,7 +141,12 @@ async function overview() {
     card(t("traffic"), "span6", el("traffic")), card(t("alerts_by_level"), "span6", el("alerts-levels")),
     card(t("posture_trend"), "span4", el("posture-trend")), card(t("planes"), "span4", el("planes")), card(t("applications"), "span4", el("apps")),
     card(t("top_targets"), "span4", el("targets")), card(t("top_sources"), "span4", el("sources")), card(t("attack_graph"), "span4", el("graph")),
-    card(t("recent_critical"), "span12", h("div", { id: "recent" }, recent))));
+    card(t("recent_critical"), "span12", h("div", { id: "recent" }, recent)),
+    card(t("posture_scopes"), "span6", h("div", { id: "posture-scopes" }, o.scopes.length ? table([{ label: t("scope"), key: "scope", mono: true },
+      { label: t("level"), render: (x) => pill(x.level) }, { label: t("score"), key: "score" }, { label: t("reason"), key: "reason" }], o.scopes) : h("p", { class: "dim" }, t("nothing")))),
+    card(t("level_changes"), "span6", h("div", { id: "level-changes" }, o.level_changes.length ? table([{ label: t("time"), render: (x) => fmtTime(x.ts) },
+      { label: t("scope"), key: "scope", mono: true }, { label: t("level"), render: (x) => h("span", {}, pill(x.from_level), " → ", pill(x.to_level)) },
+      { label: t("reason"), key: "reason" }], o.level_changes) : h("p", { class: "dim" }, t("nothing"))))));
   const times = o.histogram.map((b) => fmtTime(b.bucket));
   chart(main.querySelector("#posture-gauge"), { series: [{ type: "gauge", min: 0, max: 100, progress: { show: true }, detail: { valueAnimation: false, formatter: "{value}" },
     axisLine: { lineStyle: { color: [[0.4, GRADE_COLORS.red], [0.7, GRADE_COLORS.orange], [0.9, GRADE_COLORS.yellow], [1, GRADE_COLORS.normal]] } }, data: [{ value: o.posture.score }] }] });
@@ -492,6 +497,28 @@ async function notifications() {
   } catch (e) { fail(main, e); }
 }
 
+// -- threat intelligence: the feeds, and what they matched --
+const counts = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ");
+async function intel() {
+  const main = shell("intel");
+  try {
+    const d = await api("/api/intel" + qs(rangeParams()));
+    const feeds = d.feeds.length ? table([{ label: t("feed"), key: "feed" }, { label: t("format"), key: "format" },
+      { label: t("enabled"), render: (x) => x.enabled ? "✓" : "—" }, { label: t("indicators"), render: (x) => fmtNumber(x.indicators) },
+      { label: t("by_type"), render: (x) => counts(x.by_type) }, { label: t("expired"), render: (x) => fmtNumber(x.expired) },
+      { label: t("skipped"), render: (x) => counts(x.skipped) }, { label: t("loaded_at"), render: (x) => fmtTime(x.loaded_at) },
+      { label: t("error"), render: (x) => x.error ? h("span", { class: "nstatus nstatus-failed" }, x.error) : "" }], d.feeds, { id: (x) => x.feed })
+      : h("p", { class: "dim" }, t("intel_none"));
+    const matches = d.matches.length ? table([{ label: t("level"), render: (x) => pill(x.level) }, { label: t("indicator"), key: "indicator", mono: true },
+      { label: t("feed"), key: "feed" }, { label: t("host"), render: (x) => h("a", { href: "#/alerts" + qs({ detector: "intel", ip: x.host }) }, x.host || "") },
+      { label: t("alerts"), render: (x) => h("a", { href: "#/alerts" + qs({ detector: "intel", text: x.indicator }) }, fmtNumber(x.alerts)) }], d.matches)
+      : h("p", { class: "dim" }, t("nothing"));
+    main.append(h("div", { class: "grid" }, card(t("intel_feeds"), "span12", h("div", { id: "intel-feeds" }, feeds)),
+      card(t("intel_matches"), "span12", h("p", { id: "intel-levels" }, GRADES.filter((g) => d.by_level[g]).map((g) => `${t("level_" + g)} ${fmtNumber(d.by_level[g])}`).join(" · ")),
+        h("div", { id: "intel-matches" }, matches))));
+  } catch (e) { fail(main, e); }
+}
+
 // -- routing --
 function route() {
   document.documentElement.lang = language();
@@ -499,7 +526,7 @@ function route() {
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   const [page, arg] = path.split("/");
   if (page !== "overview" && page !== "" && state.events) { state.events.close(); state.events = null; }
-  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, sensors, notifications, audit };
+  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, intel, sensors, notifications, audit };
   if (page === "alert" && arg) return alertDetail(decodeURIComponent(arg));
   if (page === "incident" && arg) return incidentDetail(decodeURIComponent(arg));
   return (pages[page] || overview)();

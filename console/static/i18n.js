@@ -39,6 +39,10 @@ export const MESSAGES = {
     route: "路由", covers: "条数", delivered_at: "送达时间", created: "发出时间",
     kind_alert: "告警", kind_incident: "事件", kind_escalation: "升级", kind_digest: "汇总",
     nstatus_queued: "排队中", nstatus_retrying: "重试中", nstatus_delivered: "已送达", nstatus_failed: "发送失败", nstatus_digested: "已并入汇总",
+    posture_scopes: "分域态势（资产 / 网元 / 切片）", level_changes: "预警等级变化及原因", scope: "范围", reason: "原因",
+    intel: "威胁情报", intel_feeds: "情报源", intel_matches: "命中最多的指标", feed: "情报源", format: "格式", enabled: "启用",
+    indicators: "指标数", by_type: "按类型", expired: "已过期", skipped: "未导入", loaded_at: "加载时间", error: "错误",
+    indicator: "指标", host: "主机", intel_none: "未配置情报源：以 --intel 运行回放或探针（见 docs/intel.md）",
   },
   en: {
     brand: "Liaowang · 5G security situational awareness", overview: "Overview", alerts: "Alerts", hunt: "Hunt", fiveg: "5G sessions", assets: "Assets",
@@ -79,6 +83,10 @@ export const MESSAGES = {
     route: "Route", covers: "Covers", delivered_at: "Delivered", created: "Created",
     kind_alert: "Alert", kind_incident: "Incident", kind_escalation: "Escalation", kind_digest: "Digest",
     nstatus_queued: "Queued", nstatus_retrying: "Retrying", nstatus_delivered: "Delivered", nstatus_failed: "Failed", nstatus_digested: "In a digest",
+    posture_scopes: "Posture by scope (assets, NFs, slices)", level_changes: "Warning level changes and why", scope: "Scope", reason: "Reason",
+    intel: "Threat intel", intel_feeds: "Feeds", intel_matches: "Most matched indicators", feed: "Feed", format: "Format", enabled: "Enabled",
+    indicators: "Indicators", by_type: "By type", expired: "Expired", skipped: "Not imported", loaded_at: "Loaded", error: "Error",
+    indicator: "Indicator", host: "Host", intel_none: "No feeds configured: run a replay or sensor with --intel (see docs/intel.md)",
   },
 };
 

@@ -29,7 +29,9 @@ from detection.alerts import ALERT_SCHEMA
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA
 from detection.incidents import STATES as INCIDENT_STATES
+from detection.intel import FEED_STATUS_SCHEMA
 from detection.inventory import INVENTORY_SCHEMA
+from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import SESSION_SCHEMA
 from ingest.notify.notifier import NOTIFICATION_SCHEMA
 from sensors.schema import PROTO_SCHEMAS, Field, arrow_schema
@@ -85,6 +87,9 @@ TABLES: dict[str, TableSpec] = {
     "notifications": TableSpec("notification_id", "created", replace=True,
                                text_columns=("title", "channel", "route", "last_error")),
     "sensor_stats": TableSpec("stats_id", "ts"),
+    "intel_feeds": TableSpec("feed", "loaded_at", replace=True, text_columns=("feed", "path", "error")),
+    "posture": TableSpec("scope", "updated", replace=True, text_columns=("scope", "top_signature", "reason")),
+    "posture_changes": TableSpec("change_id", "ts", text_columns=("scope", "reason")),
     **{f"proto_{name}": TableSpec("message_id", "ts", ip_columns=("src_ip", "dst_ip"), text_columns=("msg_name",))
        for name in PROTO_SCHEMAS},
 }
@@ -96,6 +101,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "nf_inventory": INVENTORY_SCHEMA.insert(0, pa.field("nf_id", pa.string())),
     "notifications": NOTIFICATION_SCHEMA,
     "sensor_stats": SENSOR_STATS_SCHEMA,
+    "intel_feeds": FEED_STATUS_SCHEMA,
+    "posture": POSTURE_SCHEMA,
+    "posture_changes": POSTURE_CHANGE_SCHEMA,
     **{f"proto_{name}": schema.insert(0, pa.field(MESSAGE_ID.name, MESSAGE_ID.type))
        for name, schema in PROTO_SCHEMAS.items()},
 }
