@@ -55,11 +55,12 @@ class DetectionEngine:
         detectors = detectors or []
         # detectors raise alerts like rules: each gets a rule entry after the loaded rules, and the
         # intelligence rules come last (always there: sensors and detection workers agree on positions)
-        self.rules = rules + [d.rule for d in detectors] + intel_rules()
+        intel_levels = intel_rules()
+        self.rules = rules + [d.rule for d in detectors] + intel_levels
         self.intel = intel
         first_intel = len(rules) + len(detectors)
         self._intel_hits = HitExtractor([], "packets", matchers=[(first_intel + i, _IntelLevel(r))
-                                                                 for i, r in enumerate(intel_rules())])
+                                                                 for i, r in enumerate(intel_levels)])
         self._packet_rules = HitExtractor(rules, "packets")
         self._flow_rules = HitExtractor(rules, "flows")
         self._detectors = [(Windowed(d, PACKET_LATENESS_S if d.source == "packets" else flow_lateness_s,

@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from detection.detectors.base import private
 from detection.inventory import NfInventory
 from sensors.schema import Field, arrow_schema
 
@@ -47,8 +48,6 @@ POSTURE_LEVELS = ("normal", "blue", "yellow", "orange", "red")
 OT_PORTS = {502, 102, 20000, 44818}
 NF_CRITICALITY, OT_CRITICALITY, HOST_CRITICALITY = 1.0, 1.0, 0.6
 MAX_WEIGHT = 0.95
-PRIVATE_PREFIXES = ("10.", "192.168.", "172.16.", "172.17.", "172.18.", "172.19.", "172.2", "172.30.", "172.31.",
-                    "100.64.", "fc", "fd")
 
 POSTURE_SCHEMA_VERSION = 1
 POSTURE_FIELDS: list[Field] = [
@@ -84,10 +83,6 @@ def level_of(score: float) -> str:
 
 def threshold_of(level: str) -> float:
     return next((floor for floor, name in THRESHOLDS if name == level), 0.0)
-
-
-def _internal(ip: str | None) -> bool:
-    return bool(ip) and str(ip).startswith(PRIVATE_PREFIXES)
 
 
 @dataclass
@@ -129,6 +124,9 @@ class PostureTracker:
             columns = ["alert_id", "last_seen", "signature", "score", "src_ip", "dst_ip", "dst_port", "session"]
             rows = alerts.select(columns)
             rows = rows.set_column(1, "last_seen", rows.column("last_seen").cast(pa.int64()))
+            # internal addresses (RFC 1918, 6598, 4193...), judged for the whole table at once
+            rows = rows.append_column("src_internal", pa.array(private(rows.column("src_ip")))) \
+                .append_column("dst_internal", pa.array(private(rows.column("dst_ip"))))
             for a in sorted(rows.to_pylist(), key=lambda r: (r["last_seen"], r["alert_id"])):
                 self._add(a)
                 self.watermark_ns = max(self.watermark_ns, a["last_seen"])
@@ -147,11 +145,11 @@ class PostureTracker:
         dst_roles, src_roles = self.inventory.roles(dst), self.inventory.roles(src)
         ot = (a["dst_port"] or 0) in OT_PORTS
         targets: list[tuple[str, str, float]] = []  # (scope, kind, criticality)
-        if dst and (dst_roles or _internal(dst)):  # our assets: an internet host attacked is not ours to grade
+        if dst and (dst_roles or a["dst_internal"]):  # our assets: an internet host attacked is not ours to grade
             crit = NF_CRITICALITY if dst_roles else OT_CRITICALITY if ot else HOST_CRITICALITY
             targets.append((f"asset:{dst}", "asset", crit))
             targets += [(f"nf:{role}@{dst}", "nf", NF_CRITICALITY) for role in sorted(dst_roles)]
-        if src and (src_roles or _internal(src)):  # an internal host acting: compromised or misused
+        if src and (src_roles or a["src_internal"]):  # an internal host acting: compromised or misused
             crit = NF_CRITICALITY if src_roles else HOST_CRITICALITY
             targets.append((f"asset:{src}", "asset", crit))
             targets += [(f"nf:{role}@{src}", "nf", NF_CRITICALITY) for role in sorted(src_roles)]
@@ -167,9 +165,11 @@ class PostureTracker:
             s.alerts[a["alert_id"]] = _Weight(a["alert_id"], a["signature"], a["last_seen"],
                                               float(a["score"] or 0.0) / 100.0 * crit, f"{src} -> {dst}")
 
-    def _weight(self, w: _Weight) -> float:
-        age = max(self.watermark_ns - w.ts_ns, 0)
-        return min(MAX_WEIGHT, w.base * math.pow(0.5, age / self.half_life_ns))
+    def _weights(self, s: _Scope) -> tuple[dict[str, float], str | None]:
+        """Each alert's weight now, and the heaviest alert (ties: the greater id)."""
+        weights = {k: min(MAX_WEIGHT, w.base * math.pow(0.5, max(self.watermark_ns - w.ts_ns, 0) / self.half_life_ns))
+                   for k, w in s.alerts.items()}
+        return weights, max(weights, key=lambda k: (weights[k], k), default=None)
 
     def _evaluate(self) -> tuple[pa.Table, pa.Table]:
         now = self.watermark_ns
@@ -179,9 +179,8 @@ class PostureTracker:
         for name, s in list(self._scopes.items()):
             for alert_id in [k for k, w in s.alerts.items() if w.ts_ns < horizon]:
                 del s.alerts[alert_id]
-            weights = {k: self._weight(w) for k, w in s.alerts.items()}
+            weights, top = self._weights(s)
             score = round(100.0 * (1.0 - math.prod(1.0 - v for v in weights.values())), 1)
-            top = max(weights, key=lambda k: (weights[k], k), default=None)
             new = s.level
             raised = level_of(score)
             if POSTURE_LEVELS.index(raised) > POSTURE_LEVELS.index(s.level):
@@ -195,7 +194,8 @@ class PostureTracker:
                 reason = (f"score {score:.1f} < {threshold_of(s.level) - self.margin:.0f} ({s.level} threshold "
                           f"{threshold_of(s.level):.0f} - margin {self.margin:.0f}) after {s.level} for "
                           f"{(now - s.since_ns) / 1e9:.0f} s: alerts aged")
-            if new != s.level:
+            moved = new != s.level
+            if moved:
                 changes.append({
                     "change_id": hashlib.blake2b(f"{name}|{now}|{new}".encode(), digest_size=8).hexdigest(),
                     "ts": now, "scope": name, "kind": s.kind, "from_level": s.level, "to_level": new, "score": score,
@@ -204,8 +204,7 @@ class PostureTracker:
                 s.level, s.since_ns, s.reason = new, now, reason
             s.score, s.updated_ns = score, now
             # rows for what moved by a point or more (decay moves every score a little, every batch)
-            if changes and changes[-1]["scope"] == name and changes[-1]["ts"] == now or s.reported is None \
-                    or abs(score - s.reported) >= 1.0 or (score == 0.0 and s.reported != 0.0):
+            if moved or s.reported is None or abs(score - s.reported) >= 1.0 or (score == 0.0 and s.reported != 0.0):
                 changed.append(name)
                 s.reported = score
             elif not s.alerts and s.level == "normal" and s.reported == 0.0:
@@ -218,8 +217,7 @@ class PostureTracker:
         rows = []
         for name in sorted(names):
             s = self._scopes[name]
-            weights = {k: self._weight(w) for k, w in s.alerts.items()}
-            top = max(weights, key=lambda k: (weights[k], k), default=None)
+            _, top = self._weights(s)
             rows.append({"scope": name, "kind": s.kind, "updated": s.updated_ns, "score": s.score, "level": s.level,
                          "alerts": len(s.alerts), "top_alert": top,
                          "top_signature": s.alerts[top].signature if top else None, "reason": s.reason})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from ingest.privacy import Pseudonymizer
 from sensors.protocols.pii import find
@@ -84,7 +82,6 @@ def raw_identities(paths: list[Path]) -> set[str]:
     return {v for v in found if len(v) >= 11}
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is installed by scripts/setup.sh")
 def test_no_raw_identity_in_any_output(tmp_path: Path) -> None:
     captures = [planted(tmp_path / "planted.pcap"), *(PCAPS / n for n in SIGNALLING)]
     raw = raw_identities(captures)
@@ -193,7 +190,6 @@ def _envelope_text(value: bytes) -> str:
     return "\n".join(texts)
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is installed by scripts/setup.sh")
 def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
     """Sensor -> Kafka -> detection worker: every message on every topic, decoded, holds no raw identity."""
     from kafka import KafkaConsumer, TopicPartition
@@ -239,7 +235,6 @@ def test_no_raw_identity_on_kafka_topics(tmp_path: Path) -> None:
     assert Pseudonymizer(b"k").subscriber(CN_IMSI, "imsi") in "".join(texts.values())  # the pseudonyms travel
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is installed by scripts/setup.sh")
 def test_no_raw_identity_in_elasticsearch(tmp_path: Path) -> None:
     from ingest.store import open_store
 

@@ -10,6 +10,7 @@ a lower-case host, fingerprints and hashes in lower-case hex.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -155,8 +156,6 @@ class Parsed:
 
 def timestamp_ns(text: str | int | float | None) -> int | None:
     """An RFC 3339 time (STIX) or seconds since the epoch (MISP) -> ns; None when absent or unreadable."""
-    import datetime as dt
-
     if text is None or text == "":
         return None
     if isinstance(text, (int, float)) or str(text).isdigit():

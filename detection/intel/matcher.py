@@ -3,14 +3,17 @@
 Each indicator type is compared with its columns (``MATCHED_TYPES``) on a whole
 batch at once:
 
-- **ip**: the four address columns against addresses and networks: one hash
-  lookup per distinct prefix length, longest first (the most specific network
+- **ip**: the four address columns against addresses and networks: one binary
+  search per distinct prefix length, longest first (the most specific network
   names the match);
 - **domain**: DNS query names, TLS SNIs and HTTP hosts against the names and
   every parent domain of them (``a.b.evil.example`` matches ``evil.example``);
-  one lookup per label depth;
 - **sni**, **ja3**, **ja4**: exact, on the ClientHello's columns;
 - **url**: HTTP host and request target, with and without the query string.
+
+Every candidate value of one type (all columns, all parent domains) goes into
+one hash lookup per batch: Arrow builds the indicator set's hash table anew on
+each lookup, which costs more than the lookup itself.
 
 An event matches an indicator only within the indicator's validity window
 (``valid_from`` .. ``valid_until``, compared with the packet's time, so a replay
@@ -112,12 +115,6 @@ class IntelMatcher:
                 keys = _key64(nhi, nlo)
                 order = np.argsort(keys, kind="stable")
                 self._networks.append(((mhi, mlo), (keys[order], nhi[order], nlo[order], ips[mine][order])))
-
-    @property
-    def columns(self) -> list[str]:
-        """The packet columns matching reads."""
-        used = {c for t in self._exact for c in MATCHED_TYPES[t]} | (set(MATCHED_TYPES["ip"]) if self._networks else set())
-        return list(dict.fromkeys([*TUPLE, *sorted(used)]))
 
     def match(self, packets: pa.RecordBatch | pa.Table) -> pa.Table:
         """The matching packets, one row per (packet, indicator) (see the module's doc)."""
@@ -242,15 +239,14 @@ class IntelMatcher:
                 t = t.append_column(c, pa.nulls(len(rows), pa.binary(16) if c.endswith("_ip") else pa.uint16()))
         # what was seen, as text, from the column that matched
         seen = pa.nulls(len(rows), pa.string())
-        for i, column in enumerate(used):
-            mine = column_of == i
-            if mine.any():
-                values = text_column(packets.column(column).take(pa.array(rows)), column)
-                if column == "http_uri" and "http_host" in packets.column_names:
-                    values = pc.binary_join_element_wise(
-                        pc.fill_null(packets.column("http_host").take(pa.array(rows)).cast(pa.string()), ""),
-                        values, "")
-                seen = pc.if_else(pa.array(mine), values, seen)
+        for i in np.unique(column_of).tolist():
+            column, mine = used[i], column_of == i
+            values = text_column(packets.column(column).take(pa.array(rows)), column)
+            if column == "http_uri" and "http_host" in packets.column_names:
+                values = pc.binary_join_element_wise(
+                    pc.fill_null(packets.column("http_host").take(pa.array(rows)).cast(pa.string()), ""),
+                    values, "")
+            seen = pc.if_else(pa.array(mine), values, seen)
         src_port = np.asarray(pc.fill_null(t.column("src_port"), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
         dst_port = np.asarray(pc.fill_null(t.column("dst_port"), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
         swap = pa.array((src_port < dst_port) & (src_port > 0))  # a server's packet: the client is the destination
@@ -264,14 +260,12 @@ class IntelMatcher:
         }
         e = pa.array(entry)
         feed, kind, value = self._feed.take(e), self._type.take(e), self._value.take(e)
+        field = pa.array(np.array(used, dtype=object)[column_of], pa.string())
         out.update({"intel_feed": feed, "intel_type": kind, "intel_indicator": value,
-                    "intel_level": self._level.take(e),
-                    "intel_field": pa.array(np.array(used, dtype=object)[column_of], pa.string()),
+                    "intel_level": self._level.take(e), "intel_field": field,
                     "detail": pc.binary_join_element_wise(feed, pa.scalar(": "), kind, pa.scalar(" "), value,
-                                                          pa.scalar(" ("), pa.array(np.array(used, dtype=object)
-                                                                                   [column_of], pa.string()),
-                                                          pa.scalar(" "), pc.fill_null(seen, ""), pa.scalar(")"),
-                                                          "")})
+                                                          pa.scalar(" ("), field, pa.scalar(" "),
+                                                          pc.fill_null(seen, ""), pa.scalar(")"), "")})
         return pa.table(out)
 
 

@@ -41,9 +41,7 @@ def _type_of(path: str) -> str | None:
         return "ja3"
     if "ja4" in obj or "ja4" in prop:
         return "ja4"
-    if obj == "x509-certificate" or "sni" in prop:
-        return "sni" if "sni" in prop or prop.endswith("subject.cn") else None
-    return None
+    return "sni" if "sni" in prop else None
 
 
 def _level(obj: dict[str, Any], default: str) -> str:

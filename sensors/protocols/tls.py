@@ -178,8 +178,8 @@ def _fingerprints(pk: Packets, rows: np.ndarray, whole: np.ndarray, legacy_versi
     n_exts = np.bincount(e_own, minlength=n)
     has_sni = np.zeros(n, dtype=bool)
     has_sni[e_own[e_val == EXT_SNI]] = True
-    ver = np.array([JA4_VERSIONS.get(int(v), "00") for v in np.unique(version[hellos])])
-    ver = ver[np.searchsorted(np.unique(version[hellos]), version[hellos])]
+    seen, where = np.unique(version[hellos], return_inverse=True)  # a handful of versions
+    ver = np.array([JA4_VERSIONS.get(int(v), "00") for v in seen])[where]
     alpn = np.full(n, "00", dtype="<U2")
     if EXT_ALPN in at:
         hello, q = keep(*at[EXT_ALPN])
