@@ -17,6 +17,7 @@ def _replay(args: argparse.Namespace) -> int:
     from detection.detectors import default_detectors
     from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel, ModelError
     from detection.intel import IntelConfigError
+    from detection.trend import TrendConfigError
     from ingest.notify import NotifyConfigError
     from ingest.replay import format_summary, progress_bar, replay
 
@@ -39,8 +40,9 @@ def _replay(args: argparse.Namespace) -> int:
             detectors=detectors,
             notify=Path(args.notify) if args.notify else None,
             intel=Path(args.intel) if args.intel else None,
+            trend=Path(args.trend) if args.trend else None,
         )
-    except (CaptureError, RuleError, ModelError, NotifyConfigError, IntelConfigError) as exc:
+    except (CaptureError, RuleError, ModelError, NotifyConfigError, IntelConfigError, TrendConfigError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "alerts and incidents to webhooks, group robots, syslog, email")
     p.add_argument("--intel", metavar="FILE", help="threat-intelligence feeds (YAML, docs/intel.md): STIX 2.1, "
                                                    "MISP or plain lists, matched against every packet")
+    p.add_argument("--trend", metavar="FILE", help="trend-forecast settings and thresholds (YAML; default "
+                                                   "rules/forecast/trend.yml): warn before a rate crosses its threshold")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--store", metavar="URI", help="also load the output into a store: a DuckDB store directory or "
                                                   "http(s)://elasticsearch:9200 (see `liaowang query`)")

@@ -17,6 +17,7 @@ from detection.detectors.anomaly import ModelError
 from detection.flows.assembler import MAX_FLOWS
 from detection.intel import IntelConfigError
 from detection.rules.loader import RuleError
+from detection.trend import TrendConfig, TrendConfigError
 from ingest.notify import Notifier, NotifyConfigError
 from ingest.retention import Retention
 from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
@@ -124,6 +125,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
     p.add_argument("--intel", metavar="FILE", help="threat-intelligence feeds (YAML, docs/intel.md), re-read when "
                                                    "they change; matched where packets are decoded (the sensor)")
+    p.add_argument("--trend", metavar="FILE", help="trend-forecast settings and thresholds (YAML; default "
+                                                   "rules/forecast/trend.yml); used where detection runs")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default=os.environ.get("LIAOWANG_LOG_LEVEL", "INFO"))
 
@@ -152,6 +155,10 @@ def _setup(args: argparse.Namespace, kafka: bool = True) -> bool:
 
 def _intel(args: argparse.Namespace) -> Path | None:
     return Path(args.intel) if args.intel else None
+
+
+def _trend(args: argparse.Namespace) -> Path | None:
+    return Path(args.trend) if args.trend else None
 
 
 def _rules(args: argparse.Namespace) -> list[Path] | None:
@@ -280,9 +287,10 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
         store = open_store(args.store) if args.store else None
         retention = _retention(args)
         notifier = _notifier(args, store)
+        trend = TrendConfig.load(_trend(args))
         live = _live_capture(args)
-    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError, OSError,
-            ValueError) as exc:
+    except (CaptureOpenError, FilterError, RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError,
+            TrendConfigError, OSError, ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         if store is not None:
             store.close()
@@ -304,7 +312,7 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
     try:
         summary = capture(live, Path(args.out), engine, store=store, sensor=args.sensor_id, processes=args.processes,
                           backlog_bytes=int(args.backlog_mb * 1024 * 1024), duration_s=args.duration,
-                          on_batch=on_batch, retention=retention, notifier=notifier)
+                          on_batch=on_batch, retention=retention, notifier=notifier, trend=trend)
     except (StoreError, OSError) as exc:
         print(f"liaowang: error: {exc} (the files in {args.out} hold what was captured)", file=sys.stderr)
         return 2
@@ -368,8 +376,9 @@ def _detect(args: argparse.Namespace) -> int:
         worker = Worker(args.kafka, args.group, store, Topics(args.topic_prefix, args.partitions), engine,
                         idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout,
                         commit_interval_s=args.commit_interval, metrics=metrics, name=args.name,
-                        max_flows=args.max_flows, notifier=_notifier(args, store))
-    except (RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError, OSError) as exc:
+                        max_flows=args.max_flows, notifier=_notifier(args, store),
+                        trend=TrendConfig.load(_trend(args)))
+    except (RuleError, ModelError, StoreError, NotifyConfigError, IntelConfigError, TrendConfigError, OSError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):

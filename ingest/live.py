@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from detection.engine import DetectionEngine
+from detection.trend import TrendConfig
 from ingest.notify import Notifier
 from ingest.replay import ReplaySummary, run
 from ingest.retention import Retention
@@ -63,14 +64,15 @@ def capture(live: LiveCapture, out_dir: Path, engine: DetectionEngine, *, store:
             sensor: str = "", idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
             processes: int | None = None, backlog_bytes: int = DEFAULT_BACKLOG_BYTES, duration_s: float | None = None,
             on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None,
-            retention: Retention | None = None, notifier: Notifier | None = None) -> ReplaySummary:
+            retention: Retention | None = None, notifier: Notifier | None = None,
+            trend: TrendConfig | None = None) -> ReplaySummary:
     """Capture until stopped; outputs as ``liaowang replay`` writes them, and into ``store`` as they come;
     the packets into ``retention`` if given; alerts and incidents to ``notifier`` as they are found."""
     restore = stop_on_signals(live, duration_s)
     try:
         return run(live, out_dir, engine, idle_timeout_s=idle_timeout_s, active_timeout_s=active_timeout_s,
                    processes=processes, in_flight=in_flight(live, backlog_bytes), on_batch=on_batch, store=store,
-                   sensor=sensor, retention=retention, notifier=notifier)
+                   sensor=sensor, retention=retention, notifier=notifier, trend=trend)
     finally:
         restore()
         live.close()

@@ -52,6 +52,7 @@ from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
 from detection.intel import IntelFeeds
 from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA, PostureTracker
 from detection.rules.loader import apply_overrides, load_rules
+from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig, TrendTracker
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
 from ingest.retention import Retention
@@ -77,6 +78,8 @@ class BatchInfo:
     read_at: float = 0.0  # wall time the sensor had the batch (for detection latency)
     dropped: int | None = None  # live capture: packets the kernel dropped while the batch filled (None: a file)
     evidence: str | None = None  # directory of the sensor's retained packets (None: not kept)
+    #: per second of capture time with packets: [epoch second, packets, bytes] (the trend's traffic series)
+    seconds: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +128,8 @@ class Results:
     warnings: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
     posture: pa.Table = field(default_factory=POSTURE_SCHEMA.empty_table)  # scopes whose posture moved
     posture_changes: pa.Table = field(default_factory=POSTURE_CHANGE_SCHEMA.empty_table)  # level changes, why
+    trend: pa.Table = field(default_factory=TREND_SCHEMA.empty_table)  # series whose bucket closed, with forecasts
+    trend_warnings: pa.Table = field(default_factory=TREND_WARNING_SCHEMA.empty_table)  # forecasts crossing, crossings
 
 
 def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
@@ -175,7 +180,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
-        out = {"keyed": project(packets)}
+        out = {"keyed": project(packets), "seconds": per_second(packets)}
         if engine.has_packet_rules:
             out["hits"] = engine.packet_hits(packets)
         if engine.has_packet_detectors:
@@ -197,10 +202,22 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
             source=source.label(stats.file_index), first_ts_ns=stats.first_ts_ns or 0,
             last_ts_ns=stats.last_ts_ns or 0, packets=stats.packets, bytes=stats.bytes,
             decode_errors=stats.packets - stats.decode_status.get(0, 0), input_start=stats.file_index != file_index,
-            read_at=time.time(), dropped=stats.dropped if source.live else None, evidence=evidence)
+            read_at=time.time(), dropped=stats.dropped if source.live else None, evidence=evidence,
+            seconds=[list(r) for r in zip(*(outputs["seconds"].column(i).to_pylist() for i in range(3)))])
         file_index = stats.file_index
         yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),
                    rows=outputs.get("rows"), batch=info), stats
+
+
+def per_second(packets: pa.RecordBatch) -> pa.RecordBatch:
+    """Packets and bytes per second of capture time (seconds with none are left out)."""
+    seconds = packets.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000_000
+    lengths = packets.column("frame_len").to_numpy(zero_copy_only=False)
+    keys, index = np.unique(seconds, return_inverse=True)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(keys, pa.int64()), pa.array(np.bincount(index, minlength=len(keys)).astype(np.int64)),
+         pa.array(np.bincount(index, weights=lengths, minlength=len(keys)).astype(np.int64))],
+        names=["second", "packets", "bytes"])
 
 
 def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:
@@ -285,11 +302,13 @@ class FlowStage:
 class DetectStage:
     """One sensor's detection: every partition's flow part of a batch at once, in batch order."""
 
-    def __init__(self, engine: DetectionEngine, control: ControlPlane) -> None:
+    def __init__(self, engine: DetectionEngine, control: ControlPlane, trend: TrendConfig | None = None) -> None:
         self.engine = engine
         self.control = control
         self.incidents = IncidentBuilder(engine.rules)
         self.posture = PostureTracker(inventory=control.inventory)
+        self.trend_config = trend if trend is not None else TrendConfig.load()
+        self.trend = TrendTracker(self.trend_config)
         self.seq = -1
         self.ended = False
 
@@ -306,6 +325,7 @@ class DetectStage:
         closed = ALERT_SCHEMA.empty_table()
         old_incidents = INCIDENT_SCHEMA.empty_table()
         old_posture = (POSTURE_SCHEMA.empty_table(), POSTURE_CHANGE_SCHEMA.empty_table())
+        old_trend = (TREND_SCHEMA.empty_table(), TREND_WARNING_SCHEMA.empty_table())
         if batch is not None and batch.input_start:
             restarts = self.engine.starts_new_timeline(batch.first_ts_ns)
             closed = context(self.engine.input_starts(batch.first_ts_ns))
@@ -314,6 +334,8 @@ class DetectStage:
                 self.incidents = IncidentBuilder(self.engine.rules)
                 old_posture = self.posture.update(closed, None)
                 self.posture = PostureTracker(inventory=self.control.inventory)
+                old_trend = self.trend.flush()
+                self.trend = TrendTracker(self.trend_config)
             else:
                 alerts.append(closed)
         events = self.control.update(protos)
@@ -330,12 +352,28 @@ class DetectStage:
         table = pa.concat_tables(alerts) if len(alerts) > 1 else alerts[0]
         incidents = self.incidents.update(table)
         posture, changes = self.posture.update(table, None if batch is None else batch.last_ts_ns)
+        warnings = context(self.engine.take_warnings())
+        trend = [old_trend, self.trend.update(pa.concat_tables([warnings, table]),
+                                              None if batch is None else batch.last_ts_ns,
+                                              batch.seconds if batch is not None else ())]
+        if self.ended:
+            trend.append(self.trend.flush())
         if old_incidents.num_rows:
             table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
         if old_posture[0].num_rows or old_posture[1].num_rows:
             posture, changes = pa.concat_tables([old_posture[0], posture]), pa.concat_tables([old_posture[1], changes])
         return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
-                       warnings=context(self.engine.take_warnings()), posture=posture, posture_changes=changes)
+                       warnings=warnings, posture=posture, posture_changes=changes,
+                       trend=_latest(pa.concat_tables([t[0] for t in trend]), "series"),
+                       trend_warnings=pa.concat_tables([t[1] for t in trend]))
+
+
+def _latest(table: pa.Table, key: str) -> pa.Table:
+    """Of rows in time order, the last one per ``key``."""
+    if table.num_rows < 2:
+        return table
+    last = {k: i for i, k in enumerate(table.column(key).to_pylist())}
+    return table.take(sorted(last.values()))
 
 
 def _canonical(flows: pa.Table) -> pa.Table:

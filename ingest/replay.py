@@ -27,6 +27,7 @@ from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, LEVELS
 from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
+from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
 from ingest.notify import Notifier
 from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
@@ -111,6 +112,7 @@ def replay(
     max_flows: int = MAX_FLOWS,
     notify: Path | None = None,
     intel: Path | None = None,
+    trend: Path | None = None,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
@@ -119,12 +121,14 @@ def replay(
     ``detectors``: stateful flow and packet detectors; None for the defaults (none when ``rules`` is []).
     ``notify``: a notification settings file (``ingest/notify``): alerts and incidents go out as they are found.
     ``intel``: a threat-intelligence configuration (``detection/intel``): its feeds' indicators are matched.
+    ``trend``: trend-forecast settings and thresholds (``detection/trend.py``); None for ``rules/forecast/trend.yml``.
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
+    trend_config = TrendConfig.load(trend)
     engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s, intel)
     sizes = [Path(f).stat().st_size for f in files]
 
@@ -137,7 +141,7 @@ def replay(
     notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl") if notify is not None else None
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
-                  notifier=notifier)
+                  notifier=notifier, trend=trend_config)
     summary.files = len(files)
     return summary
 
@@ -146,7 +150,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
         sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
-        max_flows: int = MAX_FLOWS, notifier: Notifier | None = None) -> ReplaySummary:
+        max_flows: int = MAX_FLOWS, notifier: Notifier | None = None,
+        trend: TrendConfig | None = None) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
@@ -154,6 +159,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     ``retention``: keep the packets (a live capture's evidence).
     ``notifier``: is offered every batch's alerts and incidents; its record of what it sent goes to the store
     as it comes and to ``notifications.parquet`` at the end.
+    ``trend``: trend-forecast settings; None for ``rules/forecast/trend.yml``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary()
@@ -164,7 +170,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     control = ControlPlane(out_dir)
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
-    detect = DetectStage(engine, control)
+    detect = DetectStage(engine, control, trend)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
@@ -177,6 +183,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     incidents: dict[str, pa.Table] = {}  # the latest row of each incident
     posture: dict[str, pa.Table] = {}  # the latest row of each posture scope
     posture_changes: list[pa.Table] = []
+    trend_rows: dict[str, pa.Table] = {}  # the latest row of each trend series
+    trend_warnings: list[pa.Table] = []
     intel_reloads = [-1]  # the feeds' reload count last stored
 
     def emit(results: Results, final: bool = False) -> None:
@@ -193,9 +201,13 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             posture[scope] = results.posture.slice(i, 1)
         if results.posture_changes.num_rows:
             posture_changes.append(results.posture_changes)
+        for i, series in enumerate(results.trend.column("series").to_pylist()):
+            trend_rows[series] = results.trend.slice(i, 1)
+        if results.trend_warnings.num_rows:
+            trend_warnings.append(results.trend_warnings)
         table, alerts = results.flows, results.alerts
         if notifier is not None:
-            notifier.offer(pa.concat_tables([results.warnings, alerts]), results.incidents)
+            notifier.offer(pa.concat_tables([results.warnings, alerts]), results.incidents, results.trend_warnings)
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
@@ -268,6 +280,10 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
                        else POSTURE_SCHEMA.empty_table(), out_dir / "posture.parquet")
         pq.write_table(pa.concat_tables(posture_changes) if posture_changes else POSTURE_CHANGE_SCHEMA.empty_table(),
                        out_dir / "posture_changes.parquet")
+        pq.write_table(pa.concat_tables([trend_rows[k] for k in sorted(trend_rows)]) if trend_rows
+                       else TREND_SCHEMA.empty_table(), out_dir / "trend.parquet")
+        pq.write_table(pa.concat_tables(trend_warnings) if trend_warnings else TREND_WARNING_SCHEMA.empty_table(),
+                       out_dir / "trend_warnings.parquet")
 
     closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
     for f in closing:

@@ -54,6 +54,8 @@ class PendingWrites:
         self.add("incidents", r.incidents)
         self.add("posture", r.posture)
         self.add("posture_changes", r.posture_changes)
+        self.add("trend", r.trend)
+        self.add("trend_warnings", r.trend_warnings)
         for name, t in r.protos.items():
             self.add(f"proto_{name}", t)
         if r.batch is not None:

@@ -22,6 +22,7 @@ from detection.inventory import INVENTORY_FIELDS, INVENTORY_SCHEMA_VERSION
 from detection.posture import POSTURE_CHANGE_FIELDS, POSTURE_FIELDS, POSTURE_SCHEMA_VERSION
 from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
+from detection.trend import TREND_FIELDS, TREND_SCHEMA_VERSION, TREND_WARNING_FIELDS
 from ingest.notify.notifier import NOTIFICATION_FIELDS
 from ingest.store.api import ASSET_FIELDS, SENSOR_STATS_FIELDS, STORE_ALERT_FIELDS
 from sensors.capture.retain import INDEX_FIELDS, INDEX_VERSION
@@ -138,6 +139,20 @@ def render() -> str:
         "One row per warning-level change of a scope, with its reason, `posture_changes.parquet`.",
         "",
         *_fields(POSTURE_CHANGE_FIELDS),
+        "",
+        f"## trend (version {TREND_SCHEMA_VERSION}) — `detection/trend.py`",
+        "",
+        "One row per series (alerts per category, traffic) with its last closed bucket, recent history and",
+        "forecast, `trend.parquet` (the latest row of each); a store replaces rows by `series`.",
+        "[docs/posture.md](posture.md#trend) explains the forecast and the thresholds (`rules/forecast/trend.yml`).",
+        "",
+        *_fields(TREND_FIELDS),
+        "",
+        f"## trend_warnings (version {TREND_SCHEMA_VERSION}) — `detection/trend.py`",
+        "",
+        "One row per forecast that reaches a series' threshold, and per series crossing it, `trend_warnings.parquet`.",
+        "",
+        *_fields(TREND_WARNING_FIELDS),
         "",
         f"## indicators (version {INDICATOR_SCHEMA_VERSION}) — `detection/intel/indicators.py`",
         "",

@@ -73,7 +73,8 @@ class Console:
 
 def build_store(root: Path) -> tuple[Store, ConsoleState]:
     """The bundled captures (and hostile strings) replayed into a store, notifying a real local webhook and a
-    receiver that is down (so the record has deliveries and failures), with intelligence feeds (tests/intel_fixtures.py)."""
+    receiver that is down (so the record has deliveries and failures), with intelligence feeds (tests/intel_fixtures.py)
+    and trend thresholds the captures cross."""
     captures = [str(PCAPS), str(hostile_capture(root / "hostile.pcap"))]
     receiver = HttpReceiver()
     notify = root / "notify.yml"
@@ -82,9 +83,14 @@ def build_store(root: Path) -> tuple[Store, ConsoleState]:
         "channels": {"soc": {"type": "webhook", "url": receiver.url()},
                      "pager": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/down"}},
         "routes": [{"name": "incidents", "kinds": ["incident"], "levels": ["red", "orange", "yellow"], "channels": ["soc"]},
-                   {"name": "red-alerts", "kinds": ["alert"], "levels": ["red"], "channels": ["pager"]}]}))
+                   {"name": "red-alerts", "kinds": ["alert"], "levels": ["red"], "channels": ["pager"]},
+                   {"name": "trend", "kinds": ["trend"], "levels": ["yellow", "orange"], "channels": ["soc"]}]}))
+    trend = root / "trend.yml"
+    trend.write_text(yaml.safe_dump({"min_buckets": 2, "thresholds": [{"series": "alerts:all", "threshold": 3},
+                                                                       {"series": "traffic:packets", "threshold": 500}]}))
     try:
-        summary = replay(captures, root / "replay", processes=1, notify=notify, intel=lab_feeds(root / "intel"))
+        summary = replay(captures, root / "replay", processes=1, notify=notify, intel=lab_feeds(root / "intel"),
+                         trend=trend)
     finally:
         receiver.close()
     store = open_store(root / "store")

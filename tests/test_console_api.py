@@ -158,6 +158,25 @@ def test_notifications_record_is_filtered_and_counted(app: Any) -> None:
     assert [n["notification_id"] for n in detail["notifications"]] == [delivered[0]["notification_id"]]
 
 
+def test_overview_has_the_trend_forecast_and_its_warnings_were_notified(app: Any) -> None:
+    c, _ = client(app, "viewer")
+    o = c.get("/api/overview").json()
+    series = {r["series"]: r for r in o["trend"]}
+    assert {"alerts:all", "traffic:packets", "traffic:bytes"} <= set(series)
+    assert series["alerts:all"]["threshold"] == 3 and series["traffic:bytes"]["threshold"] is None
+    assert all(len(r["forecast"]) in (0, 15) and r["history"][-1] == r["observed"] for r in series.values())
+    assert o["trend_warnings"] and {w["kind"] for w in o["trend_warnings"]} <= {"forecast", "crossed"}
+    assert all(w["lead_s"] > 0 if w["kind"] == "forecast" else w["lead_s"] == 0 for w in o["trend_warnings"])
+    # the fixture routes trend warnings to the SOC webhook (rate-limited with the incidents: some go in a digest);
+    # a forecast is yellow, a crossing orange
+    sent = [n for n in c.get("/api/notifications", params={"limit": 500}).json()["rows"] if n["kind"] == "trend"]
+    warnings = {w["warning_id"]: w for w in o["trend_warnings"]}
+    assert sent and {n["subject_id"] for n in sent} <= set(warnings)
+    for n in sent:
+        assert n["status"] in ("delivered", "digested") and n["title"] == warnings[n["subject_id"]]["reason"]
+        assert n["level"] == {"forecast": "yellow", "crossed": "orange"}[warnings[n["subject_id"]]["kind"]]
+
+
 def test_intel_feeds_and_their_matches(app: Any) -> None:
     """The feeds the replay matched (tests/intel_fixtures.py), and the indicators they matched in the captures."""
     c, _ = client(app, "viewer")

@@ -92,6 +92,11 @@ def test_overview_shows_the_replay(browser: Browser, url: str) -> None:
     changes = page.inner_text("#level-changes")
     assert "network" in changes and "score " in changes and ("alerts aged" in changes or ">=" in changes)
     assert page.locator("#posture-scopes tbody tr").count() == 0
+    # the trend forecast: a chart of the chosen series with its forecast, and the warnings it raised
+    assert series_points(page, "trend-chart") > 0
+    assert page.locator("#trend-warnings tbody tr").count() >= 1 and "已越限" in page.inner_text("#trend-warnings")
+    page.select_option("#trend-series", "traffic:bytes")
+    assert series_points(page, "trend-chart") > 0
     s.shot("overview-zh")
     assert not s.errors
 

@@ -27,15 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReplaySummary]:
     """The bundled captures, their incidents notified to a real local webhook (the record is a table too),
-    with intelligence feeds that match some of them."""
+    with intelligence feeds that match some of them, and trend thresholds low enough to be crossed."""
     base = tmp_path_factory.mktemp("replay")
-    out, notify = base / "out", base / "notify.yml"
+    out, notify, trend = base / "out", base / "notify.yml", base / "trend.yml"
+    trend.write_text(yaml.safe_dump({"min_buckets": 2, "thresholds": [{"series": "alerts:all", "threshold": 3},
+                                                                       {"series": "traffic:packets", "threshold": 500}]}))
     receiver = HttpReceiver()
     notify.write_text(yaml.safe_dump({"channels": {"soc": {"type": "webhook", "url": receiver.url()}},
                                       "routes": [{"kinds": ["incident"], "levels": ["red", "orange", "yellow"],
                                                   "channels": ["soc"]}]}))
     try:
-        return out, replay([str(PCAPS)], out, processes=1, notify=notify, intel=lab_feeds(base / "intel"))
+        return out, replay([str(PCAPS)], out, processes=1, notify=notify, intel=lab_feeds(base / "intel"),
+                           trend=trend)
     finally:
         receiver.close()
 
@@ -58,8 +61,11 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
                                              "sessions": _rows(out, "sessions"), "incidents": _rows(out, "incidents"),
                                              "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0,
                                              "notifications": _rows(out, "notifications"),
-                                             "intel_feeds": _rows(out, "intel_feeds"), "posture": _rows(out, "posture")}
-    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications", "intel_feeds"):
+                                             "intel_feeds": _rows(out, "intel_feeds"), "posture": _rows(out, "posture"),
+                                             "trend": _rows(out, "trend")}
+    assert _rows(out, "trend_warnings") > 0
+    for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications", "intel_feeds",
+                 "trend", "trend_warnings"):
         assert duck.search(Query(name, limit=0)).total == _rows(out, name)
     assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
 
@@ -213,6 +219,7 @@ PARITY = [
     Query("notifications", [Condition("status", "in", ["delivered", "digested"])], sort="subject_id", limit=100),
     Query("intel_feeds", sort="feed"), Query("alerts", [Condition("detector", "in", ["intel"])], sort="alert_id"),
     Query("posture", sort="scope", limit=200), Query("posture_changes", sort="change_id", limit=200),
+    Query("trend", sort="series"), Query("trend_warnings", sort="warning_id"),
 ]
 
 

@@ -82,6 +82,9 @@ def overview(_: Viewer, ctx: Ctx, rng: Range) -> dict[str, Any]:
         # the tracked posture (detection/posture.py): scopes by score, and the latest level changes with why
         "scopes": store.search(Query("posture", [Condition("level", "in", list(GRADES))], sort="-score", limit=10)).rows,
         "level_changes": store.search(Query("posture_changes", start=start, end=end, limit=10)).rows,
+        # the trend forecast (detection/trend.py): every series' recent values and forecast, and its warnings
+        "trend": store.search(Query("trend", sort="series", limit=100)).rows,
+        "trend_warnings": store.search(Query("trend_warnings", start=start, end=end, limit=10)).rows,
         "recent_critical": store.search(Query("alerts", [Condition("level", "in", ["red", "orange"])], start=start, end=end,
                                               limit=10)).rows,
     }

@@ -146,7 +146,17 @@ async function overview() {
       { label: t("level"), render: (x) => pill(x.level) }, { label: t("score"), key: "score" }, { label: t("reason"), key: "reason" }], o.scopes) : h("p", { class: "dim" }, t("nothing")))),
     card(t("level_changes"), "span6", h("div", { id: "level-changes" }, o.level_changes.length ? table([{ label: t("time"), render: (x) => fmtTime(x.ts) },
       { label: t("scope"), key: "scope", mono: true }, { label: t("level"), render: (x) => h("span", {}, pill(x.from_level), " → ", pill(x.to_level)) },
-      { label: t("reason"), key: "reason" }], o.level_changes) : h("p", { class: "dim" }, t("nothing"))))));
+      { label: t("reason"), key: "reason" }], o.level_changes) : h("p", { class: "dim" }, t("nothing")))),
+    card(t("trend_forecast"), "span6", o.trend.length ? h("select", { id: "trend-series", onchange: (e) => trendChart(main, o.trend.find((x) => x.series === e.target.value)) },
+      o.trend.map((x) => h("option", { value: x.series }, x.series))) : null, o.trend.length ? el("trend-chart") : h("p", { class: "dim" }, t("nothing"))),
+    card(t("trend_warnings"), "span6", h("div", { id: "trend-warnings" }, o.trend_warnings.length ? table([{ label: t("time"), render: (x) => fmtTime(x.ts) },
+      { label: t("kind"), render: (x) => h("span", { class: "pill " + (x.kind === "crossed" ? "orange" : "yellow") }, t("trend_kind_" + x.kind)) }, { label: t("series"), key: "series", mono: true },
+      { label: t("expected_at"), render: (x) => x.kind === "forecast" ? fmtTime(x.expected_at) : "" }, { label: t("reason"), key: "reason" }], o.trend_warnings)
+      : h("p", { class: "dim" }, t("nothing"))))));
+  if (o.trend.length) {
+    const first = o.trend.find((x) => x.state !== "normal") || o.trend.find((x) => x.series === "alerts:all") || o.trend[0];
+    main.querySelector("#trend-series").value = first.series; trendChart(main, first);
+  }
   const times = o.histogram.map((b) => fmtTime(b.bucket));
   chart(main.querySelector("#posture-gauge"), { series: [{ type: "gauge", min: 0, max: 100, progress: { show: true }, detail: { valueAnimation: false, formatter: "{value}" },
     axisLine: { lineStyle: { color: [[0.4, GRADE_COLORS.red], [0.7, GRADE_COLORS.orange], [0.9, GRADE_COLORS.yellow], [1, GRADE_COLORS.normal]] } }, data: [{ value: o.posture.score }] }] });
@@ -172,6 +182,17 @@ async function overview() {
     data: nodes.map((n) => ({ name: n, symbolSize: 10 + 4 * Math.min(8, o.top_targets.filter((x) => x.dst_ip === n).reduce((s, x) => s + Math.log2(1 + x.count), 0)) })),
     links: o.graph.filter((e) => e.src_ip && e.dst_ip).map((e) => ({ source: e.src_ip, target: e.dst_ip, value: e.count, lineStyle: { width: 1 + Math.log2(e.count) } })) }] });
   listen(main);
+}
+function trendChart(main, row) {
+  const el = main.querySelector("#trend-chart"); const old = echarts.getInstanceByDom(el);
+  if (old) { state.charts = state.charts.filter((c) => c !== old); old.dispose(); }
+  const step = row.bucket_s * 1000; const last = Date.parse(row.bucket);
+  const times = [...row.history.map((_, i) => last - (row.history.length - 1 - i) * step), ...row.forecast.map((_, i) => last + (i + 1) * step)];
+  const pad = (values, before) => [...Array(before).fill(null), ...values];
+  chart(el, { tooltip, legend: { data: [t("observed"), t("forecast")] }, xAxis: { type: "category", data: times.map((x) => fmtTime(new Date(x).toISOString())) }, yAxis: { type: "value" },
+    series: [{ name: t("observed"), type: "line", data: row.history },
+      { name: t("forecast"), type: "line", lineStyle: { type: "dashed" }, data: pad([row.history[row.history.length - 1], ...row.forecast], row.history.length - 1),
+        markLine: row.threshold == null ? undefined : { symbol: "none", label: { formatter: t("threshold") + " {c}" }, lineStyle: { color: GRADE_COLORS.orange }, data: [{ yAxis: row.threshold }] } }] });
 }
 function listen(main) {
   if (state.events) state.events.close();

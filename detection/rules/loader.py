@@ -16,6 +16,8 @@ from detection.rules.model import Aggregate, Condition, Rule, derived_signature_
 SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
 BUNDLED_RULES = Path(__file__).resolve().parents[2] / "rules"
 BUNDLED_TACTICS = BUNDLED_RULES / "correlation" / "tactics.yml"
+#: folders of rules/ that hold what other parts read (tactics of techniques, trend thresholds, playbooks), not rules
+NOT_RULES = ("correlation", "forecast", "playbooks")
 
 
 class RuleError(Exception):
@@ -33,9 +35,8 @@ def load_rules(paths: list[Path] | None = None) -> list[Rule]:
     files: list[Path] = []
     for p in [BUNDLED_RULES] if paths is None else paths:
         if p.is_dir():
-            # correlation/ holds what the incident builder reads (tactics of techniques), not rules
             files.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yml", ".yaml")
-                                and "correlation" not in f.relative_to(p).parts))
+                                and not set(NOT_RULES) & set(f.relative_to(p).parts)))
         elif p.exists():
             files.append(p)
         else:

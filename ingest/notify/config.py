@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 CHANNEL_TYPES = ("webhook", "wecom", "dingtalk", "feishu", "syslog", "email")
-KINDS = ("alert", "incident")
+KINDS = ("alert", "incident", "trend")
+DEFAULT_KINDS = ("alert", "incident")  # trend warnings go only to routes that name them
 LEVEL_NAMES = ("red", "orange", "yellow", "blue")
 LANGUAGES = ("zh-CN", "en")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -71,7 +72,7 @@ class Escalation:
 class Route:
     name: str
     channels: tuple[str, ...]
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     levels: tuple[str, ...] = ("red", "orange")
     categories: tuple[str, ...] = ()  # alert categories (incidents: of any of their alerts' tactics); empty: any
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # assets; empty: any
@@ -185,7 +186,7 @@ def parse_config(raw: Any, source: str = "notifications") -> NotifyConfig:
                                     _names(e.get("channels", []), f"{where}.escalate[{j}].channels", tuple(channels))))
         routes.append(Route(
             name=str(r.get("name", f"route-{i + 1}")), channels=chans,
-            kinds=_names(r.get("kinds", list(KINDS)), f"{where}.kinds", KINDS),
+            kinds=_names(r.get("kinds", list(DEFAULT_KINDS)), f"{where}.kinds", KINDS),
             levels=_names(r.get("levels", ["red", "orange"]), f"{where}.levels", LEVEL_NAMES),
             categories=_names(r.get("categories", []), f"{where}.categories"),
             networks=_networks(r.get("assets", []), groups, f"{where}.assets"),

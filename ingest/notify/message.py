@@ -15,18 +15,22 @@ LEVEL_WORDS = {
     "en": {"red": "RED", "orange": "ORANGE", "yellow": "YELLOW", "blue": "BLUE"},
 }
 KIND_WORDS = {
-    "zh-CN": {"alert": "告警", "incident": "事件", "escalation": "升级：事件未确认", "digest": "汇总"},
+    "zh-CN": {"alert": "告警", "incident": "事件", "escalation": "升级：事件未确认", "digest": "汇总",
+              "trend": "趋势预警"},
     "en": {"alert": "Alert", "incident": "Incident", "escalation": "Escalation: incident not acknowledged",
-           "digest": "Digest"},
+           "digest": "Digest", "trend": "Trend warning"},
 }
 LABELS = {
     "zh-CN": {"level": "等级", "score": "评分", "first_seen": "首次发现", "last_seen": "最近发现", "src": "源",
               "dst": "目的", "category": "类别", "tactics": "阶段", "assets": "受影响资产", "subscribers": "用户(假名)",
-              "slices": "切片", "id": "编号", "unacked_min": "未确认(分钟)", "held": "限流期间合并的通知"},
+              "slices": "切片", "id": "编号", "unacked_min": "未确认(分钟)", "held": "限流期间合并的通知",
+              "series": "指标", "observed": "当前值", "forecast_peak": "预测峰值", "threshold": "阈值",
+              "expected_at": "预计越限时间"},
     "en": {"level": "Level", "score": "Score", "first_seen": "First seen", "last_seen": "Last seen", "src": "Source",
            "dst": "Target", "category": "Category", "tactics": "Stages", "assets": "Affected assets",
            "subscribers": "Subscribers (pseudonyms)", "slices": "Slices", "id": "ID", "unacked_min": "Unacknowledged (min)",
-           "held": "Notifications held back by the rate limit"},
+           "held": "Notifications held back by the rate limit", "series": "Series", "observed": "Now",
+           "forecast_peak": "Forecast peak", "threshold": "Threshold", "expected_at": "Expected to cross at"},
 }
 #: CEF severity (0-10) of each level
 CEF_SEVERITY = {"red": 10, "orange": 8, "yellow": 5, "blue": 3}
@@ -34,8 +38,8 @@ CEF_SEVERITY = {"red": 10, "orange": 8, "yellow": 5, "blue": 3}
 
 @dataclass
 class Message:
-    kind: str  # alert, incident, escalation, digest
-    subject_id: str  # alert_id or incident_id (a digest: its first message's)
+    kind: str  # alert, incident, trend, escalation, digest
+    subject_id: str  # alert_id, incident_id or warning_id (a digest: its first message's)
     level: str
     title: str
     score: float = 0.0
@@ -104,6 +108,19 @@ def incident_message(row: dict[str, Any]) -> Message:
                    last_seen_ns=int(row["last_seen"] or 0),
                    details={"tactics": list(row.get("tactics") or []), "assets": list(row.get("affected_assets") or [])[:10],
                             "subscribers": list(row.get("subscribers") or [])[:10], "slices": list(row.get("slices") or [])})
+
+
+#: a forecast is a warning (yellow); the series having crossed its threshold is graver (orange)
+TREND_LEVELS = {"forecast": "yellow", "crossed": "orange"}
+
+
+def trend_message(row: dict[str, Any]) -> Message:
+    """A message for one trend warning (``detection.trend.TREND_WARNING_SCHEMA``, timestamps as ns integers)."""
+    return Message(kind="trend", subject_id=row["warning_id"], level=TREND_LEVELS[row["kind"]], title=row["reason"],
+                   first_seen_ns=int(row["ts"] or 0), last_seen_ns=int(row["ts"] or 0),
+                   details={"series": row["series"], "observed": f"{row['observed']:g}",
+                            "forecast_peak": f"{row['forecast_peak']:g}", "threshold": f"{row['threshold']:g}",
+                            "expected_at": _when(int(row["expected_at"] or 0))})
 
 
 def escalation_message(of: Message, unacked_s: float) -> Message:

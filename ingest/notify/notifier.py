@@ -4,7 +4,8 @@ It takes detection's results as they come (``offer``; it never blocks the
 pipeline) and keeps a record of every notification and its delivery
 (``drain``: rows for the store's ``notifications`` table; and a JSON-lines log).
 
-- **Routes** pick rows by kind, level, category and asset (``config.py``).
+- **Routes** pick rows by kind (alert, incident, trend), level, category (a trend
+  warning: its series) and asset (``config.py``).
   An incident is notified when it first reaches a route's levels and again
   when its level rises; an alert once: at its early warning (when its count
   first reaches the threshold) if it had one, else when it is final.
@@ -47,7 +48,14 @@ import pyarrow.compute as pc
 from detection.detectors.base import LruDict
 from ingest.notify.channels import DeliveryError, deliver
 from ingest.notify.config import Channel, NotifyConfig, NotifyConfigError, Route, load_config
-from ingest.notify.message import Message, alert_message, digest_message, escalation_message, incident_message
+from ingest.notify.message import (
+    Message,
+    alert_message,
+    digest_message,
+    escalation_message,
+    incident_message,
+    trend_message,
+)
 from sensors.schema import Field, arrow_schema
 
 NOTIFICATION_FIELDS = [
@@ -56,8 +64,9 @@ NOTIFICATION_FIELDS = [
     Field("route", pa.string(), "the route that chose it"),
     Field("channel", pa.string(), "the channel's name"),
     Field("channel_type", pa.string(), "webhook, wecom, dingtalk, feishu, syslog or email"),
-    Field("kind", pa.string(), "alert, incident, escalation (an incident nobody acknowledged) or digest"),
-    Field("subject_id", pa.string(), "the alert_id or incident_id (a digest: its first message's)"),
+    Field("kind", pa.string(), "alert, incident, trend (a forecast reaching or a series crossing its threshold),"
+          " escalation (an incident nobody acknowledged) or digest"),
+    Field("subject_id", pa.string(), "the alert_id, incident_id or trend warning_id (a digest: its first message's)"),
     Field("level", pa.string(), "red, orange, yellow or blue (a digest: its worst)"),
     Field("title", pa.string(), "the alert's signature or the incident's title"),
     Field("covers", pa.uint32(), "messages it stands for: 1, or a digest's count"),
@@ -253,8 +262,10 @@ class Notifier:
 
     # -- input ---------------------------------------------------------------------------
 
-    def offer(self, alerts: pa.Table | None = None, incidents: pa.Table | None = None) -> None:
-        """New alert rows and changed incident rows (whole rows, as ``ingest.pipeline.Results`` has them)."""
+    def offer(self, alerts: pa.Table | None = None, incidents: pa.Table | None = None,
+              trend: pa.Table | None = None) -> None:
+        """New alert rows, changed incident rows and trend warnings (whole rows, as ``ingest.pipeline.Results``
+        has them)."""
         self._reload_if_changed()
         if not self.config.routes:
             return
@@ -262,6 +273,8 @@ class Notifier:
             self._offer_alerts(alerts)
         if incidents is not None and incidents.num_rows:
             self._offer_incidents(incidents)
+        if trend is not None and trend.num_rows:
+            self._offer_trend(trend)
 
     def _offer_alerts(self, alerts: pa.Table) -> None:
         levels = set(lv for r in self.config.routes if "alert" in r.kinds for lv in r.levels)
@@ -309,6 +322,15 @@ class Notifier:
                     if watch is None or watch.route.name == route.name:
                         self._watches[row["incident_id"]] = _Watch(route, message, time.monotonic(),
                                                                    watch.step if watch else 0)
+
+    def _offer_trend(self, warnings: pa.Table) -> None:
+        for row in _rows(warnings, list(warnings.column_names), None):
+            self.counts["offered"] += 1
+            message = trend_message(row)
+            for route in self.config.routes:
+                if ("trend" in route.kinds and message.level in route.levels
+                        and (not route.categories or row["series"] in route.categories)):
+                    self._route(route, message, f"{row['series']}|{row['kind']}")
 
     def _route(self, route: Route, message: Message, dedup_key: str, step: int = 0,
                channels: Iterable[str] | None = None) -> None:

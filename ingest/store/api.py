@@ -33,6 +33,7 @@ from detection.intel import FEED_STATUS_SCHEMA
 from detection.inventory import INVENTORY_SCHEMA
 from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import SESSION_SCHEMA
+from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA
 from ingest.notify.notifier import NOTIFICATION_SCHEMA
 from sensors.schema import PROTO_SCHEMAS, Field, arrow_schema
 
@@ -90,6 +91,8 @@ TABLES: dict[str, TableSpec] = {
     "intel_feeds": TableSpec("feed", "loaded_at", replace=True, text_columns=("feed", "path", "error")),
     "posture": TableSpec("scope", "updated", replace=True, text_columns=("scope", "top_signature", "reason")),
     "posture_changes": TableSpec("change_id", "ts", text_columns=("scope", "reason")),
+    "trend": TableSpec("series", "bucket", replace=True, text_columns=("series",)),
+    "trend_warnings": TableSpec("warning_id", "ts", text_columns=("series", "reason")),
     **{f"proto_{name}": TableSpec("message_id", "ts", ip_columns=("src_ip", "dst_ip"), text_columns=("msg_name",))
        for name in PROTO_SCHEMAS},
 }
@@ -104,6 +107,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "intel_feeds": FEED_STATUS_SCHEMA,
     "posture": POSTURE_SCHEMA,
     "posture_changes": POSTURE_CHANGE_SCHEMA,
+    "trend": TREND_SCHEMA,
+    "trend_warnings": TREND_WARNING_SCHEMA,
     **{f"proto_{name}": schema.insert(0, pa.field(MESSAGE_ID.name, MESSAGE_ID.type))
        for name, schema in PROTO_SCHEMAS.items()},
 }

@@ -38,6 +38,7 @@ from kafka import ConsumerRebalanceListener
 
 from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS
+from detection.trend import TrendConfig
 from ingest.control import ControlPlane
 from ingest.notify import Notifier
 from ingest.pipeline import DetectStage, FlowPart, FlowStage, Part, Results, rules_fingerprint
@@ -98,8 +99,9 @@ class Worker:
                  engine: Callable[[], DetectionEngine], *, idle_timeout_s: float = 120.0,
                  active_timeout_s: float = 1800.0, commit_interval_s: float = 1.0,
                  metrics: WorkerMetrics | None = None, name: str | None = None, max_flows: int = MAX_FLOWS,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, trend: TrendConfig | None = None) -> None:
         self.bootstrap, self.group, self.store, self.topics = bootstrap, group, store, topics
+        self.trend = trend
         self.new_engine = engine
         self.fingerprint = rules_fingerprint(engine())
         self.idle_timeout_s, self.active_timeout_s = idle_timeout_s, active_timeout_s
@@ -261,7 +263,8 @@ class Worker:
         st = state.streams.get(env.stream)
         if st is None:
             control = ControlPlane()
-            st = state.streams[env.stream] = DetectStream(DetectStage(self.new_engine(), control), part.partitions)
+            st = state.streams[env.stream] = DetectStream(DetectStage(self.new_engine(), control, self.trend),
+                                                                 part.partitions)
         if part.seq <= st.stage.seq or part.seq <= st.last_buffered.get(part.partition, -1):
             self.metrics.duplicates.inc()
             return
@@ -291,7 +294,7 @@ class Worker:
     def _results(self, env: Envelope, st: DetectStream, r: Results) -> None:
         self.pending.add_results(env.sensor, r, st.snapshots.due(st.stage.control, st.stage.ended))
         if self.notifier is not None:
-            self.notifier.offer(pa.concat_tables([r.warnings, r.alerts]), r.incidents)
+            self.notifier.offer(pa.concat_tables([r.warnings, r.alerts]), r.incidents, r.trend_warnings)
         self.metrics.flows.inc(r.flows.num_rows)
         self.metrics.alerts.inc(r.alerts.num_rows)
 

@@ -100,6 +100,19 @@ def flood(t0: float) -> list[tuple[float, bytes]]:
     return [(t0 + i * 0.001, f) for i, f in enumerate(_variants(template, 3000, 28))]  # spoofed sources
 
 
+def rising_scans(path: Path, t0: float = 1_700_000_000.0, minutes: int = 12, ports: int = 110) -> Path:
+    """A scanning campaign that grows: in minute k (from 1) k new hosts each scan ``ports`` ports of one server
+    (one vertical-scan alert each), so alerts and packets per minute rise steadily, for the trend forecast."""
+    frames = []
+    for k in range(1, minutes + 1):
+        for j in range(k):
+            src = f"10.0.{5 + k}.{10 + j}"
+            start = t0 + (k - 1) * 60 + j * 60 / k
+            frames += [(start + i * 0.04, _syn(src, SERVER, 40000 + j, port)) for i, port in enumerate(range(1, ports + 1))]
+    frames.sort(key=lambda f: f[0])
+    return _write(path, frames)
+
+
 def multi_stage(path: Path, t0: float = 1_700_000_000.0) -> Path:
     """Every story in one capture, interleaved in time (about 25 minutes)."""
     frames = intrusion(t0) + n4_attack(t0 + 30) + sweep(t0 + 200) + flood(t0 + 900)
@@ -107,4 +120,4 @@ def multi_stage(path: Path, t0: float = 1_700_000_000.0) -> Path:
     return _write(path, frames)
 
 
-__all__ = ["STORIES", "multi_stage", "story_of"]
+__all__ = ["STORIES", "multi_stage", "rising_scans", "story_of"]
