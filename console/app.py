@@ -15,6 +15,7 @@ from console.api import (
     alerts,
     assets,
     auth,
+    cases,
     fiveg,
     hunt,
     incidents,
@@ -22,6 +23,7 @@ from console.api import (
     notifications,
     overview,
     privacy,
+    reports,
     response,
     rules,
     sensors,
@@ -43,7 +45,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 class SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers.setdefault("Content-Security-Policy", CSP)  # reports set a stricter one of their own
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"
@@ -72,8 +74,8 @@ def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None 
                   docs_url="/api/docs", redoc_url=None)
     app.state.ctx = Context(store, state, rule_paths, secure_cookies, evidence_keyring)
     app.add_middleware(SecurityHeaders)
-    for module in (auth, overview, alerts, incidents, intel, notifications, response, hunt, fiveg, assets, rules, sensors,
-                   privacy):
+    for module in (auth, overview, alerts, incidents, cases, intel, notifications, response, reports, hunt, fiveg, assets,
+                   rules, sensors, privacy):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

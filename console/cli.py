@@ -7,7 +7,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from console import evidence, purge, query, stream
+from console import evidence, purge, query, report, stream
 from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
 from sensors.capture.source import CaptureError
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_parsers(sub)
     evidence.add_parser(sub)
     purge.add_parser(sub)
+    report.add_parser(sub)
     c = sub.add_parser("console", help="serve the SOC web console over a store")
     c.add_argument("--store", metavar="URI", help="DuckDB store directory or http(s)://elasticsearch:9200 "
                                                  "(default: $LIAOWANG_STORE or ~/.local/share/liaowang)")

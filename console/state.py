@@ -39,7 +39,20 @@ CREATE TABLE IF NOT EXISTS comments (id INTEGER PRIMARY KEY AUTOINCREMENT, alert
                                      username TEXT, body TEXT);
 CREATE TABLE IF NOT EXISTS rule_overrides (rule_id TEXT PRIMARY KEY, enabled INTEGER, threshold INTEGER,
                                            window_s REAL, updated_ms INTEGER, updated_by TEXT);
+CREATE TABLE IF NOT EXISTS cases (id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id TEXT UNIQUE NOT NULL,
+                                  title TEXT, state TEXT NOT NULL, assignee TEXT, playbooks TEXT NOT NULL,
+                                  created_ms INTEGER NOT NULL, created_by TEXT, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS case_events (id INTEGER PRIMARY KEY AUTOINCREMENT, case_id INTEGER NOT NULL,
+                                        ts_ms INTEGER NOT NULL, username TEXT, kind TEXT NOT NULL, body TEXT);
+CREATE TABLE IF NOT EXISTS case_evidence (case_id INTEGER NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL,
+                                          label TEXT, added_ms INTEGER NOT NULL, added_by TEXT,
+                                          PRIMARY KEY (case_id, kind, ref));
+CREATE TABLE IF NOT EXISTS case_checks (case_id INTEGER NOT NULL, step TEXT NOT NULL, done INTEGER NOT NULL,
+                                        updated_ms INTEGER NOT NULL, updated_by TEXT, PRIMARY KEY (case_id, step));
 """
+#: what a case's timeline records of analysts' work (besides what detection and notifications add)
+CASE_EVENTS = ("opened", "note", "state", "assigned", "evidence", "check")
+EVIDENCE_KINDS = ("alert", "flow", "pcap", "file")
 #: rule overrides as ``liaowang replay`` reads them (detection.rules.loader.apply_overrides)
 OVERRIDES_FILE = "rule-overrides.json"
 #: the generated first-run admin password (mode 0600), deleted when the password is changed
@@ -57,6 +70,16 @@ class User:
 
     def can(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def case_key(case_id: str) -> int | None:
+    """``CASE-000042`` -> 42 (None: not a case id)."""
+    head, _, number = case_id.partition("-")
+    return int(number) if head == "CASE" and number.isdigit() else None
+
+
+def _case_id(key: int) -> str:
+    return f"CASE-{key:06d}"
 
 
 def now_ms() -> int:
@@ -232,3 +255,100 @@ class ConsoleState:
             rows = db.execute("SELECT rule_id, enabled, threshold, window_s FROM rule_overrides").fetchall()
         return {r: {k: v for k, v in (("enabled", None if e is None else bool(e)), ("threshold", t),
                                       ("window_s", w)) if v is not None} for r, e, t, w in rows}
+
+    # -- cases: an incident taken up, with its timeline, evidence and checklist --
+    def open_case(self, incident_id: str, title: str, user: str, playbooks: list[str]) -> tuple[dict[str, Any], bool]:
+        """The incident's case, opened now if it has none; and whether it was opened now."""
+        with self._db() as db:
+            row = db.execute("SELECT id FROM cases WHERE incident_id = ?", (incident_id,)).fetchone()
+            if row is None:
+                t = now_ms()
+                key = db.execute("""INSERT INTO cases (incident_id, title, state, assignee, playbooks, created_ms,
+                                    created_by, updated_ms) VALUES (?, ?, 'investigating', ?, ?, ?, ?, ?)""",
+                                 (incident_id, title, user, json.dumps(playbooks), t, user, t)).lastrowid
+                assert key is not None
+                db.execute("INSERT INTO case_events (case_id, ts_ms, username, kind, body) VALUES (?, ?, ?, ?, ?)",
+                           (key, t, user, "opened", json.dumps({"playbooks": playbooks}, ensure_ascii=False)))
+        case = self.case_of_incident(incident_id)
+        assert case is not None
+        return case, row is None
+
+    _CASE_COLUMNS = "id, incident_id, title, state, assignee, playbooks, created_ms, created_by, updated_ms"
+
+    @staticmethod
+    def _case_row(r: tuple[Any, ...]) -> dict[str, Any]:
+        keys = ("case_id", "incident_id", "title", "state", "assignee", "playbooks", "created_ms", "created_by",
+                "updated_ms")
+        row = dict(zip(keys, r))
+        row["case_id"], row["playbooks"] = _case_id(r[0]), json.loads(r[5])
+        return row
+
+    def case(self, case_id: str) -> dict[str, Any] | None:
+        key = case_key(case_id)
+        with self._db() as db:
+            r = db.execute(f"SELECT {self._CASE_COLUMNS} FROM cases WHERE id = ?", (key,)).fetchone()
+        return None if r is None else self._case_row(r)
+
+    def case_of_incident(self, incident_id: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            r = db.execute(f"SELECT {self._CASE_COLUMNS} FROM cases WHERE incident_id = ?", (incident_id,)).fetchone()
+        return None if r is None else self._case_row(r)
+
+    def cases(self, state: list[str] | None = None, assignee: str | None = None, limit: int = 50,
+              offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Cases, the latest changed first, with how many checklist steps are done."""
+        where, params = [], []
+        if state:
+            where.append(f"state IN ({','.join('?' * len(state))})")
+            params += state
+        if assignee:
+            where.append("assignee = ?")
+            params.append(assignee)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._db() as db:
+            total = db.execute(f"SELECT count(*) FROM cases {clause}", params).fetchone()[0]
+            rows = db.execute(f"""SELECT {self._CASE_COLUMNS}, (SELECT count(*) FROM case_checks c WHERE c.case_id = cases.id
+                                  AND c.done = 1) FROM cases {clause} ORDER BY updated_ms DESC, id DESC LIMIT ? OFFSET ?""",
+                              [*params, limit, offset]).fetchall()
+        return [{**self._case_row(r[:9]), "steps_done": r[9]} for r in rows], int(total)
+
+    def case_event(self, case_id: str, user: str, kind: str, body: dict[str, Any],
+                   state: str | None = None, assignee: str | None = None) -> None:
+        """Record analysts' work on a case (and move its state or assignee with it)."""
+        key, t = case_key(case_id), now_ms()
+        with self._db() as db:
+            db.execute("INSERT INTO case_events (case_id, ts_ms, username, kind, body) VALUES (?, ?, ?, ?, ?)",
+                       (key, t, user, kind, json.dumps(body, ensure_ascii=False)))
+            db.execute("UPDATE cases SET updated_ms = ?, state = coalesce(?, state), assignee = coalesce(?, assignee)"
+                       " WHERE id = ?", (t, state, assignee, key))
+
+    def add_evidence(self, case_id: str, user: str, kind: str, ref: str, label: str | None) -> bool:
+        """Evidence for a case; False when it was there already."""
+        with self._db() as db:
+            added = db.execute("INSERT OR IGNORE INTO case_evidence VALUES (?, ?, ?, ?, ?, ?)",
+                               (case_key(case_id), kind, ref, label, now_ms(), user)).rowcount
+        if added:
+            self.case_event(case_id, user, "evidence", {"kind": kind, "ref": ref, "label": label})
+        return bool(added)
+
+    def set_check(self, case_id: str, user: str, step: str, done: bool) -> None:
+        with self._db() as db:
+            db.execute("""INSERT INTO case_checks VALUES (?, ?, ?, ?, ?) ON CONFLICT (case_id, step) DO UPDATE SET
+                          done = excluded.done, updated_ms = excluded.updated_ms, updated_by = excluded.updated_by""",
+                       (case_key(case_id), step, int(done), now_ms(), user))
+        self.case_event(case_id, user, "check", {"step": step, "done": done})
+
+    def case_work(self, case_id: str) -> dict[str, Any]:
+        """A case's events (oldest first), evidence and checked steps."""
+        key = case_key(case_id)
+        with self._db() as db:
+            events = db.execute("SELECT ts_ms, username, kind, body FROM case_events WHERE case_id = ? ORDER BY id",
+                                (key,)).fetchall()
+            evidence = db.execute("""SELECT kind, ref, label, added_ms, added_by FROM case_evidence WHERE case_id = ?
+                                     ORDER BY added_ms, kind, ref""", (key,)).fetchall()
+            checks = db.execute("SELECT step, done, updated_ms, updated_by FROM case_checks WHERE case_id = ?",
+                                (key,)).fetchall()
+        return {"events": [{"ts_ms": t, "username": u, "kind": k, "body": json.loads(b) if b else None}
+                           for t, u, k, b in events],
+                "evidence": [dict(zip(("kind", "ref", "label", "added_ms", "added_by"), r)) for r in evidence],
+                "checks": {step: {"done": bool(d), "updated_ms": t, "updated_by": u} for step, d, t, u in checks}}

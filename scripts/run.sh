@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/chromium.sh >/dev/null || echo "liaowang: Chromium could not be installed: PDF reports are unavailable (HTML works)" >&2
 .venv/bin/liaowang replay pcaps --out out/replay --store out/store "$@"
 exec .venv/bin/liaowang console --store out/store --host "${LIAOWANG_HOST:-127.0.0.1}" --port "${LIAOWANG_PORT:-8080}"

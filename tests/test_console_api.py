@@ -36,9 +36,11 @@ def ids(app: Any) -> dict[str, Any]:
     alerts = c.get("/api/alerts", params={"limit": 200}).json()["rows"]
     with_flow = next(a for a in alerts if a.get("flow_id"))
     rule_id = c.get("/api/rules").json()[0]["id"]
-    incident = c.get("/api/incidents", params={"limit": 1}).json()["rows"][0]["incident_id"]
+    incidents = c.get("/api/incidents", params={"limit": 2}).json()["rows"]
+    analyst, csrf = client(app, "analyst")
+    case = analyst.post(f"/api/incidents/{incidents[1]['incident_id']}/case", headers=csrf).json()["case_id"]
     return {"alert": alerts[0]["alert_id"], "flow_alert": with_flow["alert_id"], "flow": with_flow["flow_id"],
-            "rule": rule_id, "incident": incident}
+            "rule": rule_id, "incident": incidents[0]["incident_id"], "case": case}
 
 
 #: every API route and the least role it needs ("" = open)
@@ -50,7 +52,15 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/alerts/triage", "analyst", {"alert_ids": ["{alert}"], "comment": "seen"}),
     ("GET", "/api/incidents", "viewer", None), ("GET", "/api/incidents/{incident}", "viewer", None),
     ("POST", "/api/incidents/{incident}/state", "analyst", {"state": "investigating"}),
+    ("GET", "/api/cases", "viewer", None), ("POST", "/api/incidents/{incident}/case", "analyst", None),
+    ("GET", "/api/cases/{case}", "viewer", None),
+    ("POST", "/api/cases/{case}/notes", "analyst", {"text": "note {n}"}),
+    ("POST", "/api/cases/{case}/assign", "analyst", {"assignee": "analyst"}),
+    ("POST", "/api/cases/{case}/state", "analyst", {"state": "investigating"}),
+    ("POST", "/api/cases/{case}/evidence", "analyst", {"kind": "flow", "ref": "{flow}"}),
+    ("POST", "/api/cases/{case}/checks", "analyst", {"step": "triage/confirm", "done": True}),
     ("GET", "/api/notifications", "viewer", None), ("GET", "/api/intel", "viewer", None),
+    ("GET", "/api/reports/situation", "viewer", None), ("GET", "/api/reports/incident/{incident}", "viewer", None),
     ("POST", "/api/containment", "analyst", {"format": "stix", "incident_ids": ["{incident}"]}),
     ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
     ("GET", "/api/flows/{flow}/pcap", "viewer", None), ("GET", "/api/hunt/fields", "viewer", None),
@@ -70,7 +80,7 @@ def test_every_api_route_is_classified(app: Any) -> None:
               } - {("POST", "/api/login"), ("GET", "/api/events")}
     listed = {(m, p.replace("{alert}", "{alert_id}").replace("{flow_alert}", "{alert_id}")
                .replace("{flow}", "{flow_id}").replace("{rule}", "{rule_id}")
-               .replace("{incident}", "{incident_id}")) for m, p, _, _ in ROUTES}
+               .replace("{incident}", "{incident_id}").replace("{case}", "{case_id}")) for m, p, _, _ in ROUTES}
     assert served == listed
 
 
@@ -175,6 +185,111 @@ def test_overview_has_the_trend_forecast_and_its_warnings_were_notified(app: Any
     for n in sent:
         assert n["status"] in ("delivered", "digested") and n["title"] == warnings[n["subject_id"]]["reason"]
         assert n["level"] == {"forecast": "yellow", "crossed": "orange"}[warnings[n["subject_id"]]["kind"]]
+
+
+def test_a_case_with_playbook_checklists_evidence_and_a_timeline(app: Any) -> None:
+    """The PFCP story becomes a case: the triage checklist and the PFCP playbook's, evidence, notes, an assignee,
+    its state moving the incident's; all audited, all on one timeline."""
+    viewer, _ = client(app, "viewer")
+    c, csrf = client(app, "analyst")
+    pfcp = next(i for i in viewer.get("/api/incidents", params={"limit": 200}).json()["rows"]
+                if any("PFCP request out of its node's sequence" in sig for st in i["stages"] for sig in st["signatures"]))
+    opened = c.post(f"/api/incidents/{pfcp['incident_id']}/case", headers=csrf).json()
+    case_id = opened["case_id"]
+    assert opened["playbooks"][:2] == ["triage", "pfcp-attack"] and opened["assignee"] == "analyst"
+    assert c.post(f"/api/incidents/{pfcp['incident_id']}/case", headers=csrf).json()["case_id"] == case_id  # one case
+    assert viewer.get(f"/api/incidents/{pfcp['incident_id']}").json()["incident"]["state"] == "investigating"
+
+    d = viewer.get(f"/api/cases/{case_id}").json()
+    steps = {s["key"]: s for b in d["playbooks"] for s in b["steps"]}
+    assert {"pfcp-attack/verify-association", "pfcp-attack/block-rogue-node", "pfcp-attack/audit-session-table"} <= set(steps)
+    assert "SMF" in steps["pfcp-attack/verify-association"]["text"]["zh-CN"] and not steps["triage/confirm"]["done"]
+    alert = d["alerts"][0]
+    n4_flow = viewer.get("/api/flows", params={"q": f"ip={alert['src_ip']} dst_port=8805", "sort": "-bidirectional_packets",
+                                               "limit": 1}).json()["rows"][0]
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        return c.post(f"/api/cases/{case_id}/{path}", json=body, headers=csrf)
+
+    assert post("checks", {"step": "pfcp-attack/verify-association", "done": True}).status_code == 200
+    assert post("checks", {"step": "ics/nothing", "done": True}).status_code == 422
+    assert post("notes", {"text": "UPF 会话表已核对：SEID 0x9101 被删除"}).status_code == 200
+    assert post("evidence", {"kind": "pcap", "ref": str(n4_flow["flow_id"]), "label": "N4"}).status_code == 200
+    assert post("evidence", {"kind": "alert", "ref": alert["alert_id"]}).status_code == 200
+    assert post("evidence", {"kind": "alert", "ref": "no-such-alert"}).status_code == 422
+    assert post("evidence", {"kind": "flow", "ref": "12345678901234"}).status_code == 422
+    assert post("assign", {"assignee": "viewer"}).status_code == 422  # a viewer cannot work a case
+    assert post("assign", {"assignee": "admin"}).status_code == 200
+    assert post("state", {"state": "contained", "comment": "rogue node blocked on N4"}).status_code == 200
+
+    d = viewer.get(f"/api/cases/{case_id}").json()
+    assert d["case"]["state"] == "contained" and d["case"]["assignee"] == "admin"
+    assert d["incident"]["state"] == "contained"
+    assert {s["key"] for b in d["playbooks"] for s in b["steps"] if s["done"]} == {"pfcp-attack/verify-association"}
+    pcap = next(e for e in d["evidence"] if e["kind"] == "pcap")
+    assert pcap["href"] == f"/api/flows/{n4_flow['flow_id']}/pcap" and "8805" in pcap["summary"]
+    got = viewer.get(pcap["href"])
+    assert got.content[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"), got.text  # a pcap
+    line = d["timeline"]
+    assert [e["ts"] for e in line] == sorted(e["ts"] for e in line)
+    assert {e["source"] for e in line} >= {"detection", "analyst"}
+    assert [e["kind"] for e in line if e["source"] == "analyst"] == ["opened", "check", "note", "evidence", "evidence",
+                                                                     "assigned", "state"]
+    assert any("SEID 0x9101" in e["text"] for e in line)
+    assert any(e["kind"] == "stage" for e in line)
+    listed = next(r for r in viewer.get("/api/cases").json()["rows"] if r["case_id"] == case_id)
+    assert listed["steps_done"] == 1 and listed["level"] == pfcp["level"]
+    assert listed["steps"] == sum(len(b["steps"]) for b in d["playbooks"]) >= 10
+    admin, _ = client(app, "admin")
+    actions = [a["action"] for a in admin.get("/api/audit", params={"limit": 500}).json()["rows"] if a["target"] == case_id]
+    assert sorted(actions) == sorted(["case_open", "case_check", "case_note", "case_evidence", "case_evidence",
+                                      "case_assigned", "case_state"])
+
+
+def test_situational_and_incident_reports(app: Any, console_store: tuple[Store, ConsoleState, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The day's and week's situation in both languages, as HTML (charts inline, no script) and PDF; an incident's
+    report carries its case's checklist and notes; downloads are audited; the CLI writes the same reports."""
+    c, _ = client(app, "viewer")
+    end = "2025-08-05T00:00:00Z"  # the day of the 5G attack captures
+    r = c.get("/api/reports/situation", params={"period": "day", "end": end})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["content-security-policy"].startswith("default-src 'none'") and "script" not in r.text
+    html = r.text
+    assert "网络安全态势日报" in html and "2025-08-04 08:00:00 — 2025-08-05 08:00:00 (Asia/Shanghai)" in html
+    assert html.count("<svg") >= 4 and "PFCP request out of its node&#x27;s sequence" in html
+    assert "192.168.130.174" in html and "红色" in html  # a top source; red alerts that day
+    en = c.get("/api/reports/situation", params={"period": "week", "end": end, "lang": "en", "tz": "UTC"}).text
+    assert "Weekly security situation report" in en and "2025-07-29 00:00:00 — 2025-08-05 00:00:00 (UTC)" in en
+    pdf = c.get("/api/reports/situation", params={"period": "day", "end": end, "format": "pdf"})
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-") and b"NotoSansCJK" in pdf.content
+    assert "attachment" in pdf.headers["content-disposition"] and ".pdf" in pdf.headers["content-disposition"]
+    assert c.get("/api/reports/situation", params={"period": "month"}).status_code == 422
+    assert c.get("/api/reports/situation", params={"end": "yesterday"}).status_code == 422
+    assert c.get("/api/reports/incident/inc-nope").status_code == 404
+
+    analyst, csrf = client(app, "analyst")  # a case worked on (opening it again returns the same case)
+    pfcp = next(i for i in c.get("/api/incidents", params={"limit": 200}).json()["rows"] if "PFCP" in str(i["stages"]))
+    case = analyst.post(f"/api/incidents/{pfcp['incident_id']}/case", headers=csrf).json()
+    for path, body in (("checks", {"step": "pfcp-attack/verify-association", "done": True}),
+                       ("notes", {"text": "SEID 0x9101 restored"})):
+        assert analyst.post(f"/api/cases/{case['case_id']}/{path}", json=body, headers=csrf).status_code == 200
+    detail = c.get(f"/api/cases/{case['case_id']}").json()
+    done = [s for b in detail["playbooks"] for s in b["steps"] if s["done"]]
+    report = c.get(f"/api/reports/incident/{case['incident_id']}").text
+    assert case["case_id"] in report and f"☑ {done[0]['text']['zh-CN']}" in report and "☐" in report
+    assert "SEID 0x9101" in report and "处置建议" in report and "攻击阶段" in report
+    admin, _ = client(app, "admin")
+    audit = admin.get("/api/audit", params={"limit": 500}).json()["rows"]
+    assert {"situation-day", "situation-week", case["incident_id"]} <= {a["target"] for a in audit if a["action"] == "report"}
+
+    _, _, root = console_store
+    out = tmp_path / "week.html"
+    assert cli(["report", "situation", "--period", "week", "--end", end, "--lang", "en", "--tz", "UTC",
+                "--store", str(root / "store"), "--out", str(out)]) == 0
+    assert out.read_text() .split("Generated")[0] == en.split("Generated")[0]  # the same report as the console's
+    assert cli(["report", "incident", "inc-nope", "--store", str(root / "store")]) == 2
+    assert capsys.readouterr().err.strip() == "liaowang: error: no incident inc-nope"
 
 
 def test_intel_feeds_and_their_matches(app: Any) -> None:

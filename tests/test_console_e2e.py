@@ -269,6 +269,54 @@ def test_incidents_page_tells_the_story(browser: Browser, url: str) -> None:
     assert not s.errors
 
 
+def test_a_case_from_an_incident_and_the_reports(browser: Browser, url: str) -> None:
+    """An analyst opens a case from an incident, ticks a playbook step and writes a note (the timeline shows both);
+    the incident's report and the week's situational report open in the browser, the PDF downloads."""
+    s = sign_in(browser, url, "analyst", locale="zh-CN")
+    page = s.page
+    page.goto(url + "#/incidents?level=red")
+    page.wait_for_selector("a.incident-link")
+    page.locator("a.incident-link").first.click()
+    page.wait_for_selector("#incident-title")
+    page.click("#open-case" if page.locator("#open-case").count() else "#incident-case")
+    page.wait_for_selector("#case-title")
+    assert page.locator("#case-checklists .playbook").count() >= 2  # the triage list and the attack's own
+    box = page.locator("#case-checklists input[type=checkbox]").first
+    step = box.get_attribute("data-step")
+    box.check()
+    page.wait_for_selector(f"#case-checklists input[data-step='{step}']:checked")
+    page.fill("#case-note", "已封堵攻击源，等待复核")
+    page.click("#case-add-note")
+    page.wait_for_selector("#case-timeline >> text=已封堵攻击源，等待复核")
+    timeline = page.inner_text("#case-timeline")
+    assert "分析员" in timeline and "检测" in timeline and step in timeline
+    s.shot("case")
+    with page.context.expect_page() as popup:
+        page.click("#case-report")
+    report = popup.value
+    report.wait_for_load_state()
+    assert "安全事件报告" in report.title() and "已封堵攻击源，等待复核" in report.inner_text("body")
+    assert report.locator("svg").count() >= 1
+    report.close()
+    page.goto(url + "#/reports")
+    page.wait_for_selector("#report-link")
+    page.select_option("#report-period", "week")
+    page.fill("#report-end", "2025-08-05T08:00")
+    page.dispatch_event("#report-end", "change")
+    href = page.get_attribute("#report-link", "href") or ""
+    assert "period=week" in href and "end=2025-08-05T00%3A00%3A00.000Z" in href  # Asia/Shanghai 08:00 = 00:00 UTC
+    s.shot("reports")
+    page.goto(url + href)
+    assert "网络安全态势周报" in page.inner_text("h1") and page.locator("svg").count() >= 4
+    s.shot("report-week")
+    page.goto(url + "#/reports")
+    page.wait_for_selector("#report-link")
+    page.select_option("#report-format", "pdf")
+    pdf = page.request.get(url + (page.get_attribute("#report-link", "href") or ""))
+    assert pdf.ok and pdf.body().startswith(b"%PDF-")
+    assert not s.errors
+
+
 def test_intel_page_shows_feeds_and_leads_to_their_alerts(browser: Browser, url: str) -> None:
     s = sign_in(browser, url, "viewer", locale="zh-CN")
     page = s.page

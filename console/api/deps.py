@@ -101,7 +101,7 @@ Analyst = Annotated[User, Depends(require("analyst"))]
 Admin = Annotated[User, Depends(require("admin"))]
 
 
-def _time(value: str | None, name: str) -> dt.datetime | None:
+def iso_time(value: str | None, name: str) -> dt.datetime | None:
     if not value:
         return None
     try:
@@ -119,7 +119,7 @@ class TimeRange:
 
 def time_range(start: Annotated[str | None, Query(description="ISO-8601, inclusive")] = None,
                end: Annotated[str | None, Query(description="ISO-8601, exclusive")] = None) -> TimeRange:
-    return TimeRange(_time(start, "start"), _time(end, "end"))
+    return TimeRange(iso_time(start, "start"), iso_time(end, "end"))
 
 
 Range = Annotated[TimeRange, Depends(time_range)]

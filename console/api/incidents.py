@@ -36,14 +36,16 @@ def get_incident(ctx: Ctx, incident_id: str) -> dict[str, Any]:
     return rows[0]
 
 
-@router.get("/incidents/{incident_id}", summary="An incident: its stages, entities, alerts, notifications and audit trail")
+@router.get("/incidents/{incident_id}", summary="An incident: its stages, entities, alerts, notifications, audit trail"
+            " and case")
 def incident_detail(incident_id: str, _: Viewer, ctx: Ctx) -> dict[str, Any]:
     incident = get_incident(ctx, incident_id)
     alerts = ctx.store.search(StoreQuery("alerts", [Condition("alert_id", "in", incident["alert_ids"])],
                                          sort="first_seen", limit=len(incident["alert_ids"]) or 1)).rows
     audit, _total = ctx.state.audit_log(limit=50, target=incident_id)
     sent = ctx.store.search(StoreQuery("notifications", [Condition("subject_id", "eq", incident_id)], limit=100)).rows
-    return {"incident": incident, "alerts": alerts, "audit": audit, "notifications": sent}
+    return {"incident": incident, "alerts": alerts, "audit": audit, "notifications": sent,
+            "case": ctx.state.case_of_incident(incident_id)}
 
 
 class StateChange(BaseModel):

@@ -61,7 +61,7 @@ window.addEventListener("resize", () => state.charts.forEach((c) => c.resize()))
 const tooltip = { trigger: "axis", renderMode: "richText" };
 
 // -- layout --
-const PAGES = ["overview", "incidents", "alerts", "hunt", "fiveg", "assets", "rules", "intel", "sensors", "notifications", "audit"];
+const PAGES = ["overview", "incidents", "cases", "alerts", "hunt", "fiveg", "assets", "rules", "intel", "sensors", "notifications", "reports", "audit"];
 const NOTIFY_STATUSES = ["queued", "retrying", "delivered", "failed", "digested"];
 const INCIDENT_STATES = ["new", "investigating", "contained", "closed"];
 const CONTAINMENT_FORMATS = ["nftables", "iptables", "suricata", "stix", "core"];
@@ -424,7 +424,14 @@ async function incidentDetail(id) {
       const a = h("a", { href: URL.createObjectURL(await r.blob()), download: name ? name[1] : "containment" }); document.body.append(a); a.click(); a.remove();
       exportResult.textContent = t("done"); exportResult.className = "ok";
     } catch (e) { exportResult.textContent = e.message; exportResult.className = "error"; } } }, t("containment_export"));
-  main.append(h("div", { class: "toolbar" }, h("a", { href: "#/incidents" }, "← " + t("back"))),
+  const caseLink = d.case ? h("a", { id: "incident-case", class: "button", href: "#/case/" + encodeURIComponent(d.case.case_id) }, `${t("case")} ${d.case.case_id}`)
+    : h("button", { id: "open-case", class: "primary", disabled: !canMove, onclick: async () => {
+      try { const c = await api("/api/incidents/" + encodeURIComponent(id) + "/case", { method: "POST" }); location.hash = "#/case/" + encodeURIComponent(c.case_id); }
+      catch (e) { result.textContent = e.message; result.className = "error"; } } }, t("open_case"));
+  const reportLang = language() === "en" ? "en" : "zh-CN";
+  const reportHref = (f) => "/api/reports/incident/" + encodeURIComponent(id) + qs({ lang: reportLang, format: f });
+  main.append(h("div", { class: "toolbar" }, h("a", { href: "#/incidents" }, "← " + t("back")), caseLink,
+    h("a", { id: "incident-report", href: reportHref("html"), target: "_blank" }, t("report_html")), h("a", { id: "incident-report-pdf", href: reportHref("pdf") }, t("report_pdf"))),
     h("div", { class: "grid" },
       card(t("incident"), "span7", h("h2", { id: "incident-title" }, pill(x.level), " ", x.title),
         h("p", {}, `${t("score")}: ${x.score} · ${t("state")}: ${t("istate_" + x.state)} · ${fmtTime(x.first_seen)} — ${fmtTime(x.last_seen)}`),
@@ -448,6 +455,78 @@ async function incidentDetail(id) {
     series: [{ type: "custom", renderItem: (params, api_) => { const y = api_.coord([api_.value(0), api_.value(2)]); const e = api_.coord([api_.value(1), api_.value(2)]); const hgt = api_.size([0, 1])[1] * 0.5;
       return { type: "rect", shape: { x: y[0], y: y[1] - hgt / 2, width: Math.max(e[0] - y[0], 4), height: hgt }, style: { fill: GRADE_COLORS[x.level] } }; },
       encode: { x: [0, 1], y: 2 }, data: x.stages.map((s, i) => [s.first_seen_ns / 1e6, s.last_seen_ns / 1e6, i, s.alerts]) }] });
+}
+
+// -- cases: an incident taken up, with playbook checklists, evidence, notes and one timeline --
+async function cases() {
+  const params = hashParams(); const offset = Number(params.get("offset") || 0); const limit = 50; const st = params.get("state") || "";
+  const main = shell("cases");
+  const stateSel = h("select", { name: "state", onchange: (e) => { location.hash = "#/cases" + qs({ state: e.target.value }); } },
+    ["", ...INCIDENT_STATES].map((s) => h("option", { value: s, selected: s === st }, s ? t("istate_" + s) : t("state"))));
+  main.append(h("div", { class: "toolbar" }, stateSel));
+  try {
+    const page = await api("/api/cases" + qs({ state: st, limit, offset }));
+    main.append(h("div", { id: "case-list" }, table([{ label: t("case"), render: (c) => h("a", { class: "case-link", href: "#/case/" + encodeURIComponent(c.case_id) }, c.case_id), mono: true },
+      { label: t("level"), render: (c) => c.level ? pill(c.level) : "" }, { label: t("incident"), key: "title" }, { label: t("state"), render: (c) => t("istate_" + c.state) },
+      { label: t("assignee"), key: "assignee" }, { label: t("checklist"), render: (c) => `${c.steps_done} / ${c.steps}` },
+      { label: t("updated"), render: (c) => fmtTime(new Date(c.updated_ms).toISOString()) }], page.rows)),
+    pager(page.total, limit, offset, (o) => { location.hash = "#/cases" + qs({ state: st, offset: o }); }));
+  } catch (e) { fail(main, e); }
+}
+async function caseDetail(id) {
+  const main = shell("cases");
+  let d; try { d = await api("/api/cases/" + encodeURIComponent(id)); } catch (e) { return fail(main, e); }
+  const c = d.case; const x = d.incident; const canWork = state.me.role !== "viewer"; const lang = language() === "en" ? "en" : "zh-CN";
+  const result = h("span", { id: "case-result", class: "ok" });
+  const send = async (path, body) => {
+    try { await api("/api/cases/" + encodeURIComponent(id) + "/" + path, { method: "POST", body }); result.textContent = t("done"); result.className = "ok"; setTimeout(() => caseDetail(id), 200); }
+    catch (e) { result.textContent = e.message; result.className = "error"; }
+  };
+  const stateSel = h("select", { id: "case-state", disabled: !canWork }, INCIDENT_STATES.map((s) => h("option", { value: s, selected: s === c.state }, t("istate_" + s))));
+  const stateComment = h("input", { id: "case-state-comment", size: 30, placeholder: t("comment"), disabled: !canWork });
+  const assignSel = h("select", { id: "case-assignee", disabled: !canWork }, d.users.map((u) => h("option", { value: u, selected: u === c.assignee }, u)));
+  const checklists = d.playbooks.map((b) => h("div", { class: "playbook", "data-playbook": b.id }, h("h4", {}, b.title[lang]),
+    h("ul", { class: "checklist" }, b.steps.map((s) => h("li", {}, h("label", {}, h("input", { type: "checkbox", "data-step": s.key, checked: s.done, disabled: !canWork,
+      onchange: (e) => send("checks", { step: s.key, done: e.target.checked }) }), " ", s.text[lang],
+      s.done && s.updated_by ? h("span", { class: "dim" }, ` — ${s.updated_by} ${fmtTime(new Date(s.updated_ms).toISOString())}`) : null))))));
+  const note = h("textarea", { id: "case-note", rows: 3, cols: 60, placeholder: t("note"), disabled: !canWork });
+  const evKind = h("select", { id: "evidence-kind", disabled: !canWork }, ["alert", "flow", "pcap", "file"].map((k) => h("option", { value: k }, t("evidence_" + k))));
+  const evRef = h("input", { id: "evidence-ref", size: 24, placeholder: t("evidence_ref"), disabled: !canWork });
+  const evLabel = h("input", { id: "evidence-label", size: 20, placeholder: t("label"), disabled: !canWork });
+  const sourceName = (e) => t("source_" + e.source);
+  main.append(h("div", { class: "toolbar" }, h("a", { href: "#/cases" }, "← " + t("back")), h("a", { href: "#/incident/" + encodeURIComponent(c.incident_id) }, t("incident") + " →"),
+    h("a", { id: "case-report", href: "/api/reports/incident/" + encodeURIComponent(c.incident_id) + qs({ lang, format: "html" }), target: "_blank" }, t("report_html")),
+    h("a", { id: "case-report-pdf", href: "/api/reports/incident/" + encodeURIComponent(c.incident_id) + qs({ lang, format: "pdf" }) }, t("report_pdf"))),
+    h("div", { class: "grid" },
+      card(`${t("case")} ${c.case_id}`, "span7", h("h2", { id: "case-title" }, pill(x.level), " ", x.title),
+        h("p", {}, `${t("score")}: ${x.score} · ${t("state")}: ${t("istate_" + c.state)} · ${t("assignee")}: ${c.assignee || "—"} · ${t("opened_by")}: ${c.created_by}`),
+        h("h3", {}, t("stages")), stageLine(x.stages),
+        h("h3", {}, t("checklist")), h("div", { id: "case-checklists" }, checklists)),
+      card(t("triage"), "span5", h("div", { class: "toolbar" }, stateSel, stateComment, h("button", { id: "case-state-save", class: "primary", disabled: !canWork, onclick: () => send("state", { state: stateSel.value, comment: stateComment.value || null }) }, t("save"))),
+        h("div", { class: "toolbar" }, t("assignee"), assignSel, h("button", { id: "case-assign", disabled: !canWork, onclick: () => send("assign", { assignee: assignSel.value }) }, t("save"))),
+        h("h3", {}, t("notes")), note, h("div", { class: "toolbar" }, h("button", { id: "case-add-note", class: "primary", disabled: !canWork, onclick: () => note.value.trim() && send("notes", { text: note.value }) }, t("add_note")), result),
+        h("h3", {}, t("evidence")), h("div", { class: "toolbar" }, evKind, evRef, evLabel, h("button", { id: "evidence-add", disabled: !canWork, onclick: () => evRef.value.trim() && send("evidence", { kind: evKind.value, ref: evRef.value.trim(), label: evLabel.value || null }) }, t("add"))),
+        h("div", { id: "case-evidence" }, table([{ label: t("kind"), render: (e) => t("evidence_" + e.kind) },
+          { label: t("evidence_ref"), render: (e) => e.href ? h("a", { href: e.href }, e.ref) : e.kind === "alert" ? h("a", { href: "#/alert/" + encodeURIComponent(e.ref) }, e.ref) : e.ref, mono: true },
+          { label: t("detail"), render: (e) => [e.summary || "", e.label ? ` (${e.label})` : ""] }, { label: t("user"), key: "added_by" }], d.evidence))),
+      card(t("timeline"), "span12", h("div", { id: "case-timeline" }, table([{ label: t("time"), render: (e) => fmtTime(e.ts) },
+        { label: t("source"), render: (e) => h("span", { class: "src-" + e.source }, sourceName(e)) }, { label: t("kind"), render: (e) => t("event_" + e.kind) },
+        { label: t("user"), render: (e) => e.user || "" }, { label: t("detail"), key: "text" }], d.timeline)))));
+}
+
+// -- reports: the situational report of a day or week, as HTML or PDF, in either language --
+async function reports() {
+  const main = shell("reports");
+  const lang = language() === "en" ? "en" : "zh-CN";
+  const period = h("select", { id: "report-period" }, ["day", "week"].map((p) => h("option", { value: p }, t("report_" + p))));
+  const end = h("input", { id: "report-end", type: "datetime-local", title: t("report_end") });
+  const langSel = h("select", { id: "report-lang" }, [["zh-CN", "中文"], ["en", "English"]].map(([v, l]) => h("option", { value: v, selected: v === lang }, l)));
+  const fmt = h("select", { id: "report-format" }, ["html", "pdf"].map((f) => h("option", { value: f }, f.toUpperCase())));
+  const link = h("a", { id: "report-link", class: "button", target: "_blank" }, t("report_get"));
+  const update = () => { link.href = "/api/reports/situation" + qs({ period: period.value, lang: langSel.value, format: fmt.value, end: end.value ? new Date(end.value).toISOString() : "" }); };
+  [period, end, langSel, fmt].forEach((el) => el.addEventListener("change", update)); update();
+  main.append(card(t("report_situation"), "span12", h("p", { class: "dim" }, t("report_hint")),
+    h("div", { class: "toolbar" }, period, t("report_end"), end, langSel, fmt, link)));
 }
 
 // -- sensors, audit --
@@ -547,9 +626,10 @@ function route() {
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   const [page, arg] = path.split("/");
   if (page !== "overview" && page !== "" && state.events) { state.events.close(); state.events = null; }
-  const pages = { overview, incidents, alerts, hunt, fiveg, assets, rules, intel, sensors, notifications, audit };
+  const pages = { overview, incidents, cases, reports, alerts, hunt, fiveg, assets, rules, intel, sensors, notifications, audit };
   if (page === "alert" && arg) return alertDetail(decodeURIComponent(arg));
   if (page === "incident" && arg) return incidentDetail(decodeURIComponent(arg));
+  if (page === "case" && arg) return caseDetail(decodeURIComponent(arg));
   return (pages[page] || overview)();
 }
 async function render() {
