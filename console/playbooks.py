@@ -48,9 +48,6 @@ class Playbook:
         return (any(s.lower() in lowered for s in self.signatures) or tactic in self.tactics
                 or category in self.categories)
 
-    def as_json(self) -> dict[str, Any]:
-        return {"id": self.id, "title": self.title, "steps": [{"key": s.key, "text": s.text} for s in self.steps]}
-
 
 def load_playbooks(directory: Path = BUNDLED_PLAYBOOKS) -> list[Playbook]:
     """Every playbook in ``directory`` (``*.yml``, several per file), the default first."""

@@ -82,6 +82,22 @@ def _case_id(key: int) -> str:
     return f"CASE-{key:06d}"
 
 
+def describe_event(event: dict[str, Any]) -> str:
+    """A case event (``case_work``) in a line: its note, state and comment, assignee, step or evidence."""
+    body = event["body"] or {}
+    if event["kind"] == "opened":
+        return "playbooks: " + ", ".join(body.get("playbooks", []))
+    if event["kind"] == "check":
+        return f"{body['step']}: {'done' if body['done'] else 'not done'}"
+    if event["kind"] == "evidence":
+        return f"{body['kind']} {body['ref']}" + (f" ({body['label']})" if body.get("label") else "")
+    if event["kind"] == "state":
+        return body["state"] + (f": {body['comment']}" if body.get("comment") else "")
+    if event["kind"] == "assigned":
+        return body["assignee"]
+    return str(body.get("text", ""))
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -116,7 +116,7 @@ class TrendConfig:
         numbers = {k: v for k, v in doc.items() if k != "thresholds"}
         defaults = cls()
         for key, value in numbers.items():
-            if key not in cls.__dataclass_fields__ or key == "thresholds":
+            if key not in cls.__dataclass_fields__:
                 raise TrendConfigError(f"{path}: unknown setting {key!r}")
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise TrendConfigError(f"{path}: {key} must be a positive number")

@@ -213,11 +213,20 @@ def per_second(packets: pa.RecordBatch) -> pa.RecordBatch:
     """Packets and bytes per second of capture time (seconds with none are left out)."""
     seconds = packets.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False) // 1_000_000_000
     lengths = packets.column("frame_len").to_numpy(zero_copy_only=False)
-    keys, index = np.unique(seconds, return_inverse=True)
+    first = int(seconds.min()) if len(seconds) else 0
+    if len(seconds) and int(seconds.max()) - first <= len(seconds):  # the usual batch: a dense span, no sort needed
+        index = seconds - first
+        packet_counts = np.bincount(index)
+        keys = np.flatnonzero(packet_counts)
+        byte_counts = np.bincount(index, weights=lengths)[keys]
+        keys, packet_counts = keys + first, packet_counts[keys]
+    else:  # seconds far apart (a sparse capture): only those with packets
+        keys, index = np.unique(seconds, return_inverse=True)
+        packet_counts = np.bincount(index, minlength=len(keys))
+        byte_counts = np.bincount(index, weights=lengths, minlength=len(keys))
     return pa.RecordBatch.from_arrays(
-        [pa.array(keys, pa.int64()), pa.array(np.bincount(index, minlength=len(keys)).astype(np.int64)),
-         pa.array(np.bincount(index, weights=lengths, minlength=len(keys)).astype(np.int64))],
-        names=["second", "packets", "bytes"])
+        [pa.array(keys, pa.int64()), pa.array(packet_counts.astype(np.int64)),
+         pa.array(byte_counts.astype(np.int64))], names=["second", "packets", "bytes"])
 
 
 def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:

@@ -287,7 +287,7 @@ def test_situational_and_incident_reports(app: Any, console_store: tuple[Store, 
     out = tmp_path / "week.html"
     assert cli(["report", "situation", "--period", "week", "--end", end, "--lang", "en", "--tz", "UTC",
                 "--store", str(root / "store"), "--out", str(out)]) == 0
-    assert out.read_text() .split("Generated")[0] == en.split("Generated")[0]  # the same report as the console's
+    assert out.read_text().split("Generated")[0] == en.split("Generated")[0]  # the same report as the console's
     assert cli(["report", "incident", "inc-nope", "--store", str(root / "store")]) == 2
     assert capsys.readouterr().err.strip() == "liaowang: error: no incident inc-nope"
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from console.api.deps import Analyst, Ctx, Viewer, client_ip, csv_values
 from console.api.incidents import get_incident
 from console.playbooks import Playbook, applicable, load_playbooks
-from console.state import EVIDENCE_KINDS, case_key
+from console.state import EVIDENCE_KINDS, case_key, describe_event
 from detection.incidents import STATES
 from ingest.store.api import Condition, Query, Store, iso_ns
 
@@ -50,7 +50,7 @@ def list_cases(_: Viewer, ctx: Ctx, state: str | None = None, assignee: str | No
 @router.post("/incidents/{incident_id}/case", summary="Open the incident's case (or return the one it has) (analyst)")
 def open_case(incident_id: str, request: Request, user: Analyst, ctx: Ctx) -> dict[str, Any]:
     incident = get_incident(ctx, incident_id)
-    books = [b.id for b in applicable(playbooks(), incident, _alerts(ctx.store, incident))]
+    books = [b.id for b in applicable(playbooks(), incident, ctx.store.incident_alerts(incident))]
     case, opened = ctx.state.open_case(incident_id, incident["title"], user.username, books)
     if opened:
         ctx.state.audit(user.username, "case_open", case["case_id"], {"incident": incident_id, "playbooks": books},
@@ -64,13 +64,12 @@ def open_case(incident_id: str, request: Request, user: Analyst, ctx: Ctx) -> di
 def case_detail(case_id: str, _: Viewer, ctx: Ctx) -> dict[str, Any]:
     case = _case(ctx, case_id)
     incident = get_incident(ctx, case["incident_id"])
-    alerts = _alerts(ctx.store, incident)
+    alerts = ctx.store.incident_alerts(incident)
     work = ctx.state.case_work(case_id)
     by_id = {b.id: b for b in playbooks()}
-    books = [{**by_id[p].as_json(), "steps": [{"key": s.key, "text": s.text, **work["checks"].get(
+    books = [{"id": p, "title": by_id[p].title, "steps": [{"key": s.key, "text": s.text, **work["checks"].get(
         s.key, {"done": False})} for s in by_id[p].steps]} for p in case["playbooks"] if p in by_id]
-    sent = ctx.store.search(Query("notifications", [Condition("subject_id", "eq", case["incident_id"])],
-                                  limit=100)).rows
+    sent = ctx.store.notifications_about(case["incident_id"])
     return {"case": case, "incident": incident, "alerts": alerts, "playbooks": books,
             "evidence": _evidence(ctx.store, work["evidence"]), "timeline": timeline(incident, alerts, sent, work),
             "users": [u["username"] for u in ctx.state.users() if u["role"] != "viewer"]}
@@ -88,29 +87,8 @@ def timeline(incident: dict[str, Any], alerts: list[dict[str, Any]], sent: list[
     events += [{"ts": n["created"], "source": "notification", "kind": n["kind"], "user": None,
                 "text": f"{n['channel']} ({n['channel_type']}): {n['status']}"} for n in sent]
     events += [{"ts": iso_ns(e["ts_ms"] * 1_000_000), "source": "analyst", "kind": e["kind"], "user": e["username"],
-                "text": _describe(e)} for e in work["events"]]
+                "text": describe_event(e)} for e in work["events"]]
     return sorted(events, key=lambda e: (str(e["ts"]), e["source"]))
-
-
-def _describe(event: dict[str, Any]) -> str:
-    body = event["body"] or {}
-    if event["kind"] == "opened":
-        return "playbooks: " + ", ".join(body.get("playbooks", []))
-    if event["kind"] == "check":
-        return f"{body['step']}: {'done' if body['done'] else 'not done'}"
-    if event["kind"] == "evidence":
-        return f"{body['kind']} {body['ref']}" + (f" ({body['label']})" if body.get("label") else "")
-    if event["kind"] == "state":
-        return body["state"] + (f": {body['comment']}" if body.get("comment") else "")
-    if event["kind"] == "assigned":
-        return body["assignee"]
-    return str(body.get("text", ""))
-
-
-def _alerts(store: Store, incident: dict[str, Any]) -> list[dict[str, Any]]:
-    ids = incident["alert_ids"]
-    return store.search(Query("alerts", [Condition("alert_id", "in", ids)], sort="first_seen",
-                              limit=len(ids) or 1)).rows
 
 
 def _evidence(store: Store, evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:

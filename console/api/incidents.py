@@ -30,21 +30,19 @@ def list_incidents(_: Viewer, ctx: Ctx, rng: Range, level: str | None = None, st
 
 
 def get_incident(ctx: Ctx, incident_id: str) -> dict[str, Any]:
-    rows = ctx.store.search(StoreQuery("incidents", [Condition("incident_id", "eq", incident_id)], limit=1)).rows
-    if not rows:
+    incident = ctx.store.incident(incident_id)
+    if incident is None:
         raise HTTPException(404, f"no incident {incident_id}")
-    return rows[0]
+    return incident
 
 
 @router.get("/incidents/{incident_id}", summary="An incident: its stages, entities, alerts, notifications, audit trail"
             " and case")
 def incident_detail(incident_id: str, _: Viewer, ctx: Ctx) -> dict[str, Any]:
     incident = get_incident(ctx, incident_id)
-    alerts = ctx.store.search(StoreQuery("alerts", [Condition("alert_id", "in", incident["alert_ids"])],
-                                         sort="first_seen", limit=len(incident["alert_ids"]) or 1)).rows
     audit, _total = ctx.state.audit_log(limit=50, target=incident_id)
-    sent = ctx.store.search(StoreQuery("notifications", [Condition("subject_id", "eq", incident_id)], limit=100)).rows
-    return {"incident": incident, "alerts": alerts, "audit": audit, "notifications": sent,
+    return {"incident": incident, "alerts": ctx.store.incident_alerts(incident), "audit": audit,
+            "notifications": ctx.store.notifications_about(incident_id),
             "case": ctx.state.case_of_incident(incident_id)}
 
 

@@ -17,8 +17,8 @@ from console.api.overview import extent, posture
 from console.playbooks import load_playbooks
 from console.reports.charts import GRADE_COLORS, gantt, hbars, line, stacked_bars
 from console.reports.words import WORDS
-from console.state import ConsoleState
-from ingest.store.api import GRADES, Condition, Query, Store, datetime_of_iso, iso_ns
+from console.state import ConsoleState, describe_event
+from ingest.store.api import GRADES, Condition, Query, Store, datetime_of_iso, datetime_of_ns
 
 PERIODS = {"day": dt.timedelta(days=1), "week": dt.timedelta(days=7)}
 LANGUAGES = ("zh-CN", "en")
@@ -77,7 +77,7 @@ def situation_report(store: Store, state: ConsoleState | None, period: str = "da
         (w["notifications"], " · ".join(f"{w.get('status_' + k, k)} {v}" for k, v in sorted(sent.items())) or "—",
          None),
         (w["intel_matches"], str(intel), None)])))
-    labels = [_time(datetime_of_iso(b["bucket"]), zone, short=True) for b in histogram]
+    labels = [_time(b["bucket"], zone, short=True) for b in histogram]
     html.append(_section(w["alerts_over_time"], stacked_bars(labels, [
         (w["level_" + g], GRADE_COLORS[g], [b[f"alerts_{g}"] for b in histogram]) for g in GRADES])))
     html.append(_section(w["traffic_over_time"], stacked_bars(labels, [(w["bytes"], "#0891b2",
@@ -95,16 +95,16 @@ def situation_report(store: Store, state: ConsoleState | None, period: str = "da
         [[_pill(i["level"], w), f"{i['score']:g}", escape(i["title"]),
           escape(" → ".join(w.get("tactic_" + t, t) for t in i["tactics"])), escape(w["state_" + i["state"]]),
           escape(cases[i["incident_id"]]["case_id"] if i["incident_id"] in cases else "—"),
-          _time(datetime_of_iso(i["first_seen"]), zone)] for i in incidents.rows], w)))
+          _time(i["first_seen"], zone)] for i in incidents.rows], w)))
     html.append(_section(w["posture_changes"], _table(
         [w["time"], w["scope"], w["level"], w["reason"]],
-        [[_time(datetime_of_iso(c["ts"]), zone), escape(c["scope"]),
+        [[_time(c["ts"], zone), escape(c["scope"]),
           f"{_pill(c['from_level'], w)} → {_pill(c['to_level'], w)}", escape(c["reason"])] for c in changes], w)))
     charts = "".join(f'<figure>{line(r["history"], r["forecast"], r["threshold"])}<figcaption>{escape(name)}'
                      f"</figcaption></figure>" for name in ("alerts:all", "traffic:packets") if (r := trend.get(name)))
     html.append(_section(w["trend"], charts + _table(
         [w["time"], w["kind"], w["series"], w["reason"]],
-        [[_time(datetime_of_iso(t["ts"]), zone), escape(w["trend_" + t["kind"]]), escape(t["series"]),
+        [[_time(t["ts"], zone), escape(w["trend_" + t["kind"]]), escape(t["series"]),
           escape(t["reason"])] for t in trend_warnings], w)))
     day = (end - dt.timedelta(microseconds=1)).astimezone(zone).strftime("%Y%m%d")
     return Report(f"liaowang-situation-{period}-{day}", title, _page(title, lang, html))
@@ -114,13 +114,11 @@ def incident_report(store: Store, state: ConsoleState | None, incident_id: str, 
                     tz: str | None = None) -> Report:
     """One incident: its stages on a time axis, entities, alerts, notifications, and its case when it has one."""
     w, zone = _words(lang), _zone(tz, lang)
-    rows = store.search(Query("incidents", [Condition("incident_id", "eq", incident_id)], limit=1)).rows
-    if not rows:
+    i = store.incident(incident_id)
+    if i is None:
         raise ReportError(f"no incident {incident_id}")
-    i = rows[0]
-    alerts = store.search(Query("alerts", [Condition("alert_id", "in", i["alert_ids"])], sort="first_seen",
-                                limit=len(i["alert_ids"]) or 1)).rows
-    sent = store.search(Query("notifications", [Condition("subject_id", "eq", incident_id)], limit=100)).rows
+    alerts = store.incident_alerts(i)
+    sent = store.notifications_about(incident_id)
     case = state.case_of_incident(incident_id) if state else None
     title = f"{w['incident_report']}: {i['title']}"
     html = [_header(title, w, [(w["incident"], incident_id), (w["generated"], _time(dt.datetime.now(dt.UTC), zone)),
@@ -128,13 +126,13 @@ def incident_report(store: Store, state: ConsoleState | None, incident_id: str, 
     html.append(_section(w["summary"], _summary_cards([
         (w["level"], w["level_" + i["level"]], i["level"]), (w["score"], f"{i['score']:g}", None),
         (w["state"], w["state_" + i["state"]], None), (w["alerts"], str(i["alert_count"]), None),
-        (w["first_seen"], _time(datetime_of_iso(i["first_seen"]), zone), None),
-        (w["last_seen"], _time(datetime_of_iso(i["last_seen"]), zone), None)])))
+        (w["first_seen"], _time(i["first_seen"], zone), None),
+        (w["last_seen"], _time(i["last_seen"], zone), None)])))
     html.append(_section(w["stages"], gantt([(w.get("tactic_" + s["tactic"], s["tactic"]), s["first_seen_ns"],
                                               s["last_seen_ns"]) for s in i["stages"]], GRADE_COLORS[i["level"]])
                          + _table([w["stage"], w["first_seen"], w["last_seen"], w["alerts"], w["signatures"]],
                                   [[escape(w.get("tactic_" + s["tactic"], s["tactic"])),
-                                    _time(_of_ns(s["first_seen_ns"]), zone), _time(_of_ns(s["last_seen_ns"]), zone),
+                                    _time(s["first_seen_ns"], zone), _time(s["last_seen_ns"], zone),
                                     str(s["alerts"]), escape("; ".join(s["signatures"]))] for s in i["stages"]], w)))
     html.append(_section(w["entities"], _table([w["entities"], w["affected_assets"], w["subscribers"], w["slices"]], [[
         escape(", ".join(i["entities"])), escape(", ".join(i["affected_assets"])) or "—",
@@ -146,11 +144,11 @@ def incident_report(store: Store, state: ConsoleState | None, incident_id: str, 
         html.append(_case_section(case, state, w, zone, lang))
     html.append(_section(f"{w['alerts']} ({len(alerts)})", _table(
         [w["time"], w["level"], w["signature"], w["source"], w["target"], w["score"]],
-        [[_time(datetime_of_iso(a["first_seen"]), zone), _pill(a["level"], w), escape(a["signature"]),
+        [[_time(a["first_seen"], zone), _pill(a["level"], w), escape(a["signature"]),
           escape(a.get("src_ip") or ""), escape(a.get("dst_ip") or ""), f"{a['score']:g}"] for a in alerts[:200]], w)))
     html.append(_section(w["notifications"], _table(
         [w["time"], w["channel"], w["level"], w["status_word"]],
-        [[_time(datetime_of_iso(n["created"]), zone), escape(n["channel"]), _pill(n["level"], w),
+        [[_time(n["created"], zone), escape(n["channel"]), _pill(n["level"], w),
           escape(w.get("status_" + n["status"], n["status"]))] for n in sent], w)))
     return Report(f"liaowang-incident-{incident_id}", title, _page(title, lang, html))
 
@@ -171,19 +169,13 @@ def _case_section(case: dict[str, Any], state: ConsoleState | None, w: dict[str,
             f"{w['assignee']}: {escape(case['assignee'] or '—')} · {w['opened_by']}: {escape(case['created_by'] or '')}"
             f"</p>{''.join(checklist)}<h3>{w['notes']}</h3>" + _table(
                 [w["time"], w["user"], w["kind"], w["detail"]],
-                [[_time(_of_ns(e["ts_ms"] * 1_000_000), zone), escape(e["username"] or ""),
-                  escape(w.get("event_" + e["kind"], e["kind"])), escape(_event_text(e))] for e in notes], w)
+                [[_time(e["ts_ms"] * 1_000_000, zone), escape(e["username"] or ""),
+                  escape(w.get("event_" + e["kind"], e["kind"])), escape(describe_event(e))] for e in notes], w)
             + f"<h3>{w['evidence']}</h3>" + _table(
                 [w["kind"], w["reference"], w["label"]],
                 [[escape(w.get("evidence_" + e["kind"], e["kind"])), escape(e["ref"]), escape(e["label"] or "")]
                  for e in work["evidence"]], w))
     return _section(w["case"], body)
-
-
-def _event_text(e: dict[str, Any]) -> str:
-    body = e["body"] or {}
-    return str(body.get("text") or body.get("assignee") or
-               (body.get("state", "") + (f": {body['comment']}" if body.get("comment") else "")))
 
 
 # -- HTML ---------------------------------------------------------------------------------
@@ -259,12 +251,10 @@ def _zone(tz: str | None, lang: str) -> ZoneInfo:
         raise ReportError(f"unknown time zone {name!r}") from e
 
 
-def _of_ns(t_ns: int) -> dt.datetime:
-    return datetime_of_iso(iso_ns(t_ns))
-
-
-def _time(t: dt.datetime, zone: ZoneInfo, short: bool = False) -> str:
-    return t.astimezone(zone).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
+def _time(t: dt.datetime | str | int, zone: ZoneInfo, short: bool = False) -> str:
+    """A time (a datetime, the store's ISO text or ns since the epoch) in the report's zone."""
+    when = datetime_of_iso(t) if isinstance(t, str) else datetime_of_ns(t) if isinstance(t, int) else t
+    return when.astimezone(zone).strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def _bytes(n: float) -> str:

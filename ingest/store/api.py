@@ -336,6 +336,20 @@ class Store(ABC):
         row["session"] = found[0] if found else None
         return row
 
+    def incident(self, incident_id: str) -> dict[str, Any] | None:
+        rows = self.search(Query("incidents", [Condition("incident_id", "eq", incident_id)], limit=1)).rows
+        return rows[0] if rows else None
+
+    def incident_alerts(self, incident: dict[str, Any]) -> list[dict[str, Any]]:
+        """The alerts an incident row lists, oldest first."""
+        ids = incident["alert_ids"]
+        return self.search(Query("alerts", [Condition("alert_id", "in", ids)], sort="first_seen",
+                                 limit=len(ids) or 1)).rows
+
+    def notifications_about(self, subject_id: str) -> list[dict[str, Any]]:
+        """The notifications sent about an alert, incident or trend warning (at most 100, newest first)."""
+        return self.search(Query("notifications", [Condition("subject_id", "eq", subject_id)], limit=100)).rows
+
     def acknowledged_incidents(self, incident_ids: list[str]) -> set[str]:
         """Of these incidents, those an analyst has taken up (their state is no longer ``new``)."""
         if not incident_ids:
