@@ -186,6 +186,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     trend_rows: dict[str, pa.Table] = {}  # the latest row of each trend series
     trend_warnings: list[pa.Table] = []
     intel_reloads = [-1]  # the feeds' reload count last stored
+    notify_version = [-1]  # the notification settings' version last stored
 
     def emit(results: Results, final: bool = False) -> None:
         nonlocal to_store, last_store
@@ -221,6 +222,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         to_store.add_results(sensor, results, snapshots.due(control, final))
         if notifier is not None:
             to_store.add("notifications", notifier.drain())
+            if notifier.settings_version != notify_version[0]:  # first, and after each change: the console shows it
+                notify_version[0] = notifier.settings_version
+                to_store.add("notify_routes", notifier.settings())
         if engine.intel is not None:
             engine.intel.matcher()  # looks for changed feeds here too (decoder processes look for themselves)
             if engine.intel.reloads != intel_reloads[0]:  # first, and after each change: the console shows it
@@ -274,6 +278,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
         if notifier is not None:
             pq.write_table(notifier.table(), out_dir / "notifications.parquet")
+            pq.write_table(notifier.settings(), out_dir / "notify_routes.parquet")
         if engine.intel is not None:
             pq.write_table(engine.intel.status(), out_dir / "intel_feeds.parquet")
         pq.write_table(pa.concat_tables([posture[k] for k in sorted(posture)]) if posture

@@ -24,6 +24,7 @@ from detection.rules.hits import HIT_FIELDS, HIT_SCHEMA_VERSION
 from detection.sessions import CONTROL_EVENT_FIELDS, CONTROL_EVENT_VERSION, SESSION_FIELDS, SESSION_SCHEMA_VERSION
 from detection.trend import TREND_FIELDS, TREND_SCHEMA_VERSION, TREND_WARNING_FIELDS
 from ingest.notify.notifier import NOTIFICATION_FIELDS
+from ingest.notify.settings import NOTIFY_ROUTE_FIELDS, NOTIFY_ROUTE_SCHEMA_VERSION
 from ingest.store.api import ASSET_FIELDS, SENSOR_STATS_FIELDS, STORE_ALERT_FIELDS
 from sensors.capture.retain import INDEX_FIELDS, INDEX_VERSION
 from sensors.schema import (
@@ -125,6 +126,14 @@ def render() -> str:
         "rows by `notification_id`. [docs/notifications.md](notifications.md) explains routes and limits.",
         "",
         *_fields(NOTIFICATION_FIELDS),
+        "",
+        f"## notify_routes (version {NOTIFY_ROUTE_SCHEMA_VERSION}) — `ingest/notify/settings.py`",
+        "",
+        "One row per notification route in force, with its channels (targets with their keys masked),",
+        "`notify_routes.parquet` and the store (after each change of the file) when a replay, sensor or worker",
+        "runs with `--notify`; a store replaces rows by `route`. The console's Notifications page shows them.",
+        "",
+        *_fields(NOTIFY_ROUTE_FIELDS),
         "",
         f"## posture (version {POSTURE_SCHEMA_VERSION}) — `detection/posture.py`",
         "",

@@ -71,6 +71,10 @@ class Console:
     root: Path
 
 
+#: a key in the SOC webhook's URL: the console shows the route, never the key
+ROBOT_TOKEN = "c0ffee" * 6
+
+
 def build_store(root: Path) -> tuple[Store, ConsoleState]:
     """The bundled captures (and hostile strings) replayed into a store, notifying a real local webhook and a
     receiver that is down (so the record has deliveries and failures), with intelligence feeds (tests/intel_fixtures.py)
@@ -80,7 +84,7 @@ def build_store(root: Path) -> tuple[Store, ConsoleState]:
     notify = root / "notify.yml"
     notify.write_text(yaml.safe_dump({
         "attempts": 2, "retry_s": 0.1,
-        "channels": {"soc": {"type": "webhook", "url": receiver.url()},
+        "channels": {"soc": {"type": "webhook", "url": receiver.url() + f"?access_token={ROBOT_TOKEN}"},
                      "pager": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/down"}},
         "routes": [{"name": "incidents", "kinds": ["incident"], "levels": ["red", "orange", "yellow"], "channels": ["soc"]},
                    {"name": "red-alerts", "kinds": ["alert"], "levels": ["red"], "channels": ["pager"]},

@@ -20,7 +20,7 @@ from ingest.store import open_store
 from ingest.store.api import Condition, Store
 from sensors.capture.source import read_frames
 from sensors.decode import decode
-from tests.console_fixtures import PAYLOADS, client
+from tests.console_fixtures import PAYLOADS, ROBOT_TOKEN, client
 from tests.intel_fixtures import C2_URL, FEEDS, MALICIOUS_JA3
 
 
@@ -59,7 +59,8 @@ ROUTES: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/cases/{case}/state", "analyst", {"state": "investigating"}),
     ("POST", "/api/cases/{case}/evidence", "analyst", {"kind": "flow", "ref": "{flow}"}),
     ("POST", "/api/cases/{case}/checks", "analyst", {"step": "triage/confirm", "done": True}),
-    ("GET", "/api/notifications", "viewer", None), ("GET", "/api/intel", "viewer", None),
+    ("GET", "/api/notifications", "viewer", None), ("GET", "/api/notifications/settings", "viewer", None),
+    ("GET", "/api/intel", "viewer", None),
     ("GET", "/api/reports/situation", "viewer", None), ("GET", "/api/reports/incident/{incident}", "viewer", None),
     ("POST", "/api/containment", "analyst", {"format": "stix", "incident_ids": ["{incident}"]}),
     ("GET", "/api/flows", "viewer", None), ("GET", "/api/flows/{flow}", "viewer", None),
@@ -166,6 +167,23 @@ def test_notifications_record_is_filtered_and_counted(app: Any) -> None:
     delivered = [r for r in everything["rows"] if r["status"] == "delivered" and r["kind"] == "incident"]
     detail = c.get(f"/api/incidents/{delivered[0]['subject_id']}").json()
     assert [n["notification_id"] for n in detail["notifications"]] == [delivered[0]["notification_id"]]
+
+
+def test_notification_settings_show_who_is_told_without_the_keys(app: Any) -> None:
+    """The routes the replay ran with, in file order, their channels with the key masked, and each channel's
+    deliveries: the SOC webhook delivered, the pager (down) failed with its reason."""
+    c, _ = client(app, "viewer")
+    response = c.get("/api/notifications/settings")
+    assert ROBOT_TOKEN not in response.text
+    s = response.json()
+    assert [r["route"] for r in s["routes"]] == ["incidents", "red-alerts", "trend"] and not s["errors"]
+    assert s["routes"][1]["kinds"] == ["alert"] and s["routes"][1]["levels"] == ["red"]
+    channels = {ch["name"]: ch for ch in s["channels"]}
+    assert channels["soc"]["target"].endswith("/hook?access_token=***") and channels["soc"]["routes"] == ["incidents",
+                                                                                                          "trend"]
+    assert channels["soc"]["by_status"]["delivered"] >= 1 and channels["soc"]["last_error"] is None
+    assert set(channels["pager"]["by_status"]) == {"failed"} and "cannot reach" in channels["pager"]["last_error"]["error"]
+    assert s["loaded_at"] is not None
 
 
 def test_overview_has_the_trend_forecast_and_its_warnings_were_notified(app: Any) -> None:

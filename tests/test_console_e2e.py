@@ -17,7 +17,7 @@ from console.state import ConsoleState
 from ingest.store.api import Store
 from sensors.capture.source import read_frames
 from sensors.decode import decode
-from tests.console_fixtures import PASSWORDS, PAYLOADS, serve_in_thread
+from tests.console_fixtures import PASSWORDS, PAYLOADS, ROBOT_TOKEN, serve_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
@@ -342,17 +342,23 @@ def test_notifications_show_what_reached_whom(browser: Browser, url: str) -> Non
     page.wait_for_selector("#notification-counts")
     counts = page.inner_text("#notification-counts")
     assert "已送达" in counts and "发送失败" in counts
+    # the settings in force: routes in file order, channels with the key masked and their deliveries
+    assert page.locator("#notify-routes tbody tr").evaluate_all("rows => rows.map(r => r.dataset.id)") == [
+        "incidents", "red-alerts", "trend"]
+    soc = page.inner_text("#notify-channels tr[data-id=soc]")
+    assert "access_token=***" in soc and "已送达" in soc and ROBOT_TOKEN not in page.content()
+    assert "cannot reach" in page.inner_text("#notify-channels tr[data-id=pager]")
     s.shot("notifications")
     page.select_option("#notification-status", "failed")
     page.click("form.toolbar button[type=submit]")
     page.wait_for_function("location.hash.includes('status=failed')")
-    page.wait_for_selector("tbody tr")
-    statuses = page.locator("tbody .nstatus").all_text_contents()
+    page.wait_for_selector("#notification-history tbody tr")
+    statuses = page.locator("#notification-history tbody .nstatus").all_text_contents()
     assert statuses and set(statuses) == {"发送失败"}
-    assert "cannot reach" in page.locator("tbody tr").first.inner_text()
+    assert "cannot reach" in page.locator("#notification-history tbody tr").first.inner_text()
     page.goto(url + "#/notifications?status=delivered")
-    page.wait_for_selector("tbody a[href^='#/incident/']")
-    page.locator("tbody a[href^='#/incident/']").first.click()
+    page.wait_for_selector("#notification-history tbody a[href^='#/incident/']")
+    page.locator("#notification-history tbody a[href^='#/incident/']").first.click()
     page.wait_for_selector("#incident-notifications tbody tr")
     assert "已送达" in page.inner_text("#incident-notifications")
     s.shot("incident-notifications")

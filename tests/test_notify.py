@@ -23,6 +23,7 @@ from console.cli import main
 from ingest.notify import Notifier, NotifyConfigError, parse_config
 from ingest.notify.channels import cef
 from ingest.notify.message import alert_message
+from ingest.notify.settings import settings_table
 from ingest.replay import replay
 from ingest.store import open_store
 from sensors.generate.scenarios import multi_stage
@@ -251,18 +252,53 @@ def test_settings_file_is_reloaded_when_it_changes(scenario: Any, http: HttpRece
                                                                       "channels": ["soc"]}]}))
     notifier = Notifier(path)
     notifier.offer(None, incidents)  # incidents are not routed yet
+    first = notifier.settings()
     time.sleep(1.2)
     path.write_text(yaml.safe_dump({"channels": channels, "routes": [{"kinds": ["incident"], "levels": ["red"],
                                                                       "channels": ["soc"]}]}))
     time.sleep(1.2)
     notifier.offer(None, incidents)  # now they are
     wait_for(lambda: len(http.received) == 2)
+    second = notifier.settings()
     path.write_text("routes: [")  # a broken edit: the settings that worked stay
     time.sleep(1.2)
     notifier.offer(alerts, None)
     time.sleep(0.5)
     notifier.close()
     assert [r.body["kind"] for r in http.received] == ["incident", "incident"]
+    # what the console shows: each version of the file, and the failed edit beside the settings still in force
+    broken = notifier.settings()
+    assert first.column("kinds").to_pylist() == [["alert"]] and second.column("kinds").to_pylist() == [["incident"]]
+    assert second.column("file_mtime")[0].value > first.column("file_mtime")[0].value
+    assert broken.column("kinds").to_pylist() == [["incident"]] and "not valid YAML" in broken.column("error")[0].as_py()
+    assert notifier.settings_version == 2
+
+
+def test_settings_show_targets_without_their_keys() -> None:
+    config = parse_config({
+        "channels": {
+            "dt": {"type": "dingtalk", "url": "https://oapi.dingtalk.com/robot/send?access_token=abcdef0123456789",
+                   "secret": "SECdeadbeef"},
+            "fs": {"type": "feishu", "url": "https://open.feishu.cn/open-apis/bot/v2/hook/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"},
+            "hook": {"type": "webhook", "url": "https://ops:hunter2@soc.example:8443/liaowang/in"},
+            "siem": {"type": "syslog", "host": "10.0.0.5", "port": 6514, "protocol": "tcp"},
+            "mail": {"type": "email", "host": "smtp.example.com", "from": "lw@example.com", "to": ["duty@example.com"],
+                     "password": "p4ssw0rd"}},
+        "routes": [{"name": "red", "channels": ["dt", "hook"], "escalate": [{"after_min": 15, "channels": ["mail"]}]},
+                   {"name": "all", "kinds": ["alert"], "levels": ["yellow"], "channels": ["fs", "siem"]}]})
+    table = settings_table(config, "notify.yml")
+    text = json.dumps(table.to_pylist(), default=str)
+    for secret in ("abcdef0123456789", "SECdeadbeef", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "hunter2", "p4ssw0rd"):
+        assert secret not in text
+    red, every = table.to_pylist()
+    assert [(c["name"], c["target"], c["signed"]) for c in red["channels"]] == [
+        ("dt", "https://oapi.dingtalk.com/robot/send?access_token=***", True),
+        ("hook", "https://soc.example:8443/liaowang/in", None),
+        ("mail", "smtp://smtp.example.com:587 lw@example.com → duty@example.com", None)]
+    assert red["notify"] == ["dt", "hook"] and red["escalate"] == [{"after_min": 15.0, "channels": ["mail"]}]
+    assert [c["target"] for c in every["channels"]] == ["https://open.feishu.cn/open-apis/bot/v2/hook/***",
+                                                        "tcp://10.0.0.5:6514"]
+    assert every["categories"] == [] and every["position"] == 1
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -274,6 +310,9 @@ def test_settings_file_is_reloaded_when_it_changes(scenario: Any, http: HttpRece
      "environment variable LIAOWANG_TEST_UNSET is not set"),
     ({"channels": {"a": {"type": "webhook", "url": "http://x"}}, "routes": [{"channels": ["a"], "assets": ["core"]}]},
      "'core' is neither an asset group nor an address or CIDR"),
+    ({"channels": {"a": {"type": "webhook", "url": "http://x"}},
+      "routes": [{"name": "r", "channels": ["a"]}, {"name": "r", "channels": ["a"]}]},
+     "routes[1].name: 'r' names an earlier route too"),
 ])
 def test_bad_settings_are_named(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(NotifyConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("|", r"\|")

@@ -62,10 +62,10 @@ def test_loading_twice_stores_every_row_once(replayed: tuple[Path, ReplaySummary
                                              "nf_inventory": _rows(out, "nf_inventory"), "sensor_stats": 0,
                                              "notifications": _rows(out, "notifications"),
                                              "intel_feeds": _rows(out, "intel_feeds"), "posture": _rows(out, "posture"),
-                                             "trend": _rows(out, "trend")}
+                                             "trend": _rows(out, "trend"), "notify_routes": _rows(out, "notify_routes")}
     assert _rows(out, "trend_warnings") > 0
     for name in ("flows", "alerts", "sessions", "nf_inventory", "proto_pfcp", "notifications", "intel_feeds",
-                 "trend", "trend_warnings"):
+                 "trend", "trend_warnings", "notify_routes"):
         assert duck.search(Query(name, limit=0)).total == _rows(out, name)
     assert duck.search(Query("sensor_stats", limit=0)).total == len(summary.batches)
 
@@ -219,7 +219,7 @@ PARITY = [
     Query("notifications", [Condition("status", "in", ["delivered", "digested"])], sort="subject_id", limit=100),
     Query("intel_feeds", sort="feed"), Query("alerts", [Condition("detector", "in", ["intel"])], sort="alert_id"),
     Query("posture", sort="scope", limit=200), Query("posture_changes", sort="change_id", limit=200),
-    Query("trend", sort="series"), Query("trend_warnings", sort="warning_id"),
+    Query("trend", sort="series"), Query("trend_warnings", sort="warning_id"), Query("notify_routes", sort="position"),
 ]
 
 

@@ -591,10 +591,33 @@ async function notifications() {
   main.append(h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); location.hash = "#/notifications" + qs({ status: statusSel.value }); } },
     statusSel, h("button", { class: "primary", type: "submit" }, t("apply"))));
   try {
-    const page = await api("/api/notifications" + qs({ ...rangeParams(), status: st, limit, offset }));
+    const [settings, page] = await Promise.all([api("/api/notifications/settings" + qs(rangeParams())),
+      api("/api/notifications" + qs({ ...rangeParams(), status: st, limit, offset }))]);
+    main.append(notifySettings(settings), h("h3", {}, t("notify_history")));
     main.append(h("p", { id: "notification-counts" }, NOTIFY_STATUSES.filter((s) => page.by_status[s]).map((s) => `${t("nstatus_" + s)} ${fmtNumber(page.by_status[s])}`).join(" · ") || t("nothing")),
-      table(notificationColumns, page.rows, { id: (x) => x.notification_id }), pager(page.total, limit, offset, (o) => { location.hash = "#/notifications" + qs({ status: st, offset: o }); }));
+      h("div", { id: "notification-history" }, table(notificationColumns, page.rows, { id: (x) => x.notification_id })), pager(page.total, limit, offset, (o) => { location.hash = "#/notifications" + qs({ status: st, offset: o }); }));
   } catch (e) { fail(main, e); }
+}
+
+// who is told about what, over which channel (keys masked by the sensor), and how each channel delivers
+const listed = (xs, key) => xs.length ? xs.map((x) => key ? t(key + x) : x).join(", ") : t("any");
+function notifySettings(d) {
+  if (!d.routes.length) return h("p", { id: "notify-routes", class: "dim" }, t("notify_none"));
+  const routes = table([{ label: t("route"), key: "route" }, { label: t("kinds"), render: (r) => listed(r.kinds, "kind_") },
+    { label: t("levels"), render: (r) => h("span", {}, ...r.levels.map(pill)) }, { label: t("categories"), render: (r) => listed(r.categories) },
+    { label: t("assets_scope"), render: (r) => listed(r.assets) }, { label: t("notify_first"), render: (r) => r.notify.join(", ") },
+    { label: t("escalation"), render: (r) => r.escalate.map((e) => t("esc_step").replace("{0}", fmtNumber(e.after_min)).replace("{1}", e.channels.join(", "))).join("; ") }],
+  d.routes, { id: (r) => r.route });
+  const channels = table([{ label: t("channel"), render: (c) => `${c.name} (${c.type})` }, { label: t("target"), key: "target", mono: true },
+    { label: t("msg_language"), key: "language" }, { label: t("signed"), render: (c) => c.signed == null ? "" : c.signed ? "✓" : "✗" },
+    { label: t("used_by"), render: (c) => c.routes.join(", ") },
+    { label: t("deliveries"), render: (c) => NOTIFY_STATUSES.filter((s) => c.by_status[s]).map((s) => `${t("nstatus_" + s)} ${fmtNumber(c.by_status[s])}`).join(" · ") || t("nothing") },
+    { label: t("last_error"), render: (c) => c.last_error ? `${fmtTime(c.last_error.at)} ${c.last_error.error}` : "" }],
+  d.channels, { id: (c) => c.name });
+  return h("div", { class: "grid" },
+    card(t("notify_routes"), "span12", h("div", { id: "notify-routes" }, ...d.errors.map((e) => h("p", { class: "error" }, `${t("notify_error")}: ${e}`)),
+      h("p", { class: "dim" }, `${t("notify_loaded")} ${fmtTime(d.loaded_at)}`), routes)),
+    card(t("notify_channels"), "span12", h("div", { id: "notify-channels" }, channels)));
 }
 
 // -- threat intelligence: the feeds, and what they matched --

@@ -53,7 +53,8 @@ def _post(channel: Channel, url: str, body: dict[str, Any]) -> Any:
     except urllib.error.HTTPError as e:
         raise DeliveryError(f"HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
-        raise DeliveryError(f"cannot reach {urllib.parse.urlsplit(url).netloc}: "
+        parts = urllib.parse.urlsplit(url)  # the host only: user info would put a password in the record
+        raise DeliveryError(f"cannot reach {parts.hostname}:{parts.port or parts.scheme}: "
                             f"{getattr(e, 'reason', None) or e}") from e
     try:
         return json.loads(payload) if payload else None

@@ -170,7 +170,7 @@ def parse_config(raw: Any, source: str = "notifications") -> NotifyConfig:
         raise NotifyConfigError(f"{source}.asset_groups: expected a mapping of names to address lists")
     groups = {str(k): list(_names(v, f"{source}.asset_groups.{k}")) for k, v in groups.items()}
     channels = {str(n): _channel(str(n), c, f"{source}.channels.{n}") for n, c in (raw.get("channels") or {}).items()}
-    routes = []
+    routes: list[Route] = []
     for i, r in enumerate(raw.get("routes") or []):
         where = f"{source}.routes[{i}]"
         if not isinstance(r, dict):
@@ -184,8 +184,11 @@ def parse_config(raw: Any, source: str = "notifications") -> NotifyConfig:
                 raise NotifyConfigError(f"{where}.escalate[{j}]: expected after_min and channels")
             steps.append(Escalation(float(e["after_min"]) * 60.0,
                                     _names(e.get("channels", []), f"{where}.escalate[{j}].channels", tuple(channels))))
+        name = str(r.get("name", f"route-{i + 1}"))
+        if any(prev.name == name for prev in routes):
+            raise NotifyConfigError(f"{where}.name: {name!r} names an earlier route too")
         routes.append(Route(
-            name=str(r.get("name", f"route-{i + 1}")), channels=chans,
+            name=name, channels=chans,
             kinds=_names(r.get("kinds", list(DEFAULT_KINDS)), f"{where}.kinds", KINDS),
             levels=_names(r.get("levels", ["red", "orange"]), f"{where}.levels", LEVEL_NAMES),
             categories=_names(r.get("categories", []), f"{where}.categories"),

@@ -56,6 +56,7 @@ from ingest.notify.message import (
     incident_message,
     trend_message,
 )
+from ingest.notify.settings import settings_table
 from sensors.schema import Field, arrow_schema
 
 NOTIFICATION_FIELDS = [
@@ -242,7 +243,11 @@ class Notifier:
                  acknowledged: Callable[[list[str]], set[str]] | None = None) -> None:
         self.path = config if isinstance(config, Path) else None
         self.config = load_config(config) if isinstance(config, Path) else config
-        self._mtime = self.path.stat().st_mtime if self.path else 0.0
+        self._mtime = self.path.stat().st_mtime_ns if self.path else 0
+        self._loaded_at_ns = time.time_ns()
+        self._reload_error: str | None = None
+        #: changes when the settings (or a failed re-read of them) change: stored again then
+        self.settings_version = 0
         self._checked = time.monotonic()
         self.log_path = log_path
         self.acknowledged = acknowledged
@@ -362,13 +367,23 @@ class Notifier:
             return
         self._checked = time.monotonic()
         try:
-            mtime = self.path.stat().st_mtime
+            mtime = self.path.stat().st_mtime_ns
             if mtime == self._mtime:
                 return
             self._mtime = mtime
             self.config = load_config(self.path)
+            self._loaded_at_ns, self._reload_error = time.time_ns(), None
         except (OSError, NotifyConfigError) as e:  # keep notifying with the settings that worked
+            if str(e) == self._reload_error:
+                return  # said already (a missing file is looked for every second)
             print(f"liaowang: notifications: keeping the previous settings: {e}", file=sys.stderr)
+            self._reload_error = str(e)
+        self.settings_version += 1
+
+    def settings(self) -> pa.Table:
+        """The routes in force, channel secrets masked (the store's ``notify_routes`` table)."""
+        return settings_table(self.config, str(self.path) if self.path else "", self._loaded_at_ns,
+                              self._mtime or None, self._reload_error)
 
     # -- escalation ------------------------------------------------------------------------
 

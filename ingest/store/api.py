@@ -35,6 +35,7 @@ from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import SESSION_SCHEMA
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA
 from ingest.notify.notifier import NOTIFICATION_SCHEMA
+from ingest.notify.settings import NOTIFY_ROUTE_SCHEMA
 from sensors.schema import PROTO_SCHEMAS, Field, arrow_schema
 
 
@@ -89,6 +90,7 @@ TABLES: dict[str, TableSpec] = {
                                text_columns=("title", "channel", "route", "last_error")),
     "sensor_stats": TableSpec("stats_id", "ts"),
     "intel_feeds": TableSpec("feed", "loaded_at", replace=True, text_columns=("feed", "path", "error")),
+    "notify_routes": TableSpec("route", "loaded_at", replace=True, text_columns=("route", "source", "error")),
     "posture": TableSpec("scope", "updated", replace=True, text_columns=("scope", "top_signature", "reason")),
     "posture_changes": TableSpec("change_id", "ts", text_columns=("scope", "reason")),
     "trend": TableSpec("series", "bucket", replace=True, text_columns=("series",)),
@@ -105,6 +107,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "notifications": NOTIFICATION_SCHEMA,
     "sensor_stats": SENSOR_STATS_SCHEMA,
     "intel_feeds": FEED_STATUS_SCHEMA,
+    "notify_routes": NOTIFY_ROUTE_SCHEMA,
     "posture": POSTURE_SCHEMA,
     "posture_changes": POSTURE_CHANGE_SCHEMA,
     "trend": TREND_SCHEMA,

@@ -92,6 +92,14 @@ FILE_ROWS = 262_144
 _process_lock = threading.Lock()  # one connection per process at a time: DuckDB refuses a second configuration
 
 
+def _age_s(path: Path) -> float:
+    """Seconds since ``path`` was touched; infinite when it is gone (a writer may remove it at any moment)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 def _in_cidr(values: pa.Array, networks: pa.Array) -> pa.Array:
     """SQL ``liaowang_in_cidr(address, cidr)``: the rules' vectorized CIDR test (DuckDB here has no inet)."""
     nets = networks.unique().drop_null().to_pylist()
@@ -161,8 +169,7 @@ class DuckStore(Store):
         with _process_lock:
             con = self._memory()
             if not write:  # let a waiting writer in first: readers that poll would starve it
-                while waiting.exists() and time.time() - waiting.stat().st_mtime < LOCK_WAIT_S \
-                        and time.monotonic() < deadline:
+                while _age_s(waiting) < LOCK_WAIT_S and time.monotonic() < deadline:
                     time.sleep(0.01)
             while True:
                 try:

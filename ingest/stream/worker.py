@@ -117,6 +117,7 @@ class Worker:
         self.dirty: set[tuple[str, int]] = set()
         self.pending = PendingWrites()
         self.notifier = notifier  # offered the results of the streams this worker detects
+        self._notify_version = -1  # the notification settings' version last stored
         self._sent: list[Any] = []  # kafka-python's send futures
         self._warned: set[str] = set()
         self._rewound: set[tuple[str, int, int, str, int]] = set()
@@ -315,6 +316,9 @@ class Worker:
         read_at = list(self.pending.read_at)
         if self.notifier is not None:
             self.pending.add("notifications", self.notifier.drain())
+            if self.notifier.settings_version != self._notify_version:
+                self._notify_version = self.notifier.settings_version
+                self.pending.add("notify_routes", self.notifier.settings())
         self.pending.write(self.store)
         now = time.time()
         for t in read_at:
