@@ -149,19 +149,12 @@ class DetectionEngine:
         episodes = self._packet_windows.take_warnings() + self._flow_windows.take_warnings()
         return alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()
 
-    def starts_new_timeline(self, first_ts_ns: int | None) -> bool:
-        """Would an input starting at ``first_ts_ns`` get a timeline of its own (see ``input_starts``)?"""
-        return first_ts_ns is not None and first_ts_ns < self.watermark_ns - PACKET_LATENESS_NS
-
-    def input_starts(self, first_ts_ns: int | None) -> pa.Table:
-        """Call before the first events of a new input.  An input that starts earlier than the event
-        time reached (unrelated captures replayed together) gets a timeline of its own: every window
-        and episode is closed first, so its events are counted in their own windows rather than as
-        late ones, and the detectors forget what they learned from the other input (hosts seen,
-        a device's master, a node's sequence) and start again from their state as given.
-        Returns the alerts that closed."""
-        if not self.starts_new_timeline(first_ts_ns):
-            return ALERT_SCHEMA.empty_table()
+    def new_timeline(self) -> pa.Table:
+        """An input that starts earlier than the event time reached (unrelated captures replayed together)
+        gets a timeline of its own (``ingest.pipeline.starts_new_timeline``): every window and episode is
+        closed first, so its events are counted in their own windows rather than as late ones, and the
+        detectors forget what they learned from the other input (hosts seen, a device's master, a node's
+        sequence) and start again from their state as given.  Returns the alerts that closed."""
         alerts = self.flush()
         for counter in (self._packet_windows, self._flow_windows):
             counter.reset()

@@ -39,11 +39,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
-from detection.engine import DetectionEngine
+from detection.engine import PACKET_LATENESS_NS, DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
 from detection.flows.keys import keys_of, project
 from detection.flows.planes import with_planes
@@ -97,6 +98,9 @@ class Part:
     batch: BatchInfo | None = None
     end: bool = False
     prev: int | None = None  # the batch the sensor published before this one (None: seq - 1)
+    #: this batch begins a new timeline (an input that starts earlier than the time reached): the clock
+    #: starts again from its packets, and the flows of the old timeline end before them
+    restart: bool = False
 
 
 @dataclass
@@ -113,6 +117,7 @@ class FlowPart:
     batch: BatchInfo | None = None
     end: bool = False
     prev: int | None = None
+    restart: bool = False  # ``flows`` ending as ``end_of_input`` are the old timeline's (see Part.restart)
 
 
 @dataclass
@@ -229,6 +234,14 @@ def per_second(packets: pa.RecordBatch) -> pa.RecordBatch:
          pa.array(byte_counts.astype(np.int64))], names=["second", "packets", "bytes"])
 
 
+def starts_new_timeline(batch: BatchInfo | None, clock_ns: int | None) -> bool:
+    """Does this batch begin an input that starts earlier than the time reached (unrelated captures replayed
+    together, overlapping in time)?  Then it gets a timeline of its own rather than having its packets'
+    times forced up to the other input's: flows, alerts and evidence keep the times the packets carry."""
+    return (batch is not None and batch.input_start and clock_ns is not None
+            and batch.first_ts_ns < clock_ns - PACKET_LATENESS_NS)
+
+
 def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:
     """One batch (``keyed`` = its packets) -> one part per partition, and the clock reached.
 
@@ -239,6 +252,9 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
     assert part.keyed is not None
     k = keys_of(part.keyed)
     lead = part.seq % partitions
+    restart = starts_new_timeline(part.batch, clock_ns)
+    if restart:
+        clock_ns = None
     if len(k.rows):
         start = np.iinfo(np.int64).min if clock_ns is None else clock_ns
         k.ts_ns = np.maximum.accumulate(np.maximum(k.ts_ns, start))
@@ -266,7 +282,7 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
             if len(mine):
                 protos[name] = t.take(pa.array(mine)).append_column(KEYED_ROW, pa.array(local_of[name][mine]))
         is_lead = p == lead
-        parts.append(Part(seq=part.seq, partition=p, partitions=partitions, clock_ns=clock_ns,
+        parts.append(Part(seq=part.seq, partition=p, partitions=partitions, clock_ns=clock_ns, restart=restart,
                           keyed=keyed.take(pa.array(order[bounds[p]:bounds[p + 1]])), protos=protos,
                           hits=part.hits if is_lead else None, rows=part.rows if is_lead else None,
                           batch=part.batch if is_lead else None))
@@ -292,17 +308,20 @@ class FlowStage:
             return FlowPart(seq=part.seq, partition=part.partition, partitions=part.partitions,
                             flows=self.flows.flush(), end=True, prev=part.prev)
         assert part.keyed is not None
+        before = self.flows.restart() if part.restart else None  # the old timeline's flows end first
         id_rows = None
         if part.protos:
             column = KEYED_ROW if KEYED_ROW in next(iter(part.protos.values())).column_names else PACKET_ROW
             id_rows = np.concatenate([np.asarray(t.column(column).to_numpy(zero_copy_only=False), dtype=np.int64)
                                       for t in part.protos.values()])
         ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns)
+        if before is not None and before.num_rows:
+            ended = pa.concat_tables([before, ended])
         protos = ControlPlane.with_flow_ids(part.protos, self.flows.last_flow_ids)
         return FlowPart(seq=part.seq, partition=part.partition, partitions=part.partitions, flows=ended,
                         protos={n: t.drop_columns([KEYED_ROW]) if KEYED_ROW in t.column_names else t
                                 for n, t in protos.items()},
-                        hits=part.hits, rows=part.rows, batch=part.batch, prev=part.prev)
+                        hits=part.hits, rows=part.rows, batch=part.batch, prev=part.prev, restart=part.restart)
 
 
 # -- stage 3 ------------------------------------------------------------------------------
@@ -335,18 +354,20 @@ class DetectStage:
         old_incidents = INCIDENT_SCHEMA.empty_table()
         old_posture = (POSTURE_SCHEMA.empty_table(), POSTURE_CHANGE_SCHEMA.empty_table())
         old_trend = (TREND_SCHEMA.empty_table(), TREND_WARNING_SCHEMA.empty_table())
-        if batch is not None and batch.input_start:
-            restarts = self.engine.starts_new_timeline(batch.first_ts_ns)
-            closed = context(self.engine.input_starts(batch.first_ts_ns))
-            if restarts:  # a new timeline (an unrelated capture): the old one's alerts and incidents close
-                old_incidents = self.incidents.update(closed)
-                self.incidents = IncidentBuilder(self.engine.rules)
-                old_posture = self.posture.update(closed, None)
-                self.posture = PostureTracker(inventory=self.control.inventory)
-                old_trend = self.trend.flush()
-                self.trend = TrendTracker(self.trend_config)
-            else:
-                alerts.append(closed)
+        old_flows = None
+        if any(p.restart for p in parts):  # a new timeline (an unrelated capture): the old one's flows, alerts
+            ended = pc.equal(flows.column("expiration_reason"), "end_of_input")  # and incidents close first
+            old_flows, flows = flows.filter(ended), flows.filter(pc.invert(ended))
+            old_flows, found = self.control.sessions.attribute(old_flows)
+            old_flows = with_planes(old_flows)
+            closed = pa.concat_tables([context(self.engine.update(None, old_flows, None, control=found)),
+                                       context(self.engine.new_timeline())])
+            old_incidents = self.incidents.update(closed)
+            self.incidents = IncidentBuilder(self.engine.rules)
+            old_posture = self.posture.update(closed, None)
+            self.posture = PostureTracker(inventory=self.control.inventory)
+            old_trend = self.trend.flush()
+            self.trend = TrendTracker(self.trend_config)
         events = self.control.update(protos)
         flows, found = self.control.sessions.attribute(flows)
         flows = with_planes(flows)
@@ -367,8 +388,9 @@ class DetectStage:
                                               batch.seconds if batch is not None else ())]
         if self.ended:
             trend.append(self.trend.flush())
-        if old_incidents.num_rows:
+        if old_flows is not None:
             table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
+            flows = pa.concat_tables([old_flows, flows])
         if old_posture[0].num_rows or old_posture[1].num_rows:
             posture, changes = pa.concat_tables([old_posture[0], posture]), pa.concat_tables([old_posture[1], changes])
         return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,

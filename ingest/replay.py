@@ -30,7 +30,7 @@ from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
 from ingest.notify import Notifier
-from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
+from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts, starts_new_timeline
 from ingest.privacy import Pseudonymizer
 from ingest.results import ControlSnapshots, PendingWrites
 from ingest.retention import Retention
@@ -244,6 +244,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         summary.traffic.add(stats)
         assert part.batch is not None
         b = part.batch
+        part.restart = starts_new_timeline(b, flow_stage.flows.clock_ns)  # as split() decides it for partitions
         summary.batches.append(b)
         emit(detect.update([flow_stage.update(part)]))
         if on_batch is not None:

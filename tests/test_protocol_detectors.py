@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from detection.detectors import IcsCommandFromNewMaster, PfcpSequenceSpoofing
 from ingest.replay import replay
+from sensors.capture.extract import FlowMatch, flow_frames
 from sensors.generate.attacks import generated_attacks
 from sensors.protocols.pii import luhn_valid, resident_id_valid, scan
 from tests.conftest import PCAPS, decode_file
@@ -131,3 +133,12 @@ def test_a_new_timeline_starts_detectors_afresh(attacks: dict[str, Path], tmp_pa
     alerts = _eve_alerts(tmp_path / "o")
     assert [a["liaowang"]["detail"] for a in alerts] == [  # type: ignore[index]  # the first capture's only
         "the device's master is 10.20.0.10"]
+    # its flow keeps the time its packet carries (not forced up to the other capture's), and the console
+    # can cut it out of its file again
+    flows = pq.read_table(tmp_path / "o" / "flows.parquet").to_pylist()
+    (own,) = [f for f in flows if f["src_ip"] == "10.20.0.66" and f["src_port"] == 40300]
+    first = int(own["first_seen"].timestamp() * 1e6) * 1000
+    assert first == 1_700_000_010_000_000_000 and own["expiration_reason"] == "end_of_input"
+    match = FlowMatch(own["src_ip"], own["dst_ip"], own["src_port"], own["dst_port"], own["ip_proto"], first, first)
+    assert len(flow_frames([str(attacks["ics_new_master"]), str(own_plant)], match)) == 1
+    assert max(f["last_seen"] for f in flows if f is not own).timestamp() > 1_700_000_030

@@ -65,6 +65,11 @@ class FlowAssembler:
         self.last_flow_ids = np.empty(0, dtype=np.int64)
 
     @property
+    def clock_ns(self) -> int | None:
+        """The time the packets reached (forced order), None before the first."""
+        return None if self._clock_ns == np.iinfo(np.int64).min else self._clock_ns
+
+    @property
     def active_flows(self) -> int:
         return len(self._slot_of)
 
@@ -97,6 +102,13 @@ class FlowAssembler:
         slots = np.array(sorted(self._slot_of.values()), dtype=np.int64)
         self._retire([(slots, np.full(len(slots), REASON_END, dtype=np.int8))])
         return self._export()
+
+    def restart(self) -> pa.Table:
+        """A new timeline begins (an input that starts earlier than the time reached): every flow ends as at
+        the end of input, and the clock starts again from the next packets."""
+        flows = self.flush()
+        self._clock_ns = np.iinfo(np.int64).min
+        return flows
 
     # -- internals --
     def _expire_idle(self) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,7 @@ def encode(env: Envelope) -> bytes:
         "kind": "flows" if isinstance(part, FlowPart) else "packets",
         "sensor": env.sensor, "run": env.run, "rules": env.rules,
         "seq": part.seq, "partition": part.partition, "partitions": part.partitions, "end": part.end,
-        "prev": part.prev,
+        "prev": part.prev, "restart": part.restart,
         "clock_ns": getattr(part, "clock_ns", None),
         "batch": None if part.batch is None else dataclasses.asdict(part.batch),
         "tables": [[name, len(b)] for (name, _), b in zip(tables, blobs)],
@@ -92,7 +92,7 @@ def _decode(value: bytes) -> Envelope:
     batch = BatchInfo(**header["batch"]) if header["batch"] else None
     common: dict[str, Any] = {"seq": header["seq"], "partition": header["partition"],
                               "partitions": header["partitions"], "end": header["end"], "batch": batch,
-                              "prev": header.get("prev"),
+                              "prev": header.get("prev"), "restart": header.get("restart", False),
                               "protos": protos, "hits": _batch(tables.get("hits")), "rows": _batch(tables.get("rows"))}
     part: Part | FlowPart
     if header["kind"] == "flows":

@@ -43,9 +43,14 @@ def flow_frames(paths: Iterable[str], flow: FlowMatch) -> list[tuple[int, int, i
     """(ts_ns, wire length, link type, frame bytes) of the flow's packets, in file order."""
     out: list[tuple[int, int, int, bytes]] = []
     for path in paths:
+        reached = np.iinfo(np.int64).min
         for frames in read_frames(path):
             ts = frames.ts_ns
-            window = (ts >= flow.first_ns) & (ts <= flow.last_ns)
+            # flows are assembled in forced time order: a packet older than one before it counts at the time
+            # reached (``detection/flows/assembler.py``), so a flow's first_seen may be later than its packet's
+            forced = np.maximum.accumulate(np.maximum(ts, reached)) if len(ts) else ts
+            reached = int(forced[-1]) if len(ts) else reached
+            window = (forced >= flow.first_ns) & (forced <= flow.last_ns)
             if not window.any():
                 if len(ts) and ts.min() > flow.last_ns:
                     break  # files are in time order within themselves, nearly always
