@@ -37,7 +37,7 @@ from scapy.utils import PcapReader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sensors.generate.attacks import _write  # noqa: E402
+from sensors.generate.attacks import write_pcap  # noqa: E402
 from sensors.generate.scenarios import N4_ATTACKER, n4_attack  # noqa: E402
 from tests import netns  # noqa: E402
 from tests.receivers import HttpReceiver  # noqa: E402
@@ -61,7 +61,7 @@ def build_capture(tmp: Path, pps: float, seconds: float) -> tuple[Path, float]:
     frames += setup[:4] + [(t0 + ATTACK_AT_S, deletion)]  # the SMF's association and session, then the attack
     frames.sort(key=lambda f: f[0])
     path = tmp / "paced.pcap"
-    _write(path, frames)
+    write_pcap(path, frames)
     return path, ATTACK_AT_S
 
 

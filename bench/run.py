@@ -126,10 +126,10 @@ def control_plane(capture: Path) -> list[str]:
     from ingest.privacy import Pseudonymizer
     from ingest.workers import packet_batches
     from sensors.capture.source import CaptureFiles
-    from sensors.generate.attacks import _write
+    from sensors.generate.attacks import write_pcap
     from sensors.generate.control_plane import registration_flood
 
-    ngap_capture = _write(DATA / "ngap_storm.pcap", [(1_700_000_000 + t, f)
+    ngap_capture = write_pcap(DATA / "ngap_storm.pcap", [(1_700_000_000 + t, f)
                                                      for t, f in registration_flood(n=20_000, seconds=60.0)])
     keys = Pseudonymizer(b"bench")
     lines = ["### control plane", "", "| path | messages | seconds | messages/s |", "|---|---:|---:|---:|"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from console import evidence, purge, query, report, stream
 from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
+from detection.sessions import MAX_SESSIONS
 from sensors.capture.source import CaptureError
 
 
@@ -33,6 +34,7 @@ def _replay(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
             active_timeout_s=args.active_timeout,
             max_flows=args.max_flows,
+            max_sessions=args.max_sessions,
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
             rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
@@ -228,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-flows", type=int, default=MAX_FLOWS, metavar="N",
                    help=f"flow table limit: beyond it the least recently seen flows end as 'evicted' "
                         f"(default {MAX_FLOWS:,}, ~5 KB each; 0: no limit)"),
+    p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N",
+                   help=f"5G/LTE session table limit: beyond it ended, then unanswered, then the longest idle "
+                        f"sessions are forgotten (default {MAX_SESSIONS:,}); sessions.parquet keeps them"),
     p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
     p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
     p.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
@@ -303,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("timeouts must be positive")
     if getattr(args, "max_flows", 0) < 0:
         parser.error("--max-flows must be >= 0 (0: no limit)")
+    if getattr(args, "max_sessions", 1) < 1:
+        parser.error("--max-sessions must be >= 1")
     _tune_malloc()
     return int(args.func(args))
 

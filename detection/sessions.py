@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,12 @@ PROTO_ORDER = ("pfcp", "gtpc", "ngap", "sbi", "diameter")
 #: message columns neither the session table nor the inventory reads (costly to turn into Python)
 UNREAD_COLUMNS = ("unknown_ies", "recovery_ts")
 MAX_PENDING = 100_000
+#: sessions kept (live and released): beyond it, released ones go first, then the longest idle, down to EVICT_TO
+#: of it (a flood of establishment requests with random SEIDs must not exhaust the sensor's memory)
+MAX_SESSIONS = 500_000
+EVICT_TO = 0.9
+#: what goes first: ended sessions, then requests nobody answered (a flood's), then set-up ones
+EVICT_RANK = {"released": 0, "rejected": 0, "establishing": 1}
 
 
 @dataclass
@@ -147,8 +154,12 @@ class Session:
 class SessionTable:
     """Sessions learned from ``proto.*`` tables in time order; user-plane flows attributed to them."""
 
-    def __init__(self) -> None:
-        self._sessions: list[Session] = []
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self.max_sessions = max_sessions
+        self.evicted = 0  # sessions forgotten by the limit
+        self._evicted: list[Session] = []  # since the last take_evicted
+        self._sessions: dict[int, Session] = {}  # by sid; merged pieces stay until their session goes
+        self._next_sid = 0
         self._by_key: dict[tuple[Any, ...], int] = {}  # identifier -> session index
         self._pending: dict[tuple[Any, ...], int] = {}  # request awaiting its response -> session index
         self._ue: dict[tuple[Any, ...], dict[str, Any]] = {}  # NGAP UE context (gNB, RAN UE id) -> facts
@@ -419,20 +430,13 @@ class SessionTable:
     # -- output ----------------------------------------------------------------------
 
     def table(self) -> pa.Table:
-        rows = []
-        for s in self._sessions:
-            if s.merged_into is not None:
-                continue
-            rows.append({
-                "session_id": s.session_id, "generation": s.generation, "subscriber": s.subscriber,
-                "state": s.state, "first_seen": s.first_ns, "last_seen": max(s.last_ns, s.first_ns),
-                "pdu_session_id": s.pdu_session_id, "dnn": s.dnn, "snssai": s.snssai, "ue_ip": s.ue_ip,
-                "gnb_ip": s.gnb_ip, "dl_teid": s.dl_teid, "upf_ip": s.upf_ip, "ul_teid": s.ul_teid,
-                "ran_ue_ngap_id": s.ran_ue_ngap_id, "amf_ue_ngap_id": s.amf_ue_ngap_id, "amf_ip": s.amf_ip,
-                "smf_ip": s.smf_ip, "cp_seid": s.cp_seid, "up_seid": s.up_seid, "planes": sorted(s.planes),
-                "messages": s.messages, "gtpu_flows": s.gtpu_flows, "gtpu_bytes": s.gtpu_bytes,
-            })
-        return rows_table(rows, SESSION_SCHEMA, ("first_seen", "last_seen"))
+        """Every session kept (not the evicted ones: ``take_evicted``)."""
+        return _session_table(s for s in self._sessions.values() if s.merged_into is None)
+
+    def take_evicted(self) -> pa.Table:
+        """The sessions the limit forgot since the last call, as they were last (``sessions.parquet`` keeps them)."""
+        evicted, self._evicted = self._evicted, []
+        return _session_table(evicted)
 
     def context(self, alerts: pa.Table) -> pa.Table:
         """Alerts with ``session``: JSON of the session of their tunnel endpoint, TEID or UE address."""
@@ -455,14 +459,32 @@ class SessionTable:
     # -- internals -------------------------------------------------------------------
 
     def _new(self, ts: int, generation: str, created_by: str) -> Session:
-        s = Session(sid=len(self._sessions), first_ns=ts, last_ns=ts, generation=generation, created_by=created_by)
-        self._sessions.append(s)
+        if len(self._sessions) >= self.max_sessions:
+            self._evict()
+        s = Session(sid=self._next_sid, first_ns=ts, last_ns=ts, generation=generation, created_by=created_by)
+        self._sessions[s.sid] = s
+        self._next_sid += 1
         return s
 
-    def _resolve(self, index: int) -> Session:
-        s = self._sessions[index]
-        while s.merged_into is not None:
-            s = self._sessions[s.merged_into]
+    def _evict(self) -> None:
+        """Forget ended sessions first, then unanswered ones, then the longest idle, down to EVICT_TO of the
+        limit; their keys, pending requests and merged pieces go with them (amortized: once per tenth of it)."""
+        live = [s for s in self._sessions.values() if s.merged_into is None]
+        count = len(self._sessions) - int(self.max_sessions * EVICT_TO)
+        live.sort(key=lambda s: (EVICT_RANK.get(s.state, 2), s.last_ns, s.sid))
+        gone = live[:max(count, 1)]
+        for s in gone:
+            del self._sessions[s.sid]
+        self._sessions = {sid: s for sid, s in self._sessions.items() if self._resolve(sid) is not None}
+        self._by_key = {k: sid for k, sid in self._by_key.items() if sid in self._sessions}
+        self._pending = {k: sid for k, sid in self._pending.items() if sid in self._sessions}
+        self._evicted += gone
+        self.evicted += len(gone)
+
+    def _resolve(self, index: int) -> Session | None:
+        s = self._sessions.get(index)
+        while s is not None and s.merged_into is not None:
+            s = self._sessions.get(s.merged_into)
         return s
 
     def _find(self, key: tuple[Any, ...]) -> Session | None:
@@ -556,3 +578,16 @@ def rows_table(rows: list[dict[str, Any]], schema: pa.Schema, times: tuple[str, 
         i = table.schema.get_field_index(name)
         table = table.set_column(i, schema.field(name), table.column(name).cast(schema.field(name).type))
     return table.replace_schema_metadata(schema.metadata)
+
+
+def _session_table(sessions: Iterable[Session]) -> pa.Table:
+    rows = [{
+        "session_id": s.session_id, "generation": s.generation, "subscriber": s.subscriber,
+        "state": s.state, "first_seen": s.first_ns, "last_seen": max(s.last_ns, s.first_ns),
+        "pdu_session_id": s.pdu_session_id, "dnn": s.dnn, "snssai": s.snssai, "ue_ip": s.ue_ip,
+        "gnb_ip": s.gnb_ip, "dl_teid": s.dl_teid, "upf_ip": s.upf_ip, "ul_teid": s.ul_teid,
+        "ran_ue_ngap_id": s.ran_ue_ngap_id, "amf_ue_ngap_id": s.amf_ue_ngap_id, "amf_ip": s.amf_ip,
+        "smf_ip": s.smf_ip, "cp_seid": s.cp_seid, "up_seid": s.up_seid, "planes": sorted(s.planes),
+        "messages": s.messages, "gtpu_flows": s.gtpu_flows, "gtpu_bytes": s.gtpu_bytes,
+    } for s in sessions]
+    return rows_table(rows, SESSION_SCHEMA, ("first_seen", "last_seen"))

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.inventory import INVENTORY_SCHEMA, NfInventory
-from detection.sessions import CONTROL_EVENT_SCHEMA, SESSION_SCHEMA, SessionTable, message_rows
+from detection.sessions import CONTROL_EVENT_SCHEMA, MAX_SESSIONS, SESSION_SCHEMA, SessionTable, message_rows
 from ingest.privacy import Pseudonymizer
 from ingest.sinks import ParquetSink
 from sensors.protocols import diameter, gtpc, ngap, pfcp
@@ -81,14 +81,15 @@ class SbiStage:
 class ControlPlane:
     """Stateful half: sessions, inventory, and (with an output directory) the control-plane files."""
 
-    def __init__(self, out_dir: Path | None = None) -> None:
+    def __init__(self, out_dir: Path | None = None, max_sessions: int = MAX_SESSIONS) -> None:
         self.out_dir = out_dir
-        self.sessions = SessionTable()
+        self.sessions = SessionTable(max_sessions)
         self.inventory = NfInventory()
         # every file exists after a replay, empty when a protocol was absent (no stale file of an older run)
         self._sinks = {} if out_dir is None else {
             name: ParquetSink(out_dir / f"proto_{name}.parquet", schema) for name, schema in PROTO_SCHEMAS.items()}
         self.messages: dict[str, int] = {}
+        self._evicted_sink: ParquetSink | None = None  # sessions.parquet, opened at the first eviction
         self.last_messages: dict[str, pa.Table] = {}  # the last batch's messages, as stored
 
     @staticmethod
@@ -123,15 +124,22 @@ class ControlPlane:
                 self._sinks[name].write(t)
         messages = message_rows(self.last_messages)
         self.inventory.update(messages)
-        return self.sessions.update(messages)
+        events = self.sessions.update(messages)
+        if self.sessions.evicted:  # the file keeps the sessions the limit forgot (the store has their snapshots)
+            evicted = self.sessions.take_evicted()
+            if self.out_dir is not None and evicted.num_rows:
+                if self._evicted_sink is None:
+                    self._evicted_sink = ParquetSink(self.out_dir / "sessions.parquet", SESSION_SCHEMA)
+                self._evicted_sink.write(evicted)
+        return events
 
     def close(self) -> None:
         for sink in self._sinks.values():
             sink.close()
         if self.out_dir is None:
             return
-        for path, schema, table in (("sessions.parquet", SESSION_SCHEMA, self.sessions.table()),
-                                    ("nf_inventory.parquet", INVENTORY_SCHEMA, self.inventory.table())):
-            sink = ParquetSink(self.out_dir / path, schema)
+        sessions = self._evicted_sink or ParquetSink(self.out_dir / "sessions.parquet", SESSION_SCHEMA)
+        inventory = ParquetSink(self.out_dir / "nf_inventory.parquet", INVENTORY_SCHEMA)
+        for sink, table in ((sessions, self.sessions.table()), (inventory, self.inventory.table())):
             sink.write(table)
             sink.close()

@@ -27,6 +27,7 @@ from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, LEVELS
 from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
+from detection.sessions import MAX_SESSIONS
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
 from ingest.notify import Notifier
@@ -91,7 +92,8 @@ class ReplaySummary:
             "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
             "flow": {"total": self.flows, "evicted": self.shed.get("flows", 0)},
             "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels),
-                       "shed": {k: v for k, v in self.shed.items() if k != "flows"}},
+                       "shed": {k: v for k, v in self.shed.items() if k not in ("flows", "sessions")},
+                       "sessions_evicted": self.shed.get("sessions", 0)},
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
         }
@@ -110,6 +112,7 @@ def replay(
     rule_overrides: dict[str, dict[str, Any]] | None = None,
     detectors: list[Detector] | None = None,
     max_flows: int = MAX_FLOWS,
+    max_sessions: int = MAX_SESSIONS,
     notify: Path | None = None,
     intel: Path | None = None,
     trend: Path | None = None,
@@ -141,6 +144,7 @@ def replay(
     notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl") if notify is not None else None
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
+                  max_sessions=max_sessions,
                   notifier=notifier, trend=trend_config)
     summary.files = len(files)
     return summary
@@ -150,7 +154,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
         sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
-        max_flows: int = MAX_FLOWS, notifier: Notifier | None = None,
+        max_flows: int = MAX_FLOWS, max_sessions: int = MAX_SESSIONS, notifier: Notifier | None = None,
         trend: TrendConfig | None = None) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
@@ -167,7 +171,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
     alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
-    control = ControlPlane(out_dir)
+    control = ControlPlane(out_dir, max_sessions)
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
     detect = DetectStage(engine, control, trend)
@@ -260,7 +264,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             store.write("notifications", notifier.drain())
         summary.notifications = collections.Counter(notifier.table().column("status").to_pylist())
     summary.flows = flow_stage.flows.flows_exported
-    summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
+    summary.shed = {"flows": flow_stage.flows.flows_evicted, "sessions": control.sessions.evicted, **engine.shed()}
     summary.incidents = collections.Counter(t.column("level")[0].as_py() for t in incidents.values())
     summary.live = source.live
     summary.seconds = time.perf_counter() - started
@@ -341,7 +345,8 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         rows.append(("state limits", f"{s.shed.get('flows', 0):,} flows evicted early; shed "
                                      f"{s.shed.get('rule_groups', 0):,} rule counts "
                                      f"({s.shed.get('rule_events', 0):,} events), "
-                                     f"{s.shed.get('detector_events', 0):,} detector events"))
+                                     f"{s.shed.get('detector_events', 0):,} detector events; "
+                                     f"{s.shed.get('sessions', 0):,} sessions forgotten"))
     rows += extra or []
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -92,14 +92,14 @@ def test_stored_text_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-de
     from scapy.layers.inet import IP, UDP
 
     from ingest.replay import replay
-    from sensors.generate.attacks import _tcp, _write
+    from sensors.generate.attacks import _tcp, write_pcap
     from sensors.protocols.messages import to_table
     from sensors.schema import MAX_TEXT_CHARS
 
     long_uri = b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: example.org\r\n\r\n"
     long_host = b"GET /ok HTTP/1.1\r\nHost: " + b"h" * 20_000 + b"\r\n\r\n"
     short = b"GET /ok HTTP/1.1\r\nHost: example.org\r\n\r\n"
-    path = _write(tmp_path / "long.pcap", [(1_700_000_000.0 + i, _tcp(f"10.0.0.{i + 1}", "10.0.0.9", 80, payload))
+    path = write_pcap(tmp_path / "long.pcap", [(1_700_000_000.0 + i, _tcp(f"10.0.0.{i + 1}", "10.0.0.9", 80, payload))
                                            for i, payload in enumerate([long_uri, long_host, short])])
     packets = decode_file(path).to_pylist()
     assert [p["http_uri"] for p in packets] == ["/" + "a" * (MAX_TEXT_CHARS - 1), "/ok", "/ok"]

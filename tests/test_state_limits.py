@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from detection.detectors import Beaconing
@@ -21,7 +22,8 @@ from detection.rules.loader import load_rules
 from ingest.replay import format_summary, replay
 from sensors.capture.source import read_frames
 from sensors.decode import decode
-from sensors.generate.attacks import generated_attacks
+from sensors.generate.attacks import generated_attacks, write_pcap
+from sensors.generate.control_plane import pfcp_establishment_flood
 from sensors.generate.flood import syn_flood
 from tests.conftest import decode_file, flows_of
 
@@ -148,3 +150,21 @@ def test_replay_reports_what_the_limits_cost(tmp_path: Path) -> None:
     text = format_summary(summary)
     assert "state limits" in text and f"{summary.shed['flows']:,} flows evicted early" in text
     assert summary.as_stats()["flow"]["evicted"] == summary.shed["flows"]  # type: ignore[index]
+
+
+def test_a_flood_of_pfcp_establishments_stays_within_the_session_limit(tmp_path: Path) -> None:
+    """3,000 unanswered Session Establishment Requests with random F-SEIDs against a limit of 1,000: the flood's
+    sessions are forgotten first, the SMF's established session stays and still owns its G-PDUs, and
+    sessions.parquet keeps every session (the forgotten ones as they were last)."""
+    frames = pfcp_establishment_flood(3000)
+    capture = write_pcap(tmp_path / "pfcp_flood.pcap", [(1_700_000_000 + t, f) for t, f in frames])
+    summary = replay([str(capture)], tmp_path / "out", processes=1, max_sessions=1000)
+    kept = 3001 - summary.shed["sessions"]
+    assert 0 < kept <= 1000
+    sessions = pq.read_table(tmp_path / "out" / "sessions.parquet").to_pylist()
+    assert len(sessions) == len({s["session_id"] for s in sessions}) == 3001
+    (smf,) = [s for s in sessions if s["state"] == "established"]
+    assert smf["cp_seid"] == 0x11 and smf["gtpu_flows"] == 1
+    (tunnel,) = [f for f in pq.read_table(tmp_path / "out" / "flows.parquet").to_pylist() if f["tunnel_type"] == "gtpu"]
+    assert tunnel["session_id"] == smf["session_id"]
+    assert f"{summary.shed['sessions']:,} sessions forgotten" in format_summary(summary)

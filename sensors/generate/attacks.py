@@ -21,7 +21,7 @@ from scapy.layers.l2 import Ether
 from sensors.capture.pcap import global_header
 
 
-def _write(path: Path, frames: list[tuple[float, bytes]]) -> Path:
+def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> Path:
     """A pcap from (seconds, frame) pairs: floods need thousands of packets, fast."""
     with open(path, "wb") as f:
         f.write(global_header(snaplen=65535))
@@ -62,20 +62,20 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
     t0 = 1_700_000_000.0
     return {
         **control_plane_attacks(tmp, t0),
-        "syn_flood": _write(tmp / "syn.pcap", [(t0 + i * 0.001, f) for i, f in enumerate(_variants(syn, 3000, 34))]),
-        "udp_flood": _write(tmp / "udp.pcap", [(t0 + i * 0.0004, udp) for i in range(12000)]),
-        "icmp_flood": _write(tmp / "icmp.pcap", [(t0 + i * 0.004, icmp) for i in range(1500)]),
+        "syn_flood": write_pcap(tmp / "syn.pcap", [(t0 + i * 0.001, f) for i, f in enumerate(_variants(syn, 3000, 34))]),
+        "udp_flood": write_pcap(tmp / "udp.pcap", [(t0 + i * 0.0004, udp) for i in range(12000)]),
+        "icmp_flood": write_pcap(tmp / "icmp.pcap", [(t0 + i * 0.004, icmp) for i in range(1500)]),
         # 14 + 16: the last two bytes of the destination address
-        "sweep": _write(tmp / "sweep.pcap", [(t0 + i * 0.1, f) for i, f in enumerate(_variants(sweep, 80, 32))]),
-        "dns_tunnel": _write(tmp / "dns_tunnel.pcap", [
+        "sweep": write_pcap(tmp / "sweep.pcap", [(t0 + i * 0.1, f) for i, f in enumerate(_variants(sweep, 80, 32))]),
+        "dns_tunnel": write_pcap(tmp / "dns_tunnel.pcap", [
             (t0 + i * 0.5, _eth(IP(src="10.0.0.20", dst="10.0.0.53") / UDP(sport=30000 + i, dport=53)
                                 / DNS(id=i, rd=1, qd=DNSQR(qname=name, qtype="TXT" if i % 2 else "A"))))
             for i, name in enumerate(_encoded_names(40, "t.exfil-example.com.cn"))]),
-        "icmp_tunnel": _write(tmp / "icmp_tunnel.pcap", [
+        "icmp_tunnel": write_pcap(tmp / "icmp_tunnel.pcap", [
             (t0 + i * 2.0, _eth(IP(src="10.0.0.21", dst="203.0.113.9") / ICMP(type=8, id=77, seq=i)
                                 / (b"\x17" * (80 + 37 * i))))
             for i in range(12)]),
-        "cleartext_credentials": _write(tmp / "cleartext.pcap", [
+        "cleartext_credentials": write_pcap(tmp / "cleartext.pcap", [
             (t0, _tcp("10.0.0.22", "10.0.0.110", 110, b"USER alice\r\n")),
             (t0 + 1, _tcp("10.0.0.22", "10.0.0.110", 110, b"PASS s3cret\r\n")),
             (t0 + 2, _tcp("10.0.0.22", "10.0.0.143", 143, b"a001 LOGIN alice s3cret\r\n")),
@@ -84,30 +84,30 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
             (t0 + 4, _tcp("10.0.0.22", "10.0.0.80", 8080,
                           b"GET / HTTP/1.1\r\nHost: nas\r\nAuthorization: Bearer eyJhbGciOi\r\n\r\n")),
         ]),
-        "smb1": _write(tmp / "smb1.pcap", [
+        "smb1": write_pcap(tmp / "smb1.pcap", [
             (t0, _tcp("10.0.0.23", "10.0.0.45", 445, b"\x00\x00\x00\x2f\xffSMBr" + bytes(38)))]),
-        "beaconing": _write(tmp / "beacon.pcap", [
+        "beaconing": write_pcap(tmp / "beacon.pcap", [
             (t0 + i * 30.0 + 0.2 * (i % 3) + k * 0.05,
              _eth(IP(src="10.0.0.30", dst="203.0.113.50") / TCP(sport=41000 + i, dport=443, flags=flags) / data))
             for i in range(12) for k, (flags, data) in enumerate([("S", b""), ("PA", b"b" * 180), ("FA", b"")])]),
-        "teid_spoofing": _write(tmp / "teid_spoofing.pcap", [
+        "teid_spoofing": write_pcap(tmp / "teid_spoofing.pcap", [
             (t0 + i, _eth(IP(src="172.16.0.2", dst="172.16.0.1") / UDP(sport=2152, dport=2152)
                           / GTP_U_Header(teid=0x100, gtp_type=255) / IP(src=src, dst=dst) / UDP(sport=5000 + i, dport=53)
                           / b"q"))
             for i, (src, dst) in enumerate([("10.45.0.2", "8.8.8.8"), ("10.45.0.2", "1.1.1.1"),
                                             ("10.45.0.2", "9.9.9.9"), ("10.45.0.99", "8.8.4.4")])]),
-        "large_transfer": _write(tmp / "upload.pcap", [
+        "large_transfer": write_pcap(tmp / "upload.pcap", [
             (t0 + i * 0.001, frame) for i, frame in enumerate(
                 [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="S"))]
                 + [_eth(IP(src="10.0.0.40", dst="198.51.100.77") / TCP(sport=42000, dport=443, flags="A")
                         / (b"u" * 1400))] * 15000)]),
         # an MME/SGW flooded with Create Session Requests (GTPv2-C, TS 29.274), 1,500 in 5 s
-        "gtpc_flood": _write(tmp / "gtpc_flood.pcap", [(t0 + i * 0.0033, f) for i, f in enumerate(_variants(
+        "gtpc_flood": write_pcap(tmp / "gtpc_flood.pcap", [(t0 + i * 0.0033, f) for i, f in enumerate(_variants(
             _eth(IP(src="198.51.100.30", dst="10.10.0.2") / UDP(sport=2123, dport=2123)
                  / GTPv2Header(gtp_type=32, P=0, T=1, teid=0, seq=1)
                  / GTPV2CreateSessionRequest(IE_list=[IE_IMSI(IMSI="001010000000001")])), 1500, 51))]),  # seq
         # G-PDUs for guessed TEIDs, each answered by the UPF with an Error Indication
-        "gtpu_unknown_teid": _write(tmp / "gtpu_unknown_teid.pcap", [
+        "gtpu_unknown_teid": write_pcap(tmp / "gtpu_unknown_teid.pcap", [
             (t0 + i * 0.5 + k * 0.001, frame) for i in range(40) for k, frame in enumerate([
                 _eth(IP(src="198.51.100.31", dst="172.16.0.1") / UDP(sport=2152, dport=2152)
                      / GTP_U_Header(teid=0x5000 + 97 * i, gtp_type=255) / IP(src="10.45.0.7", dst="10.10.0.9")
@@ -116,14 +116,14 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
                      / GTP_U_Header(teid=0, gtp_type=26, S=1)  # IEs: TEID Data I, GTP-U Peer Address
                      / (struct.pack("!BIBH", 16, 0x5000 + 97 * i, 133, 4) + bytes([172, 16, 0, 1])))])]),
         # a gNB's uplink to the UPF for over an hour (the warm-up), then G-PDUs from a new outer source
-        "gtpu_unexpected_peer": _write(tmp / "gtpu_peer.pcap", [
+        "gtpu_unexpected_peer": write_pcap(tmp / "gtpu_peer.pcap", [
             (t0 + t, _eth(IP(src=peer, dst="172.16.0.1") / UDP(sport=2152, dport=2152)
                           / GTP_U_Header(teid=0x200 + k, gtp_type=255) / IP(src=f"10.45.0.{k + 10}", dst="1.1.1.1")
                           / UDP(sport=6000 + k, dport=53) / b"q"))
             for k, (t, peer) in enumerate([(i * 300.0, "172.16.0.2") for i in range(14)]
                                           + [(3900.0 + i, "198.51.100.40") for i in range(3)])]),
         # a SCADA master polls a PLC; later another host on the plant network writes a register
-        "ics_new_master": _write(tmp / "ics_new_master.pcap", [
+        "ics_new_master": write_pcap(tmp / "ics_new_master.pcap", [
             (t0 + i * 1.0, _tcp("10.20.0.10", "10.20.0.50", 502, bytes(ModbusADURequest(transId=i, unitId=1)
                                 / ModbusPDU03ReadHoldingRegistersRequest(startAddr=0, quantity=10)), sport=40100))
             for i in range(30)] + [
@@ -131,14 +131,14 @@ def generated_attacks(tmp: Path) -> dict[str, Path]:
                              / ModbusPDU06WriteSingleRegisterRequest(registerAddr=40, registerValue=9999)),
                              sport=40200))]),
         # GB 11643's own example number, the well-known Visa test card, a mobile number and a SUPI
-        "personal_data": _write(tmp / "personal_data.pcap", [
+        "personal_data": write_pcap(tmp / "personal_data.pcap", [
             (t0, _tcp("10.0.0.25", "10.0.0.81", 80,
                       b"POST /register HTTP/1.1\r\nHost: crm\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                       b"Content-Length: 78\r\n\r\nname=zhang&id=11010519491231002X&tel=13812345678&card=4111111111111111")),
             (t0 + 1, _tcp("10.0.0.25", "10.0.0.81", 80,
                           b"GET /nudm-sdm/v2/imsi-460001234567890/am-data HTTP/1.1\r\nHost: udm\r\n\r\n")),
         ]),
-        "old_web_server": _write(tmp / "old_web.pcap", [
+        "old_web_server": write_pcap(tmp / "old_web.pcap", [
             (t0, _tcp("10.0.0.80", "10.0.0.24", 40002,
                       b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.49 (Unix)\r\nContent-Length: 0\r\n\r\n", sport=80))]),
     }

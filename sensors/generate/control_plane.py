@@ -19,7 +19,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkData
 
-from sensors.generate.attacks import _eth, _write
+from sensors.generate.attacks import _eth, write_pcap
 
 #: NGAP InitialUEMessage with a NAS Registration Request (null-scheme SUCI), 5Greplay ue_authetication frame 3
 INITIAL_UE_MESSAGE = bytes.fromhex(
@@ -79,6 +79,28 @@ def pfcp_session_tampering() -> list[tuple[float, bytes]]:
         (5.0, _gpdu(ATTACKER, UPF_N3, 0x777, "10.45.0.9")),  # a TEID no session holds
         (6.0, _gpdu(GNB, UPF_N3, 0x100, "10.45.0.99")),  # the session's TEID, another UE's address
     ]
+
+
+def pfcp_establishment_flood(n: int = 3000, seed: int = 5) -> list[tuple[float, bytes]]:
+    """The SMF's session set up and used (as in :func:`pfcp_session_tampering`); then ``n`` Session
+    Establishment Requests from a rogue node with random F-SEIDs, none answered; then the real session's
+    TEID is used again."""
+    import random
+
+    rng = random.Random(seed)
+    legit = pfcp_session_tampering()[:5]
+    flood = []
+    node = _ie(60, b"\x00" + _ip4(ATTACKER))
+    template = _pfcp(50, 0, node + _ie(57, b"\x02" + struct.pack("!Q", 0) + _ip4(ATTACKER)), seid=0)
+    head = _n4(ATTACKER, UPF_N4, template)
+    seid_at = len(head) - 12  # the F-SEID's SEID: the last IE's value after its flags byte, before the IPv4
+    seq_at = len(head) - len(template) + 12  # the header's sequence number (3 bytes)
+    for i in range(n):
+        frame = bytearray(head)
+        frame[seid_at:seid_at + 8] = struct.pack("!Q", rng.getrandbits(63) | 1)
+        frame[seq_at:seq_at + 3] = (i + 1).to_bytes(3, "big")
+        flood.append((2.0 + 3.0 * i / n, bytes(frame)))
+    return legit + flood + [(6.0, _gpdu(GNB, UPF_N3, 0x100, "10.45.0.5"))]
 
 
 def _ngap(payload: bytes, ran_ue_id: int, nas_type: int | None = None) -> bytes:
@@ -150,4 +172,4 @@ def control_plane_attacks(tmp: Path, t0: float = 1_700_000_000.0) -> dict[str, P
         "sbi_enumeration": sbi_enumeration(),
         "sbi_new_peer": sbi_new_peer(),
     }
-    return {name: _write(tmp / f"{name}.pcap", [(t0 + t, f) for t, f in frames]) for name, frames in made.items()}
+    return {name: write_pcap(tmp / f"{name}.pcap", [(t0 + t, f) for t, f in frames]) for name, frames in made.items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from scapy.layers.inet import IP, TCP
 
-from sensors.generate.attacks import _eth, _variants, _write
+from sensors.generate.attacks import _eth, _variants, write_pcap
 from sensors.generate.control_plane import SMF, UPF_N3, UPF_N4, _ie, _ip4, _n4, _pfcp
 
 INTRUDER, SERVER, C2, DROP = "10.0.0.66", "10.0.0.10", "203.0.113.50", "198.51.100.77"
@@ -110,14 +110,14 @@ def rising_scans(path: Path, t0: float = 1_700_000_000.0, minutes: int = 12, por
             start = t0 + (k - 1) * 60 + j * 60 / k
             frames += [(start + i * 0.04, _syn(src, SERVER, 40000 + j, port)) for i, port in enumerate(range(1, ports + 1))]
     frames.sort(key=lambda f: f[0])
-    return _write(path, frames)
+    return write_pcap(path, frames)
 
 
 def multi_stage(path: Path, t0: float = 1_700_000_000.0) -> Path:
     """Every story in one capture, interleaved in time (about 25 minutes)."""
     frames = intrusion(t0) + n4_attack(t0 + 30) + sweep(t0 + 200) + flood(t0 + 900)
     frames.sort(key=lambda f: f[0])
-    return _write(path, frames)
+    return write_pcap(path, frames)
 
 
 __all__ = ["STORIES", "multi_stage", "rising_scans", "story_of"]
