@@ -3,9 +3,15 @@ answers from DuckDB and from a real Elasticsearch (started by scripts/elasticsea
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing as mp
+import secrets
+import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,12 +20,14 @@ import yaml
 
 from console.cli import main as cli
 from ingest.load import load_output
+from ingest.pipeline import BatchInfo
 from ingest.replay import ReplaySummary, replay
 from ingest.store import Condition, Query, StoreError, open_store
-from ingest.store.api import TABLES, Store
+from ingest.store.api import TABLES, Store, sensor_stats_table
 from tests.conftest import PCAPS
 from tests.intel_fixtures import lab_feeds
-from tests.receivers import HttpReceiver
+from tests.receivers import HttpReceiver, free_port
+from tests.tls_fixtures import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -340,3 +348,79 @@ def test_elasticsearch_keeps_the_analysts_incident_state(elastic: Store, replaye
     assert elastic.search(Query("alerts", [Condition("alert_id", "eq", alert["alert_id"])])).rows[0]["status"] == \
         "acknowledged"
     elastic.set_alert_status(alert["alert_id"], "new")
+
+
+# -- Elasticsearch over HTTPS with an API key --
+
+ES_API_KEY = base64.b64encode(b"liaowang-test:" + secrets.token_hex(16).encode()).decode()
+REFUSED = '{"error":{"type":"security_exception","reason":"missing or wrong API key"},"status":401}'
+
+
+@pytest.fixture(scope="module")
+def secure_elastic(elastic: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The test cluster's security is off (ES OSS), so an nginx in front of it (as a deployment's
+    ingress would be) serves HTTPS with a certificate of our own CA and refuses requests without the
+    API key: what Liaowang's client must get right is the same (the CA, the key header, one clear
+    error when either is wrong)."""
+    tmp = tmp_path_factory.mktemp("secure-es")
+    target = elastic.url  # type: ignore[attr-defined]
+    cert, key = self_signed(tmp)
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_max_body_size 50m;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+      if ($http_authorization != "ApiKey {ES_API_KEY}") {{
+        add_header Content-Type application/json always;
+        return 401 '{REFUSED}';
+      }}
+      proxy_pass {target};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    nginx = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-g", "daemon off;"],
+                             stderr=subprocess.DEVNULL)
+    url = f"https://localhost:{port}"
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield url, cert
+    nginx.terminate()
+    nginx.wait(10)
+
+
+def test_elasticsearch_over_https_with_an_api_key(secure_elastic: tuple[str, Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    url, ca = secure_elastic
+    monkeypatch.setenv("LIAOWANG_ES_API_KEY", ES_API_KEY)
+    monkeypatch.setenv("LIAOWANG_ES_CA", str(ca))
+    sensor = f"https-{secrets.token_hex(4)}"
+    with open_store(url) as store:
+        stats = sensor_stats_table(sensor, [BatchInfo(source="tap0", first_ts_ns=1_700_000_000 * 10**9,
+                                                      last_ts_ns=1_700_000_001 * 10**9, packets=10, bytes=1000,
+                                                      decode_errors=0)])
+        assert store.write("sensor_stats", stats) == 1
+        store.refresh()  # type: ignore[attr-defined]
+        rows = store.search(Query("sensor_stats", [Condition("sensor", "eq", sensor)])).rows
+        assert [(r["source"], r["packets"]) for r in rows] == [("tap0", 10)]
+    monkeypatch.setenv("LIAOWANG_ES_API_KEY", base64.b64encode(b"liaowang-test:wrong").decode())
+    with pytest.raises(StoreError, match="cannot reach Elasticsearch.*401"):
+        open_store(url)
+    monkeypatch.setenv("LIAOWANG_ES_API_KEY", ES_API_KEY)
+    monkeypatch.delenv("LIAOWANG_ES_CA")  # the system's CAs do not know ours
+    with pytest.raises(StoreError, match="cannot reach Elasticsearch.*[Cc]ertificate"):
+        open_store(url)
