@@ -528,11 +528,13 @@ class DuckStore(Store):
         check_top(by, metric)
         dim = TOP_DIMENSIONS[by]
         where, params = self._where(Query("flows", start=start, end=end))
+        # ties in the order Elasticsearch gives them: addresses by number, not as text
+        tie = "liaowang_ip_key(key)" if dim in TABLES["flows"].ip_columns else "key"
         with self._connect(write=False) as con:
             rows = con.execute(f"""SELECT "{dim}" AS key, count(*) AS flows, sum(bidirectional_packets) AS packets,
                                           sum(bidirectional_bytes) AS bytes
                                    FROM flows t WHERE {where} AND "{dim}" IS NOT NULL GROUP BY key
-                                   ORDER BY {metric} DESC, key ASC LIMIT {int(n)}""", params).fetchall()
+                                   ORDER BY {metric} DESC, {tie} ASC LIMIT {int(n)}""", params).fetchall()
         return [{dim: k, "flows": int(f), "packets": int(p or 0), "bytes": int(b or 0)} for k, f, p, b in rows]
 
 
