@@ -169,6 +169,20 @@ def test_notifications_record_is_filtered_and_counted(app: Any) -> None:
     assert [n["notification_id"] for n in detail["notifications"]] == [delivered[0]["notification_id"]]
 
 
+def test_an_incident_shows_what_it_did_to_the_posture(app: Any) -> None:
+    """The warning-level changes an incident's own alerts raised, and where those scopes stand now."""
+    c, _ = client(app, "viewer")
+    moved = 0
+    for i in c.get("/api/incidents", params={"limit": 200}).json()["rows"]:
+        d = c.get(f"/api/incidents/{i['incident_id']}").json()
+        changes, now = d["posture"]["changes"], d["posture"]["scopes"]
+        assert all(ch["alert_id"] in i["alert_ids"] for ch in changes)
+        assert {s["scope"] for s in now} == {ch["scope"] for ch in changes}
+        assert [ch["ts"] for ch in changes] == sorted(ch["ts"] for ch in changes)
+        moved += bool(changes)
+    assert moved >= 1
+
+
 def test_notification_settings_show_who_is_told_without_the_keys(app: Any) -> None:
     """The routes the replay ran with, in file order, their channels with the key masked, and each channel's
     deliveries: the SOC webhook delivered, the pager (down) failed with its reason."""

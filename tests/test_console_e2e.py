@@ -255,6 +255,15 @@ def test_incidents_page_tells_the_story(browser: Browser, url: str) -> None:
     assert stages and all(stage for stage in stages)
     assert series_points(page, "incident-timeline") == len(stages)
     assert page.locator("a[href^='#/alert/']").count() >= 1
+    # an incident whose alerts moved a scope's warning level shows the change and where the scope stands
+    rows = page.request.get(url + "/api/incidents?limit=200").json()["rows"]
+    moved = next(i["incident_id"] for i in rows
+                 if page.request.get(f"{url}/api/incidents/{i['incident_id']}").json()["posture"]["changes"])
+    page.goto(f"{url}#/incident/{moved}")
+    page.wait_for_selector("#incident-posture tbody tr")
+    posture = page.inner_text("#incident-posture")
+    assert "→" in posture and "Where those scopes stand now" in posture
+    s.shot("incident-posture")
     page.select_option("#containment-format", "nftables")
     with page.expect_download() as download:
         page.click("#containment-export")

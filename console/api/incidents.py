@@ -36,14 +36,14 @@ def get_incident(ctx: Ctx, incident_id: str) -> dict[str, Any]:
     return incident
 
 
-@router.get("/incidents/{incident_id}", summary="An incident: its stages, entities, alerts, notifications, audit trail"
-            " and case")
+@router.get("/incidents/{incident_id}", summary="An incident: its stages, entities, alerts, posture impact, "
+            "notifications, audit trail and case")
 def incident_detail(incident_id: str, _: Viewer, ctx: Ctx) -> dict[str, Any]:
     incident = get_incident(ctx, incident_id)
     audit, _total = ctx.state.audit_log(limit=50, target=incident_id)
     return {"incident": incident, "alerts": ctx.store.incident_alerts(incident), "audit": audit,
             "notifications": ctx.store.notifications_about(incident_id),
-            "case": ctx.state.case_of_incident(incident_id)}
+            "posture": ctx.store.posture_impact(incident), "case": ctx.state.case_of_incident(incident_id)}
 
 
 class StateChange(BaseModel):

@@ -121,6 +121,11 @@ function loginPage(message) {
 async function logout() { try { await api("/api/logout", { method: "POST" }); } catch (e) { /* gone anyway */ } state.me = null; render(); }
 
 // -- overview --
+// posture: where scopes stand, and why their warning levels changed (overview and incident pages)
+const scopeColumns = [{ label: t("scope"), key: "scope", mono: true }, { label: t("level"), render: (x) => pill(x.level) },
+  { label: t("score"), key: "score" }, { label: t("reason"), key: "reason" }];
+const levelChangeColumns = [{ label: t("time"), render: (x) => fmtTime(x.ts) }, { label: t("scope"), key: "scope", mono: true },
+  { label: t("level"), render: (x) => h("span", {}, pill(x.from_level), " → ", pill(x.to_level)) }, { label: t("reason"), key: "reason" }];
 async function overview() {
   const main = shell("overview");
   let o; try { o = await api("/api/overview" + qs(rangeParams())); } catch (e) { return fail(main, e); }
@@ -142,11 +147,8 @@ async function overview() {
     card(t("posture_trend"), "span4", el("posture-trend")), card(t("planes"), "span4", el("planes")), card(t("applications"), "span4", el("apps")),
     card(t("top_targets"), "span4", el("targets")), card(t("top_sources"), "span4", el("sources")), card(t("attack_graph"), "span4", el("graph")),
     card(t("recent_critical"), "span12", h("div", { id: "recent" }, recent)),
-    card(t("posture_scopes"), "span6", h("div", { id: "posture-scopes" }, o.scopes.length ? table([{ label: t("scope"), key: "scope", mono: true },
-      { label: t("level"), render: (x) => pill(x.level) }, { label: t("score"), key: "score" }, { label: t("reason"), key: "reason" }], o.scopes) : h("p", { class: "dim" }, t("nothing")))),
-    card(t("level_changes"), "span6", h("div", { id: "level-changes" }, o.level_changes.length ? table([{ label: t("time"), render: (x) => fmtTime(x.ts) },
-      { label: t("scope"), key: "scope", mono: true }, { label: t("level"), render: (x) => h("span", {}, pill(x.from_level), " → ", pill(x.to_level)) },
-      { label: t("reason"), key: "reason" }], o.level_changes) : h("p", { class: "dim" }, t("nothing")))),
+    card(t("posture_scopes"), "span6", h("div", { id: "posture-scopes" }, o.scopes.length ? table(scopeColumns, o.scopes) : h("p", { class: "dim" }, t("nothing")))),
+    card(t("level_changes"), "span6", h("div", { id: "level-changes" }, o.level_changes.length ? table(levelChangeColumns, o.level_changes) : h("p", { class: "dim" }, t("nothing")))),
     card(t("trend_forecast"), "span6", o.trend.length ? h("select", { id: "trend-series", onchange: (e) => trendChart(main, o.trend.find((x) => x.series === e.target.value)) },
       o.trend.map((x) => h("option", { value: x.series }, x.series))) : null, o.trend.length ? el("trend-chart") : h("p", { class: "dim" }, t("nothing"))),
     card(t("trend_warnings"), "span6", h("div", { id: "trend-warnings" }, o.trend_warnings.length ? table([{ label: t("time"), render: (x) => fmtTime(x.ts) },
@@ -446,6 +448,9 @@ async function incidentDetail(id) {
       card(t("alerts"), "span12", table([{ label: t("time"), render: (a) => fmtTime(a.first_seen) }, { label: t("level"), render: (a) => pill(a.level) },
         { label: t("signature"), render: (a) => h("a", { href: "#/alert/" + encodeURIComponent(a.alert_id) }, a.signature) }, { label: t("source"), key: "src_ip", mono: true }, { label: t("target"), key: "dst_ip", mono: true },
         { label: t("score"), key: "score" }], d.alerts)),
+      card(t("posture_impact"), "span12", h("div", { id: "incident-posture" }, d.posture.changes.length
+        ? [table(levelChangeColumns, d.posture.changes), h("h3", {}, t("posture_now")), table(scopeColumns, d.posture.scopes)]
+        : h("p", { class: "dim" }, t("posture_unmoved")))),
       card(t("notifications"), "span12", h("div", { id: "incident-notifications" }, d.notifications.length
         ? table(notificationColumns.filter((c) => c.label !== t("title")), d.notifications) : h("p", { class: "dim" }, t("nothing"))))));
   // the stages on a time axis: one bar per tactic, from its first to its last alert
@@ -608,7 +613,7 @@ function notifySettings(d) {
     { label: t("assets_scope"), render: (r) => listed(r.assets) }, { label: t("notify_first"), render: (r) => r.notify.join(", ") },
     { label: t("escalation"), render: (r) => r.escalate.map((e) => t("esc_step").replace("{0}", fmtNumber(e.after_min)).replace("{1}", e.channels.join(", "))).join("; ") }],
   d.routes, { id: (r) => r.route });
-  const channels = table([{ label: t("channel"), render: (c) => `${c.name} (${c.type})` }, { label: t("target"), key: "target", mono: true },
+  const channels = table([{ label: t("channel"), render: (c) => `${c.name} (${c.type})` }, { label: t("channel_target"), key: "target", mono: true },
     { label: t("msg_language"), key: "language" }, { label: t("signed"), render: (c) => c.signed == null ? "" : c.signed ? "✓" : "✗" },
     { label: t("used_by"), render: (c) => c.routes.join(", ") },
     { label: t("deliveries"), render: (c) => NOTIFY_STATUSES.filter((s) => c.by_status[s]).map((s) => `${t("nstatus_" + s)} ${fmtNumber(c.by_status[s])}`).join(" · ") || t("nothing") },

@@ -349,6 +349,17 @@ class Store(ABC):
         return self.search(Query("alerts", [Condition("alert_id", "in", ids)], sort="first_seen",
                                  limit=len(ids) or 1)).rows
 
+    def posture_impact(self, incident: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        """What an incident did to the situational posture: the warning-level changes its alerts raised
+        (oldest first), and where the scopes they touched stand now."""
+        ids = incident["alert_ids"]
+        changes = self.search(Query("posture_changes", [Condition("alert_id", "in", ids)], sort="ts",
+                                    limit=500)).rows if ids else []
+        scopes = list(dict.fromkeys(c["scope"] for c in changes))
+        now = self.search(Query("posture", [Condition("scope", "in", scopes)], sort="-score",
+                                limit=len(scopes))).rows if scopes else []
+        return {"changes": changes, "scopes": now}
+
     def notifications_about(self, subject_id: str) -> list[dict[str, Any]]:
         """The notifications sent about an alert, incident or trend warning (at most 100, newest first)."""
         return self.search(Query("notifications", [Condition("subject_id", "eq", subject_id)], limit=100)).rows
