@@ -160,6 +160,7 @@ def _decapsulate(pk: Packets, found: Tunnels, depth: np.ndarray) -> link.Layer:
         depth[r] += 1
         pk.clear(LAYER_COLUMNS, r)
         pk.pl_off[r] = -1
+        pk.more_off[r] = -1
         pk.pl_end[r] = -1
         eth = et == ETH_TEB
         if eth.any():
@@ -212,3 +213,6 @@ def _applications(pk: Packets) -> None:
     if len(cp):
         end = np.minimum(pk.pl_end[cp], pk.end[cp])
         pk.put_bytes("cp_payload", cp, pk.pl_off[cp], end - pk.pl_off[cp])
+        more = cp[pk.more_off[cp] >= 0]  # SCTP packets that bundle further DATA chunks
+        if len(more):
+            pk.put_bytes("cp_more", more, pk.more_off[more], np.maximum(pk.more_end[more] - pk.more_off[more], 0))

@@ -166,6 +166,8 @@ PACKET_FIELDS: list[Field] = [
     Field("pii_masked", pa.string(), "the personal data found, masked (110105********002X, 138****5678), never raw"),
     Field("cp_payload", pa.binary(), "the application payload of control-plane messages (PFCP, GTP-C, NGAP, S1AP,"
           " Diameter, cleartext HTTP/2), captured bytes, for the message dissectors; null for other packets"),
+    Field("cp_more", pa.binary(), "SCTP control-plane packets that bundle several DATA chunks: the chunks from the"
+          " second DATA chunk on, headers included (the dissectors read every message); null for other packets"),
 ]
 
 def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:

@@ -3,6 +3,7 @@ made by tests/oracles/tshark_messages.py), on bundled captures and, when present
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.replay import replay
-from sensors.protocols import diameter, gtpc, pfcp
+from sensors.protocols import diameter, gtpc, pfcp, sctp
 from sensors.protocols.sbi import Hpack
 from tests.conftest import GOLDEN, PCAPS
 
@@ -75,18 +76,23 @@ def test_pfcp_messages_match_tshark(name: str, tmp_path_factory: pytest.TempPath
             assert r["cause"] == int(g["pfcp.cause"][0])
 
 
+#: captures with SCTP packets that bundle several NGAP DATA chunks
+BUNDLED = ("telekom-5g-trace-visualizer_free5gc.pcap", "5greplay_ue_authetication.pcapng")
+
+
 @pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap",
                                   "5greplay_ue_authetication.pcapng", "testregistration.pcapng"])
 def test_ngap_messages_match_tshark(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     rows = _table(_replayed(name, tmp_path_factory), "proto_ngap")
-    gold = _golden(name)["ngap"]
-    assert len(rows) == len(gold) > 0
-    for r, g in zip(rows, gold):
-        assert r["procedure_code"] == int(g["ngap.procedureCode"][0])  # the first NGAP PDU of the packet
-        if g["ngap.RAN_UE_NGAP_ID"]:
-            assert r["ran_ue_ngap_id"] == int(g["ngap.RAN_UE_NGAP_ID"][0])
-        if len(g["ngap.procedureCode"]) == 1:  # one PDU in the packet: every tunnel is this message's
-            assert [t["teid"] for t in r["gtp_tunnels"]] == [int(x, 16) for x in g["ngap.gTP_TEID"]]  # type: ignore
+    gold = _golden(name)["ngap"]  # one entry per packet, with the fields of every NGAP PDU in it
+    packets = [list(group) for _, group in itertools.groupby(rows, key=lambda r: r["ts"])]
+    assert len(packets) == len(gold) > 0
+    for pdus, g in zip(packets, gold):  # every PDU of a packet, bundled DATA chunks included, in order
+        assert [r["procedure_code"] for r in pdus] == [int(x) for x in g["ngap.procedureCode"]]
+        assert {r["ran_ue_ngap_id"] for r in pdus} - {None} == {int(x) for x in g["ngap.RAN_UE_NGAP_ID"]}
+        assert [t["teid"] for r in pdus for t in r["gtp_tunnels"]] == [  # type: ignore[attr-defined]
+            int(x, 16) for x in g["ngap.gTP_TEID"]]
+    assert any(len(g["ngap.procedureCode"]) > 1 for g in gold) == (name in BUNDLED)
 
 
 def test_diameter_messages_match_tshark(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -184,6 +190,22 @@ def test_malformed_messages_are_data() -> None:
             assert isinstance(row, dict)
     row = pfcp.decode_message(est)
     assert row["error"] is not None and row["node_id"] == "192.168.0.1"
+
+
+def test_bundled_sctp_data_chunks_are_walked_safely() -> None:
+    """Chunks after the first DATA chunk: the NGAP ones are read, a SACK and a Diameter chunk skipped, and
+    a chunk cut short or with a length under 4 ends the walk without an error."""
+    def chunk(kind: int, body: bytes, ppid: int | None = None) -> bytes:
+        value = (struct.pack("!IHHI", 1, 0, 0, ppid) if ppid is not None else b"") + body
+        raw = struct.pack("!BBH", kind, 3, 4 + len(value)) + value
+        return raw + b"\0" * (-len(raw) % 4)
+
+    more = chunk(0, b"\x00\x0f\x40\x01", 60) + chunk(3, b"\x00" * 12) + chunk(0, b"dia", 46) + chunk(0, b"ngap2", 60)
+    assert sctp.data_chunks(more, (60,)) == [b"\x00\x0f\x40\x01", b"ngap2"]
+    assert sctp.data_chunks(more, (46, 47)) == [b"dia"]
+    for cut in range(len(more)):
+        assert len(sctp.data_chunks(more[:cut], (60,))) <= 2
+    assert sctp.data_chunks(b"\x00\x03\x00\x00" + more, (60,)) == []  # a zero length: stop, not loop
 
 
 def test_hpack_survives_a_connection_caught_mid_stream() -> None:

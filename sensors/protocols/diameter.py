@@ -16,12 +16,14 @@ from sensors.protocols.messages import Truncated, select, to_table
 from sensors.protocols.packets import Packets, one_of
 from sensors.schema import AppProto
 
+DIAMETER_PPIDS = (46, 47)  # SCTP payload protocol identifiers: Diameter, Diameter over DTLS
+
 PORT = 3868
 
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
     on_port = (pk.get("src_port", rows) == PORT) | (pk.get("dst_port", rows) == PORT)
-    by_ppid = pk.has("sctp_ppid", rows) & one_of(pk.get("sctp_ppid", rows), (46, 47))
+    by_ppid = pk.has("sctp_ppid", rows) & one_of(pk.get("sctp_ppid", rows), DIAMETER_PPIDS)
     rows = rows[on_port | by_ppid]
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 20 <= end
@@ -54,9 +56,11 @@ TEXT_AVPS = {USER_NAME: "user_name", SESSION_ID: "session_id", ORIGIN_HOST: "ori
 
 
 def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
-    """``proto.diameter``: one row per Diameter message (the first of each segment or SCTP DATA chunk)."""
+    """``proto.diameter``: one row per Diameter message (the first of each TCP segment; every Diameter DATA
+    chunk of an SCTP packet)."""
     msgs = select(packets, AppProto.DIAMETER)
-    return to_table("diameter", [dict(msgs.common(i), **decode_message(p)) for i, p in enumerate(msgs.payloads)])
+    return to_table("diameter", [dict(msgs.common(i), **decode_message(p))
+                                 for i, p in msgs.every_payload(DIAMETER_PPIDS)])
 
 
 def decode_message(data: bytes) -> dict[str, object]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sensors.protocols.packets import V4_MAPPED_LO, bounded_text, ip_strings
+from sensors.protocols.sctp import data_chunks
 from sensors.schema import PROTO_SCHEMAS, AppProto
 
 
@@ -31,6 +32,7 @@ class Messages:
     rows: np.ndarray  # packet rows in the batch
     arrays: dict[str, pa.Array]  # the PROTO_COMMON columns and packet_row, as Arrow
     payload: pa.BinaryArray
+    more: pa.BinaryArray | None = None  # ``cp_more``: SCTP DATA chunks bundled after the first
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,6 +40,17 @@ class Messages:
     @cached_property
     def payloads(self) -> list[bytes]:
         return self.payload.to_pylist()
+
+    def every_payload(self, ppids: tuple[int, ...]) -> list[tuple[int, bytes]]:
+        """(message index, payload) of each message, and after it the messages bundled in the same SCTP
+        packet whose payload protocol is one of ``ppids``: several NGAP or Diameter messages per packet."""
+        more = self.more.to_pylist() if self.more is not None and self.more.null_count < len(self.more) else None
+        out = []
+        for i, p in enumerate(self.payloads):
+            out.append((i, p))
+            if more is not None and more[i]:
+                out += [(i, chunk) for chunk in data_chunks(more[i], ppids)]
+        return out
 
     @cached_property
     def _common(self) -> list[dict[str, object]]:
@@ -54,7 +67,7 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
     mask = pc.and_(pc.is_in(app, pa.array([int(a) for a in apps], pa.uint8())),
                    packets.column("cp_payload").is_valid())
     rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
-    needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "packet_row")
+    needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "cp_more", "packet_row")
               if c in packets.column_names]
     sub = packets.select(needed).take(pa.array(rows))
     if "packet_row" in packets.column_names:  # a subset of a batch that kept its rows' numbers
@@ -74,7 +87,8 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
 
     arrays = {"ts": col("ts").cast(pa.int64()), "src_ip": addr("src_ip"), "dst_ip": addr("dst_ip"),
               "src_port": col("src_port"), "dst_port": col("dst_port"), "packet_row": pa.array(rows, pa.int64())}
-    return Messages(rows=rows, arrays=arrays, payload=col("cp_payload"))
+    return Messages(rows=rows, arrays=arrays, payload=col("cp_payload"),
+                    more=col("cp_more") if "cp_more" in needed else None)
 
 
 def to_table(name: str, rows: list[dict[str, object]]) -> pa.Table:

@@ -30,6 +30,8 @@ from sensors.capture.pcap import global_header
 from sensors.protocols.messages import select, to_table
 from sensors.schema import AppProto
 
+NGAP_PPID = 60  # SCTP payload protocol identifier (RFC 9260 registry)
+
 PROCEDURE_NAMES = {
     0: "amf_configuration_update", 1: "amf_status_indication", 2: "cell_traffic_trace", 3: "deactivate_trace",
     4: "downlink_nas_transport", 5: "downlink_non_ue_associated_nrppa_transport", 6: "downlink_ran_configuration_transfer",
@@ -74,15 +76,16 @@ def tshark_path() -> str:
 
 
 def messages(packets: pa.RecordBatch | pa.Table) -> pa.Table:
-    """``proto.ngap``: one row per NGAP message (the first DATA chunk of each SCTP packet)."""
+    """``proto.ngap``: one row per NGAP message (every NGAP DATA chunk of each SCTP packet)."""
     msgs = select(packets, AppProto.NGAP)
     if not len(msgs):
         return to_table("ngap", [])
+    each = msgs.every_payload((NGAP_PPID,))
     try:
-        decoded = dissect_payloads(msgs.payloads)
+        decoded = dissect_payloads([p for _, p in each])
     except (TsharkMissing, subprocess.SubprocessError, OSError) as e:
-        decoded = [{"error": str(e)} for _ in msgs.payloads]
-    return to_table("ngap", [dict(msgs.common(i), **d) for i, d in enumerate(decoded)])
+        decoded = [{"error": str(e)} for _ in each]
+    return to_table("ngap", [dict(msgs.common(i), **d) for (i, _), d in zip(each, decoded)])
 
 
 def dissect_payloads(payloads: list[bytes], dissector: bytes = b"ngap") -> list[dict[str, object]]:

@@ -63,6 +63,9 @@ class Packets:
         # transport payload of the innermost layer: [pl_off, pl_end) in buf, -1 if none
         self.pl_off = np.full(self.n, -1, dtype=np.int64)
         self.pl_end = np.full(self.n, -1, dtype=np.int64)
+        # SCTP: [more_off, more_end) from the second DATA chunk to the packet's end; -1 if no second one
+        self.more_off = np.full(self.n, -1, dtype=np.int64)
+        self.more_end = np.full(self.n, -1, dtype=np.int64)
 
     # -- reads (offsets are clipped so garbage lengths never leave the buffer) --
     def _clip(self, off: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 The first DATA chunk's payload protocol identifier tells the upper protocol
 (NGAP 60, S1AP 18, Diameter 46/47, M3UA 3); its user data is the payload seen
-by the application dissectors.
+by the application dissectors.  A packet that bundles further DATA chunks
+keeps them, headers included, in ``cp_more`` (control-plane packets only): the
+message dissectors walk them (:func:`data_chunks`), at control-plane volumes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
     ppid = np.zeros(len(rows), dtype=np.uint32)
     data_off = np.full(len(rows), -1, dtype=np.int64)
     data_end = np.full(len(rows), -1, dtype=np.int64)
+    more_off = np.full(len(rows), -1, dtype=np.int64)  # the second DATA chunk, if any
     cur = off + 12
     active = np.flatnonzero(cur + 4 <= end)
     for _ in range(MAX_CHUNKS):
@@ -43,6 +46,8 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
         pk.fail(rows[active[bad]], DecodeStatus.BAD_HEADER_LENGTH)
         small = ctype < 32
         types[active[small]] |= (np.uint32(1) << ctype[small].astype(np.uint32))
+        second = (ctype == DATA) & (clen >= 16) & (data_off[active] >= 0) & (more_off[active] < 0)
+        more_off[active[second]] = c[second]  # the second DATA chunk: the dissectors walk on from it
         first_data = (ctype == DATA) & (clen >= 16) & (data_off[active] < 0)
         d = active[first_data]
         ppid[d] = pk.u32(c[first_data] + 12)
@@ -55,7 +60,24 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
     pk.put("sctp_ppid", rows[has], ppid[has])
     pk.pl_off[rows[has]] = data_off[has]
     pk.pl_end[rows[has]] = data_end[has]
+    more = more_off >= 0
+    pk.more_off[rows[more]] = more_off[more]
+    pk.more_end[rows[more]] = end[more]
     for code, app in PPID_APP.items():
         m = has & (ppid == code)
         if m.any():
             pk.put("app_proto", rows[m], app)
+
+
+def data_chunks(more: bytes, ppids: tuple[int, ...]) -> list[bytes]:
+    """The user data of the DATA chunks in ``more`` (``cp_more``) whose payload protocol is one of ``ppids``;
+    a chunk cut short ends the walk."""
+    out, pos = [], 0
+    while pos + 16 <= len(more):
+        ctype, length = more[pos], int.from_bytes(more[pos + 2:pos + 4], "big")
+        if length < 4:
+            break
+        if ctype == DATA and length >= 16 and int.from_bytes(more[pos + 12:pos + 16], "big") in ppids:
+            out.append(more[pos + 16:pos + min(length, len(more) - pos)])
+        pos += (length + 3) & ~3
+    return out
