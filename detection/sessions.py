@@ -161,6 +161,7 @@ class SessionTable:
         self._sessions: dict[int, Session] = {}  # by sid; merged pieces stay until their session goes
         self._next_sid = 0
         self._by_key: dict[tuple[Any, ...], int] = {}  # identifier -> session index
+        self._ue_ips: pa.Array | None = None  # the UE addresses among the keys, sorted (None: to rebuild)
         self._pending: dict[tuple[Any, ...], int] = {}  # request awaiting its response -> session index
         self._ue: dict[tuple[Any, ...], dict[str, Any]] = {}  # NGAP UE context (gNB, RAN UE id) -> facts
         self._observed_upfs: set[str] = set()  # UPFs whose PFCP association was seen: all their sessions known
@@ -385,7 +386,9 @@ class SessionTable:
             return flows, self._take_events()
         cols = ["flow_id", "first_seen", "last_seen", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto",
                 "tunnel_type", "teid", "dst2src_teid", "tunnel_src_ip", "tunnel_dst_ip", "bidirectional_bytes"]
-        ue_ips = pa.array(sorted({k[1] for k in self._by_key if k[0] == "ue"}), pa.string())
+        if self._ue_ips is None:  # rebuilt only after a new UE address or an eviction, not per batch
+            self._ue_ips = pa.array(sorted({k[1] for k in self._by_key if k[0] == "ue"}), pa.string())
+        ue_ips = self._ue_ips
         mine = pc.fill_null(pc.or_(pc.equal(flows.column("tunnel_type"), "gtpu"),
                                    pc.or_(pc.is_in(flows.column("src_ip"), ue_ips),
                                           pc.is_in(flows.column("dst_ip"), ue_ips))), False)
@@ -477,6 +480,7 @@ class SessionTable:
             del self._sessions[s.sid]
         self._sessions = {sid: s for sid, s in self._sessions.items() if self._resolve(sid) is not None}
         self._by_key = {k: sid for k, sid in self._by_key.items() if sid in self._sessions}
+        self._ue_ips = None
         self._pending = {k: sid for k, sid in self._pending.items() if sid in self._sessions}
         self._evicted += gone
         self.evicted += len(gone)
@@ -497,6 +501,8 @@ class SessionTable:
         # an address or TEID handed out again after its session ended belongs to a new owner
         if other is not None and other is not s and not (key[0] in ("ue", "teid") and other.state == "released"):
             self._merge(s, other)
+        if key[0] == "ue" and key not in self._by_key:
+            self._ue_ips = None
         self._by_key[key] = s.sid
 
     def _merge(self, into: Session, other: Session) -> None:
