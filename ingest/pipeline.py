@@ -46,7 +46,7 @@ from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
 from detection.engine import PACKET_LATENESS_NS, DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
-from detection.flows.keys import keys_of, project
+from detection.flows.keys import KEYED_SCHEMA, key_packets, keys_of
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
@@ -61,8 +61,8 @@ from ingest.workers import BatchStats, can_fork, default_processes, packet_batch
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
 
-#: rows of a message table: of the sensor's packet batch, and of its partition's keyed table (-1: no flow)
-PACKET_ROW, KEYED_ROW = "packet_row", "keyed_row"
+#: a message's packet: its row in the sensor's packet batch (keyed packets carry it too)
+PACKET_ROW = "packet_row"
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Part:
     partition: int = 0
     partitions: int = 1
     clock_ns: int | None = None  # time reached by the whole batch (forced order); flows expire by it
-    keyed: pa.RecordBatch | pa.Table | None = None  # packets or keyed packets
+    keyed: pa.RecordBatch | pa.Table | None = None  # keyed packets (KEYED_SCHEMA), or packets
     protos: dict[str, pa.Table] = field(default_factory=dict)
     hits: pa.RecordBatch | None = None
     rows: pa.RecordBatch | None = None
@@ -185,7 +185,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
-        out = {"keyed": project(packets), "seconds": per_second(packets)}
+        out = {"keyed": key_packets(packets), "seconds": per_second(packets)}
         if engine.has_packet_rules:
             out["hits"] = engine.packet_hits(packets)
         if engine.has_packet_detectors:
@@ -243,7 +243,7 @@ def starts_new_timeline(batch: BatchInfo | None, clock_ns: int | None) -> bool:
 
 
 def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part], int | None]:
-    """One batch (``keyed`` = its packets) -> one part per partition, and the clock reached.
+    """One batch (``keyed``: its keyed packets, or its packets) -> one part per partition, and the clock reached.
 
     ``clock_ns``: the time the previous batches reached (None at the start).
     Hits, detector rows and batch info ride with the lead partition (``seq`` mod
@@ -259,28 +259,27 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
         start = np.iinfo(np.int64).min if clock_ns is None else clock_ns
         k.ts_ns = np.maximum.accumulate(np.maximum(k.ts_ns, start))
         clock_ns = int(k.ts_ns[-1])
-    keyed = k.to_arrow()
+    if isinstance(part.keyed, pa.RecordBatch) and part.keyed.schema.equals(KEYED_SCHEMA):  # keyed by the decoders
+        keyed = part.keyed.set_column(KEYED_SCHEMA.get_field_index("ts_ns"), KEYED_SCHEMA.field("ts_ns"),
+                                      pa.array(k.ts_ns, pa.int64()))
+    else:
+        keyed = k.to_arrow()
     which = (k.hash % np.uint64(partitions)).astype(np.int64)
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(partitions + 1))
-    local = np.empty(len(which), dtype=np.int64)  # each keyed row's index in its partition's table
-    for p in range(partitions):
-        local[order[bounds[p]:bounds[p + 1]]] = np.arange(bounds[p + 1] - bounds[p])
     owner_of: dict[str, np.ndarray] = {}
-    local_of: dict[str, np.ndarray] = {}
     for name, t in part.protos.items():
         prow = np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
         pos = np.minimum(np.searchsorted(k.rows, prow), max(len(k.rows) - 1, 0))
         found = (k.rows[pos] == prow) if len(k.rows) else np.zeros(len(prow), dtype=bool)
         owner_of[name] = np.where(found, which[pos] if len(k.rows) else 0, lead)
-        local_of[name] = np.where(found, local[pos] if len(k.rows) else -1, -1)
     parts = []
     for p in range(partitions):
         protos = {}
         for name, t in part.protos.items():
             mine = np.flatnonzero(owner_of[name] == p)
             if len(mine):
-                protos[name] = t.take(pa.array(mine)).append_column(KEYED_ROW, pa.array(local_of[name][mine]))
+                protos[name] = t.take(pa.array(mine))
         is_lead = p == lead
         parts.append(Part(seq=part.seq, partition=p, partitions=partitions, clock_ns=clock_ns, restart=restart,
                           keyed=keyed.take(pa.array(order[bounds[p]:bounds[p + 1]])), protos=protos,
@@ -310,17 +309,15 @@ class FlowStage:
         assert part.keyed is not None
         before = self.flows.restart() if part.restart else None  # the old timeline's flows end first
         id_rows = None
-        if part.protos:
-            column = KEYED_ROW if KEYED_ROW in next(iter(part.protos.values())).column_names else PACKET_ROW
-            id_rows = np.concatenate([np.asarray(t.column(column).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if part.protos:  # the flows of the messages' packets (keyed rows carry their packet's row too)
+            id_rows = np.concatenate([np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
                                       for t in part.protos.values()])
         ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns)
         if before is not None and before.num_rows:
             ended = pa.concat_tables([before, ended])
         protos = ControlPlane.with_flow_ids(part.protos, self.flows.last_flow_ids)
         return FlowPart(seq=part.seq, partition=part.partition, partitions=part.partitions, flows=ended,
-                        protos={n: t.drop_columns([KEYED_ROW]) if KEYED_ROW in t.column_names else t
-                                for n, t in protos.items()},
+                        protos=protos,
                         hits=part.hits, rows=part.rows, batch=part.batch, prev=part.prev, restart=part.restart)
 
 

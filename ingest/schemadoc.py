@@ -54,6 +54,7 @@ def _enum(title: str, codes: type[enum.IntEnum]) -> list[str]:
 def render() -> str:
     keyed = [Field(f.name, f.type, "see the packet field of the same name") for f in KEYED_SCHEMA]
     keyed_doc = {
+        "packet_row": "the packet's row in its decoded batch (messages name their packet by it)",
         "hash": "64-bit hash of the flow key", "fwd": "source is the key's lower endpoint",
         "ts_ns": "timestamp, ns since the epoch", "server_name": "TLS SNI, else HTTP Host, else DNS query name",
     }

@@ -6,11 +6,13 @@ import gzip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from ingest.replay import replay
 from ingest.workers import can_fork
+from sensors.capture.source import CaptureFiles, FrameMapper
 from tests.conftest import PCAPS, capture_path
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="needs fork, /dev/shm and 2+ cores")
@@ -43,3 +45,21 @@ def test_forked_decoders_give_the_in_process_result(tmp_path: Path, processes: i
     eve_one = (tmp_path / "one" / "eve.json").read_text().splitlines()
     eve_many = (tmp_path / "many" / "eve.json").read_text().splitlines()
     assert eve_one[:-1] == eve_many[:-1]  # the last line is the stats event, with the run time in it
+
+
+def test_plain_files_reach_helper_decoders_by_mapping(tmp_path: Path) -> None:
+    """A helper decoder gets a batch of a plain pcap or pcapng file as a frame index over the same file
+    (no bytes copied); only a gzip file's batches, which exist only in the reader, are decoded there."""
+    inputs = _inputs(tmp_path)
+    mapper = FrameMapper()
+    mapped: dict[int, list[bool]] = {}
+    for frames, ref in CaptureFiles(inputs, 64 << 10).batches([]):
+        mapped.setdefault(frames.file_index, []).append(ref is not None)
+        if ref is not None:
+            again = mapper.attach(ref)
+            ends = frames.data_off + frames.caplen
+            assert np.array_equal(again.data_off, frames.data_off)
+            assert bytes(again.buf[: int(ends[-1])]) == bytes(frames.buf[: int(ends[-1])])
+    assert sorted(mapped) == [0, 1, 2, 3]
+    assert all(mapped[0]) and all(mapped[1]) and all(mapped[3]), "pcap and pcapng batches are mappable"
+    assert not any(mapped[2]), "gzip batches are not"

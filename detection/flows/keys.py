@@ -83,6 +83,8 @@ class PacketKeys:
             name = f.name
             if name == "server_name":
                 cols.append(self.server_name)
+            elif name == "packet_row":
+                cols.append(pa.array(self.rows, pa.int64()))
             elif name.endswith(("_hi", "_lo")):
                 addr = getattr(self, name[:-3])
                 cols.append(masked_array(addr[:, 0 if name.endswith("_hi") else 1], None, f.type))
@@ -98,6 +100,8 @@ class PacketKeys:
         fields: dict[str, object] = {}
         for f in KEYED_SCHEMA:
             name = f.name
+            if name == "packet_row":
+                continue
             if name == "server_name":
                 c = keyed.column(name)
                 fields[name] = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
@@ -106,13 +110,13 @@ class PacketKeys:
                 fields[base] = np.stack([col(base + "_hi"), col(base + "_lo")], axis=1)
             elif not name.endswith("_lo"):
                 fields[name] = col(name)
-        fields["rows"] = np.arange(keyed.num_rows)
+        fields["rows"] = col("packet_row")
         return cls(**fields)  # type: ignore[arg-type]
 
 
 #: the keyed-packet table: one row per IP packet that can belong to a flow
 KEYED_SCHEMA = pa.schema([
-    ("hash", pa.uint64()), ("fwd", pa.bool_()), ("ts_ns", pa.int64()),
+    ("packet_row", pa.int64()), ("hash", pa.uint64()), ("fwd", pa.bool_()), ("ts_ns", pa.int64()),
     ("src_hi", pa.uint64()), ("src_lo", pa.uint64()), ("dst_hi", pa.uint64()), ("dst_lo", pa.uint64()),
     ("tunnel_src_hi", pa.uint64()), ("tunnel_src_lo", pa.uint64()),
     ("tunnel_dst_hi", pa.uint64()), ("tunnel_dst_lo", pa.uint64()),
@@ -122,21 +126,13 @@ KEYED_SCHEMA = pa.schema([
     ("teid", pa.uint32()), ("qfi", pa.uint8()), ("frame_len", pa.uint32()), ("payload_len", pa.uint32()),
     ("tcp_flags", pa.uint16()), ("app_proto", pa.uint8()), ("decode_status", pa.uint8()),
     ("server_name", pa.string()),
-], metadata={"liaowang.schema": "keyed_packets", "liaowang.version": "1"})
+], metadata={"liaowang.schema": "keyed_packets", "liaowang.version": "2"})
 
-
-#: the packet columns keying reads (an upstream process may ship just these)
-INPUT_COLUMNS = sorted({*NUMERIC.values(), "ip_version", "ts", "src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip",
-                        "ip_frag_offset", "tls_sni", "http_host", "dns_qname"})
-
-
-def project(packets: pa.RecordBatch) -> pa.RecordBatch:
-    """Stage: keep only ``INPUT_COLUMNS`` (what crosses to the flow stage's process)."""
-    return packets.select(INPUT_COLUMNS)
 
 
 def key_packets(packets: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-    """Stage: packet table -> keyed-packet table."""
+    """Stage: packet table -> keyed-packet table (what crosses to the flow stage's process: keying runs in
+    the decoders, beside the packets, not in the one process that keeps the flow table)."""
     return packet_keys(packets).to_arrow()
 
 

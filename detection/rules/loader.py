@@ -63,8 +63,7 @@ def load_file(path: Path) -> list[Rule]:
     """All rules of one file (several YAML documents may be separated by ``---``)."""
     text = path.read_text(encoding="utf-8")
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        docs = list(yaml.safe_load_all(text))
+        nodes, docs = _documents(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -89,6 +88,22 @@ def load_file(path: Path) -> list[Rule]:
         except ValueError as exc:
             raise RuleError(f"{path}:{line}: {exc}") from None
     return rules
+
+
+def _documents(text: str) -> tuple[list[yaml.Node], list[Any]]:
+    """Each YAML document's node (for line numbers) and value, parsed once (libyaml when present)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    nodes: list[yaml.Node] = []
+    docs: list[Any] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            assert node is not None  # check_node said there is one
+            nodes.append(node)
+            docs.append(loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return nodes, docs
 
 
 def _line_of(node: yaml.Node, path: list[Any]) -> int | None:

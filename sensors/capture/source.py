@@ -265,6 +265,7 @@ def _read_pcap(
                 interface_id=np.zeros(n, dtype=np.uint16),
                 file_offset=walk.offsets + buf.base,
                 file_index=file_index,
+                mapped_at=buf.mapped_at(),
             )
             batches += 1
             if max_batches is not None and batches >= max_batches:
