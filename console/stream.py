@@ -25,7 +25,7 @@ from sensors.capture.bpf import FilterError
 from sensors.capture.live import ENGINES, LiveCapture, LiveOptions
 from sensors.capture.retain import RetentionPolicy, retained_files
 from sensors.capture.seal import Keyring
-from sensors.capture.source import CaptureError
+from sensors.capture.source import DEFAULT_CHUNK_BYTES, CaptureError
 
 ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
        "sensor_id": "LIAOWANG_SENSOR_ID"}
@@ -84,7 +84,9 @@ def add_parsers(sub: Any) -> None:
                    help="drop batches when the spool is full (default when paced; unpaced files wait instead)")
     s.add_argument("--pps", type=float, metavar="N", help="pace the replay at N packets/s (as a live tap would)")
     s.add_argument("--speed", type=float, metavar="X", help="pace the replay at X times capture time")
-    s.add_argument("--chunk-mb", type=float, default=8.0, metavar="MB", help="bytes per batch (default 8)")
+    s.add_argument("--chunk-mb", type=float, default=None, metavar="MB",
+                   help="bytes per batch (default: 32 for --pcap, as replay; 8 for --iface, where --batch-ms also "
+                        "ends a batch); each batch costs a fixed share of the work, so small ones cost throughput")
     s.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
                    help="decoding processes, as for replay")
     s.add_argument("--rule-overrides", metavar="FILE", help="the console's rule-overrides.json, if the workers' "
@@ -220,7 +222,8 @@ def _sensor(args: argparse.Namespace) -> int:
             finally:
                 restore()
         else:
-            summary = sensor.replay(args.pcap, engine, pseudonyms, chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+            chunk_mb = args.chunk_mb or DEFAULT_CHUNK_BYTES / (1 << 20)
+            summary = sensor.replay(args.pcap, engine, pseudonyms, chunk_bytes=int(chunk_mb * 1024 * 1024),
                                     processes=args.processes, pps=args.pps, speed=args.speed)
     except (CaptureError, CaptureOpenError, FilterError, RuleError, ModelError, IntelConfigError, OSError,
             ValueError) as exc:
@@ -256,7 +259,7 @@ def _live_capture(args: argparse.Namespace) -> LiveCapture:
                       block_timeout_ms=args.block_timeout_ms, promiscuous=not args.no_promisc, bpf_filter=args.filter,
                       fanout_group=args.fanout_group, fanout_mode=args.fanout_mode)
     live = LiveCapture(args.iface, LiveOptions(engine=args.engine, ring=ring,
-                                                chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+                                                chunk_bytes=int((args.chunk_mb or 8.0) * 1024 * 1024),
                                                 max_wait_s=args.batch_ms / 1000))
 
     def say_when_ready() -> None:  # the pcap and scapy engines open the interface in the capture process

@@ -67,8 +67,8 @@ class PendingWrites:
 
     def write(self, store: Store) -> dict[str, int]:
         """Rows new to the store per table; then empty."""
-        added = {name: store.write(name, pa.concat_tables(ts) if len(ts) > 1 else ts[0])
-                 for name, ts in self.tables.items()}
+        added = store.write_many({name: pa.concat_tables(ts) if len(ts) > 1 else ts[0]
+                                  for name, ts in self.tables.items()})
         self.tables.clear()
         self.read_at.clear()
         return added

@@ -82,6 +82,11 @@ class FlowState:
         self._free: list[np.ndarray] = []
         self._next = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        """Slots never handed out are left out (a checkpoint pickles this every second or so)."""
+        return {"capacity": self._next, "arrays": {k: v[: self._next] for k, v in self.arrays.items()},
+                "_free": self._free, "_next": self._next}
+
     def __getitem__(self, name: str) -> np.ndarray:
         if name == "rst":
             return self.arrays["flags"][:, _RST]

@@ -277,6 +277,10 @@ class Store(ABC):
     def write(self, name: str, table: pa.Table) -> int:
         """Store rows of table ``name`` (any column order; prepared here); returns the rows new to the store."""
 
+    def write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """:meth:`write` of several tables (a batch's results), each; a backend may do it in one go."""
+        return {name: self.write(name, table) for name, table in tables.items()}
+
     @abstractmethod
     def search(self, q: Query) -> Page:
         """Rows of ``q.table`` matching ``q`` (assets included), sorted and paged."""

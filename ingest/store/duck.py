@@ -236,38 +236,54 @@ class DuckStore(Store):
 
     # -- writes --
     def write(self, name: str, table: pa.Table) -> int:
-        table = prepare(name, table)
-        if not table.num_rows:
-            return 0
-        if name in PARQUET_TABLES:
-            return self._append_parquet(name, table)
+        return self.write_many({name: table})[name]
+
+    def write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """Every table under one hold of the database (attaching it costs more than a small batch's rows)."""
+        prepared = {name: prepare(name, table) for name, table in tables.items()}
+        added = dict.fromkeys(tables, 0)
+        staged = {name: self._stage_parquet(name, t) for name, t in prepared.items()
+                  if name in PARQUET_TABLES and t.num_rows}
+        try:
+            if any(t.num_rows for t in prepared.values()):
+                with self._connect(write=True) as con:
+                    for name, table in prepared.items():
+                        if name in staged:
+                            added[name] = self._commit_parquet(con, name, *staged.pop(name))
+                        elif table.num_rows:
+                            added[name] = self._insert(con, name, table)
+        finally:
+            for _, _, written in staged.values():  # not committed (an error): leave no temporary files
+                for _, tmp in written:
+                    tmp.unlink(missing_ok=True)
+        return added
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> int:
         spec = TABLES[name]
         key = spec.id_column
-        with self._connect(write=True) as con:
-            con.register("batch_", table)
-            con.execute("BEGIN")
-            # first row of each id in the batch, then only ids not yet stored
-            con.execute(f'CREATE OR REPLACE TEMP TABLE new_ AS SELECT * FROM (SELECT * FROM batch_ '
-                        f'QUALIFY row_number() OVER (PARTITION BY "{key}") = 1) b')
-            if spec.replace:
-                for column in spec.analyst_columns:  # what analysts set outlives the snapshot
-                    con.execute(f'UPDATE new_ SET "{column}" = t."{column}" FROM "{name}" t '
-                                f'WHERE new_."{key}" = t."{key}"')
-                con.execute(f'DELETE FROM "{name}" WHERE "{key}" IN (SELECT "{key}" FROM new_)')
-            else:
-                con.execute(f'DELETE FROM new_ WHERE "{key}" IN (SELECT "{key}" FROM "{name}")')
-            added = con.execute("SELECT count(*) FROM new_").fetchall()[0][0]
-            con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM new_')
-            if added and not spec.replace:
-                self._archive(con, name, spec.time_column)
-            con.execute("COMMIT")
-            con.unregister("batch_")
+        con.register("batch_", table)
+        con.execute("BEGIN")
+        # first row of each id in the batch, then only ids not yet stored
+        con.execute(f'CREATE OR REPLACE TEMP TABLE new_ AS SELECT * FROM (SELECT * FROM batch_ '
+                    f'QUALIFY row_number() OVER (PARTITION BY "{key}") = 1) b')
+        if spec.replace:
+            for column in spec.analyst_columns:  # what analysts set outlives the snapshot
+                con.execute(f'UPDATE new_ SET "{column}" = t."{column}" FROM "{name}" t '
+                            f'WHERE new_."{key}" = t."{key}"')
+            con.execute(f'DELETE FROM "{name}" WHERE "{key}" IN (SELECT "{key}" FROM new_)')
+        else:
+            con.execute(f'DELETE FROM new_ WHERE "{key}" IN (SELECT "{key}" FROM "{name}")')
+        added = con.execute("SELECT count(*) FROM new_").fetchall()[0][0]
+        con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM new_')
+        if added and not spec.replace:
+            self._archive(con, name, spec.time_column)
+        con.execute("COMMIT")
+        con.unregister("batch_")
         return int(added)
 
-    def _append_parquet(self, name: str, table: pa.Table) -> int:
-        """New rows as Parquet files, one or more per day: written before taking the lock under temporary
-        names, then, under the lock, rows already stored (a re-delivered batch) are dropped and the files
-        renamed into place."""
+    def _stage_parquet(self, name: str, table: pa.Table) -> tuple[pa.Table, np.ndarray, list[tuple[str, Path]]]:
+        """New rows of a Parquet table as files, one or more per day, under temporary names, written before
+        the lock is taken (see :meth:`_commit_parquet`)."""
         spec = TABLES[name]
         day_of_row = np.asarray(table[spec.time_column].cast(pa.int64()).fill_null(0)) // DAY_NS
         # first row of each id within the batch
@@ -276,19 +292,23 @@ class DuckStore(Store):
             firsts = ids.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
             keep = np.sort(np.asarray(firsts))
             table, day_of_row = table.take(keep), day_of_row[keep]
-        written = self._write_days(name, table, day_of_row)
+        return table, day_of_row, self._write_days(name, table, day_of_row)
+
+    def _commit_parquet(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, day_of_row: np.ndarray,
+                        written: list[tuple[str, Path]]) -> int:
+        """Under the lock: rows already stored (a re-delivered batch) are dropped, the files renamed into place."""
+        spec = TABLES[name]
         try:
-            with self._connect(write=True) as con:
-                stored = self._stored_ids(con, name, table, {day for day, _ in written})
-                if stored is not None:  # re-delivered rows: write the rest again, under the lock
-                    fresh = pc.invert(pc.is_in(table[spec.id_column], stored))
-                    for _, tmp in written:
-                        tmp.unlink()
-                    table, day_of_row = table.filter(fresh), day_of_row[np.asarray(fresh)]
-                    written = self._write_days(name, table, day_of_row)
+            stored = self._stored_ids(con, name, table, {day for day, _ in written})
+            if stored is not None:  # re-delivered rows: write the rest again, under the lock
+                fresh = pc.invert(pc.is_in(table[spec.id_column], stored))
                 for _, tmp in written:
-                    tmp.rename(tmp.with_suffix(""))
-                written = []
+                    tmp.unlink()
+                table, day_of_row = table.filter(fresh), day_of_row[np.asarray(fresh)]
+                written = self._write_days(name, table, day_of_row)
+            for _, tmp in written:
+                tmp.rename(tmp.with_suffix(""))
+            written = []
         finally:
             for _, tmp in written:
                 tmp.unlink(missing_ok=True)

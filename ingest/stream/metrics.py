@@ -53,7 +53,11 @@ class WorkerMetrics:
         self.partitions = Gauge("liaowang_worker_partitions", "partitions assigned", ["topic"], registry=r)
         self.latency = Histogram("liaowang_worker_detection_latency_seconds",
                                  "sensor read of a batch -> its flows and alerts in the store",
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60), registry=r)
+        self.checkpoint_seconds = Histogram(
+            "liaowang_worker_checkpoint_seconds", "time a checkpoint spends, by phase (deliver: the flow parts "
+            "to the broker; store: the results; state: partition state; commit: offsets)", ["phase"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:

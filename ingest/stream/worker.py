@@ -149,6 +149,8 @@ class Worker:
                 if self.dirty and time.monotonic() - last >= self.commit_interval_s:
                     self.checkpoint()
                     last = time.monotonic()
+                elif self.pending and not records:  # caught up: results go to the store now, not at the
+                    self.store_results()             # next checkpoint (the store keeps the first copy)
             self.checkpoint()
         finally:
             self.consumer.close(autocommit=False)
@@ -308,6 +310,7 @@ class Worker:
         the parts it re-reads up to the state's batch."""
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
+        phase = _Phases(self.metrics.checkpoint_seconds)
         self.producer.flush()
         failed = [f for f in self._sent if f.failed()]
         self._sent = []
@@ -319,11 +322,9 @@ class Worker:
             if self.notifier.settings_version != self._notify_version:
                 self._notify_version = self.notifier.settings_version
                 self.pending.add("notify_routes", self.notifier.settings())
-        self.pending.write(self.store)
-        now = time.time()
-        for t in read_at:
-            if t:
-                self.metrics.latency.observe(max(now - t, 0.0))
+        phase.done("deliver")
+        self.store_results(read_at)
+        phase.done("store")
         offsets = {}
         for topic, partition in sorted(self.dirty):
             if (topic, partition) not in self.position:
@@ -337,6 +338,7 @@ class Worker:
                 waiting = [b[0][0] for st in state.streams.values() for b in st.buffers.values() if b]
                 offset = min([offset, *waiting])
             offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
+        phase.done("state")
         try:
             if not commit:
                 raise RuntimeError("inside a rebalance")
@@ -348,9 +350,23 @@ class Worker:
             for tp, om in offsets.items():
                 self.committed[(tp.topic, tp.partition)] = om.offset
             self.dirty.clear()
+        phase.done("commit")
+        log.debug("checkpoint: %s", phase)
         for (topic, partition), pos in self.position.items():
             self.metrics.lag.labels(topic, str(partition)).set(pos - self.committed.get((topic, partition), 0))
         self.metrics.checkpoints.inc()
+
+    def store_results(self, read_at: list[float] | None = None) -> None:
+        """The results detected so far into the store (their batches' latency observed)."""
+        read_at = list(self.pending.read_at) if read_at is None else read_at
+        self.pending.write(self.store)
+        now = time.time()
+        for t in read_at:
+            if t:
+                self.metrics.latency.observe(max(now - t, 0.0))
+        if read_at:
+            log.debug("stored the results of %d batches, %s s after the sensor had them", len(read_at),
+                      " ".join(f"{now - t:.2f}" for t in read_at if t))
 
     def _state_key(self, topic: str, partition: int) -> str:
         return f"stream/{self.group}/{topic}/{partition}"
@@ -374,6 +390,24 @@ class Worker:
             (self.flow_parts if tp.topic == self.topics.packets else self.detect_parts).pop(tp.partition, None)
             self.position.pop((tp.topic, tp.partition), None)
             self.dirty.discard((tp.topic, tp.partition))
+
+
+class _Phases:
+    """Times the phases of a checkpoint into a histogram (and for the debug log)."""
+
+    def __init__(self, histogram: Any) -> None:
+        self.histogram = histogram
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self.histogram.labels(phase).observe(now - self._last)
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.seconds.items())
 
 
 class _Listener(ConsumerRebalanceListener):
