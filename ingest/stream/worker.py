@@ -141,7 +141,7 @@ class Worker:
         last = time.monotonic()
         try:
             while not self.stop.is_set():
-                records = self.consumer.poll(timeout_ms=200)
+                records = self.consumer.poll(timeout_ms=20 if self.pending else 200)  # results wait briefly
                 for tp, messages in records.items():
                     for m in messages:
                         if not self._handle(tp.topic, tp.partition, m):
