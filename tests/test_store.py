@@ -93,6 +93,34 @@ def test_repeated_and_partly_redelivered_rows_are_stored_once(replayed: tuple[Pa
     assert not list(tmp_path.glob("archive/flows/*/*.tmp"))
 
 
+def test_rows_of_a_day_in_several_runs_land_in_that_day(replayed: tuple[Path, ReplaySummary],
+                                                           tmp_path: Path) -> None:
+    """Rows in about time order (a day's rows in a few runs: cut without copying) and rows interleaved
+    day by day (sorted first) both end up in their own day's files, each row once."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flows = pq.read_table(replayed[0] / "flows.parquet")
+    day = np.asarray(flows["first_seen"].cast(pa.int64())) // (86_400 * 10**9)
+    days, counts = np.unique(day, return_counts=True)
+    d1, d2 = days[np.argsort(counts)[-2:]]  # the two busiest days
+    one, two = flows.filter(pa.array(day == d1)), flows.filter(pa.array(day == d2))
+    runs = pa.concat_tables([one.slice(0, one.num_rows // 2), two, one.slice(one.num_rows // 2)])
+    interleaved = pa.concat_tables([t.slice(i, 1) for i in range(min(one.num_rows, two.num_rows))
+                                    for t in (one, two)])
+    for name, table in (("runs", runs), ("interleaved", interleaved)):
+        root = tmp_path / name
+        store = open_store(root)
+        assert store.write("flows", table) == table.num_rows
+        for d in (d1, d2):
+            label = time.strftime("%Y-%m-%d", time.gmtime(int(d) * 86_400))
+            files = pq.read_table(root / "archive" / "flows" / f"day={label}")
+            want = table.filter(pc.equal(pc.divide(table["first_seen"].cast(pa.int64()), 86_400 * 10**9), d))
+            assert sorted(files["flow_id"].to_pylist()) == sorted(want["flow_id"].to_pylist()), (name, label)
+        assert store.search(Query("flows", limit=0)).total == table.num_rows
+
+
 def test_console_queries(replayed: tuple[Path, ReplaySummary], duck: Store) -> None:
     out, _ = replayed
     flows = pq.read_table(out / "flows.parquet")
