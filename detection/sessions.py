@@ -187,8 +187,12 @@ class SessionTable:
         if mtype >= PFCP_EST_REQ:
             self._session_nodes |= {src, dst}
         if mtype == PFCP_EST_REQ:
-            s = self._find(("fseid", src, m["fseid_seid"])) if m["fseid_seid"] is not None else None
-            if s is None or s.state == "released":
+            key = ("fseid", src, m["fseid_seid"])
+            s = self._find(key) if m["fseid_seid"] is not None else None
+            if s is None or s.state != "establishing":  # else a retransmission, before the UPF answered
+                # an SMF never hands out a live F-SEID again: the session that had it ended unseen (a core
+                # restarted, and counts from 1 again); it keeps what it was, and this is a new one
+                self._by_key.pop(key, None)
                 s = self._new(ts, "5g", f"pfcp|{src}|{m['fseid_seid']}")
             s.smf_ip, s.cp_seid, s.upf_ip = src, m["fseid_seid"], s.upf_ip or dst
             s.subscriber = s.subscriber or m.get("supi")  # the User ID IE, when the SMF sends it
@@ -247,7 +251,8 @@ class SessionTable:
                     self._observed_n3.add(f["ip"])
         for o in m["outer_headers"] or []:
             if o["ip"] and o["teid"] is not None:
-                s.gnb_ip, s.dl_teid = o["ip"], o["teid"]
+                if o["destination_interface"] in (0, None):  # towards the RAN: the gNB/eNB's downlink endpoint
+                    s.gnb_ip, s.dl_teid = o["ip"], o["teid"]
                 self._key(s, ("teid", o["ip"], o["teid"]))
 
     def _ngap(self, m: dict[str, Any]) -> None:
@@ -498,8 +503,11 @@ class SessionTable:
     def _key(self, s: Session, key: tuple[Any, ...]) -> None:
         """Index ``s`` by ``key``; if another live session holds it, the two are one: merge."""
         other = self._find(key)
-        # an address or TEID handed out again after its session ended belongs to a new owner
-        if other is not None and other is not s and not (key[0] in ("ue", "teid") and other.state == "released"):
+        # an address or TEID handed out again after its session ended belongs to a new owner; so does one
+        # that two sessions each set up by PFCP claim (the old one's release was not seen, e.g. a core
+        # restarted and hands out the same small TEIDs again; or the SGW and PGW sessions of a bearer)
+        if (other is not None and other is not s and not (key[0] in ("ue", "teid") and other.state == "released")
+                and not _distinct_pfcp(s, other)):
             self._merge(s, other)
         if key[0] == "ue" and key not in self._by_key:
             self._ue_ips = None
@@ -545,6 +553,12 @@ class SessionTable:
     def _take_events(self) -> pa.Table:
         rows, self._events = self._events, []
         return rows_table(rows, CONTROL_EVENT_SCHEMA, ("ts",))
+
+
+def _distinct_pfcp(a: Session, b: Session) -> bool:
+    """Both sessions were set up by a PFCP establishment each: two N4 sessions (F-SEIDs may repeat after a
+    restart; a CUPS bearer has one at the SGW and one at the PGW), never one."""
+    return a.cp_seid is not None and b.cp_seid is not None
 
 
 def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]]:

@@ -221,8 +221,9 @@ PFCP_FIELDS: list[Field] = PROTO_COMMON + [
           " choose = the UPF is asked to allocate one"),
     Field("ue_ips", pa.list_(pa.string()), "UE IP Address IEs"),
     Field("outer_headers", pa.list_(pa.struct([("teid", pa.uint32()), ("ip", pa.string()),
-                                               ("far_id", pa.uint32())])),
-          "Outer Header Creation of FARs: the peer tunnel endpoints the UPF sends to (the gNB on N3)"),
+                                               ("far_id", pa.uint32()), ("destination_interface", pa.uint8())])),
+          "Outer Header Creation of FARs: the peer tunnel endpoints the UPF sends to (destination_interface"
+          " 0 access: the gNB/eNB on N3/S1-U, 1 core: the next UPF/PGW on N9/S5-U)"),
     Field("pdr_ids", pa.list_(pa.uint16()), "PDR IDs"),
     Field("far_ids", pa.list_(pa.uint32()), "FAR IDs"),
     Field("qer_ids", pa.list_(pa.uint32()), "QER IDs"),

@@ -119,12 +119,18 @@ def test_gtpv2_sessions_of_an_lte_attach(tmp_path_factory: pytest.TempPathFactor
     assert any(s["ue_ip"] and s["ul_teid"] is not None and s["dnn"] == "internet" for s in sessions)
 
 
-@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap"])
+@pytest.mark.parametrize("name", ["5greplay_oai.pcap", "telekom-5g-trace-visualizer_free5gc.pcap",
+                                  "5g-attacks-clem272001_Dataset_2_capture_pdn.pcap", "testregistration.pcapng",
+                                  "testattach.pcapng"])
 def test_sessions_reproduce_tsharks(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every PFCP session tshark's fields imply, with its F-SEIDs and TEIDs.  The Open5GS captures run their
+    test cases against a core that restarts and hands out SEIDs and TEIDs from 1 again, and the LTE one has
+    an SGW and a PGW session per bearer with the same small SEIDs: none of them may merge into another."""
     out = _replayed(name, tmp_path_factory)
     ours = {(s["ue_ip"], s["cp_seid"], s["up_seid"]): s for s in _table(out, "sessions")}
     gold = _golden(name)["sessions"]
     assert gold
+    assert len({(g["ue_ip"], g["cp_seid"], g["up_seid"]) for g in gold}) <= len(ours)
     for g in gold:
         s = ours[(g["ue_ip"], g["cp_seid"], g["up_seid"])]  # type: ignore[index]
         if "ul_teid" in g:
@@ -141,9 +147,14 @@ def test_every_gtpu_flow_belongs_to_a_session_with_its_subscriber(
     gtpu = [f for f in _table(out, "flows") if f["tunnel_type"] == "gtpu"]
     assert gtpu and all(f["session_id"] for f in gtpu)
     sessions = {s["session_id"]: s for s in _table(out, "sessions")}
+    # Open5GS's later test cases bring their UE back with its 5G-GUTI (Service Request, GUTI registration):
+    # no SUCI in clear, so those sessions' subscriber is unknown (it took wrong merges to give them one)
+    every_subscriber = name != "testregistration.pcapng"
     for f in gtpu:
         s = sessions[f["session_id"]]
-        assert s["subscriber"] and s["pdu_session_id"] and s["snssai"] and {"n2", "n3", "n4"} <= set(s["planes"])
+        assert s["pdu_session_id"] and s["snssai"] and {"n2", "n3", "n4"} <= set(s["planes"])
+        assert s["subscriber"] or not every_subscriber
+    assert any(sessions[f["session_id"]]["subscriber"] for f in gtpu)
 
 
 def test_network_function_roles(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -225,14 +236,15 @@ def test_pfcp_ies_are_walked_into_groups_with_their_rule_ids() -> None:
     ue = _ie(93, b"\x02" + bytes([10, 45, 0, 7]))
     pdr = _ie(1, _ie(56, b"\x00\x07") + _ie(2, _ie(20, b"\x00") + fteid + ue) + _ie(108, b"\x00\x00\x00\x03"))
     ohc = _ie(84, b"\x01\x00" + struct.pack("!I", 0x55) + bytes([10, 0, 0, 1]))
-    far = _ie(3, _ie(108, b"\x00\x00\x00\x03") + _ie(44, b"\x02\x00") + _ie(4, _ie(22, b"\x08internet") + ohc))
+    far = _ie(3, _ie(108, b"\x00\x00\x00\x03") + _ie(44, b"\x02\x00")
+              + _ie(4, _ie(42, b"\x00") + _ie(22, b"\x08internet") + ohc))  # towards access: the gNB
     vendor = struct.pack("!HHH", 0x8001, 3, 10415) + b"x"
     est = _pfcp(50, 9, pdr + far + vendor + pdr, seid=0)  # the same rule twice: ids listed once
     row = pfcp.decode_message(est)
     assert row["error"] is None and row["seq"] == 9 and row["seid"] == 0
     assert row["fteids"] == [{"teid": 0x1234, "ip": "10.0.0.9", "pdr_id": 7, "source_interface": 0,
                               "choose": False}] * 2
-    assert row["outer_headers"] == [{"teid": 0x55, "ip": "10.0.0.1", "far_id": 3}]
+    assert row["outer_headers"] == [{"teid": 0x55, "ip": "10.0.0.1", "far_id": 3, "destination_interface": 0}]
     assert row["ue_ips"] == ["10.45.0.7"] and row["pdr_ids"] == [7] and row["far_ids"] == [3]
     assert row["network_instances"] == ["internet"] and row["apply_actions"] == [2]
     assert row["unknown_ies"] == [{"type": 0x8001, "value": struct.pack("!H", 10415) + b"x"}]

@@ -75,7 +75,7 @@ MESSAGE_NAMES = {
 # IE types (Table 8.1.2-1)
 CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREATED_PDR = 1, 2, 3, 4, 7, 8
 UPDATE_PDR, UPDATE_FAR, UPDATE_FORWARDING_PARAMETERS = 9, 10, 11
-CAUSE, SOURCE_INTERFACE, F_TEID, NETWORK_INSTANCE, APPLY_ACTION = 19, 20, 21, 22, 44
+CAUSE, SOURCE_INTERFACE, F_TEID, NETWORK_INSTANCE, DESTINATION_INTERFACE, APPLY_ACTION = 19, 20, 21, 22, 42, 44
 PDR_ID, F_SEID, NODE_ID, URR_ID, OUTER_HEADER_CREATION, UE_IP_ADDRESS = 56, 57, 60, 81, 84, 93
 RECOVERY_TIME_STAMP, FAR_ID, QER_ID, USER_ID = 96, 108, 109, 141
 GROUPED = {CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREATED_PDR, UPDATE_PDR, UPDATE_FAR,
@@ -85,7 +85,7 @@ GROUPED = {CREATE_PDR, PDI, CREATE_FAR, FORWARDING_PARAMETERS, CREATE_QER, CREAT
 #: groups whose rules' ids (PDR, FAR, source interface) apply to the IEs inside them
 INHERITS_CONTEXT = (PDI, FORWARDING_PARAMETERS, UPDATE_FORWARDING_PARAMETERS)
 #: IE type -> the least value length it is read with; shorter ones are kept as unknown
-MIN_LENGTH = {PDR_ID: 2, FAR_ID: 4, QER_ID: 4, URR_ID: 4, SOURCE_INTERFACE: 1, NODE_ID: 2, CAUSE: 1,
+MIN_LENGTH = {PDR_ID: 2, FAR_ID: 4, QER_ID: 4, URR_ID: 4, SOURCE_INTERFACE: 1, DESTINATION_INTERFACE: 1, NODE_ID: 2, CAUSE: 1,
               RECOVERY_TIME_STAMP: 4, F_SEID: 9, NETWORK_INSTANCE: 1, APPLY_ACTION: 1, UE_IP_ADDRESS: 1,
               F_TEID: 1, OUTER_HEADER_CREATION: 6}
 NTP_TO_UNIX_S = 2_208_988_800
@@ -201,9 +201,11 @@ def _information_elements(ies: Ies, n: int) -> dict[str, pa.Array]:
     j = j[gtp]
     far = ctx["far_id"][_scope(ies, j)]
     ip = _ip_or_null(ies, j, 6, v4_flag=0x15, v6_flag=0x2A)
+    towards = ctx["destination_interface"][_scope(ies, j)]
     headers = pa.StructArray.from_arrays(
         [pa.array(ies.uint(ies.v0[j] + 2, 4), pa.uint32()), pa.array(ip, pa.string()),
-         pa.array(far, pa.uint32(), mask=far < 0)], names=["teid", "ip", "far_id"])
+         pa.array(far, pa.uint32(), mask=far < 0), pa.array(towards, pa.uint8(), mask=towards < 0)],
+        names=["teid", "ip", "far_id", "destination_interface"])
     cols["outer_headers"] = list_column(n, ies.msg[j], headers)
 
     j = np.flatnonzero(readable & (typ == UE_IP_ADDRESS))
@@ -260,13 +262,14 @@ def _scope(ies: Ies, j: np.ndarray) -> np.ndarray:
 
 
 def _context(ies: Ies, n: int, readable: np.ndarray) -> dict[str, np.ndarray]:
-    """Per scope, the rule ids its IEs belong to: the group's own PDR/FAR id and source interface, or
+    """Per scope, the rule ids its IEs belong to: the group's own PDR/FAR id and source/destination interface, or
     (PDI, Forwarding Parameters) those of the rule around it; -1 where none."""
     size = len(ies.type) + n
     out: dict[str, np.ndarray] = {}
     for name, t, read in (("pdr_id", PDR_ID, lambda j: ies.uint(ies.v0[j], 2)),
                           ("far_id", FAR_ID, lambda j: ies.uint(ies.v0[j], 4)),
-                          ("source_interface", SOURCE_INTERFACE, lambda j: ies.u8(ies.v0[j]) & 0x0F)):
+                          ("source_interface", SOURCE_INTERFACE, lambda j: ies.u8(ies.v0[j]) & 0x0F),
+                          ("destination_interface", DESTINATION_INTERFACE, lambda j: ies.u8(ies.v0[j]) & 0x0F)):
         value = np.full(size, -1, dtype=np.int64)
         j = np.flatnonzero(readable & (ies.type == t))
         value[_scope(ies, j)] = np.asarray(read(j), dtype=np.int64)  # the last one of a group wins

@@ -17,7 +17,7 @@ from pathlib import Path
 
 FIELDS = {
     "pfcp": ["pfcp.msg_type", "pfcp.seid", "pfcp.seqno", "pfcp.f_teid.teid", "pfcp.ue_ip_addr_ipv4",
-             "pfcp.outer_hdr_creation.teid", "pfcp.cause"],
+             "pfcp.outer_hdr_creation.teid", "pfcp.cause", "ip.src", "ip.dst"],
     "gtpv2": ["gtpv2.message_type", "gtpv2.seq", "e212.imsi", "gtpv2.apn", "gtpv2.pdn_addr_and_prefix.ipv4",
               "gtpv2.f_teid_interface_type", "gtpv2.f_teid_gre_key", "gtpv2.cause"],
     "diameter": ["diameter.cmd.code", "diameter.applicationId", "diameter.Origin-Host", "diameter.Result-Code"],
@@ -41,23 +41,25 @@ def run(path: str, proto: str) -> list[dict[str, list[str]]]:
 
 
 def sessions(pfcp: list[dict[str, list[str]]]) -> list[dict[str, object]]:
-    """PFCP establishment request/response pairs (by sequence number) and the modification that follows."""
-    out: dict[int, dict[str, object]] = {}
-    by_up_seid: dict[int, dict[str, object]] = {}
+    """PFCP establishment request/response pairs (by node pair and sequence number) and the modification that
+    follows (by UPF and SEID: SEIDs are only unique per node, and a CUPS core's SGW and PGW both hand out 1, 2...)."""
+    out: dict[tuple[str, str, int], dict[str, object]] = {}
+    by_up_seid: dict[tuple[str, int], dict[str, object]] = {}
     for m in pfcp:
         mtype, seq = int(m["pfcp.msg_type"][0]), int(m["pfcp.seqno"][0])
+        src, dst = m["ip.src"][-1], m["ip.dst"][-1]  # the innermost IP header's
         fseid = int(m["pfcp.seid"][1], 0) if len(m["pfcp.seid"]) > 1 else None  # after the header's
         if mtype == 50 and fseid is not None:
-            out[seq] = {"ue_ip": (m["pfcp.ue_ip_addr_ipv4"] or [None])[0], "cp_seid": fseid}
-        elif mtype == 51 and seq in out and fseid is not None:
-            s = out[seq]
+            out[(src, dst, seq)] = {"ue_ip": (m["pfcp.ue_ip_addr_ipv4"] or [None])[0], "cp_seid": fseid}
+        elif mtype == 51 and (dst, src, seq) in out and fseid is not None:
+            s = out[(dst, src, seq)]
             s["up_seid"] = fseid
             if m["pfcp.f_teid.teid"]:
                 s["ul_teid"] = int(m["pfcp.f_teid.teid"][0], 0)
-            by_up_seid[s["up_seid"]] = s  # type: ignore[index]
-        elif mtype == 52 and m["pfcp.seid"] and int(m["pfcp.seid"][0], 0) in by_up_seid:
+            by_up_seid[(src, fseid)] = s
+        elif mtype == 52 and m["pfcp.seid"] and (dst, int(m["pfcp.seid"][0], 0)) in by_up_seid:
             if m["pfcp.outer_hdr_creation.teid"]:
-                by_up_seid[int(m["pfcp.seid"][0], 0)]["dl_teid"] = int(m["pfcp.outer_hdr_creation.teid"][0], 0)
+                by_up_seid[(dst, int(m["pfcp.seid"][0], 0))]["dl_teid"] = int(m["pfcp.outer_hdr_creation.teid"][0], 0)
     return [s for s in out.values() if "up_seid" in s]
 
 
