@@ -3,7 +3,9 @@ static single-page front end (console/static, ECharts vendored: nothing loads fr
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -65,6 +67,14 @@ def state_dir(store_uri: str) -> Path:
     return Path(store_uri).expanduser() / "console"
 
 
+def _warm(store: Store) -> None:
+    """The dashboards' partial sums, computed while the first analyst signs in (not on their first page)."""
+    try:
+        store.warm()
+    except Exception as exc:  # the pages compute what they need themselves; say why, once
+        logging.getLogger("liaowang.console").warning("store warm-up failed: %s", exc)
+
+
 def create_app(store: Store, state: ConsoleState, rule_paths: list[Path] | None = None,
                secure_cookies: bool = False, evidence_keyring: Keyring | None = None) -> FastAPI:
     app = FastAPI(title="Liaowang console API", version="1",
@@ -110,6 +120,7 @@ def serve(store_uri: str, host: str = "127.0.0.1", port: int = 8080, rule_paths:
     store_uri = resolve(store_uri)
     store = open_store(store_uri)
     store.search(Query("alerts", limit=0))  # a missing or unreachable store: one clear error now, not on every page
+    threading.Thread(target=_warm, args=(store,), name="liaowang-warm", daemon=True).start()
     state = ConsoleState(state_dir(store_uri))
     generated = state.ensure_admin(os.environ.get("LIAOWANG_ADMIN_PASSWORD"))
     app = create_app(store, state, rule_paths, secure_cookies or tls is not None, keyring)

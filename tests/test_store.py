@@ -121,6 +121,57 @@ def test_rows_of_a_day_in_several_runs_land_in_that_day(replayed: tuple[Path, Re
         assert store.search(Query("flows", limit=0)).total == table.num_rows
 
 
+def test_dashboard_sums_from_kept_file_parts_equal_a_scan(replayed: tuple[Path, ReplaySummary],
+                                                           tmp_path: Path) -> None:
+    """The histogram and top lists sum the kept partial sums of the flow files wholly inside the range and
+    scan the files at its edges: the same answers as a scan of every row, cold and warm, for ranges that cut
+    through files; and files removed by retention drop out."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ingest.store.api import TOP_DIMENSIONS, datetime_of_ns, iso_ns
+
+    flows = pq.read_table(replayed[0] / "flows.parquet")
+    store = open_store(tmp_path)
+    for i in range(0, flows.num_rows, 700):  # several files a day
+        store.write("flows", flows.slice(i, 700))
+    first = np.asarray(flows["first_seen"].cast(pa.int64()))
+    cuts = np.sort(first) // 1000 * 1000  # the API takes datetimes: microseconds
+    n = len(cuts)
+    ranges = [(None, None), (cuts[n // 4], cuts[3 * n // 4]), (cuts[n // 3], None), (None, cuts[n // 2] + 1000),
+              (cuts[n // 2], cuts[n // 2] + 3600 * 10**9)]
+    for lo, hi in ranges:
+        keep = np.ones(n, dtype=bool) if lo is None else first >= lo
+        keep &= True if hi is None else first < hi
+        rows = flows.filter(pa.array(keep))
+        start, end = (None if t is None else datetime_of_ns(int(t)) for t in (lo, hi))
+        width = 3600 * 10**9
+        buckets = pa.table({"b": pa.array(np.asarray(rows["first_seen"].cast(pa.int64())) // width * width),
+                            "p": rows["bidirectional_packets"], "y": rows["bidirectional_bytes"]})
+        want_hist = {iso_ns(r["b"]): (r["b_count"], r["p_sum"] or 0, r["y_sum"] or 0) for r in buckets.group_by(
+            "b").aggregate([("b", "count"), ("p", "sum"), ("y", "sum")]).to_pylist()}
+        for _ in range(2):  # cold: the parts are computed; warm: they are kept
+            got = {h["bucket"]: (h["flows"], h["packets"], h["bytes"]) for h in store.histogram(start, end, 3600)
+                   if h["flows"]}
+            assert got == want_hist, (lo, hi)
+            for by, dim in TOP_DIMENSIONS.items():
+                t = rows.filter(pc.is_valid(rows[dim])).select([dim, "bidirectional_packets",
+                                                                        "bidirectional_bytes"])
+                want = {r[dim]: (r[f"{dim}_count"], r["bidirectional_packets_sum"] or 0,
+                                 r["bidirectional_bytes_sum"] or 0)
+                        for r in t.group_by(dim).aggregate([(dim, "count"), ("bidirectional_packets", "sum"),
+                                                            ("bidirectional_bytes", "sum")]).to_pylist()}
+                top = store.top(by, "flows", start, end, n=100_000)
+                assert {r[dim]: (r["flows"], r["packets"], r["bytes"]) for r in top} == want, (by, lo, hi)
+    assert store.retain("flows", max_age_days=0) > 0  # only the newest day stays: its files' parts, no others
+    left = store.search(Query("flows", limit=0)).total
+    assert 0 < left < flows.num_rows
+    assert sum(h["flows"] for h in store.histogram(None, None, 3600)) == left
+    assert sum(r["flows"] for r in store.top("ports", "flows", None, None, n=100_000)) == store.search(
+        Query("flows", [Condition("dst_port", "gte", 0)], limit=0)).total
+
+
 def test_console_queries(replayed: tuple[Path, ReplaySummary], duck: Store) -> None:
     out, _ = replayed
     flows = pq.read_table(out / "flows.parquet")

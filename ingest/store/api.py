@@ -277,6 +277,9 @@ class Store(ABC):
     def write(self, name: str, table: pa.Table) -> int:
         """Store rows of table ``name`` (any column order; prepared here); returns the rows new to the store."""
 
+    def warm(self) -> None:  # noqa: B027 (most backends have nothing to prepare)
+        """Prepare what the dashboards read (a backend may keep partial sums); a console calls it at start."""
+
     def write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
         """:meth:`write` of several tables (a batch's results), each; a backend may do it in one go."""
         return {name: self.write(name, table) for name, table in tables.items()}

@@ -63,6 +63,7 @@ from ingest.store.api import (
     prepare,
     rows_of,
 )
+from ingest.store.filecache import MINUTE_NS, FileAggregates
 
 DB_FILE = "liaowang.duckdb"
 STATE_DIR = "worker-state"  # streaming workers' checkpoints (ingest/stream/worker.py)
@@ -140,6 +141,7 @@ class DuckStore(Store):
         self.db = self.root / DB_FILE
         self._con: duckdb.DuckDBPyConnection | None = None
         self._view_files: dict[str, list[str]] = {}
+        self._file_aggregates = FileAggregates()  # the dashboards' partial sums of the flow files
         self._upgraded = False  # tables made and checked against the schemas (once per process)
         self._read_only = False  # a reader could not take the writer's lock to upgrade: read as it is
 
@@ -525,11 +527,15 @@ class DuckStore(Store):
         width = int(bucket_s) * 1_000_000_000
         out: dict[int, dict[str, Any]] = {}
         with self._connect(write=False) as con:
-            where, params = self._where(Query("flows", start=start, end=end))
-            for b, flows, packets, size in con.execute(
-                    f"""SELECT epoch_ns(first_seen) // {width} * {width} AS bucket, count(*),
-                               sum(bidirectional_packets), sum(bidirectional_bytes)
-                        FROM flows t WHERE {where} GROUP BY bucket""", params).fetchall():
+            bucket = f"epoch_ns(first_seen) // {width} * {width}"
+            if width % MINUTE_NS:  # buckets not made of whole minutes: every row
+                where, params = self._where(Query("flows", start=start, end=end))
+                sql, params = (f"SELECT {bucket} AS key, count(*) AS flows, sum(bidirectional_packets) AS packets, "
+                               f"sum(bidirectional_bytes) AS bytes FROM flows t WHERE {where} GROUP BY key"), params
+            else:
+                sql, params = self._flow_sums(con, None, bucket, f"minute * {MINUTE_NS} // {width} * {width}",
+                                              start, end)
+            for b, flows, packets, size in con.execute(sql, params).fetchall():
                 out.setdefault(int(b), {}).update(flows=int(flows), packets=int(packets or 0), bytes=int(size or 0))
             where, params = self._where(Query("alerts", start=start, end=end))
             for b, level, count in con.execute(
@@ -561,15 +567,49 @@ class DuckStore(Store):
             n: int = 10) -> list[dict[str, Any]]:
         check_top(by, metric)
         dim = TOP_DIMENSIONS[by]
-        where, params = self._where(Query("flows", start=start, end=end))
         # ties in the order Elasticsearch gives them: addresses by number, not as text
         tie = "liaowang_ip_key(key)" if dim in TABLES["flows"].ip_columns else "key"
         with self._connect(write=False) as con:
-            rows = con.execute(f"""SELECT "{dim}" AS key, count(*) AS flows, sum(bidirectional_packets) AS packets,
-                                          sum(bidirectional_bytes) AS bytes
-                                   FROM flows t WHERE {where} AND "{dim}" IS NOT NULL GROUP BY key
-                                   ORDER BY {metric} DESC, {tie} ASC LIMIT {int(n)}""", params).fetchall()
+            sums, params = self._flow_sums(con, dim, f'"{dim}"', "key", start, end)
+            rows = con.execute(f"SELECT * FROM ({sums}) ORDER BY {metric} DESC, {tie} ASC LIMIT {int(n)}",
+                               params).fetchall()
         return [{dim: k, "flows": int(f), "packets": int(p or 0), "bytes": int(b or 0)} for k, f, p, b in rows]
+
+
+    def warm(self) -> None:
+        """The flow files' partial sums for the histogram and every top list, one at a time (a query waits
+        for at most one of them)."""
+        for dimension in (None, *TOP_DIMENSIONS.values()):
+            with self._connect(write=False) as con:
+                self._file_aggregates.parts(con, self._view_files.get("flows", []), dimension)
+
+    def _flow_sums(self, con: duckdb.DuckDBPyConnection, dimension: str | None, row_key: str, part_key: str,
+                   start: dt.datetime | None, end: dt.datetime | None) -> tuple[str, list[Any]]:
+        """SQL for flows, packets and bytes per key of the flows in [start, end): the kept partial sums of the
+        files wholly inside the range (``part_key`` over their ``minute``, or ``key`` = the dimension's value)
+        and a scan of the files at its edges (``row_key`` over their rows)."""
+        files = self._view_files.get("flows", [])
+        self._file_aggregates.forget(set(files))
+        inside, edges = self._file_aggregates.split(files, ns(start), ns(end))
+        parts, unread = self._file_aggregates.parts(con, inside, dimension)
+        edges += unread
+        selects: list[str] = []
+        params: list[Any] = []
+        if parts is not None:
+            con.register("flow_parts_", parts)
+            selects.append(f"SELECT {part_key} AS key, flows, packets, bytes FROM flow_parts_")
+        if edges:
+            where, params = self._where(Query("flows", start=start, end=end))
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in edges)
+            present = "" if dimension is None else f' AND {row_key} IS NOT NULL'
+            selects.append(f"SELECT {row_key} AS key, 1 AS flows, bidirectional_packets AS packets, "
+                           f"bidirectional_bytes AS bytes FROM read_parquet([{listed}], union_by_name = true) t "
+                           f"WHERE {where}{present}")
+        if not selects:
+            return ("SELECT NULL AS key, 0 AS flows, 0 AS packets, 0 AS bytes WHERE FALSE", [])
+        union = " UNION ALL ".join(selects)
+        return (f"SELECT key, sum(flows) AS flows, sum(packets) AS packets, sum(bytes) AS bytes FROM ({union}) "
+                f"GROUP BY key", params)
 
 
 def _condition(c: Condition) -> tuple[str, list[Any]]:
