@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 MINUTE_NS = 60 * 10**9
 #: partial rows kept at most; the least recently used files' parts go first
-MAX_ROWS = 5_000_000
+MAX_ROWS = 2_000_000  # ~80 MB
 
 
 class FileAggregates:
