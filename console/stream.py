@@ -107,7 +107,8 @@ def add_parsers(sub: Any) -> None:
                    help=f"flow table limit per sensor stream (default {MAX_FLOWS:,}; 0: no limit)")
     d.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
     d.add_argument("--commit-interval", type=float, default=1.0, metavar="S",
-                   help="seconds between checkpoints: results stored, state saved, offsets committed (default 1)")
+                   help="seconds between checkpoints: state saved, offsets committed (default 1); results are "
+                        "stored then, and as soon as the worker has caught up")
     d.add_argument("--name", default=socket.gethostname(), help="this worker's name in logs")
     d.add_argument("--notify", metavar="FILE", help="notification settings (YAML, docs/notifications.md) for the "
                                                     "alerts and incidents this worker finds")
