@@ -52,6 +52,7 @@ class DetectionEngine:
         """``max_partial_rows``: rule counts each window counter holds; ``max_buffered_events``: events
         each detector holds until its window closes (0: no limit; beyond, the lightest groups are shed).
         ``intel``: threat-intelligence feeds matched against every packet batch (``detection/intel``)."""
+        self.flow_lateness_s = flow_lateness_s  # how late a flow may end after its packets
         detectors = detectors or []
         # detectors raise alerts like rules: each gets a rule entry after the loaded rules, and the
         # intelligence rules come last (always there: sensors and detection workers agree on positions)

@@ -74,7 +74,8 @@ CONTROL_EVENT_VERSION = 1
 CONTROL_EVENT_FIELDS: list[Field] = [
     Field("ts", pa.timestamp("ns", tz="UTC"), "when"),
     Field("kind", pa.string(), "what: ngap_registration_request, ngap_deregistration_request, ngap_malformed,"
-          " sbi_request, pfcp_foreign_session_request, pfcp_unknown_session_request, gtpu_unknown_teid,"
+          " sbi_request, pfcp_foreign_session_request, pfcp_unknown_session_request, pfcp_session_without_user_plane,"
+          " gtpu_unknown_teid,"
           " gtpu_ue_address_mismatch"),
     Field("src_ip", pa.string(), "sender"),
     Field("dst_ip", pa.string(), "receiver"),
@@ -167,6 +168,8 @@ class SessionTable:
         self._observed_upfs: set[str] = set()  # UPFs whose PFCP association was seen: all their sessions known
         self._observed_n3: set[str] = set()  # the N3 addresses of those UPFs (F-TEIDs of their sessions)
         self._session_nodes: set[str] = set()  # nodes that sent or received session messages
+        self._n3_carried: set[str] = set()  # UPF N3 addresses some session's G-PDUs were seen at
+        self._deleted: dict[int, int] = {}  # PFCP-deleted sessions awaiting the silence check -> deletion time
         self._events: list[dict[str, Any]] = []
 
     # -- control plane -------------------------------------------------------------
@@ -217,6 +220,8 @@ class SessionTable:
                 s.state = "modified"
             elif mtype == PFCP_DEL_RESP and accepted:
                 s.state = "released"
+                if s.ul_teid is not None and s.gtpu_flows == 0:
+                    self._deleted[s.sid] = ts
             return
         if mtype in (PFCP_MOD_REQ, PFCP_DEL_REQ):
             s = self._find(("upseid", dst, m["seid"]))
@@ -433,7 +438,27 @@ class SessionTable:
             self._event(event, "gtpu_ue_address_mismatch", key=up.session_id,
                         detail=f"uplink G-PDUs on TEID {f['teid']} from inner source {f['src_ip']}, but the TEID is"
                                f" bound to UE {up.ue_ip} ({up.session_id})")
+        if s is not None and s.upf_ip is not None:
+            self._n3_carried.add(s.upf_ip)
         return s
+
+    def silent(self, now_ns: int | None, after_ns: int, final: bool = False) -> pa.Table:
+        """Control events for PFCP sessions deleted ``after_ns`` ago (or all, ``final``) that carried no G-PDU
+        although their UPF's N3 did carry others (so the capture sees that N3): signalling without a user
+        plane.  Judged that late because a session's flows are attributed when they end."""
+        due = [sid for sid, t in self._deleted.items() if final or (now_ns is not None and t + after_ns <= now_ns)]
+        for sid in due:
+            deleted_at = self._deleted.pop(sid)
+            s = self._resolve(sid)
+            if s is None or s.gtpu_flows or s.upf_ip not in self._n3_carried:
+                continue
+            at = max(deleted_at, now_ns or deleted_at)  # the finding's time: when the silence is certain
+            self._event({"ts": at, "src_ip": s.smf_ip, "dst_ip": s.upf_ip, "src_port": 8805, "dst_port": 8805},
+                        "pfcp_session_without_user_plane", key=s.session_id,
+                        detail=f"PFCP session {s.session_id} (SEID {s.cp_seid}, UE {s.ue_ip}) was set up by "
+                               f"{s.smf_ip} and deleted without a single G-PDU at UPF {s.upf_ip}, whose N3 carried "
+                               "other sessions' traffic")
+        return self._take_events()
 
     # -- output ----------------------------------------------------------------------
 

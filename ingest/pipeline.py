@@ -356,6 +356,7 @@ class DetectStage:
             ended = pc.equal(flows.column("expiration_reason"), "end_of_input")  # and incidents close first
             old_flows, flows = flows.filter(ended), flows.filter(pc.invert(ended))
             old_flows, found = self.control.sessions.attribute(old_flows)
+            found = pa.concat_tables([found, self.control.sessions.silent(None, 0, final=True)])
             old_flows = with_planes(old_flows)
             closed = pa.concat_tables([context(self.engine.update(None, old_flows, None, control=found)),
                                        context(self.engine.new_timeline())])
@@ -369,6 +370,9 @@ class DetectStage:
         flows, found = self.control.sessions.attribute(flows)
         flows = with_planes(flows)
         events = pa.concat_tables([events, found]) if found.num_rows else events
+        silent = self.control.sessions.silent(None if batch is None else batch.last_ts_ns,
+                                              int(self.engine.flow_lateness_s * 1e9), final=any(p.end for p in parts))
+        events = pa.concat_tables([events, silent]) if silent.num_rows else events
         if any(p.end for p in parts):
             self.ended = True
             alerts.append(context(self.engine.update(None, flows, None, control=events)))

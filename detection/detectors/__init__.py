@@ -12,6 +12,7 @@ from detection.detectors.control_plane import (
     NgapMalformed,
     NgapRegistrationFlood,
     PfcpForeignSessionRequest,
+    PfcpSessionWithoutUserPlane,
     PfcpUnknownSessionRequest,
     SbiNewPeer,
     SbiSubscriberEnumeration,
@@ -32,5 +33,6 @@ def default_detectors() -> list[Detector]:
 __all__ = ["Beaconing", "ControlDetector", "Detector", "FlowDetector", "GtpuUeAddressMismatch",
            "GtpuUnexpectedPeer", "GtpuUnknownSessionTeid", "IcsCommandFromNewMaster", "LargeTransferToNewHost",
            "NgapDeregistrationFlood", "NgapMalformed", "NgapRegistrationFlood", "PacketDetector",
-           "PfcpForeignSessionRequest", "PfcpSequenceSpoofing", "PfcpUnknownSessionRequest", "SbiNewPeer",
+           "PfcpForeignSessionRequest", "PfcpSequenceSpoofing", "PfcpSessionWithoutUserPlane",
+           "PfcpUnknownSessionRequest", "SbiNewPeer",
            "SbiSubscriberEnumeration", "TeidSpoofing", "control_plane_detectors", "default_detectors"]

@@ -8,7 +8,8 @@ learned, or what it counts, becomes an alert here:
 - a PFCP modification/deletion for a SEID no session at that UPF holds, when
   the UPF's association was observed (so every session it has was seen set up);
 - G-PDUs to an N3 TEID that no session holds at such a UPF (user plane without
-  control plane: injection or a forged tunnel);
+  control plane: injection or a forged tunnel), and the reverse: a PFCP session
+  set up and deleted without a G-PDU while its UPF's N3 carried others';
 - uplink G-PDUs whose inner source is not the UE address PFCP bound to their
   TEID (a UE or attacker spoofing another UE's address);
 - registration and deregistration floods from one gNB (NAS signalling storms);
@@ -72,6 +73,24 @@ class GtpuUnknownSessionTeid(ControlDetector):
     group_by = ("tunnel_src_ip", "tunnel_dst_ip")
 
     def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
+
+
+class PfcpSessionWithoutUserPlane(ControlDetector):
+    rule_id = "5e0b8c3a-7d21-4f96-a4e8-1c9b6f2d7a53"
+    title = "PFCP session set up and deleted without user-plane traffic"
+    description = ("A PDU session was established over N4 and deleted again without a single G-PDU at its UPF, "
+                   "although the UPF's N3 carried other sessions' traffic in view of the sensor: signalling "
+                   "without a user plane (sessions opened to probe or exhaust the core, a UE that cannot reach "
+                   "the data network, or a misrouted N3). Judged once the session's flows could no longer "
+                   "arrive, so the alert comes late in event time.")
+    level = "low"
+    tags = ["fight.fgt1499", "attack.t1499", "liaowang.5g"]
+    category = "Misc activity"
+    kinds = ("pfcp_session_without_user_plane",)
+    group_by = ("src_ip", "dst_ip")
+
+    def __init__(self, window_s: float = 3600.0) -> None:
         self.window_s = window_s
 
 
@@ -218,6 +237,6 @@ class SbiSubscriberEnumeration(ControlDetector):
 
 
 def control_plane_detectors() -> list[ControlDetector]:
-    return [PfcpForeignSessionRequest(), PfcpUnknownSessionRequest(), GtpuUnknownSessionTeid(),
+    return [PfcpForeignSessionRequest(), PfcpUnknownSessionRequest(), PfcpSessionWithoutUserPlane(), GtpuUnknownSessionTeid(),
             GtpuUeAddressMismatch(), NgapRegistrationFlood(), NgapDeregistrationFlood(), NgapMalformed(),
             SbiNewPeer(), SbiSubscriberEnumeration()]

@@ -81,6 +81,37 @@ def pfcp_session_tampering() -> list[tuple[float, bytes]]:
     ]
 
 
+def _session(t: float, seq: int, cp_seid: int, up_seid: int, ue: str, teid: int, gpdus: int
+             ) -> list[tuple[float, bytes]]:
+    """One PFCP session from the SMF: established at ``t``, ``gpdus`` G-PDUs a second apart, deleted."""
+    node = _ie(60, b"\x00" + _ip4(SMF))
+    pdi = _ie(20, b"\x00") + _ie(21, b"\x05") + _ie(93, b"\x02" + _ip4(ue))
+    est = (node + _ie(57, b"\x02" + struct.pack("!Q", cp_seid) + _ip4(SMF))
+           + _ie(1, _ie(56, b"\x00\x01") + _ie(29, b"\x00\x00\x00\xff") + _ie(2, pdi) + _ie(108, b"\x00\x00\x00\x01"))
+           + _ie(3, _ie(108, b"\x00\x00\x00\x01") + _ie(44, b"\x02\x00")))
+    created = (_ie(19, b"\x01") + _ie(60, b"\x00" + _ip4(UPF_N4))
+               + _ie(57, b"\x02" + struct.pack("!Q", up_seid) + _ip4(UPF_N4))
+               + _ie(8, _ie(56, b"\x00\x01") + _ie(21, b"\x01" + struct.pack("!I", teid) + _ip4(UPF_N3))))
+    frames = [(t, _n4(SMF, UPF_N4, _pfcp(50, seq, est, seid=0))),
+              (t + 0.01, _n4(UPF_N4, SMF, _pfcp(51, seq, created, seid=cp_seid)))]
+    frames += [(t + 1.0 + i, _gpdu(GNB, UPF_N3, teid, ue)) for i in range(gpdus)]
+    end = t + 2.0 + gpdus
+    return frames + [(end, _n4(SMF, UPF_N4, _pfcp(54, seq + 1, b"", seid=up_seid))),
+                     (end + 0.01, _n4(UPF_N4, SMF, _pfcp(55, seq + 1, _ie(19, b"\x01"), seid=cp_seid)))]
+
+
+def pfcp_sessions_with_and_without_user_plane(silent: bool = True) -> list[tuple[float, bytes]]:
+    """Two sessions at one UPF, each set up and deleted: the first carries G-PDUs; the second none
+    (``silent``) or some (the benign twin)."""
+    node = _ie(60, b"\x00" + _ip4(SMF))
+    recovery = _ie(96, struct.pack("!I", 3_900_000_000))
+    association = [(0.0, _n4(SMF, UPF_N4, _pfcp(5, 1, node + recovery))),
+                   (0.01, _n4(UPF_N4, SMF, _pfcp(6, 1, _ie(60, b"\x00" + _ip4(UPF_N4)) + _ie(19, b"\x01")
+                                                 + recovery)))]
+    return (association + _session(1.0, 2, 0x11, 0x9001, "10.45.0.5", 0x100, gpdus=3)
+            + _session(10.0, 4, 0x12, 0x9002, "10.45.0.6", 0x101, gpdus=0 if silent else 3))
+
+
 def pfcp_establishment_flood(n: int = 3000, seed: int = 5) -> list[tuple[float, bytes]]:
     """The SMF's session set up and used (as in :func:`pfcp_session_tampering`); then ``n`` Session
     Establishment Requests from a rogue node with random F-SEIDs, none answered; then the real session's
@@ -166,6 +197,8 @@ def control_plane_attacks(tmp: Path, t0: float = 1_700_000_000.0) -> dict[str, P
     tmp.mkdir(parents=True, exist_ok=True)
     made = {
         "pfcp_session_tampering": pfcp_session_tampering(),
+        "pfcp_session_without_user_plane": pfcp_sessions_with_and_without_user_plane(silent=True),
+        "pfcp_sessions_with_user_plane": pfcp_sessions_with_and_without_user_plane(silent=False),
         "ngap_registration_flood": registration_flood(0x41),
         "ngap_deregistration_flood": registration_flood(0x45, n=120),
         "ngap_malformed": malformed_ngap(),
