@@ -446,7 +446,11 @@ class SessionTable:
         """Control events for PFCP sessions deleted ``after_ns`` ago (or all, ``final``) that carried no G-PDU
         although their UPF's N3 did carry others (so the capture sees that N3): signalling without a user
         plane.  Judged that late because a session's flows are attributed when they end."""
-        due = [sid for sid, t in self._deleted.items() if final or (now_ns is not None and t + after_ns <= now_ns)]
+        due = []
+        for sid, t in self._deleted.items():  # in deletion order: the first not due ends the look
+            if not final and (now_ns is None or t + after_ns > now_ns):
+                break
+            due.append(sid)
         for sid in due:
             deleted_at = self._deleted.pop(sid)
             s = self._resolve(sid)
