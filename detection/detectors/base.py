@@ -182,10 +182,6 @@ class ControlDetector(Detector):
 
     instant: ClassVar[bool] = True  # unless a subclass's evaluate needs the window
 
-    def __init__(self, window_s: float | None = None) -> None:
-        if window_s is not None:  # else the class's own
-            self.window_s = window_s
-
     def evaluate(self, events: pa.Table) -> np.ndarray:
         """Default: the session table already judged; every selected event is a finding."""
         return np.ones(events.num_rows, dtype=bool)

@@ -40,7 +40,8 @@ class PfcpForeignSessionRequest(ControlDetector):
     kinds = ("pfcp_foreign_session_request",)
     group_by = ("src_ip", "dst_ip")
 
-    window_s = 300.0
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
 
 
 class PfcpUnknownSessionRequest(ControlDetector):
@@ -55,7 +56,8 @@ class PfcpUnknownSessionRequest(ControlDetector):
     kinds = ("pfcp_unknown_session_request",)
     group_by = ("src_ip", "dst_ip")
 
-    window_s = 300.0
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
 
 
 class GtpuUnknownSessionTeid(ControlDetector):
@@ -70,7 +72,8 @@ class GtpuUnknownSessionTeid(ControlDetector):
     columns: ClassVar[list[str]] = ["ts", "kind", "key", "tunnel_src_ip", "tunnel_dst_ip"]
     group_by = ("tunnel_src_ip", "tunnel_dst_ip")
 
-    window_s = 300.0
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
 
 
 class PfcpSessionWithoutUserPlane(ControlDetector):
@@ -87,6 +90,9 @@ class PfcpSessionWithoutUserPlane(ControlDetector):
     kinds = ("pfcp_session_without_user_plane",)
     group_by = ("src_ip", "dst_ip")
 
+    def __init__(self, window_s: float = 3600.0) -> None:
+        self.window_s = window_s
+
 
 class GtpuUeAddressMismatch(ControlDetector):
     rule_id = "0d7b3e95-2f4c-4a61-8c9e-7b5a1d3f6e24"
@@ -99,7 +105,8 @@ class GtpuUeAddressMismatch(ControlDetector):
     kinds = ("gtpu_ue_address_mismatch",)
     group_by = ("src_ip", "key")
 
-    window_s = 300.0
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
 
 
 class NgapRegistrationFlood(ControlDetector):
@@ -145,7 +152,8 @@ class NgapMalformed(ControlDetector):
     kinds = ("ngap_malformed",)
     group_by = ("src_ip", "dst_ip")
 
-    window_s = 300.0
+    def __init__(self, window_s: float = 300.0) -> None:
+        self.window_s = window_s
 
 
 class SbiNewPeer(ControlDetector):
