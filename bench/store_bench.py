@@ -39,6 +39,9 @@ from ingest.store.duck import DuckStore  # noqa: E402
 DATA = ROOT / "bench" / "data"
 WEEK_NS = 7 * 86400 * 10**9
 BATCH_ROWS = 1_000_000
+#: what the console's hunt page lists (HUNT_COLUMNS in console/static/app.js)
+HUNT_COLUMNS = ("first_seen", "plane", "src_ip", "src_port", "dst_ip", "dst_port", "ip_proto", "teid", "application_hint",
+                "server_name", "bidirectional_packets", "bidirectional_bytes", "bidirectional_duration_ms")
 
 
 def replay(captures: list[str], out: Path) -> Path:
@@ -124,8 +127,10 @@ def store_bench(n_flows: int = 10_000_000, n_alerts: int = 100_000) -> list[str]
             "top ports by flows, week": lambda: store.top("ports", "flows", first, end),
             "5G plane mix, week": lambda: store.plane_mix(first, end),
             "alerts, level red+orange, newest 50": lambda: store.search(Query("alerts", [urgent])),
-            "flows of one IP, last day, 50": lambda: store.search(Query("flows", ip=str(flows["dst_ip"][0]),
-                                                                        start=day[0], end=day[1])),
+            "flows of one IP, last day, 50 (the hunt page's columns)": lambda: store.search(Query(
+                "flows", ip=str(flows["dst_ip"][0]), start=day[0], end=day[1], columns=HUNT_COLUMNS)),
+            "flows of one IP, last day, 50 (all 72 columns)": lambda: store.search(Query(
+                "flows", ip=str(flows["dst_ip"][0]), start=day[0], end=day[1])),
             "histogram, last day, 5 min buckets": lambda: store.histogram(*day, 300),
         }
         walls = {name: timed(fn) for name, fn in queries.items()}

@@ -397,6 +397,10 @@ def test_hunt_language(app: Any) -> None:
     n3 = c.get("/api/flows", params={"q": "plane=N3 packets>2"}).json()
     assert n3["total"] > 0 and all(f["plane"] == "N3" and f["bidirectional_packets"] > 2 for f in n3["rows"])
     assert "no field" in c.get("/api/flows", params={"q": "bogus=1"}).json()["detail"]
+    listed = c.get("/api/flows", params={"q": "plane=N3 packets>2", "fields": "src_ip, teid"}).json()
+    assert listed["total"] == n3["total"] and listed["rows"] == [
+        {"flow_id": f["flow_id"], "src_ip": f["src_ip"], "teid": f["teid"]} for f in n3["rows"]]
+    assert "no column 'bogus'" in c.get("/api/flows", params={"fields": "bogus"}).json()["detail"]
     hostile = c.get("/api/flows", params={"q": "sni~evil.example"}).json()["rows"]
     assert {f["server_name"].split(".evil")[0] for f in hostile} == {p.replace(".", "_") for p in PAYLOADS}
 

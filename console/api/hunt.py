@@ -17,7 +17,10 @@ router = APIRouter(prefix="/api", tags=["hunt"])
 
 @router.get("/flows", summary="Flows matching a hunt query (e.g. `ip=10.45.0.0/16 dst_port=443 sni~example`)")
 def hunt(_: Viewer, ctx: Ctx, rng: Range, q: Annotated[str, Query(max_length=2000)] = "", sort: str | None = None,
-         limit: int = 50, offset: int = 0) -> dict[str, Any]:
+         limit: int = 50, offset: int = 0,
+         fields: Annotated[str, Query(max_length=4000, description="columns of each row, comma-separated "
+                                                                    "(flow_id always); all when empty")] = "",
+         ) -> dict[str, Any]:
     try:
         h = parse(q)
         where = list(h.where)
@@ -26,7 +29,8 @@ def hunt(_: Viewer, ctx: Ctx, rng: Range, q: Annotated[str, Query(max_length=200
                                                    limit=1000)).rows
             where.append(Condition("session_id", "in", [s["session_id"] for s in sessions]))
         page = ctx.store.search(StoreQuery("flows", where, ip=h.ip, text=h.text, start=rng.start, end=rng.end,
-                                           sort=sort or None, limit=limit, offset=offset))
+                                           sort=sort or None, limit=limit, offset=offset,
+                                           columns=tuple(f.strip() for f in fields.split(",") if f.strip())))
     except (HuntError, StoreError) as e:
         raise HTTPException(422, str(e)) from e
     return {"rows": page.rows, "total": page.total}

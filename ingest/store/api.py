@@ -207,7 +207,8 @@ class Condition:
 @dataclass
 class Query:
     """A list query on one table: conditions, an address/CIDR on any of its address columns, free text,
-    a time range on its time column, sort and page."""
+    a time range on its time column, sort and page; optionally only some columns of each row (a list needs
+    far fewer than a detail view: reading 14 of the flows' 72 columns halves a search)."""
 
     table: str
     where: list[Condition] = field(default_factory=list)
@@ -218,11 +219,15 @@ class Query:
     sort: str | None = None  # column, "-column" for descending; default: time, newest first
     limit: int = 50
     offset: int = 0
+    columns: tuple[str, ...] = ()  # the columns of each row (the id always); all when empty
 
     def __post_init__(self) -> None:
         if self.table not in TABLES and self.table != "assets":
             raise StoreError(f"unknown table {self.table!r}; tables: {', '.join([*TABLES, 'assets'])}")
         columns = set(ASSET_SCHEMA.names if self.table == "assets" else SCHEMAS[self.table].names)
+        unknown = [c for c in self.columns if c not in columns]
+        if unknown:
+            raise StoreError(f"{self.table} has no column {unknown[0]!r}")
         for c in self.where:
             if c.field not in columns:
                 raise StoreError(f"{self.table} has no column {c.field!r}")
@@ -236,6 +241,15 @@ class Query:
     @property
     def spec(self) -> TableSpec:
         return ASSET_SPEC if self.table == "assets" else TABLES[self.table]
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of the rows this query returns: its columns (and the id) in the table's order."""
+        schema = ASSET_SCHEMA if self.table == "assets" else SCHEMAS[self.table]
+        if not self.columns:
+            return schema
+        wanted = {*self.columns, self.spec.id_column}
+        return pa.schema([f for f in schema if f.name in wanted])
 
     def order(self) -> tuple[str, bool]:
         """(column, descending); ties are broken by the table's id, ascending."""

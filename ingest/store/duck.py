@@ -43,7 +43,6 @@ import pyarrow.parquet as pq
 
 from detection.rules.compiler import address_halves, in_networks
 from ingest.store.api import (
-    ASSET_SCHEMA,
     GRADES,
     SCHEMAS,
     TABLES,
@@ -88,12 +87,18 @@ WRITER_WAITING = ".writer-waiting"  # a writer blocked by readers touches this; 
 #: tables kept only as Parquet (append-only: alerts change status, sessions and the inventory are replaced)
 PARQUET_TABLES = tuple(n for n, spec in TABLES.items() if not spec.replace and n != "alerts")
 DAY_NS = 86_400 * 10**9
-#: a day's rows of one write are split into files of at least this many rows, written in parallel
-FILE_ROWS = 262_144
+#: the rows of one write are split into about two files per thread, written in parallel, of at least this many
+#: rows (small files cost queries a footer each)
+MIN_FILE_ROWS = 65_536
 #: runs of rows of one day in a batch beyond which the batch is sorted by day first (not usual: rows come in
 #: about time order)
 MAX_DAY_RUNS = 64
 _process_lock = threading.Lock()  # one connection per process at a time: DuckDB refuses a second configuration
+
+
+def _day_number(label: str) -> int:
+    """Days since the epoch of a day directory's ``YYYY-MM-DD``."""
+    return (dt.date.fromisoformat(label) - dt.date(1970, 1, 1)).days
 
 
 def _age_s(path: Path) -> float:
@@ -151,6 +156,8 @@ class DuckStore(Store):
         attached only for the length of one operation (opening DuckDB costs ~30 ms, attaching ~1 ms)."""
         if self._con is None:
             self._con = duckdb.connect()
+            # footers of the Parquet files kept between queries (files are never rewritten in place)
+            self._con.execute("SET parquet_metadata_cache = true")
             register_functions(self._con)
         return self._con
 
@@ -229,15 +236,36 @@ class DuckStore(Store):
             if self._view_files.get(name) == files:
                 continue  # binding a view reads every file's footer: only when the files changed
             self._view_files[name] = files
-            con.register(f"empty_{name}", SCHEMAS[name].empty_table())  # the source when there are no files
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            source = f"read_parquet([{listed}], union_by_name = true)" if files else f'"empty_{name}"'
-            kinds = {c: kind for c, kind, *_ in con.execute(f'DESCRIBE "empty_{name}"').fetchall()}
-            # files written by an older version lack the columns added since: null there
-            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-            columns = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS {kinds[c]}) AS "{c}"'
-                                for c in SCHEMAS[name].names)
-            con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {columns} FROM {source}')
+            con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {self._select_files(con, name, files)}')
+
+    @staticmethod
+    def _select_files(con: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> str:
+        """SELECT of a Parquet table's rows in ``files``, every column of its schema (null where a file written
+        by an older version lacks one)."""
+        con.register(f"empty_{name}", SCHEMAS[name].empty_table())  # the source when there are no files
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        source = f"read_parquet([{listed}], union_by_name = true)" if files else f'"empty_{name}"'
+        kinds = {c: kind for c, kind, *_ in con.execute(f'DESCRIBE "empty_{name}"').fetchall()}
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        columns = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS {kinds[c]}) AS "{c}"'
+                            for c in SCHEMAS[name].names)
+        return f"SELECT {columns} FROM {source}"
+
+    def _source(self, con: duckdb.DuckDBPyConnection, q: Query) -> str:
+        """What a query reads: for a Parquet table and a time range, only the files of the days it overlaps
+        (rows are partitioned by the day of their time column; every file costs a footer read per query)."""
+        if q.table == "assets":
+            return f"({ASSETS_SQL.format(pairs=PAIRS_SQL)})"
+        if q.table not in PARQUET_TABLES or (q.start is None and q.end is None):
+            return f'"{q.table}"'
+        start, end = ns(q.start), ns(q.end)
+        first = -(2**62) if start is None else start // DAY_NS
+        last = 2**62 if end is None else (end - 1) // DAY_NS
+        days = self._days(q.table)
+        files = [str(f) for day, fs in days.items() if first <= _day_number(day) <= last for f in fs]
+        if len(files) == sum(len(fs) for fs in days.values()):
+            return f'"{q.table}"'
+        return f"({self._select_files(con, q.table, files)})"
 
     # -- writes --
     def write(self, name: str, table: pa.Table) -> int:
@@ -291,13 +319,21 @@ class DuckStore(Store):
         the lock is taken (see :meth:`_commit_parquet`)."""
         spec = TABLES[name]
         day_of_row = np.asarray(table[spec.time_column].cast(pa.int64()).fill_null(0)) // DAY_NS
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            # whether an id repeats within the batch is learnt while the files are written (it is rare)
+            distinct = pool.submit(lambda: len(pc.unique(table[spec.id_column])))
+            written = self._write_days(pool, name, table, day_of_row)
+            if distinct.result() == table.num_rows:
+                return table, day_of_row, written
+        for _, tmp in written:
+            tmp.unlink()
         # first row of each id within the batch
-        if len(pc.unique(table[spec.id_column])) < table.num_rows:  # rare (a batch with a repeated row)
-            ids = pa.table({"id": table[spec.id_column], "row": np.arange(table.num_rows, dtype=np.int64)})
-            firsts = ids.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
-            keep = np.sort(np.asarray(firsts))
-            table, day_of_row = table.take(keep), day_of_row[keep]
-        return table, day_of_row, self._write_days(name, table, day_of_row)
+        ids = pa.table({"id": table[spec.id_column], "row": np.arange(table.num_rows, dtype=np.int64)})
+        firsts = ids.group_by("id", use_threads=False).aggregate([("row", "min")])["row_min"]
+        keep = np.sort(np.asarray(firsts))
+        table, day_of_row = table.take(keep), day_of_row[keep]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            return table, day_of_row, self._write_days(pool, name, table, day_of_row)
 
     def _commit_parquet(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, day_of_row: np.ndarray,
                         written: list[tuple[str, Path]]) -> int:
@@ -310,7 +346,8 @@ class DuckStore(Store):
                 for _, tmp in written:
                     tmp.unlink()
                 table, day_of_row = table.filter(fresh), day_of_row[np.asarray(fresh)]
-                written = self._write_days(name, table, day_of_row)
+                with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                    written = self._write_days(pool, name, table, day_of_row)
             for _, tmp in written:
                 tmp.rename(tmp.with_suffix(""))
             written = []
@@ -319,8 +356,9 @@ class DuckStore(Store):
                 tmp.unlink(missing_ok=True)
         return table.num_rows
 
-    def _write_days(self, name: str, table: pa.Table, day_of_row: np.ndarray) -> list[tuple[str, Path]]:
-        """``table`` as ``*.parquet.tmp`` files under its days' directories, in parallel."""
+    def _write_days(self, pool: ThreadPoolExecutor, name: str, table: pa.Table,
+                    day_of_row: np.ndarray) -> list[tuple[str, Path]]:
+        """``table`` as ``*.parquet.tmp`` files under its days' directories, written in parallel by ``pool``."""
         if not len(day_of_row):
             return []
         cuts = np.flatnonzero(np.diff(day_of_row)) + 1
@@ -334,21 +372,20 @@ class DuckStore(Store):
         for start, stop in zip(starts.tolist(), stops.tolist()):
             runs.setdefault(int(day_of_row[start]), []).append(table.slice(start, stop - start))
         stats = [c for c in (TABLES[name].time_column, "last_seen") if c in table.column_names]
+        # files of about equal size, two per thread, so that no thread is left waiting long for the last one
+        file_rows = max(MIN_FILE_ROWS, -(-table.num_rows // (2 * (os.cpu_count() or 1))))
         jobs: list[tuple[pa.Table, Path]] = []
         for day, pieces in sorted(runs.items()):
             part = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
             label = dt.datetime.fromtimestamp(int(day) * 86_400, dt.UTC).strftime("%Y-%m-%d")
             out = self.root / "archive" / name / f"day={label}"
             out.mkdir(parents=True, exist_ok=True)
-            chunks = max(1, min(os.cpu_count() or 1, part.num_rows // FILE_ROWS))
-            step = -(-part.num_rows // chunks)
+            step = -(-part.num_rows // max(1, round(part.num_rows / file_rows)))
             jobs += [(part.slice(i, step), out / f"part-{uuid.uuid4().hex}.parquet.tmp")
                      for i in range(0, part.num_rows, step)]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            # LZ4, not zstd: files ~18% larger, written ~20% faster and scanned by the dashboards' queries
-            # 20-40% faster; statistics only where queries prune files by them (time bounds)
-            list(pool.map(lambda job: pq.write_table(job[0], job[1], compression="lz4", write_statistics=stats),
-                          jobs))
+        # LZ4, not zstd: files ~18% larger, written ~20% faster and scanned by the dashboards' queries
+        # 20-40% faster; statistics only where queries prune files by them (time bounds)
+        list(pool.map(lambda job: pq.write_table(job[0], job[1], compression="lz4", write_statistics=stats), jobs))
         return [(p.parent.name[4:], p) for _, p in jobs]
 
     def _stored_ids(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table,
@@ -490,13 +527,14 @@ class DuckStore(Store):
     def search(self, q: Query) -> Page:
         where, params = self._where(q)
         order = order_by(q)
-        source = f"({ASSETS_SQL.format(pairs=PAIRS_SQL)})" if q.table == "assets" else f'"{q.table}"'
+        schema = q.schema
+        columns = ", ".join(f'"{c}"' for c in schema.names)
         with self._connect(write=False) as con:
+            source = self._source(con, q)
             total = con.execute(f"SELECT count(*) FROM {source} t WHERE {where}", params).fetchall()[0][0]
-            table = con.sql(f"SELECT * FROM {source} t WHERE {where} ORDER BY {order} LIMIT {int(q.limit)} "
-                            f"OFFSET {int(q.offset)}", params=params).to_arrow_table()
-        schema = ASSET_SCHEMA if q.table == "assets" else SCHEMAS[q.table]
-        return Page(rows_of(table.select(schema.names).cast(schema)), int(total))
+            table = con.sql(f"SELECT {columns} FROM {source} t WHERE {where} ORDER BY {order} "
+                            f"LIMIT {int(q.limit)} OFFSET {int(q.offset)}", params=params).to_arrow_table()
+        return Page(rows_of(table.cast(schema)), int(total))
 
     @staticmethod
     def _where(q: Query) -> tuple[str, list[Any]]:

@@ -206,8 +206,9 @@ class ElasticStore(Store):
             out.append((self._index_of(table, t_ns), str(r[spec.id_column]), doc))
         return out
 
-    def _row(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:
-        schema = ASSET_SCHEMA if table == "assets" else SCHEMAS[table]
+    def _row(self, table: str, doc: dict[str, Any], schema: pa.Schema | None = None) -> dict[str, Any]:
+        if schema is None:
+            schema = ASSET_SCHEMA if table == "assets" else SCHEMAS[table]
         row: dict[str, Any] = {}
         for f in schema:
             v = _get(doc, field_of(table, f.name))
@@ -377,11 +378,14 @@ class ElasticStore(Store):
         # every shard at once.  Seen once (CI, ES 7.9, 6 daily indices, default 5 at once): a shard failed with a
         # date_nanos sort value read as milliseconds ("cannot be stored in nanosecond resolution"); shards queried
         # after others get the results' bottom sort value to skip by, the suspected path.  Not reproduced since.
+        schema = q.schema
+        includes = [field_of(q.table, c) for c in schema.names] if q.columns else None
         resp = self.es.search(index=f"{PREFIX}{q.table}-*", query=self._query(q), sort=sort, size=q.limit,
                               from_=q.offset, track_total_hits=True, ignore_unavailable=True, allow_no_indices=True,
-                              max_concurrent_shard_requests=MAX_SHARD_REQUESTS)
+                              max_concurrent_shard_requests=MAX_SHARD_REQUESTS, source_includes=includes)
         _check_shards(resp)
-        return Page([self._row(q.table, h["_source"]) for h in resp["hits"]["hits"]], resp["hits"]["total"]["value"])
+        return Page([self._row(q.table, h["_source"], schema) for h in resp["hits"]["hits"]],
+                    resp["hits"]["total"]["value"])
 
     def _aggregate(self, table: str, query: dict[str, Any], aggs: dict[str, Any]) -> dict[str, Any]:
         resp = self.es.search(index=f"{PREFIX}{table}-*", query=query, aggs=aggs, size=0, ignore_unavailable=True,
@@ -490,7 +494,7 @@ class ElasticStore(Store):
                                 LIMIT {int(q.limit)} OFFSET {int(q.offset)}""", params=params).to_arrow_table()
         finally:
             con.close()
-        return Page(rows_of(table.select(ASSET_SCHEMA.names).cast(ASSET_SCHEMA)), int(total))
+        return Page(rows_of(table.select(q.schema.names).cast(q.schema)), int(total))
 
 
 def _ns_of(agg: dict[str, Any]) -> int | None:
