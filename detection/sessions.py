@@ -599,7 +599,7 @@ def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]
         if t is None or not t.num_rows:
             continue
         t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
-        t = t.drop_columns([c for c in UNREAD_COLUMNS if c in t.column_names])
+        t = t.drop_columns(sorted(set(UNREAD_COLUMNS) & set(t.column_names)))
         rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
     rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
     return [(name, r) for _, _, name, r in rows]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -203,6 +205,54 @@ def test_loading_errors_name_file_and_line(tmp_path: Path) -> None:
     dup.write_text(RULE + "---\n" + RULE)
     with pytest.raises(RuleError, match=r"dup.yml:12: duplicate rule id"):
         load_rules([dup])
+
+
+def _paths(node: object, path: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
+    """Every key/index path inside a YAML document."""
+    if path:
+        yield path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        yield from _paths(v, (*path, k))
+
+
+def test_the_fast_rule_validator_agrees_with_jsonschema() -> None:
+    """Rules are checked by a schema compiled with fastjsonschema (draft 7), and explained by jsonschema (the
+    schema's draft 2020-12) only when rejected: on every bundled rule and on thousands of broken variants of them,
+    both must give the same verdict (a rule the fast one accepted but jsonschema would refuse would load)."""
+    import copy
+    import random
+
+    import jsonschema
+
+    from detection.rules.loader import BUNDLED_RULES, NOT_RULES, _accepted, _documents, rule_schema
+
+    strict = jsonschema.Draft202012Validator(rule_schema())
+    docs = [d for f in sorted(BUNDLED_RULES.rglob("*.yml")) if not set(NOT_RULES) & set(f.relative_to(BUNDLED_RULES).parts)
+            for d in _documents(f.read_text())[1] if d is not None]
+    assert len(docs) > 20
+    odd: list[object] = [None, 0, -1, 1.5, True, "", "x", "ns.ns", [], ["x"], [1], {}, {"x": 1}, "6526f84f"]
+    rng = random.Random(5)
+    variants = list(docs)
+    for doc in docs:
+        for path in _paths(doc):
+            for change in ["drop", "extra", *(odd[i] for i in rng.sample(range(len(odd)), 4))]:
+                v = copy.deepcopy(doc)
+                parent: Any = v
+                for step in path[:-1]:
+                    parent = parent[step]
+                if change == "drop":
+                    del parent[path[-1]]
+                elif change == "extra":
+                    if not isinstance(parent, dict):
+                        continue
+                    parent["unexpected_key"] = 1
+                else:
+                    parent[path[-1]] = change
+                variants.append(v)
+    verdicts = [(_accepted(v), strict.is_valid(v)) for v in variants]
+    assert all(fast == slow for fast, slow in verdicts), [v for v, (f, s) in zip(variants, verdicts) if f != s][:3]
+    assert sum(not slow for _, slow in verdicts) > 1000  # the variants do break rules
 
 
 def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:

@@ -228,7 +228,8 @@ class Windowed:
 
     def _shed(self) -> None:
         table = pa.concat_tables(self.buffer)
-        by = [c for c in self.detector.group_by if c in table.column_names]
+        have = set(table.column_names)
+        by = [c for c in self.detector.group_by if c in have]
         keys = [pc.cast(table.column(c), pa.string()) for c in by]
         key = pc.binary_join_element_wise(*keys, "|") if len(keys) > 1 else keys[0]
         codes = pc.dictionary_encode(pc.fill_null(key, "")).combine_chunks().indices.to_numpy(zero_copy_only=False)
@@ -247,7 +248,8 @@ class Windowed:
     def _columns(self, events: pa.Table) -> list[str]:
         """What the detector reads, and the 5-tuple its alerts carry."""
         wanted = [*self.detector.columns, self.detector.time_column, *(f.name for f in TUPLE_FIELDS)]
-        return [c for c in dict.fromkeys(wanted) if c in events.column_names]
+        have = set(events.column_names)
+        return [c for c in dict.fromkeys(wanted) if c in have]
 
     def _evaluate(self, upto: int) -> pa.Table | None:
         """Evaluate windows (closed, upto]; late events join the next window evaluated."""

@@ -230,7 +230,8 @@ class IntelMatcher:
     def _rows(self, packets: pa.RecordBatch | pa.Table, rows: np.ndarray, entry: np.ndarray,
               used: list[str], column_of: np.ndarray) -> pa.Table:
         """``used[column_of[i]]``: the column row i matched in."""
-        present = [c for c in TUPLE if c in packets.column_names]
+        have = set(packets.column_names)
+        present = [c for c in TUPLE if c in have]
         t = pa.Table.from_batches([packets.select(present)]) if isinstance(packets, pa.RecordBatch) \
             else packets.select(present)
         t = t.take(pa.array(rows))

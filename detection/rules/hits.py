@@ -104,7 +104,8 @@ class HitExtractor:
         # the earliest events of all rules' counts, turned into text together (one call per column)
         firsts = np.concatenate([f[3] for f in found])
         keys = {k for _, rule, _, _ in found for k in (*rule.aggregate.by, rule.aggregate.field, rule.detail) if k}
-        present = [c for c in self.tuple_columns if c in table.column_names]
+        have = set(table.column_names)
+        present = [c for c in self.tuple_columns if c in have]
         columns = list(dict.fromkeys([*present, *sorted(keys)]))
         first = table.select(columns).take(pa.array(firsts))
         text = {c: text_column(first.column(c), c) for c in columns if c in keys or c in ADDRESS_FIELDS}

@@ -67,10 +67,11 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
     mask = pc.and_(pc.is_in(app, pa.array([int(a) for a in apps], pa.uint8())),
                    packets.column("cp_payload").is_valid())
     rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
+    have = set(packets.column_names)  # a list built on every call: once
     needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "cp_more", "packet_row")
-              if c in packets.column_names]
+              if c in have]
     sub = packets.select(needed).take(pa.array(rows))
-    if "packet_row" in packets.column_names:  # a subset of a batch that kept its rows' numbers
+    if "packet_row" in have:  # a subset of a batch that kept its rows' numbers
         rows = np.asarray(sub.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)
 
     def col(name: str) -> pa.Array:

@@ -28,9 +28,20 @@ MAX_LIST_ITEMS = 128  # ciphers, groups, signature algorithms read at most
 #: JA4's two-character TLS version
 JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2",
                 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
-_HEX4 = pa.array([f"{i:04x}" for i in range(1 << 16)])
-_CHARS = np.array([chr(i) for i in range(256)])
 _HEX1 = np.array(list("0123456789abcdef"))
+_CHARS = np.array([chr(i) for i in range(256)])
+
+
+def _hex4_strings() -> pa.Array:
+    """``"0000"`` to ``"ffff"``, built from bytes (65,536 Python strings cost every start ~30 ms)."""
+    i = np.arange(1 << 16)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)[np.stack([i >> 12, (i >> 8) & 15, (i >> 4) & 15, i & 15],
+                                                                   axis=1)]
+    offsets = np.arange(0, 4 * (1 << 16) + 1, 4, dtype=np.int32)
+    return pa.StringArray.from_buffers(1 << 16, pa.py_buffer(offsets), pa.py_buffer(digits.tobytes()))
+
+
+_HEX4 = _hex4_strings()
 
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
