@@ -48,6 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     q.add_argument("--metric", default="bytes", help="top: bytes, flows, packets")
     q.add_argument("-n", type=int, default=10, help="top: how many")
     q.add_argument("--bucket", type=int, default=60, metavar="S", help="histogram: bucket width, seconds")
+    q.add_argument("--columns", metavar="A,B,...", help="the columns of each row (default: a summary in text, "
+                                                          "every column with --json)")
     q.add_argument("--json", action="store_true", help="JSON output: every column, and the total")
     q.set_defaults(func=run)
 
@@ -77,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
         for name in ("category", "detector", "status"):
             if getattr(args, name):
                 where.append(Condition(name, "eq", getattr(args, name)))
+        # only what is shown is read (a flow has 72 columns)
+        shown = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else \
+            None if args.json else COLUMNS.get(args.what)
         page = store.search(Query(table, where, ip=args.ip, text=args.text, start=start, end=end, sort=args.sort,
-                                  limit=args.limit, offset=args.offset))
-        _print(page.rows, COLUMNS.get(args.what), args.json, page.total)
+                                  limit=args.limit, offset=args.offset, columns=tuple(shown or ())))
+        _print(page.rows, shown, args.json, page.total)
         return 0
     except (StoreError, ValueError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)

@@ -303,6 +303,13 @@ def test_query_cli(duck: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["query", "flows", "--store", root, "--where", "nonsense=1"]) == 2
     assert "no column 'nonsense'" in capsys.readouterr().err
     assert cli(["query", "flows", "--store", str(Path(root) / "missing")]) == 2
+    capsys.readouterr()
+    for what in ("alerts", "flows", "sessions", "assets", "inventory"):  # text output reads only what it shows
+        assert cli(["query", what, "--store", root]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert cli(["query", "flows", "--store", root, "--where", "plane=N3", "--columns", "src_ip,teid", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows and all(set(r) == {"flow_id", "src_ip", "teid"} and r["teid"] is not None for r in rows)
 
 
 # -- Elasticsearch: the same answers --
