@@ -126,7 +126,7 @@ class WindowCounter:
         if not new.any():
             return
         scratch: dict[tuple[int, str], Episode] = {}
-        split = self._episodes(fired.filter(pa.array(new)), found[1], scratch)
+        split = self._episodes(fired.filter(pa.array(new)), mine, found[1], scratch)
         for e in sorted(split + list(scratch.values()), key=lambda e: (e.first_window, e.rule, e.group)):
             if (e.rule, e.group) not in self.warned:  # the first episode of a group, if its windows split
                 self.warned.add((e.rule, e.group))
@@ -164,7 +164,7 @@ class WindowCounter:
             found = self._windows(partials, np.full_like(self.done, NEVER), np.full_like(self.done, 1 << 61))
             if found is not None:
                 own: dict[tuple[int, str], Episode] = {}
-                episodes = self._episodes(self._fired(found[0]), found[1], own) + list(own.values())
+                episodes = self._episodes(self._fired(found[0]), partials, found[1], own) + list(own.values())
             hits = hits.filter(pa.array(~late))
         table = self._partials(hits)
         parts = [table] if self.partials is None else [self.partials, table]
@@ -201,7 +201,7 @@ class WindowCounter:
         if p is not None:
             found = self._windows(p, self.done, last_window)
             if found is not None:
-                closed = self._episodes(self._fired(found[0]), found[1], self.open)
+                closed = self._episodes(self._fired(found[0]), p, found[1], self.open)
         if final:
             self.partials = None
             return closed
@@ -215,9 +215,9 @@ class WindowCounter:
                 closed.append(self.open.pop(key))
         return closed
 
-    def _windows(self, p: pa.Table, after: np.ndarray, upto: np.ndarray) -> tuple[pa.Table, pa.Table] | None:
-        """Partials repeated once per window they feed, for windows in (after, upto] of their rule; and
-        those partials once each."""
+    def _windows(self, p: pa.Table, after: np.ndarray, upto: np.ndarray) -> tuple[pa.Table, np.ndarray] | None:
+        """What :meth:`_fired` counts of the partials, repeated once per window they feed, for windows in
+        (after, upto] of their rule; and the rows of those partials."""
         rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
         bucket = p.column("bucket").to_numpy()
         rows, starts = [], []
@@ -229,23 +229,27 @@ class WindowCounter:
         take = np.concatenate(rows)
         if not len(take):
             return None
-        return (p.take(pa.array(take)).append_column("window", pa.array(np.concatenate(starts))),
-                p.take(pa.array(np.unique(take))))
+        counted = p.select(["rule", "group", "n", "value"]).take(pa.array(take))
+        return counted.append_column("window", pa.array(np.concatenate(starts))), take
 
     def _fired(self, win: pa.Table) -> pa.Table:
+        distinct = bool(self.distinct[win.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)].any())
         agg = win.group_by(["rule", "group", "window"], use_threads=False).aggregate(
-            [("n", "sum"), ("value", "count_distinct")])
+            [("n", "sum"), *([("value", "count_distinct")] if distinct else [])])
         rule = agg.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        n = agg.column("n_sum").to_numpy(zero_copy_only=False)
         metric = np.where(self.distinct[rule], agg.column("value_count_distinct").to_numpy(zero_copy_only=False),
-                          agg.column("n_sum").to_numpy(zero_copy_only=False))
+                          n) if distinct else n
         agg = agg.append_column("metric", pa.array(metric.astype(np.int64)))
         fired = agg.filter(pa.array(metric >= self.threshold[rule]))
         return fired.sort_by([("rule", "ascending"), ("group", "ascending"), ("window", "ascending")])
 
-    def _episodes(self, fired: pa.Table, used: pa.Table, open_: dict[tuple[int, str], Episode]) -> list[Episode]:
-        """Fold firing windows into episodes; ``used`` holds the partials of the evaluated windows, once each."""
+    def _episodes(self, fired: pa.Table, partials: pa.Table, rows: np.ndarray,
+                  open_: dict[tuple[int, str], Episode]) -> list[Episode]:
+        """Fold firing windows into episodes; ``rows``: the partials of the evaluated windows (repeats allowed)."""
         if not fired.num_rows:
             return []
+        used = partials.take(pa.array(np.unique(rows)))
         # the buckets of firing windows, with their events and first 5-tuple
         mine = pc.is_in(_rule_group(used), value_set=pc.unique(_rule_group(fired)))
         per_bucket = used.filter(mine).group_by(["rule", "group", "bucket"], use_threads=False).aggregate(
@@ -290,11 +294,20 @@ def _combine(t: pa.Table) -> pa.Table:
     Sorted first, so the kept 5-tuple does not depend on arrival order (flows
     arrive in the order they end, which depends on batching); the sort is stable.
     """
-    t = t.sort_by([("first_ts", "ascending"), ("flow_id", "ascending")])
-    agg = t.group_by(KEYS, use_threads=False).aggregate(
-        [("n", "sum"), ("first_ts", "min"), ("last_ts", "max"), *[(c, "first") for c in TUPLE]])
-    names = {"n_sum": "n", "first_ts_min": "first_ts", "last_ts_max": "last_ts", **{f"{c}_first": c for c in TUPLE}}
-    return agg.rename_columns([names.get(c, c) for c in agg.column_names])
+    order = pc.sort_indices(t, [("first_ts", "ascending"), ("flow_id", "ascending")]).to_numpy()  # stable
+    rank = np.empty(t.num_rows, dtype=np.int64)
+    rank[order] = np.arange(t.num_rows)
+    # each group's earliest row by its rank, then the groups in that order and their 5-tuples in one take
+    # (ten "first" aggregations of mostly text columns over the sorted table cost several times more)
+    keyed = pa.table({**{k: t.column(k) for k in KEYS}, "n": t.column("n"), "last_ts": t.column("last_ts"),
+                      "rank": pa.array(rank)})
+    agg = keyed.group_by(KEYS, use_threads=False).aggregate([("n", "sum"), ("last_ts", "max"), ("rank", "min")])
+    earliest = agg.column("rank_min").to_numpy()
+    agg = agg.take(pa.array(np.argsort(earliest)))
+    first = t.take(pa.array(order[np.sort(earliest)]))
+    return pa.table({**{k: agg.column(k) for k in KEYS}, "n": agg.column("n_sum"),
+                     "first_ts": first.column("first_ts"), "last_ts": agg.column("last_ts_max"),
+                     **{c: first.column(c) for c in TUPLE}})
 
 
 __all__ = ["Episode", "WindowCounter"]
