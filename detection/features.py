@@ -60,7 +60,19 @@ def shannon_entropy(texts: pa.Array) -> pa.Array:
 
 
 def _dns(f: Callable[[pa.Array], pa.Array]) -> Callable[[pa.Table | pa.RecordBatch], pa.Array]:
-    return lambda table: f(_strings(table.column("dns_qname")))
+    return lambda table: _on_valid(f, _strings(table.column("dns_qname")))
+
+
+def _on_valid(f: Callable[[pa.Array], pa.Array], values: pa.Array) -> pa.Array:
+    """``f`` of the non-null values only, null elsewhere: a packet batch has a name in a few rows of
+    thousands, and regular expressions and splits cost per row, null or not."""
+    if not values.null_count:
+        return f(values)
+    valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    rows = np.flatnonzero(valid)
+    at = np.zeros(len(values), dtype=np.int64)
+    at[rows] = np.arange(len(rows))
+    return f(values.take(pa.array(rows))).take(pa.array(at, mask=~valid))
 
 
 #: name -> (doc, type, compute); packet-source features
