@@ -26,6 +26,7 @@ from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
 from detection.rules.windows import MAX_PARTIAL_ROWS, Episode, WindowCounter
+from sensors.schema import empty_table
 
 #: how late a packet may come after a later one (files of one replay overlap a little)
 PACKET_LATENESS_S = 5.0
@@ -133,13 +134,13 @@ class DetectionEngine:
         user-plane findings come when flows end)."""
         parts = [packet_hits] if packet_hits is not None else []
         parts += self._detector_hits("packets", packet_rows, watermark_ns)
-        packet_level = pa.Table.from_batches(parts, HIT_SCHEMA) if parts else HIT_SCHEMA.empty_table()
+        packet_level = pa.Table.from_batches(parts, HIT_SCHEMA) if parts else empty_table(HIT_SCHEMA)
         episodes = self._packet_windows.update(packet_level, watermark_ns)
         has_flows = flows is not None and flows.num_rows
         parts = [self._flow_rules.hits(flows)] if has_flows and self._flow_rules.compiled else []
         parts += self._detector_hits("flows", flows, watermark_ns)
         parts += self._detector_hits("control", control, watermark_ns)
-        flow_hits = pa.Table.from_batches(parts) if parts else HIT_SCHEMA.empty_table()
+        flow_hits = pa.Table.from_batches(parts) if parts else empty_table(HIT_SCHEMA)
         episodes += self._flow_windows.update(flow_hits, watermark_ns)
         return self._alerts(episodes)
 
@@ -148,7 +149,7 @@ class DetectionEngine:
         episode closes (``detection/rules/windows.py``); the alert follows later with the same ``alert_id``
         and its final counts.  For real-time notification; they depend on batching, alerts do not."""
         episodes = self._packet_windows.take_warnings() + self._flow_windows.take_warnings()
-        return alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()
+        return alert_table(episodes, self.rules) if episodes else empty_table(ALERT_SCHEMA)
 
     def new_timeline(self) -> pa.Table:
         """An input that starts earlier than the event time reached (unrelated captures replayed together)
@@ -202,6 +203,6 @@ class DetectionEngine:
         return self._alerts(episodes + self._packet_windows.flush() + self._flow_windows.flush())
 
     def _alerts(self, episodes: list[Episode]) -> pa.Table:
-        table = alert_table(episodes, self.rules) if episodes else ALERT_SCHEMA.empty_table()
+        table = alert_table(episodes, self.rules) if episodes else empty_table(ALERT_SCHEMA)
         self.alerts += table.num_rows
         return table

@@ -60,6 +60,7 @@ from ingest.retention import Retention
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
+from sensors.schema import empty_table
 
 #: a message's packet: its row in the sensor's packet batch (keyed packets carry it too)
 PACKET_ROW = "packet_row"
@@ -110,7 +111,7 @@ class FlowPart:
     seq: int
     partition: int = 0
     partitions: int = 1
-    flows: pa.Table = field(default_factory=FLOW_SCHEMA.empty_table)
+    flows: pa.Table = field(default_factory=lambda: empty_table(FLOW_SCHEMA))
     protos: dict[str, pa.Table] = field(default_factory=dict)
     hits: pa.RecordBatch | None = None
     rows: pa.RecordBatch | None = None
@@ -124,17 +125,17 @@ class FlowPart:
 class Results:
     """Stage 3's output for one batch: what a store or the replay's files receive."""
 
-    flows: pa.Table = field(default_factory=FLOW_SCHEMA.empty_table)
-    alerts: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
+    flows: pa.Table = field(default_factory=lambda: empty_table(FLOW_SCHEMA))
+    alerts: pa.Table = field(default_factory=lambda: empty_table(ALERT_SCHEMA))
     protos: dict[str, pa.Table] = field(default_factory=dict)
     batch: BatchInfo | None = None
-    incidents: pa.Table = field(default_factory=INCIDENT_SCHEMA.empty_table)  # the incidents this batch changed
+    incidents: pa.Table = field(default_factory=lambda: empty_table(INCIDENT_SCHEMA))  # the incidents this batch changed
     #: early warnings: alerts as they first reach their threshold, before they are final (for notification)
-    warnings: pa.Table = field(default_factory=ALERT_SCHEMA.empty_table)
-    posture: pa.Table = field(default_factory=POSTURE_SCHEMA.empty_table)  # scopes whose posture moved
-    posture_changes: pa.Table = field(default_factory=POSTURE_CHANGE_SCHEMA.empty_table)  # level changes, why
-    trend: pa.Table = field(default_factory=TREND_SCHEMA.empty_table)  # series whose bucket closed, with forecasts
-    trend_warnings: pa.Table = field(default_factory=TREND_WARNING_SCHEMA.empty_table)  # forecasts crossing, crossings
+    warnings: pa.Table = field(default_factory=lambda: empty_table(ALERT_SCHEMA))
+    posture: pa.Table = field(default_factory=lambda: empty_table(POSTURE_SCHEMA))  # scopes whose posture moved
+    posture_changes: pa.Table = field(default_factory=lambda: empty_table(POSTURE_CHANGE_SCHEMA))  # level changes, why
+    trend: pa.Table = field(default_factory=lambda: empty_table(TREND_SCHEMA))  # series whose bucket closed, with forecasts
+    trend_warnings: pa.Table = field(default_factory=lambda: empty_table(TREND_WARNING_SCHEMA))  # forecasts crossing, crossings
 
 
 def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
@@ -347,10 +348,10 @@ class DetectStage:
         rows = next((p.rows for p in parts if p.rows is not None), None)
         context = self.control.sessions.context
         alerts = []
-        closed = ALERT_SCHEMA.empty_table()
-        old_incidents = INCIDENT_SCHEMA.empty_table()
-        old_posture = (POSTURE_SCHEMA.empty_table(), POSTURE_CHANGE_SCHEMA.empty_table())
-        old_trend = (TREND_SCHEMA.empty_table(), TREND_WARNING_SCHEMA.empty_table())
+        closed = empty_table(ALERT_SCHEMA)
+        old_incidents = empty_table(INCIDENT_SCHEMA)
+        old_posture = (empty_table(POSTURE_SCHEMA), empty_table(POSTURE_CHANGE_SCHEMA))
+        old_trend = (empty_table(TREND_SCHEMA), empty_table(TREND_WARNING_SCHEMA))
         old_flows = None
         if any(p.restart for p in parts):  # a new timeline (an unrelated capture): the old one's flows, alerts
             ended = pc.equal(flows.column("expiration_reason"), "end_of_input")  # and incidents close first

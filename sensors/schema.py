@@ -178,6 +178,23 @@ def arrow_schema(fields: list[Field], name: str, version: int) -> pa.Schema:
     )
 
 
+_EMPTY: dict[int, tuple[pa.Schema, pa.Table]] = {}
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """``schema.empty_table()``, made once per schema object: tables are immutable, and making one with
+    timestamp columns costs ~0.6 ms (pyarrow reads an environment variable per column), several times per
+    batch in the stages.  Keyed by identity (hashing a 72-column schema costs ~70 us); the entry keeps its
+    schema alive, so its id cannot be reused."""
+    hit = _EMPTY.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    table = schema.empty_table()
+    if len(_EMPTY) < 256:
+        _EMPTY[id(schema)] = (schema, table)
+    return table
+
+
 PACKET_SCHEMA = arrow_schema(PACKET_FIELDS, "packets", PACKET_SCHEMA_VERSION)
 
 

@@ -26,6 +26,7 @@ from detection.flows.export import build_flow_batch, flow_ids
 from detection.flows.keys import PacketKeys, keys_of
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
+from sensors.schema import empty_table
 
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
 FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
@@ -95,7 +96,7 @@ class FlowAssembler:
         self._retire(done)
         if self.max_flows and len(self._slot_of) > self.max_flows:
             self._retire([self._evict()])
-        return self._export() if self._ended_count >= self._export_rows else FLOW_SCHEMA.empty_table()
+        return self._export() if self._ended_count >= self._export_rows else empty_table(FLOW_SCHEMA)
 
     def flush(self) -> pa.Table:
         """End of input: every remaining flow."""
@@ -140,7 +141,7 @@ class FlowAssembler:
 
     def _export(self) -> pa.Table:
         if not self._ended_count:
-            return FLOW_SCHEMA.empty_table()
+            return empty_table(FLOW_SCHEMA)
         slots = np.concatenate([d[0] for d in self._ended])
         reasons = np.concatenate([d[1] for d in self._ended])
         self._ended, self._ended_count = [], 0
