@@ -11,7 +11,7 @@ from console import evidence, purge, query, report, stream
 from detection.flows.assembler import MAX_FLOWS
 from detection.rules.loader import RuleError
 from detection.sessions import MAX_SESSIONS
-from sensors.capture.source import CaptureError
+from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureError
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"5G/LTE session table limit: beyond it ended, then unanswered, then the longest idle "
                         f"sessions are forgotten (default {MAX_SESSIONS:,}); sessions.parquet keeps them"),
     p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
-    p.add_argument("--chunk-mb", type=float, default=32.0, metavar="MB", help="read buffer per chunk")
+    p.add_argument("--chunk-mb", type=float, default=REPLAY_CHUNK_BYTES / (1 << 20), metavar="MB",
+                   help="read buffer per chunk (default %(default)g; each batch has a fixed cost, memory grows with it)")
     p.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
                    help="1: all in this process; 2: decode in a second one; 3: in two more "
                         "(default: 1 + cores, at most 3)")

@@ -39,7 +39,7 @@ from ingest.sinks import EveSink, ParquetSink
 from ingest.store.api import Store
 from ingest.workers import BatchStats
 from sensors.capture.frames import FrameSource
-from sensors.capture.source import DEFAULT_CHUNK_BYTES, CaptureFiles, Damage, expand_inputs, order_by_time
+from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureFiles, Damage, expand_inputs, order_by_time
 from sensors.schema import DecodeStatus, TunnelType
 
 
@@ -103,7 +103,7 @@ def replay(
     inputs: list[str],
     out_dir: Path,
     *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = REPLAY_CHUNK_BYTES,
     idle_timeout_s: float = 120.0,
     active_timeout_s: float = 1800.0,
     progress: Callable[[ReplaySummary, int, int], None] | None = None,

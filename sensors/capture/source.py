@@ -28,6 +28,11 @@ from sensors.capture.frames import FrameBatch
 from sensors.capture.walk import PAD, chain_walk, u_view
 
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+#: a replay's chunks: every batch costs its stages a fixed ~60 ms, so a replay, which waits for no one, reads
+#: larger ones (64 MiB: 1M packets 15% faster with the rules than 32 MiB, peak memory 525 -> 695 MiB; 128 MiB
+#: is slower again, the pipeline taking longer to fill).  A streaming sensor keeps DEFAULT_CHUNK_BYTES: a
+#: batch's first packet waits for its last before it is published.
+REPLAY_CHUNK_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".dmp")
 
