@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from ingest.store import Condition, Query, StoreError, open_store
-    from ingest.store.api import ASSET_SCHEMA, SCHEMAS
+    from ingest.store.api import ASSET_SCHEMA, SCHEMAS, column_list
 
     try:
         start, end = _time(args.since, True), _time(args.until, False)
@@ -80,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, name):
                 where.append(Condition(name, "eq", getattr(args, name)))
         # only what is shown is read (a flow has 72 columns)
-        shown = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else \
-            None if args.json else COLUMNS.get(args.what)
+        shown = list(column_list(args.columns)) or (None if args.json else COLUMNS.get(args.what))
         page = store.search(Query(table, where, ip=args.ip, text=args.text, start=start, end=end, sort=args.sort,
                                   limit=args.limit, offset=args.offset, columns=tuple(shown or ())))
         _print(page.rows, shown, args.json, page.total)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from console.api.alerts import flow_pcap
 from console.api.deps import Ctx, Range, Viewer
 from console.hunt import ALIASES, HuntError, parse
-from ingest.store.api import SCHEMAS, Condition, StoreError
+from ingest.store.api import SCHEMAS, Condition, StoreError, column_list
 from ingest.store.api import Query as StoreQuery
 
 router = APIRouter(prefix="/api", tags=["hunt"])
@@ -30,7 +30,7 @@ def hunt(_: Viewer, ctx: Ctx, rng: Range, q: Annotated[str, Query(max_length=200
             where.append(Condition("session_id", "in", [s["session_id"] for s in sessions]))
         page = ctx.store.search(StoreQuery("flows", where, ip=h.ip, text=h.text, start=rng.start, end=rng.end,
                                            sort=sort or None, limit=limit, offset=offset,
-                                           columns=tuple(f.strip() for f in fields.split(",") if f.strip())))
+                                           columns=column_list(fields)))
     except (HuntError, StoreError) as e:
         raise HTTPException(422, str(e)) from e
     return {"rows": page.rows, "total": page.total}

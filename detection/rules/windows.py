@@ -303,8 +303,9 @@ def _combine(t: pa.Table) -> pa.Table:
                       "rank": pa.array(rank)})
     agg = keyed.group_by(KEYS, use_threads=False).aggregate([("n", "sum"), ("last_ts", "max"), ("rank", "min")])
     earliest = agg.column("rank_min").to_numpy()
-    agg = agg.take(pa.array(np.argsort(earliest)))
-    first = t.take(pa.array(order[np.sort(earliest)]))
+    by_time = np.argsort(earliest)
+    agg = agg.take(pa.array(by_time))
+    first = t.take(pa.array(order[earliest[by_time]]))
     return pa.table({**{k: agg.column(k) for k in KEYS}, "n": agg.column("n_sum"),
                      "first_ts": first.column("first_ts"), "last_ts": agg.column("last_ts_max"),
                      **{c: first.column(c) for c in TUPLE}})

@@ -258,6 +258,11 @@ class Query:
         return self.spec.time_column, True
 
 
+def column_list(text: str | None) -> tuple[str, ...]:
+    """``"a, b,c"`` (an API's or a command line's list of columns) -> ``("a", "b", "c")``."""
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
 @dataclass
 class Page:
     rows: list[dict[str, Any]]

@@ -62,7 +62,7 @@ from ingest.store.api import (
     prepare,
     rows_of,
 )
-from ingest.store.filecache import MINUTE_NS, FileAggregates
+from ingest.store.filecache import MINUTE_NS, FileAggregates, read_parquet_sql
 
 DB_FILE = "liaowang.duckdb"
 STATE_DIR = "worker-state"  # streaming workers' checkpoints (ingest/stream/worker.py)
@@ -243,8 +243,7 @@ class DuckStore(Store):
         """SELECT of a Parquet table's rows in ``files``, every column of its schema (null where a file written
         by an older version lacks one)."""
         con.register(f"empty_{name}", SCHEMAS[name].empty_table())  # the source when there are no files
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        source = f"read_parquet([{listed}], union_by_name = true)" if files else f'"empty_{name}"'
+        source = read_parquet_sql(files, "union_by_name = true") if files else f'"empty_{name}"'
         kinds = {c: kind for c, kind, *_ in con.execute(f'DESCRIBE "empty_{name}"').fetchall()}
         have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
         columns = ", ".join(f'"{c}"' if c in have else f'CAST(NULL AS {kinds[c]}) AS "{c}"'
@@ -396,8 +395,7 @@ class DuckStore(Store):
         if not files:
             return None
         con.register("batch_ids_", table.select([key]))
-        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN read_parquet([{listed}]) s '
+        found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN {read_parquet_sql(files)} s '
                         f'ON b."{key}" = s."{key}"').to_arrow_table()[key]
         con.unregister("batch_ids_")
         return found.combine_chunks() if len(found) else None
@@ -613,7 +611,6 @@ class DuckStore(Store):
                                params).fetchall()
         return [{dim: k, "flows": int(f), "packets": int(p or 0), "bytes": int(b or 0)} for k, f, p, b in rows]
 
-
     def warm(self) -> None:
         """The flow files' partial sums for the histogram and every top list, one at a time (a query waits
         for at most one of them)."""
@@ -638,10 +635,9 @@ class DuckStore(Store):
             selects.append(f"SELECT {part_key} AS key, flows, packets, bytes FROM flow_parts_")
         if edges:
             where, params = self._where(Query("flows", start=start, end=end))
-            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in edges)
             present = "" if dimension is None else f' AND {row_key} IS NOT NULL'
             selects.append(f"SELECT {row_key} AS key, 1 AS flows, bidirectional_packets AS packets, "
-                           f"bidirectional_bytes AS bytes FROM read_parquet([{listed}], union_by_name = true) t "
+                           f"bidirectional_bytes AS bytes FROM {read_parquet_sql(edges, 'union_by_name = true')} t "
                            f"WHERE {where}{present}")
         if not selects:
             return ("SELECT NULL AS key, 0 AS flows, 0 AS packets, 0 AS bytes WHERE FALSE", [])

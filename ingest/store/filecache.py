@@ -135,9 +135,14 @@ def _first_seen_range(path: str) -> tuple[int, int] | None:
     return None if lo is None or hi is None else (lo, hi)
 
 
-def _part_sql(paths: list[str], dimension: str | None) -> str:
+def read_parquet_sql(paths: list[str], options: str = "") -> str:
+    """DuckDB's ``read_parquet`` of these files (quoted as SQL strings), with ``options`` (e.g. ``filename = true``)."""
     listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-    source = f"read_parquet([{listed}], filename = true)"
+    return f"read_parquet([{listed}]{', ' + options if options else ''})"
+
+
+def _part_sql(paths: list[str], dimension: str | None) -> str:
+    source = read_parquet_sql(paths, "filename = true")
     sums = "count(*) AS flows, sum(bidirectional_packets) AS packets, sum(bidirectional_bytes) AS bytes"
     if dimension is None:
         return (f"SELECT filename AS file, epoch_ns(first_seen) // {MINUTE_NS} AS minute, {sums} FROM {source} "
@@ -146,4 +151,4 @@ def _part_sql(paths: list[str], dimension: str | None) -> str:
             "GROUP BY file, key")
 
 
-__all__ = ["MINUTE_NS", "FileAggregates"]
+__all__ = ["MINUTE_NS", "FileAggregates", "read_parquet_sql"]
