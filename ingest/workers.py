@@ -216,8 +216,10 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
         ways = len(helpers) if source.live else len(helpers) + 1
         for frames, ref in source.batches(damages, workdir):
             slots.acquire()  # live: while decoders are this far behind, the ring fills (and the kernel counts drops)
-            turn = n % ways + (0 if source.live else -1)
-            if turn >= 0 and ref is not None:
+            # the helpers take the first batches: the reader's own turn comes last,
+            # so every decoder is busy from the start rather than after the first batch
+            turn = n % ways
+            if turn < len(helpers) and ref is not None:
                 helpers[turn].send((n, ref))
                 out.send(("helper", turn))
             else:
