@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sensors.capture.walk import Windows, u_view
+from sensors.capture.walk import Windows, u_view, words_at
 
 GLOBAL_HEADER_LEN = 24
 RECORD_HEADER_LEN = 16
@@ -63,9 +63,9 @@ class PcapRecords:
         self.ts_hint = ts_hint  # seconds of a known record, sharpens resynchronisation
 
     def header_ok(self, buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        v = u_view(buf, self.u32)
-        caplen = v[pos + 8].astype(np.int64)
-        return (caplen <= MAX_RECORD) & (v[pos + 4] < self.frac_limit), pos + RECORD_HEADER_LEN + caplen
+        fraction_caplen = words_at(buf, pos + 4, 2, self.u32)
+        caplen = fraction_caplen[:, 1].astype(np.int64)
+        return (caplen <= MAX_RECORD) & (fraction_caplen[:, 0] < self.frac_limit), pos + RECORD_HEADER_LEN + caplen
 
     def step(self, buf: np.ndarray, pos: np.ndarray, end: int) -> tuple[np.ndarray, np.ndarray]:
         ok, nxt = self.header_ok(buf, pos)
@@ -89,12 +89,11 @@ class PcapRecords:
         return ok
 
     def decode(self, buf: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
-        v = u_view(buf, self.u32)
-        caplen = v[offsets + 8].astype(np.int64)
-        ts = v[offsets].astype(np.int64) * 1_000_000_000 + v[offsets + 4].astype(np.int64) * self.header.ns_per_unit
+        # one row per header field, each contiguous
+        seconds, fraction, caplen, wirelen = np.array(words_at(buf, offsets, 4, self.u32).T, np.int64, order="C")
         return {
             "data_off": offsets + RECORD_HEADER_LEN,
             "caplen": caplen,
-            "wirelen": v[offsets + 12].astype(np.int64),
-            "ts_ns": ts,
+            "wirelen": wirelen,
+            "ts_ns": seconds * 1_000_000_000 + fraction * self.header.ns_per_unit,
         }

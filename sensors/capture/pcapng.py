@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sensors.capture.walk import Windows, u_view
+from sensors.capture.walk import Windows, u_view, words_at
 
 SHB = 0x0A0D0D0A
 IDB = 1
@@ -136,25 +136,26 @@ class PcapngBlocks:
 
     def decode(self, buf: np.ndarray, offsets: np.ndarray, section: Section) -> dict[str, np.ndarray]:
         """Frames of the packet blocks among ``offsets`` (other blocks are dropped)."""
-        v32 = u_view(buf, self.u32)
-        btype = v32[offsets]
-        blen = v32[offsets + 4].astype(np.int64)
+        # block type, length, then EPB: interface, timestamp high, low, captured, original length
+        head = words_at(buf, offsets, 7, self.u32)
+        btype = head[:, 0]
         is_epb = btype == EPB
         is_spb = btype == SPB
         is_opb = btype == OPB
         sel = is_epb | is_spb | is_opb
-        offs, btype, blen = offsets[sel], btype[sel], blen[sel]
+        offs, head = offsets[sel], np.array(head[sel].T, np.int64, order="C")
+        blen = head[1]
         is_epb, is_spb, is_opb = is_epb[sel], is_spb[sel], is_opb[sel]
         n = len(offs)
         iface = np.zeros(n, dtype=np.int64)
-        iface[is_epb] = v32[offs[is_epb] + 8]
+        iface[is_epb] = head[2][is_epb]
         iface[is_opb] = u_view(buf, self.u16)[offs[is_opb] + 8]
-        ts_raw = (v32[offs + 12].astype(np.uint64) << np.uint64(32)) | v32[offs + 16].astype(np.uint64)
-        caplen = v32[offs + 20].astype(np.int64)
-        wirelen = v32[offs + 24].astype(np.int64)
+        ts_raw = (head[3].astype(np.uint64) << np.uint64(32)) | head[4].astype(np.uint64)
+        caplen = head[5]
+        wirelen = head[6]
         data_off = offs + 28
         # Simple Packet Block: original length only; captured = what fits in the block
-        spb_orig = v32[offs + 8].astype(np.int64)
+        spb_orig = head[2]
         caplen = np.where(is_spb, np.minimum(spb_orig, blen - 16), caplen)
         wirelen = np.where(is_spb, spb_orig, wirelen)
         data_off = np.where(is_spb, offs + 12, data_off)

@@ -42,6 +42,18 @@ def u_view(buf: np.ndarray, dtype: str) -> np.ndarray:
     return np.ndarray(shape=(len(buf) - dt.itemsize + 1,), dtype=dt, buffer=buf, strides=(1,))
 
 
+def words_at(buf: np.ndarray, pos: np.ndarray, count: int, dtype: str) -> np.ndarray:
+    """``count`` consecutive integers of ``dtype`` at each offset in ``pos``: a (len(pos), count) array.
+
+    One gather of ``count * itemsize``-byte items: several times faster than
+    ``count`` gathers through :func:`u_view` (numpy copies opaque items
+    directly, and each record header is fetched from memory once).
+    """
+    size = np.dtype(dtype).itemsize * count
+    items = np.ndarray(shape=(len(buf) - size + 1,), dtype=np.dtype(f"V{size}"), buffer=buf, strides=(1,))
+    return items[pos].view(dtype).reshape(len(pos), count)
+
+
 class ChainFormat(Protocol):
     """What the walker needs to know about one record format."""
 
