@@ -113,3 +113,36 @@ def test_stored_text_is_bounded(tmp_path) -> None:  # type: ignore[no-untyped-de
     table = to_table("pfcp", [{"ts": 0, "packet_row": 0, "node_id": "n" * 5000, "msg_name": "heartbeat_request"}])
     assert table.column("node_id").to_pylist() == ["n" * MAX_TEXT_CHARS]
     assert UDP and IP  # scapy layers registered for the frames above
+
+
+def test_gathered_strings_are_the_bytes_at_their_offsets() -> None:
+    """Block-gathered values equal per-value slices: long and short, empty, unsorted, past the buffer's end,
+    with DNS label-length bytes shown as dots."""
+    import numpy as np
+
+    from sensors.protocols.packets import gather_strings
+
+    rng = np.random.default_rng(7)
+    buf = rng.integers(0, 256, 1 << 17, dtype=np.uint8)
+    for trial in range(200):
+        k = int(rng.integers(0, 40))
+        length = rng.integers(0, 3000 if trial % 2 else 80, k)
+        # values apart from one another (as packets are), in any order; some running past the buffer's end
+        off = np.concatenate([[0], np.cumsum(length + rng.integers(0, 30, k))[:-1]]).astype(np.int64)
+        order = rng.permutation(k)
+        off, length = off[order] + (len(buf) - 2000 if trial % 5 == 0 else 0), length[order]
+        dots = rng.integers(0, len(buf), 2000) if trial % 3 == 0 and trial % 5 else None
+        n = k + 3
+        rows = np.sort(rng.choice(n, k, replace=False))
+        got = gather_strings(buf, n, rows, off, length, dots, raw=trial % 4 == 0).to_pylist()
+        for row, o, ln in zip(rows.tolist(), off.tolist(), length.tolist()):
+            raw = bytes(buf[np.minimum(np.arange(o, o + ln), len(buf) - 1)])
+            if trial % 4 == 0:
+                assert got[row] == raw
+                continue
+            text = bytearray(b if 0x20 <= b <= 0x7E else ord("?") for b in raw)
+            for d in (dots if dots is not None else []):
+                if o <= d < o + ln:
+                    text[d - o] = ord(".")
+            assert got[row] == text.decode()
+        assert sum(v is None for v in got) == n - k

@@ -261,42 +261,91 @@ def scatter_strings(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
                                        pa.py_buffer(np.packbits(valid, bitorder="little")), null_count=nulls)
 
 
+#: printable ASCII as itself, every other byte as '?'; the second keeps CR, LF and TAB
+_PRINTABLE = np.where((np.arange(256) >= 0x20) & (np.arange(256) <= 0x7E), np.arange(256), ord("?")).astype(np.uint8)
+_PRINTABLE_LINES = _PRINTABLE.copy()
+_PRINTABLE_LINES[[0x09, 0x0A, 0x0D]] = [0x09, 0x0A, 0x0D]
+#: bytes per item of the block gather in :func:`_gather_bytes`
+GATHER_BLOCK = 64
+
+
 def gather_strings(
     buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None,
     keep_line_breaks: bool = False, raw: bool = False,
 ) -> pa.Array:
-    """A string array of ``n`` rows; ``rows`` get ``length`` bytes of ``buf`` from ``off``.
+    """A string array of ``n`` rows; ``rows`` (ascending) get ``length`` bytes of ``buf`` from ``off``.
 
     Bytes outside printable ASCII become '?' so every value is valid UTF-8 and
     safe to print (CR, LF and TAB are kept with ``keep_line_breaks``, for text
     that is parsed further); bytes at the buffer offsets in ``dots`` become '.'.
     ``raw``: a binary array of the bytes as they are.
     """
+    length = np.asarray(length, dtype=np.int64)
     lengths = np.zeros(n, dtype=np.int64)
     lengths[rows] = length
-    starts = np.zeros(n, dtype=np.int64)
-    starts[rows] = off
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
-    data = buf[np.minimum(idx, len(buf) - 1)]
     valid = np.zeros(n, dtype=bool)
     valid[rows] = True
-    if raw:
-        return pa.BinaryArray.from_buffers(
-            pa.binary(), n, [pa.py_buffer(np.packbits(valid, bitorder="little")), pa.py_buffer(offsets),
-                             pa.py_buffer(np.ascontiguousarray(data))], null_count=n - len(rows))
-    bad = (data < 0x20) | (data > 0x7E)
-    if keep_line_breaks:
-        bad &= (data != 0x0D) & (data != 0x0A) & (data != 0x09)
-    data = np.where(bad, np.uint8(ord("?")), data)
-    if dots is not None and len(dots):
-        data[np.isin(idx, dots)] = ord(".")
     validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.StringArray.from_buffers(
-        n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data)), validity, null_count=n - len(rows)
-    )
+    off = np.asarray(off, dtype=np.int64)
+    data = _gather_bytes(buf, off, length)
+    if raw:
+        return pa.BinaryArray.from_buffers(pa.binary(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                           null_count=n - len(rows))
+    data = (_PRINTABLE_LINES if keep_line_breaks else _PRINTABLE)[data]
+    if dots is not None and len(dots):
+        data[_positions(off, length, dots)] = ord(".")
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data), validity,
+                                       null_count=n - len(rows))
+
+
+def _positions(off: np.ndarray, length: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Where the buffer offsets ``at`` landed in the concatenated values of :func:`_gather_bytes` (those inside one).
+
+    The values must not overlap (one per packet: they never do).
+    """
+    firsts = np.zeros(len(length), dtype=np.int64)
+    np.cumsum(length[:-1], out=firsts[1:])
+    nonempty = np.flatnonzero(length > 0)  # an empty value may share its offset with the next one
+    if not len(nonempty):
+        return np.empty(0, dtype=np.int64)
+    order = nonempty[np.argsort(off[nonempty], kind="stable")]
+    i = order[np.maximum(np.searchsorted(off[order], at, side="right") - 1, 0)]
+    inside = (at >= off[i]) & (at < off[i] + length[i])
+    return (firsts[i] + at - off[i])[inside]
+
+
+def _gather_bytes(buf: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``buf[off[i]:off[i] + length[i]]`` for every i, concatenated.
+
+    Copies whole blocks of :data:`GATHER_BLOCK` bytes (one index per block, not
+    per byte: ~3x faster on payloads) and drops what each value's last block
+    holds past its end.  Reads past the buffer's end (garbage lengths) repeat its last byte.
+    """
+    total = int(length.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.uint8)
+    size = GATHER_BLOCK
+    blocks = (length + size - 1) // size
+    if int((off + blocks * size).max()) > len(buf):  # per byte, clipped: values that would read past the buffer
+        firsts = np.zeros(len(length), dtype=np.int64)
+        np.cumsum(length[:-1], out=firsts[1:])
+        idx = np.repeat(off - firsts, length) + np.arange(total, dtype=np.int64)
+        return buf[np.minimum(idx, len(buf) - 1)]
+    has = blocks > 0
+    off, length, blocks = off[has], length[has], blocks[has]
+    ends = np.cumsum(blocks)
+    # block starts as a running sum: +size within a value, a jump to the next value's start between values
+    step = np.full(int(ends[-1]), size, dtype=np.int64)
+    step[ends - blocks] = off - np.concatenate([[0], (off + (blocks - 1) * size)[:-1]])
+    items = np.ndarray(shape=(len(buf) - size + 1,), dtype=np.dtype(f"V{size}"), buffer=buf, strides=(1,))
+    gathered = items[np.cumsum(step)].view(np.uint8).reshape(-1, size)
+    # bytes to keep per block: all of it, except in each value's last one
+    keep = np.full(len(gathered), size, dtype=np.int64)
+    keep[ends - 1] = length - (blocks - 1) * size
+    out: np.ndarray = gathered[np.arange(size) < keep[:, None]]
+    return out
 
 
 def ip_strings(addr: np.ndarray) -> pa.Array:
