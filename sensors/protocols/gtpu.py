@@ -37,7 +37,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 8 <= end
     rows, off, end = rows[ok], off[ok], end[ok]
-    w0 = pk.u32(off)
+    w0, teid = pk.words(off, 2)  # flags, message type, length | TEID
     flags = w0 >> 24
     msg = ((w0 >> 16) & 0xFF).astype(np.int64)
     length = (w0 & 0xFFFF).astype(np.int64)
@@ -47,7 +47,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
     rows, off, end, flags, msg, length = rows[ok], off[ok], end[ok], flags[ok], msg[ok], length[ok]
     pk.put("app_proto", rows, AppProto.GTPU)
     pk.put("gtpu_msg_type", rows, msg.astype(np.uint8))
-    pk.put("teid", rows, pk.u32(off + 4))
+    pk.put("teid", rows, teid[ok])
     hdr = np.full(len(rows), 8, dtype=np.int64)
     opt = (flags & 0x07) != 0
     o = np.flatnonzero(opt)

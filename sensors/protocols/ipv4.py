@@ -15,8 +15,9 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     ok = pk.fits(rows, off, 20)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
     rows, off = rows[ok], off[ok]
-    q0 = pk.u64(off)  # version/IHL, TOS, total length | id, flags, fragment offset
-    w0 = (q0 >> np.uint64(32)).astype(np.uint32)
+    # version/IHL, TOS, total length | id, flags, fragment offset | TTL, protocol, checksum | source | destination
+    w = pk.words(off, 5)
+    w0 = w[0]
     version = w0 >> 28
     ihl = ((w0 >> 24) & 0x0F).astype(np.int64) * 4
     total = (w0 & 0xFFFF).astype(np.int64)
@@ -28,21 +29,19 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     fits = pk.fits(rows, off, ihl)
     pk.fail(rows[ok & ~fits], DecodeStatus.TRUNCATED)
     ok &= fits
-    rows, off, ihl, total, q0 = rows[ok], off[ok], ihl[ok], total[ok], q0[ok]
+    rows, off, ihl, total, w = rows[ok], off[ok], ihl[ok], total[ok], w[:, ok]
     # total length 0 is seen with TCP segmentation offload: trust the capture
     total = np.where(total == 0, pk.end[rows] - off, total)
     bad_total = total < ihl
     pk.fail(rows[bad_total], DecodeStatus.BAD_TOTAL_LENGTH)
     total = np.maximum(total, ihl)
-    w1 = (q0 & np.uint64(0xFFFFFFFF)).astype(np.uint32)  # id, flags, fragment offset
-    q1 = pk.u64(off + 8)  # ttl, protocol, checksum | source address
-    w2 = (q1 >> np.uint64(32)).astype(np.uint32)
+    w1, w2 = w[1], w[2]
     frag_off = ((w1 & 0x1FFF) * 8).astype(np.uint16)
     more = (w1 & 0x2000) != 0
     proto = ((w2 >> 16) & 0xFF).astype(np.int64)
     pk.put("ip_version", rows, 4)
-    pk.put_ip("src_ip", rows, 0, V4_MAPPED_LO | (q1 & np.uint64(0xFFFFFFFF)))
-    pk.put_ip("dst_ip", rows, 0, V4_MAPPED_LO | pk.u32(off + 16).astype(np.uint64))
+    pk.put_ip("src_ip", rows, 0, V4_MAPPED_LO | w[3].astype(np.uint64))
+    pk.put_ip("dst_ip", rows, 0, V4_MAPPED_LO | w[4].astype(np.uint64))
     pk.put("ip_proto", rows, proto.astype(np.uint8))
     pk.put("ip_ttl", rows, (w2 >> 24).astype(np.uint8))
     pk.put("ip_hdr_len", rows, ihl.astype(np.uint16))

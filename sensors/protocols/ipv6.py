@@ -19,17 +19,19 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     ok = pk.fits(rows, off, 40)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
     rows, off = rows[ok], off[ok]
-    w0 = pk.u32(off)
-    ok = (w0 >> 28) == 6
+    w = pk.words(off, 10)  # version, class, label | payload length, next header, hop limit | addresses
+    ok = (w[0] >> 28) == 6
     pk.fail(rows[~ok], DecodeStatus.BAD_IP_VERSION)
-    rows, off = rows[ok], off[ok]
-    w1 = pk.u32(off + 4)  # payload length, next header, hop limit
+    rows, off, w = rows[ok], off[ok], w[:, ok]
+    w1 = w[1]
     plen = (w1 >> 16).astype(np.int64)
     ip_end = np.where(plen == 0, pk.end[rows], off + 40 + plen)  # 0: jumbogram / offload
     nxt = ((w1 >> 8) & 0xFF).astype(np.int64)
     pk.put("ip_version", rows, 6)
-    pk.put_ip("src_ip", rows, pk.u64(off + 8), pk.u64(off + 16))
-    pk.put_ip("dst_ip", rows, pk.u64(off + 24), pk.u64(off + 32))
+    half = w[2:].astype(np.uint64)
+    half = (half[0::2] << np.uint64(32)) | half[1::2]  # the addresses' four 64-bit halves
+    pk.put_ip("src_ip", rows, half[0], half[1])
+    pk.put_ip("dst_ip", rows, half[2], half[3])
     pk.put("ip_ttl", rows, (w1 & 0xFF).astype(np.uint8))
     pk.put("ip_len", rows, np.minimum(ip_end - off, 0xFFFF).astype(np.uint16))
     cur = off + 40

@@ -14,15 +14,12 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
     ok = pk.fits(rows, off, 20)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
     rows, off, ip_end = rows[ok], off[ok], ip_end[ok]
-    q0 = pk.u64(off)  # ports | sequence number
-    q1 = pk.u64(off + 8)  # acknowledgement number | data offset, flags, window
-    low = np.uint64(0xFFFFFFFF)
-    w3 = (q1 & low).astype(np.uint32)
+    ports, seq, ack, w3 = pk.words(off, 4)  # ports | sequence | acknowledgement | data offset, flags, window
     hlen = ((w3 >> 28) * 4).astype(np.int64)
-    pk.put("src_port", rows, (q0 >> np.uint64(48)).astype(np.uint16))
-    pk.put("dst_port", rows, (q0 >> np.uint64(32)).astype(np.uint16))
-    pk.put("tcp_seq", rows, (q0 & low).astype(np.uint32))
-    pk.put("tcp_ack", rows, (q1 >> np.uint64(32)).astype(np.uint32))
+    pk.put("src_port", rows, (ports >> 16).astype(np.uint16))
+    pk.put("dst_port", rows, (ports & 0xFFFF).astype(np.uint16))
+    pk.put("tcp_seq", rows, seq)
+    pk.put("tcp_ack", rows, ack)
     pk.put("tcp_flags", rows, ((w3 >> 16) & 0x1FF).astype(np.uint16))
     pk.put("tcp_window", rows, (w3 & 0xFFFF).astype(np.uint16))
     pk.put("tcp_hdr_len", rows, hlen.astype(np.uint8))

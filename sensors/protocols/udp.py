@@ -12,8 +12,8 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
     ok = pk.fits(rows, off, 8)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
     rows, off, ip_end = rows[ok], off[ok], ip_end[ok]
-    w0 = pk.u32(off)
-    length = (pk.u16(off + 4)).astype(np.int64)
+    w0, w1 = pk.words(off, 2)  # ports | length, checksum
+    length = (w1 >> 16).astype(np.int64)
     pk.put("src_port", rows, (w0 >> 16).astype(np.uint16))
     pk.put("dst_port", rows, (w0 & 0xFFFF).astype(np.uint16))
     bad = (length < 8) & (length != 0)  # 0 is legal for IPv6 jumbograms
