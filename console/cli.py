@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import sys
 from pathlib import Path
 
@@ -312,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "max_sessions", 1) < 1:
         parser.error("--max-sessions must be >= 1")
     _tune_malloc()
+    # what the imports made lives as long as the process: full collections need not scan it again (and
+    # forked decoders keep sharing its pages)
+    gc.freeze()
     return int(args.func(args))
 
 
