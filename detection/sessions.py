@@ -99,8 +99,16 @@ GTPC_CREATE_REQ, GTPC_CREATE_RESP, GTPC_MODIFY_REQ, GTPC_DELETE_REQ, GTPC_DELETE
 S1U_ENB, S1U_SGW, S5U_SGW, S5U_PGW = 0, 1, 4, 5
 ACCEPTED_PFCP, ACCEPTED_GTPC = 1, 16
 PROTO_ORDER = ("pfcp", "gtpc", "ngap", "sbi", "diameter")
-#: message columns neither the session table nor the inventory reads (costly to turn into Python)
-UNREAD_COLUMNS = ("unknown_ies", "recovery_ts")
+#: the message columns the session table and the inventory read: only these are turned into Python (the
+#: others, lists of rule ids and the like, cost as much again); a column left out reads as missing (KeyError)
+READ_COLUMNS = frozenset((
+    "ts", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "flow_id", "tunnel_src_ip", "tunnel_dst_ip",
+    "teid", "msg_type", "is_request", "malformed", "version", "seq", "cause", "seid", "node_id", "fseid_seid",
+    "fteids", "outer_headers", "network_instances", "ue_ip", "ue_ips", "supi", "imsi", "apn", "dnn", "pdu_type",
+    "ebis", "snssais", "pdu_session_ids", "gtp_tunnels", "procedure_code", "procedure_name", "ran_ue_ngap_id",
+    "amf_ue_ngap_id", "ran_node_name", "amf_name", "nas_mm_types", "nf_type", "client_nf_type", "service",
+    "app_id", "origin_host", "cmd_name",
+))
 MAX_PENDING = 100_000
 #: sessions kept (live and released): beyond it, released ones go first, then the longest idle, down to EVICT_TO
 #: of it (a flood of establishment requests with random SEIDs must not exhaust the sensor's memory)
@@ -599,7 +607,7 @@ def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]
         if t is None or not t.num_rows:
             continue
         t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
-        t = t.drop_columns(sorted(set(UNREAD_COLUMNS) & set(t.column_names)))
+        t = t.select([c for c in t.column_names if c in READ_COLUMNS])
         rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
     rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
     return [(name, r) for _, _, name, r in rows]
