@@ -9,8 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-# before pyarrow is first imported: its default allocator is chosen then (see _tune_malloc)
+# read when pyarrow and numpy are first imported: Arrow's allocator (see _tune_malloc), and one BLAS
+# thread (the work is spread over processes; OpenBLAS's idle threads spun for ~2% of a replay's CPU)
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from console import evidence, purge, query, report, stream
 from detection.flows.assembler import MAX_FLOWS
