@@ -150,6 +150,24 @@ def control_plane(capture: Path) -> list[str]:
     return lines + [""]
 
 
+def earlier_sections(headings: tuple[str, ...]) -> list[str]:
+    """The sections of the last results.md under ``headings``, for the benchmarks this run skipped."""
+    path = ROOT / "bench" / "results.md"
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("### "):
+            keep = line.startswith(headings)
+            if keep:
+                kept += [line, "", "(from an earlier run: this one skipped it)"]
+                continue
+        if keep and not line.startswith("(from an earlier run"):
+            kept.append(line)
+    return kept
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packets", type=int, default=1_000_000)
@@ -172,6 +190,10 @@ def main() -> None:
         from console_bench import console_bench
 
         lines += console_bench()
+    else:
+        lines += earlier_sections(("### store", "### console"))
+    if not args.large:
+        lines += earlier_sections(("### 10x",))
     if args.large:
         # ten times the packets over ten times the span: the same traffic, for longer
         big = ensure_capture(10 * args.packets, "standard", 3000.0)
