@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.masks import present
 from sensors.schema import Field
 
 # a registered domain: the last two labels, or three under common second-level
@@ -40,7 +41,7 @@ def longest_label(names: pa.Array) -> pa.Array:
     parents = pc.list_parent_indices(labels).to_numpy(zero_copy_only=False)
     out = np.zeros(len(names), dtype=np.int32)
     np.maximum.at(out, parents, flat)
-    return pa.array(out, mask=~np.asarray(names.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    return pa.array(out, mask=~present(names))
 
 
 def shannon_entropy(texts: pa.Array) -> pa.Array:
@@ -56,7 +57,7 @@ def shannon_entropy(texts: pa.Array) -> pa.Array:
     owner = pairs // 256
     p = counts / np.maximum(lengths[owner], 1)
     entropy = np.bincount(owner, weights=-p * np.log2(p), minlength=len(texts))
-    return pa.array(entropy, mask=~np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    return pa.array(entropy, mask=~present(texts))
 
 
 def _dns(f: Callable[[pa.Array], pa.Array]) -> Callable[[pa.Table | pa.RecordBatch], pa.Array]:
@@ -68,7 +69,7 @@ def _on_valid(f: Callable[[pa.Array], pa.Array], values: pa.Array) -> pa.Array:
     thousands, and regular expressions and splits cost per row, null or not."""
     if not values.null_count:
         return f(values)
-    valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    valid = present(values)
     rows = np.flatnonzero(valid)
     at = np.zeros(len(values), dtype=np.int64)
     at[rows] = np.arange(len(rows))

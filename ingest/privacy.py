@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.masks import present, true_mask
 from sensors.protocols import pii
 from sensors.protocols.pii import PiiKind
 from sensors.protocols.sbi import NULL_SUCI, SUBSCRIBER
@@ -112,17 +113,17 @@ class Pseudonymizer:
 
     def _scrub_columns(self, columns: list[pa.Array | pa.ChunkedArray]) -> list[pa.Array | pa.ChunkedArray]:
         """The columns scrubbed; one regex pass over all their values (compiling it costs more than running it)."""
-        present = [i for i, c in enumerate(columns) if c.null_count < len(c)]
-        if not present:
+        filled = [i for i, c in enumerate(columns) if c.null_count < len(c)]
+        if not filled:
             return columns
-        valid = {i: np.flatnonzero(np.asarray(columns[i].is_valid().to_numpy(zero_copy_only=False))) for i in present}
-        values = pa.concat_arrays([_array(columns[i]).take(pa.array(valid[i])) for i in present])
-        hit = np.asarray(pc.match_substring_regex(values, CANDIDATE).to_numpy(zero_copy_only=False))
+        valid = {i: np.flatnonzero(present(columns[i])) for i in filled}
+        values = pa.concat_arrays([_array(columns[i]).take(pa.array(valid[i])) for i in filled])
+        hit = true_mask(pc.match_substring_regex(values, CANDIDATE))
         if not hit.any():
             return columns
         out = list(columns)
         start = 0
-        for i in present:
+        for i in filled:
             mine = hit[start:start + len(valid[i])]
             start += len(valid[i])
             if mine.any():

@@ -146,3 +146,26 @@ def test_gathered_strings_are_the_bytes_at_their_offsets() -> None:
                     text[d - o] = ord(".")
             assert got[row] == text.decode()
         assert sum(v is None for v in got) == n - k
+
+
+def test_masks_read_from_buffers_agree_with_pyarrow() -> None:
+    """present() and true_mask() give what is_valid() / fill_null(False) give: sliced, chunked, all-null,
+    nested and empty arrays."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from sensors.masks import present, true_mask
+
+    rng = np.random.default_rng(3)
+    flags = [None if x < 0.2 else bool(x < 0.6) for x in rng.random(1000)]
+    bools = [pa.array(flags), pa.array(flags).slice(3, 517), pa.nulls(9, pa.bool_()), pa.array([], pa.bool_()),
+             pa.array([True, False] * 40).slice(7), pa.chunked_array([pa.array(flags[:300]), pa.array(flags[300:])]),
+             pa.chunked_array([], pa.bool_())]
+    for arr in bools:
+        assert true_mask(arr).tolist() == pc.fill_null(arr, False).to_pylist()
+    others = [pa.array([None if f is None else i for i, f in enumerate(flags)], pa.uint16()).slice(11),
+              pa.array(["a", None, "b"] * 50), pa.array([1, 2, 3]), pa.nulls(5, pa.string()),
+              pc.extract_regex(pa.array(["GET /x", "no", None] * 30), r"^(?P<m>[A-Z]+) "), *bools]
+    for arr in others:
+        assert present(arr).tolist() == arr.is_valid().to_pylist()

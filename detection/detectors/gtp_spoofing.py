@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector
+from sensors.masks import present
 
 
 class TeidSpoofing(FlowDetector):
@@ -38,7 +39,7 @@ class TeidSpoofing(FlowDetector):
         """GTP-U flows with their TEID."""
         return np.asarray(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False)
                           .to_numpy(zero_copy_only=False), dtype=bool) & \
-            np.asarray(flows.column("teid").is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            present(flows.column("teid"))
 
     def evaluate(self, flows: pa.Table) -> np.ndarray:
         n = flows.num_rows

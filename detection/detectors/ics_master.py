@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from detection.detectors.base import LruDict, PacketDetector
 from detection.rules.compiler import in_networks
+from sensors.masks import true_mask
 
 MODBUS_PORT, DNP3_PORT, S7_PORT = 502, 20000, 102
 MODBUS_WRITES = (5, 6, 15, 16, 21, 22, 23)
@@ -28,7 +29,7 @@ S7_JOB = 1
 
 
 def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return true_mask(values)
 
 
 class IcsCommandFromNewMaster(PacketDetector):

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import LruDict, PacketDetector
+from sensors.masks import true_mask
 
 SEQ_SPACE = 1 << 24
 #: request message types (TS 29.244 table 7.3-1): node-related and session-related
@@ -59,7 +60,7 @@ class PfcpSequenceSpoofing(PacketDetector):
         msg = packets.column("pfcp_msg_type")
         seq = packets.column("pfcp_seq")
         hit = pc.and_(pc.is_in(msg, pa.array(REQUESTS, pa.uint8())), pc.is_valid(seq))
-        return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+        return true_mask(hit)
 
     def evaluate(self, events: pa.Table) -> np.ndarray:
         if not hasattr(self, "nodes_"):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sensors.capture.extract import packed
+from sensors.masks import present
 from sensors.protocols.packets import masked_array
 from sensors.schema import TunnelType
 
@@ -154,7 +155,7 @@ def _num(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray
 
 
 def _valid(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
-    return _rows(np.asarray(col.is_valid().to_numpy(zero_copy_only=False)), rows)
+    return _rows(present(col), rows)
 
 
 def _ip(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
@@ -221,7 +222,7 @@ def flow_key_hash(flow: Mapping[str, Any]) -> int:
 def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     # IP packets, except non-first fragments: without reassembly their ports are
     # unknown, so they cannot be attributed to a flow (nfstream drops them too)
-    is_ip = np.asarray(batch.column("ip_version").is_valid().to_numpy(zero_copy_only=False))
+    is_ip = present(batch.column("ip_version"))
     later_fragment = np.asarray(pc.fill_null(batch.column("ip_frag_offset"), 0).to_numpy(zero_copy_only=False)) > 0
     keep = is_ip & ~later_fragment
     rows = np.flatnonzero(keep)

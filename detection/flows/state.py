@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detection.flows.schema import SPLT_PACKETS, TCP_FLAGS
+from sensors.masks import present
 
 if TYPE_CHECKING:
     from detection.flows.keys import PacketKeys
@@ -211,7 +212,7 @@ class FlowState:
                 self._first_value("teid", slot, k2 // 2, teid2, m, column=d)
         names = k.server_name.take(order) if k.server_name.null_count < len(k.server_name) else None
         if names is not None:
-            valid = np.asarray(names.is_valid().to_numpy(zero_copy_only=False))
+            valid = present(names)
             pos = _first_per_run(sid, valid)
             s = slot[sid[pos]]
             unset = np.array([v is None for v in a["server"][s]], dtype=bool)

@@ -36,6 +36,7 @@ from detection.intel.indicators import LEVELS, MATCHED_TYPES
 from detection.rules.compiler import address_halves
 from detection.rules.hits import text_column
 from detection.rules.model import Aggregate, Rule, derived_signature_id
+from sensors.masks import present
 
 MAX_LABELS = 12  # parent domains tried at most
 NEVER_NS, FOREVER_NS = -(1 << 63), (1 << 63) - 1
@@ -154,7 +155,7 @@ class IntelMatcher:
 
     def _ip(self, col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         """Per address, the longest network (or address) listed: a binary search per prefix length."""
-        valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        valid = present(col)
         hi, lo = address_halves(col)
         best = np.full(len(hi), -1, dtype=np.int64)
         for (mhi, mlo), (keys, net_hi, net_lo, entries) in self._networks:
@@ -188,7 +189,7 @@ class IntelMatcher:
     def _names(self, col: pa.Array | pa.ChunkedArray, base: int, kind: str) -> list[tuple[np.ndarray, int, pa.Array]]:
         """A name column's candidates (ids ``base`` + row): the name itself, and for domains every parent
         domain, ranked by depth (the most specific listed name wins)."""
-        rows = np.flatnonzero(np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+        rows = np.flatnonzero(present(col))
         if not len(rows):
             return []
         names = pc.utf8_lower(col.take(pa.array(rows)))
@@ -208,7 +209,7 @@ class IntelMatcher:
         if "http_uri" not in names or "http_host" not in names:
             return []
         uri = packets.column("http_uri")
-        rows = np.flatnonzero(np.asarray(uri.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+        rows = np.flatnonzero(present(uri))
         if not len(rows):
             return []
         target = uri.take(pa.array(rows))

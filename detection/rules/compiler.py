@@ -23,6 +23,7 @@ from detection.features import feature_fields
 from detection.flows.keys import _ip as binary_ip_halves
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.model import Condition, Rule
+from sensors.masks import one_chunk, present, true_mask
 from sensors.schema import PACKET_SCHEMA
 
 ADDRESS_FIELDS = {"src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"}
@@ -203,33 +204,6 @@ def _any(masks: list[Mask], n: int) -> Mask:
     return out
 
 
-def _bool(arr: pa.Array | pa.ChunkedArray) -> Mask:
-    """A boolean column as a mask, null as False."""
-    arr = _one_chunk(arr)
-    mask = _bits(arr.buffers()[1], arr)
-    valid = _valid(arr)
-    return mask & valid if valid is not None else mask
-
-
-def _one_chunk(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-
-
-def _bits(buf: pa.Buffer, arr: pa.Array) -> Mask:
-    """An Arrow bitmap of ``arr`` (its offset applied) as numpy bools: 20x faster than through compute kernels."""
-    if not len(arr):
-        return np.zeros(0, dtype=bool)
-    if buf is None:  # all null (pyarrow leaves such buffers out)
-        return np.zeros(len(arr), dtype=bool)
-    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little", count=arr.offset + len(arr))
-    return bits[arr.offset:].view(bool)
-
-
-def _valid(arr: pa.Array) -> Mask | None:
-    """Which values of ``arr`` are present (None: all of them)."""
-    return _bits(arr.buffers()[0], arr) if arr.null_count else None
-
-
 def _test(table: Table, c: Condition, cache: dict[str, Any]) -> Mask:
     n = table.num_rows
     if c.modifier == "not":
@@ -251,15 +225,15 @@ def _numbers(col: pa.Array | pa.ChunkedArray, cache: dict[str, Any], field: str)
     key = "num:" + field
     if key not in cache:
         # the value buffer as it is: what lies under a null is arbitrary, and every test ANDs the validity
-        arr = _one_chunk(col)
+        arr = one_chunk(col)
         if pa.types.is_boolean(arr.type):
-            values = _bits(arr.buffers()[1], arr)
+            values = true_mask(arr)
         else:
             dtype = np.dtype(arr.type.to_pandas_dtype())
             data = arr.buffers()[1]
             values = np.zeros(len(arr), dtype=dtype) if data is None or not len(arr) else \
                 np.frombuffer(data, dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
-        cache[key] = (values, _valid(arr))
+        cache[key] = (values, present(arr) if arr.null_count else None)
     found: tuple[np.ndarray, Mask | None] = cache[key]
     return found
 
@@ -287,7 +261,7 @@ def _numeric_test(values: np.ndarray, valid: Mask | None, modifier: str, v: Any)
 def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: dict[str, Any], field: str) -> Mask:
     text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
     if v is None:
-        return _bool(col.is_null())
+        return ~present(col)
     numeric = pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
     if numeric and not (modifier.startswith("bits") and not pa.types.is_integer(col.type)):
         found = _numeric_test(*_numbers(col, cache, field), modifier, v)
@@ -298,26 +272,26 @@ def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: 
             key = "lower:" + field
             if key not in cache:
                 cache[key] = pc.utf8_lower(col)
-            return _bool(pc.equal(cache[key], str(v).lower()))
-        return _bool(pc.equal(col, pa.scalar(v).cast(col.type) if not isinstance(v, bool) else v))
+            return true_mask(pc.equal(cache[key], str(v).lower()))
+        return true_mask(pc.equal(col, pa.scalar(v).cast(col.type) if not isinstance(v, bool) else v))
     if modifier == "contains":
-        return _bool(pc.match_substring(col, str(v), ignore_case=True))
+        return true_mask(pc.match_substring(col, str(v), ignore_case=True))
     if modifier == "startswith":
-        return _bool(pc.starts_with(col, str(v), ignore_case=True))
+        return true_mask(pc.starts_with(col, str(v), ignore_case=True))
     if modifier == "endswith":
-        return _bool(pc.ends_with(col, str(v), ignore_case=True))
+        return true_mask(pc.ends_with(col, str(v), ignore_case=True))
     if modifier == "re":
-        return _bool(pc.match_substring_regex(col, str(v)))
+        return true_mask(pc.match_substring_regex(col, str(v)))
     if modifier in ("gt", "gte", "lt", "lte"):
         op = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}[modifier]
-        return _bool(op(col, v))
+        return true_mask(op(col, v))
     if modifier in ("bits_all", "bits_any", "bits_none"):
         anded = pc.bit_wise_and(col, pa.scalar(int(v)).cast(col.type))
         if modifier == "bits_all":
-            return _bool(pc.equal(anded, pa.scalar(int(v)).cast(col.type)))
+            return true_mask(pc.equal(anded, pa.scalar(int(v)).cast(col.type)))
         if modifier == "bits_any":
-            return _bool(pc.not_equal(anded, 0))
-        return _bool(pc.equal(anded, 0))
+            return true_mask(pc.not_equal(anded, 0))
+        return true_mask(pc.equal(anded, 0))
     raise ValueError(f"unknown modifier {modifier}")
 
 
@@ -363,7 +337,7 @@ def _address_test(col: pa.Array | pa.ChunkedArray, c: Condition, cache: dict[str
     if key not in cache:
         cache[key] = address_halves(col)
     hi, lo = cache[key]
-    valid = _bool(col.is_valid())
+    valid = present(col)
     out = np.zeros(len(hi), dtype=bool)
     for v in c.values:
         if v is None:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.masks import present
 from sensors.protocols.packets import Packets, gather_strings, one_of
 from sensors.schema import AppProto
 
@@ -42,7 +43,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES),
                           keep_line_breaks=True)
     line = pc.extract_regex(text, REQUEST_LINE)
-    is_req = line.is_valid().to_numpy(zero_copy_only=False)
+    is_req = present(line)
     r = np.flatnonzero(is_req)
     if not len(r):
         return

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.masks import present
 from sensors.protocols.packets import Packets, gather_strings
 from sensors.schema import AppProto
 
@@ -32,7 +33,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, MAX_LINE),
                           keep_line_breaks=True)
     cmd = pc.utf8_upper(pc.struct_field(pc.extract_regex(text, COMMAND), "cmd"))
-    hit = np.asarray(cmd.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    hit = present(cmd)
     if not hit.any():
         return
     rows = rows[hit]

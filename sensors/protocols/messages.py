@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.masks import true_mask
 from sensors.protocols.packets import V4_MAPPED_LO, bounded_text, ip_strings
 from sensors.protocols.sctp import data_chunks
 from sensors.schema import PROTO_SCHEMAS, AppProto
@@ -66,7 +67,7 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
     app = packets.column("app_proto")
     mask = pc.and_(pc.is_in(app, pa.array([int(a) for a in apps], pa.uint8())),
                    packets.column("cp_payload").is_valid())
-    rows = np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))
+    rows = np.flatnonzero(true_mask(mask))
     have = set(packets.column_names)  # a list built on every call: once
     needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "cp_more", "packet_row")
               if c in have]

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from sensors.capture.frames import FrameBatch
 from sensors.capture.walk import u_view, words_at
+from sensors.masks import present
 from sensors.schema import IP, MAX_TEXT_CHARS, PACKET_FIELDS, PACKET_SCHEMA, DecodeStatus
 
 _NUMPY_OF: dict[pa.DataType, np.dtype] = {
@@ -255,7 +256,7 @@ def scatter_strings(n: int, rows: np.ndarray, values: pa.Array) -> pa.Array:
         rows, values = rows[order], values.take(pa.array(order))
     k = len(values)
     src_off = np.frombuffer(values.buffers()[1], dtype=np.int32, count=k + 1, offset=4 * values.offset)
-    src_valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False))
+    src_valid = present(values)
     lengths = np.zeros(n, dtype=np.int32)
     lengths[rows] = np.diff(src_off)
     offsets = np.empty(n + 1, dtype=np.int32)
