@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Aggregate, Rule, derived_signature_id
+from sensors.masks import true_mask
 
 NEVER = -(1 << 62)
 #: keys a detector remembers at most (nodes, peers, devices): beyond, the least recently used go
@@ -177,8 +178,7 @@ class ControlDetector(Detector):
 
     def select(self, events: pa.Table | pa.RecordBatch) -> np.ndarray:
         """The events of this detector's kinds."""
-        return np.asarray(pc.fill_null(pc.is_in(events.column("kind"), pa.array(self.kinds, pa.string())), False)
-                          .to_numpy(zero_copy_only=False), dtype=bool)
+        return true_mask(pc.is_in(events.column("kind"), pa.array(self.kinds, pa.string())))
 
     instant: ClassVar[bool] = True  # unless a subclass's evaluate needs the window
 

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector, LruDict, gtpu_tunnelled
 from detection.rules.compiler import in_networks
+from sensors.masks import true_mask
 
 
 class GtpuUnexpectedPeer(FlowDetector):
@@ -68,8 +69,7 @@ class GtpuUnexpectedPeer(FlowDetector):
                           for e, _ in new}
         if new:
             key = pc.binary_join_element_wise(flows.column("tunnel_dst_ip"), flows.column("tunnel_src_ip"), "|")
-            out = np.asarray(pc.fill_null(pc.is_in(key, value_set=pa.array([f"{e}|{p}" for e, p in new])), False)
-                             .to_numpy(zero_copy_only=False), dtype=bool)
+            out = true_mask(pc.is_in(key, value_set=pa.array([f"{e}|{p}" for e, p in new])))
             out &= ~in_networks(flows.column("tunnel_src_ip"), self.known_peers)
         return out
 

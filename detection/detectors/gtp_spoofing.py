@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector
-from sensors.masks import present
+from sensors.masks import present, true_mask
 
 
 class TeidSpoofing(FlowDetector):
@@ -37,9 +37,7 @@ class TeidSpoofing(FlowDetector):
 
     def select(self, flows: pa.Table | pa.RecordBatch) -> np.ndarray:
         """GTP-U flows with their TEID."""
-        return np.asarray(pc.fill_null(pc.equal(flows.column("tunnel_type"), "gtpu"), False)
-                          .to_numpy(zero_copy_only=False), dtype=bool) & \
-            present(flows.column("teid"))
+        return true_mask(pc.equal(flows.column("tunnel_type"), "gtpu")) & present(flows.column("teid"))
 
     def evaluate(self, flows: pa.Table) -> np.ndarray:
         n = flows.num_rows
@@ -49,8 +47,7 @@ class TeidSpoofing(FlowDetector):
             return out
         # a UE also sends from its IPv6 link-local address (router and neighbour discovery)
         src_text = flows.column("src_ip")
-        link_local = np.asarray(pc.fill_null(pc.starts_with(src_text, "fe80:"), False)
-                                .to_numpy(zero_copy_only=False), dtype=bool)
+        link_local = true_mask(pc.starts_with(src_text, "fe80:"))
         rows = np.flatnonzero(gtp & ~link_local)
         if not len(rows):
             return out

@@ -24,6 +24,7 @@ from sensors.capture.frames import FrameBatch
 from sensors.capture.pcap import global_header
 from sensors.capture.source import read_frames
 from sensors.decode import decode
+from sensors.masks import true_mask
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _matches(packets: pa.RecordBatch, flow: FlowMatch) -> np.ndarray:
     if flow.tunnel_src_ip and flow.tunnel_dst_ip:
         ends = pa.array([packed(flow.tunnel_src_ip), packed(flow.tunnel_dst_ip)], ip_type)
         m = pc.and_(m, pc.and_(pc.is_in(packets["tunnel_src_ip"], ends), pc.is_in(packets["tunnel_dst_ip"], ends)))
-    return np.asarray(m.fill_null(False))
+    return true_mask(m)
 
 
 def write_capture(frames: list[tuple[int, int, int, bytes]]) -> bytes:

@@ -283,14 +283,17 @@ def gather_strings(
     buf: np.ndarray, n: int, rows: np.ndarray, off: np.ndarray, length: np.ndarray, dots: np.ndarray | None = None,
     keep_line_breaks: bool = False, raw: bool = False,
 ) -> pa.Array:
-    """A string array of ``n`` rows; ``rows`` (ascending) get ``length`` bytes of ``buf`` from ``off``.
+    """A string array of ``n`` rows; ``rows`` get ``length`` bytes of ``buf`` from ``off``.
 
     Bytes outside printable ASCII become '?' so every value is valid UTF-8 and
     safe to print (CR, LF and TAB are kept with ``keep_line_breaks``, for text
     that is parsed further); bytes at the buffer offsets in ``dots`` become '.'.
     ``raw``: a binary array of the bytes as they are.
     """
-    length = np.asarray(length, dtype=np.int64)
+    length, off = np.asarray(length, dtype=np.int64), np.asarray(off, dtype=np.int64)
+    if len(rows) > 1 and bool((np.diff(rows) < 0).any()):  # the values are laid out in row order
+        order = np.argsort(rows, kind="stable")
+        rows, off, length = rows[order], off[order], length[order]
     lengths = np.zeros(n, dtype=np.int64)
     lengths[rows] = length
     offsets = np.zeros(n + 1, dtype=np.int32)
@@ -298,7 +301,6 @@ def gather_strings(
     valid = np.zeros(n, dtype=bool)
     valid[rows] = True
     validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    off = np.asarray(off, dtype=np.int64)
     data = _gather_bytes(buf, off, length)
     if raw:
         return pa.BinaryArray.from_buffers(pa.binary(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
