@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-# read when pyarrow and numpy are first imported: Arrow's allocator (see _tune_malloc), and one BLAS
+# read when pyarrow and numpy are first imported: Arrow's allocator (see tune_malloc), and one BLAS
 # thread (the work is spread over processes; OpenBLAS's idle threads spun for ~2% of a replay's CPU)
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -210,7 +210,7 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep freed memory in the heap instead of returning it to the kernel.
 
     Decoding allocates many arrays of a few hundred KiB per chunk; with glibc's
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-flows must be >= 0 (0: no limit)")
     if getattr(args, "max_sessions", 1) < 1:
         parser.error("--max-sessions must be >= 1")
-    _tune_malloc()
+    tune_malloc()
     # what the imports made lives as long as the process: full collections need not scan it again (and
     # forked decoders keep sharing its pages)
     gc.freeze()
