@@ -20,6 +20,9 @@ FLAG_BITS = np.array([{"fin": 1, "syn": 2, "rst": 4, "psh": 8, "ack": 16, "urg":
                       for f in TCP_FLAGS], dtype=np.int64)
 DIR_FLAGS = ("syn", "fin", "rst")  # also counted per direction
 DIR_BITS = np.array([2, 1, 4], dtype=np.int64)
+#: bit numbers of those flags (0 = 0x01)
+FLAG_BIT_INDEX = np.log2(FLAG_BITS).astype(np.intp)
+DIR_BIT_INDEX = np.log2(DIR_BITS).astype(np.intp)
 
 # name -> (trailing shape, dtype, initial value)
 FIELDS: dict[str, tuple[tuple[int, ...], Any, Any]] = {
@@ -172,8 +175,8 @@ class FlowState:
         a["ps_sq"][slot] += per_dir(sums[:, 3], 0.0)
         a["ps_min"][slot] = np.minimum(a["ps_min"][slot], per_dir(np.minimum.reduceat(fr2, runs), np.inf))
         a["ps_max"][slot] = np.maximum(a["ps_max"][slot], per_dir(np.maximum.reduceat(fr2, runs), -np.inf))
-        dir_bits = ((flags[o2][:, None] & DIR_BITS[None, :]) != 0).astype(np.int64)
-        a["dir_flags"][slot] += per_dir(np.add.reduceat(dir_bits, runs), 0, np.int64)
+        dir_bits = _bits(flags[o2], DIR_BIT_INDEX)
+        a["dir_flags"][slot] += per_dir(np.add.reduceat(dir_bits, runs, dtype=np.int64), 0, np.int64)
         # inter-arrival times per direction: the first packet of a run follows the stored flow's last one
         prev2 = np.empty(n, dtype=np.int64)
         prev2[1:] = t2[:-1]
@@ -192,8 +195,7 @@ class FlowState:
         seg_end = np.append(spos[1:], n) - 1
         a["last_ns"][slot] = t[seg_end]
         a["last_ms"][slot] = t[seg_end] // 1_000_000
-        bits = ((flags[:, None] & FLAG_BITS[None, :]) != 0).astype(np.int64)
-        a["flags"][slot] += np.add.reduceat(bits, spos)
+        a["flags"][slot] += np.add.reduceat(_bits(flags, FLAG_BIT_INDEX), spos, dtype=np.int64)
         a["errors"][slot] += np.add.reduceat((k.decode_status[order] != 0).astype(np.int64), spos)
         # the first packets: payload sizes and directions
         rank = prior[sid] + (np.arange(n) - spos[sid])
@@ -210,14 +212,13 @@ class FlowState:
             for d in (0, 1):
                 m = tv & (k2 % 2 == d)
                 self._first_value("teid", slot, k2 // 2, teid2, m, column=d)
-        names = k.server_name.take(order) if k.server_name.null_count < len(k.server_name) else None
-        if names is not None:
-            valid = present(names)
-            pos = _first_per_run(sid, valid)
+        if k.server_name.null_count < len(k.server_name):
+            # the names themselves only for the flows that get one: most packets carry none
+            pos = _first_per_run(sid, present(k.server_name)[order])
             s = slot[sid[pos]]
             unset = np.array([v is None for v in a["server"][s]], dtype=bool)
             if unset.any():
-                a["server"][s[unset]] = np.array(names.take(pos[unset]).to_pylist(), dtype=object)
+                a["server"][s[unset]] = np.array(k.server_name.take(order[pos[unset]]).to_pylist(), dtype=object)
 
     def _iat(self, slots: np.ndarray, col: int, n_b: np.ndarray, sum_b: np.ndarray, m2_b: np.ndarray,
              min_b: np.ndarray, max_b: np.ndarray) -> None:
@@ -262,6 +263,12 @@ def _run_starts(keys: np.ndarray) -> np.ndarray:
     first[:1] = True
     np.not_equal(keys[1:], keys[:-1], out=first[1:])
     return np.flatnonzero(first)
+
+
+def _bits(flags: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(packets, len(index)) 0/1 bytes: the TCP flag bits ``index`` of each packet (one unpack, not a
+    compare per flag)."""
+    return np.unpackbits(flags.astype(np.uint8)[:, None], axis=1, bitorder="little")[:, index]
 
 
 def _first_per_run(run_id: np.ndarray, valid: np.ndarray) -> np.ndarray:
