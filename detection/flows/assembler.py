@@ -29,7 +29,6 @@ from detection.flows.state import FlowState
 from sensors.schema import empty_table
 
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
-FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ece": 0x40, "cwr": 0x80}
 REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END, REASON_EVICTED = 1, 2, 3, 4, 5
 #: default size limit of the flow table (~5 KB per flow with its features: ~2.5 GB)
 MAX_FLOWS = 500_000
@@ -259,4 +258,4 @@ def _count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.nda
     return c - c[spos][sid]
 
 
-__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS", "FLAG_BITS"]
+__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS"]

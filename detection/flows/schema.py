@@ -11,6 +11,8 @@ FLOW_SCHEMA_VERSION = 2
 
 TS = pa.timestamp("ns", tz="UTC")
 TCP_FLAGS = ("syn", "ack", "psh", "rst", "fin", "urg", "ece", "cwr")
+#: bit number of each flag in the TCP header's flags byte
+TCP_FLAG_BIT = {"fin": 0, "syn": 1, "rst": 2, "psh": 3, "ack": 4, "urg": 5, "ece": 6, "cwr": 7}
 SPLT_PACKETS = 8  # first packets described in the splt_* lists
 
 

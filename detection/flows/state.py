@@ -10,19 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detection.flows.schema import SPLT_PACKETS, TCP_FLAGS
+from detection.flows.schema import SPLT_PACKETS, TCP_FLAG_BIT, TCP_FLAGS
 from sensors.masks import present
 
 if TYPE_CHECKING:
     from detection.flows.keys import PacketKeys
 
-FLAG_BITS = np.array([{"fin": 1, "syn": 2, "rst": 4, "psh": 8, "ack": 16, "urg": 32, "ece": 64, "cwr": 128}[f]
-                      for f in TCP_FLAGS], dtype=np.int64)
 DIR_FLAGS = ("syn", "fin", "rst")  # also counted per direction
-DIR_BITS = np.array([2, 1, 4], dtype=np.int64)
-#: bit numbers of those flags (0 = 0x01)
-FLAG_BIT_INDEX = np.log2(FLAG_BITS).astype(np.intp)
-DIR_BIT_INDEX = np.log2(DIR_BITS).astype(np.intp)
+FLAG_BIT_INDEX = np.array([TCP_FLAG_BIT[f] for f in TCP_FLAGS], dtype=np.intp)
+DIR_BIT_INDEX = np.array([TCP_FLAG_BIT[f] for f in DIR_FLAGS], dtype=np.intp)
 
 # name -> (trailing shape, dtype, initial value)
 FIELDS: dict[str, tuple[tuple[int, ...], Any, Any]] = {
