@@ -184,9 +184,11 @@ def main() -> None:
         lines += [f"### profile `{profile}`", "", *compare(capture, args.packets, args.runs, args.peers_python)]
     lines += control_plane(ensure_capture(args.packets, "standard"))
     if not args.no_store:
-        from store_bench import store_bench
-
-        lines += store_bench()
+        # a process of its own, set up as the liaowang command sets itself up (Arrow's allocator is chosen
+        # when pyarrow is first imported, which this process has done already)
+        store = subprocess.run([sys.executable, str(ROOT / "bench" / "store_bench.py")], check=True,
+                               capture_output=True, text=True)
+        lines += store.stdout.splitlines()
         from console_bench import console_bench
 
         lines += console_bench()
