@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sensors.capture.retain import retained_files
-from sensors.capture.seal import Keyring, SealError, open_sealed, reseal, rotate_keyring, sealing_key
+if TYPE_CHECKING:
+    from sensors.capture.seal import Keyring
 
 
 def add_parser(sub: Any) -> None:
@@ -30,6 +30,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, not above: every other command would load the cipher library for nothing
+    from sensors.capture.seal import Keyring, SealError, open_sealed, rotate_keyring
+
     path = Path(args.path)
     try:
         if args.action == "rotate":
@@ -57,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(directory: Path) -> int:
+    from sensors.capture.retain import retained_files
+    from sensors.capture.seal import SealError, sealing_key
+
     if not directory.is_dir():
         raise SealError(f"{directory}: no such directory")
     files = retained_files(directory)
@@ -69,6 +75,9 @@ def _list(directory: Path) -> int:
 
 
 def _reseal(directory: Path, keyring: Keyring) -> int:
+    from sensors.capture.retain import retained_files
+    from sensors.capture.seal import reseal
+
     done = kept = plain = 0
     for f in retained_files(directory):
         if not f.sealed:

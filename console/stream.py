@@ -11,21 +11,23 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detection.detectors.anomaly import ModelError
 from detection.flows.assembler import MAX_FLOWS
 from detection.intel import IntelConfigError
 from detection.rules.loader import RuleError
 from detection.trend import TrendConfig, TrendConfigError
-from ingest.notify import Notifier, NotifyConfigError
-from ingest.retention import Retention
 from sensors.capture.afpacket import FANOUT_MODES, CaptureOpenError, RingConfig
 from sensors.capture.bpf import FilterError
 from sensors.capture.live import ENGINES, LiveCapture, LiveOptions
-from sensors.capture.retain import RetentionPolicy, retained_files
-from sensors.capture.seal import Keyring
 from sensors.capture.source import DEFAULT_CHUNK_BYTES, CaptureError
+
+# notification channels, packet retention and its cipher are imported where a command uses them: every other
+# command, `liaowang replay` among them, would load them for nothing
+if TYPE_CHECKING:
+    from ingest.notify import Notifier
+    from ingest.retention import Retention
 
 ENV = {"kafka": "LIAOWANG_KAFKA", "store": "LIAOWANG_STORE", "group": "LIAOWANG_GROUP",
        "sensor_id": "LIAOWANG_SENSOR_ID"}
@@ -242,6 +244,10 @@ def _sensor(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> Retention | None:
+    from ingest.retention import Retention
+    from sensors.capture.retain import RetentionPolicy
+    from sensors.capture.seal import Keyring
+
     if not args.retain:
         return None
     if min(args.retain_gb, args.retain_file_mb, args.retain_file_s) <= 0 or args.retain_hours < 0:
@@ -277,6 +283,7 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
     """--iface IF --out DIR [--store URI]: the replay's outputs, from the wire."""
     from console.cli import _rule_overrides
     from ingest.live import capture
+    from ingest.notify import NotifyConfigError
     from ingest.pipeline import build_engine
     from ingest.replay import format_summary
     from ingest.store import StoreError, open_store
@@ -335,6 +342,8 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
 
 def _notifier(args: argparse.Namespace, store: Any) -> Notifier | None:
     """A sensor's or worker's notifier: escalation asks the store whether analysts took incidents up."""
+    from ingest.notify import Notifier
+
     if not args.notify:
         return None
     out = getattr(args, "out", None)
@@ -345,6 +354,8 @@ def _notifier(args: argparse.Namespace, store: Any) -> Notifier | None:
 
 
 def _size(directory: str) -> str:
+    from sensors.capture.retain import retained_files
+
     files = retained_files(Path(directory))
     sealed = "sealed" if files and all(f.sealed for f in files) else "not sealed"
     return f"{len(files)} files, {sum(f.bytes for f in files) / 1e6:,.1f} MB, {sealed}"
@@ -352,6 +363,7 @@ def _size(directory: str) -> str:
 
 def _detect(args: argparse.Namespace) -> int:
     from console.cli import _rule_overrides
+    from ingest.notify import NotifyConfigError
     from ingest.pipeline import build_engine
     from ingest.store import StoreError, open_store
     from ingest.stream.metrics import WorkerMetrics, serve

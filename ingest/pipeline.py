@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,11 +56,13 @@ from detection.rules.loader import apply_overrides, load_rules
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig, TrendTracker
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
-from ingest.retention import Retention
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
 from sensors.schema import empty_table
+
+if TYPE_CHECKING:  # only a live capture keeps packets: its cipher library need not load for a replay
+    from ingest.retention import Retention
 
 #: a message's packet: its row in the sensor's packet batch (keyed packets carry it too)
 PACKET_ROW = "packet_row"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,17 +30,19 @@ from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import MAX_SESSIONS
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
-from ingest.notify import Notifier
 from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts, starts_new_timeline
 from ingest.privacy import Pseudonymizer
 from ingest.results import ControlSnapshots, PendingWrites
-from ingest.retention import Retention
 from ingest.sinks import EveSink, ParquetSink
-from ingest.store.api import Store
 from ingest.workers import BatchStats
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureFiles, Damage, expand_inputs, order_by_time
 from sensors.schema import DecodeStatus, TunnelType
+
+if TYPE_CHECKING:  # a replay needs none of them unless asked (--notify, a live capture's retention, --store)
+    from ingest.notify import Notifier
+    from ingest.retention import Retention
+    from ingest.store.api import Store
 
 
 @dataclass
@@ -141,6 +143,8 @@ def replay(
             progress(summary, done, sum(sizes))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if notify is not None:
+        from ingest.notify import Notifier
     notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl") if notify is not None else None
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,

@@ -17,14 +17,10 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import smtplib
 import socket
 import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from email.message import EmailMessage
 from typing import Any
 
 from ingest.notify.config import Channel
@@ -42,6 +38,10 @@ def _ssl_context(channel: Channel) -> ssl.SSLContext:
 
 
 def _post(channel: Channel, url: str, body: dict[str, Any]) -> Any:
+    # the HTTP and mail clients load on first delivery, not with every command that imports the store
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body, ensure_ascii=False).encode()
     request = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json; charset=utf-8",
@@ -155,6 +155,9 @@ def _syslog(channel: Channel, message: Message) -> None:
 
 
 def _email(channel: Channel, message: Message) -> None:
+    import smtplib
+    from email.message import EmailMessage
+
     mail = EmailMessage()
     mail["Subject"] = message.headline(channel.language)
     mail["From"] = channel.sender
