@@ -278,11 +278,13 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         eve.write_stats(dt.datetime.fromtimestamp(last / 1e9, tz=dt.UTC), summary.as_stats())
         eve.close()
 
-    # both sinks still hold up to a row group of flows: finish them side by side
+    # the sinks still hold up to a row group each: finish them side by side, on the three writer threads
     def finish_parquet() -> None:
         flow_sink.close()
         alert_sink.close()
-        control.close()
+
+    def finish_tables() -> None:
+        finish_eve()
         rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
         if notifier is not None:
@@ -299,7 +301,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         pq.write_table(pa.concat_tables(trend_warnings) if trend_warnings else TREND_WARNING_SCHEMA.empty_table(),
                        out_dir / "trend_warnings.parquet")
 
-    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_eve)]
+    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_tables), writers[2].submit(control.close)]
     for f in closing:
         f.result()
     for w in writers:
