@@ -281,6 +281,36 @@ def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:
     assert pc.all(pc.starts_with(hits.column("dst_ip"), "192.168.56.")).as_py()
 
 
+@pytest.mark.parametrize("present_every", [1, 97])  # a dense column, and one null but in a few rows
+def test_text_modifiers_match_as_python_does_on_dense_and_sparse_columns(tmp_path: Path, present_every: int) -> None:
+    import re
+
+    from detection.rules.compiler import CompiledRule
+
+    banners = ["SSH-2.0-OpenSSH_7.4", "ssh-1.5-Cisco", "SSH-2.0-dropbear_2019.78", "HTTP/1.1 200", "SSH-2.0-OpenSSH_9.6p1"]
+    values = [banners[i % len(banners)] if i % present_every == 0 else None for i in range(5000)]
+    table = pa.table({"ssh_banner": pa.array(values, pa.string())})
+    tests: dict[str, Any] = {
+        "equals: ssh-1.5-CISCO": lambda v: v.lower() == "ssh-1.5-cisco",
+        "contains: openssh": lambda v: "openssh" in v.lower(),
+        "startswith: SSH-2.0": lambda v: v.lower().startswith("ssh-2.0"),
+        "endswith: P1": lambda v: v.lower().endswith("p1"),
+        "re: '^SSH-2\\.0-OpenSSH_[1-7]\\.'": lambda v: re.search(r"^SSH-2\.0-OpenSSH_[1-7]\.", v) is not None,
+    }
+    for i, (selection, expected) in enumerate(tests.items()):
+        modifier, value = selection.split(": ", 1)
+        rule = tmp_path / f"r{i}.yml"
+        rule.write_text(RULE.replace("dst_port: 22", f"ssh_banner|{modifier}: {value}"))
+        compiled = CompiledRule(load_file(rule)[0])
+        want = np.array([v is not None and expected(v) for v in values])
+        got = compiled.matches(table, {})
+        assert want.any() and not want.all(), selection
+        assert (got == want).all(), selection
+        # a cache shared by the rules of one table, as the hit extractor shares it
+        shared: dict[str, Any] = {}
+        assert (compiled.matches(table, shared) == want).all() and (compiled.matches(table, shared) == want).all()
+
+
 def test_bad_rule_file_is_one_error_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(RULE.replace("condition: sel", "condition: sel or"))

@@ -267,12 +267,9 @@ def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: 
         found = _numeric_test(*_numbers(col, cache, field), modifier, v)
         if found is not None:
             return found
+    if text and modifier in TEXT_KERNELS:
+        return _text_test(col, modifier, str(v), cache, field)
     if modifier in ("equals", "in"):
-        if text:
-            key = "lower:" + field
-            if key not in cache:
-                cache[key] = pc.utf8_lower(col)
-            return true_mask(pc.equal(cache[key], str(v).lower()))
         return true_mask(pc.equal(col, pa.scalar(v).cast(col.type) if not isinstance(v, bool) else v))
     if modifier == "contains":
         return true_mask(pc.match_substring(col, str(v), ignore_case=True))
@@ -293,6 +290,45 @@ def _scalar_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: Any, cache: 
             return true_mask(pc.not_equal(anded, 0))
         return true_mask(pc.equal(anded, 0))
     raise ValueError(f"unknown modifier {modifier}")
+
+
+#: the text tests, on a string column's values (text comparisons ignore case, as Sigma's do)
+TEXT_KERNELS: dict[str, Callable[[pa.Array, str], pa.Array]] = {
+    "equals": lambda values, v: pc.equal(values, v.lower()),  # on the lowered values
+    "in": lambda values, v: pc.equal(values, v.lower()),
+    "contains": lambda values, v: pc.match_substring(values, v, ignore_case=True),
+    "startswith": lambda values, v: pc.starts_with(values, v, ignore_case=True),
+    "endswith": lambda values, v: pc.ends_with(values, v, ignore_case=True),
+    "re": pc.match_substring_regex,
+}
+
+
+def _text_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: str, cache: dict[str, Any], field: str) -> Mask:
+    """A text test on the column's present values only.  Most text columns of a packet batch (banners,
+    commands, server headers) are null but in a few rows, and Arrow's string kernels cost per row, nulls
+    included, and per call (a regex is compiled for each): ~1.3 ms for an all-null column of 77k packets."""
+    key = "text:" + field
+    if key not in cache:  # (rows of the present values or None for all of them, the values, lowered)
+        arr = one_chunk(col)
+        if arr.null_count * 2 <= len(arr):
+            cache[key] = (None, arr, None)
+        else:
+            rows = np.flatnonzero(present(arr))
+            cache[key] = (rows, arr.take(pa.array(rows)), None)
+    rows, values, lowered = cache[key]
+    if not len(values):
+        return np.zeros(len(col), dtype=bool)
+    if modifier in ("equals", "in"):
+        if lowered is None:
+            lowered = pc.utf8_lower(values)
+            cache[key] = (rows, values, lowered)
+        values = lowered
+    found = true_mask(TEXT_KERNELS[modifier](values, v))
+    if rows is None:
+        return found
+    out = np.zeros(len(col), dtype=bool)
+    out[rows] = found
+    return out
 
 
 def address_halves(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
