@@ -93,6 +93,28 @@ def test_repeated_and_partly_redelivered_rows_are_stored_once(replayed: tuple[Pa
     assert not list(tmp_path.glob("archive/flows/*/*.tmp"))
 
 
+def test_a_batch_redelivered_after_later_ones_is_still_stored_once(replayed: tuple[Path, ReplaySummary],
+                                                                     tmp_path: Path) -> None:
+    """The check for stored flow ids reads only the files whose first_seen overlaps the batch's span (a flow
+    id is made from its start): an old batch delivered again after newer ones, and rows at the span's very
+    ends, are still found; new ids at the same times are not mistaken for them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flows = pq.read_table(replayed[0] / "flows.parquet").sort_by("first_seen")
+    third = flows.num_rows // 3
+    batches = [flows.slice(0, third), flows.slice(third, third), flows.slice(2 * third)]
+    store = open_store(tmp_path)
+    for b in batches:
+        assert store.write("flows", b) == b.num_rows
+    assert store.write("flows", batches[0]) == 0
+    ends = pa.concat_tables([batches[1].slice(0, 1), batches[1].slice(third - 1, 1)])  # its first and last start
+    assert store.write("flows", ends) == 0
+    fresh = batches[1].set_column(0, "flow_id", pc.add(batches[1]["flow_id"], 1 << 60))
+    assert store.write("flows", pa.concat_tables([batches[1], fresh])) == fresh.num_rows
+    assert store.search(Query("flows", limit=0)).total == flows.num_rows + fresh.num_rows
+
+
 def test_rows_of_a_day_in_several_runs_land_in_that_day(replayed: tuple[Path, ReplaySummary],
                                                            tmp_path: Path) -> None:
     """Rows in about time order (a day's rows in a few runs: cut without copying) and rows interleaved

@@ -51,6 +51,7 @@ class TableSpec:
     ip_columns: tuple[str, ...] = ()  # what an ``ip`` filter (address or CIDR) matches
     text_columns: tuple[str, ...] = ()  # what a ``text`` filter searches (case-insensitive substring)
     analyst_columns: tuple[str, ...] = ()  # set by analysts: a newer row replacing a stored one keeps them
+    id_fixes_time: bool = False  # the id is made from the time column's value: a stored duplicate has the same time
 
 
 ALERT_STATUSES = ("new", "acknowledged", "investigating", "resolved", "false_positive")
@@ -77,7 +78,7 @@ MESSAGE_ID = Field("message_id", pa.string(), "deterministic: hash of the messag
 
 TABLES: dict[str, TableSpec] = {
     "flows": TableSpec("flow_id", "first_seen", ip_columns=("src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"),
-                       text_columns=("server_name", "application_hint")),
+                       text_columns=("server_name", "application_hint"), id_fixes_time=True),
     "alerts": TableSpec("alert_id", "first_seen", ip_columns=("src_ip", "dst_ip", "tunnel_src_ip", "tunnel_dst_ip"),
                         text_columns=("signature", "category", "detail", "group")),
     "sessions": TableSpec("session_id", "first_seen", replace=True, ip_columns=("ue_ip", "gnb_ip", "upf_ip", "smf_ip",
@@ -95,7 +96,8 @@ TABLES: dict[str, TableSpec] = {
     "posture_changes": TableSpec("change_id", "ts", text_columns=("scope", "reason")),
     "trend": TableSpec("series", "bucket", replace=True, text_columns=("series",)),
     "trend_warnings": TableSpec("warning_id", "ts", text_columns=("series", "reason")),
-    **{f"proto_{name}": TableSpec("message_id", "ts", ip_columns=("src_ip", "dst_ip"), text_columns=("msg_name",))
+    **{f"proto_{name}": TableSpec("message_id", "ts", id_fixes_time=True, ip_columns=("src_ip", "dst_ip"),
+                                  text_columns=("msg_name",))
        for name in PROTO_SCHEMAS},
 }
 SCHEMAS: dict[str, pa.Schema] = {

@@ -399,14 +399,26 @@ class DuckStore(Store):
 
     def _stored_ids(self, con: duckdb.DuckDBPyConnection, name: str, table: pa.Table,
                     days: set[str]) -> pa.Array | None:
-        """Ids of ``table`` already stored (a row's id fixes its day, so only those days are read); None if none."""
-        key = TABLES[name].id_column
+        """Ids of ``table`` already stored (a row's id fixes its day, so only those days are read); None if none.
+
+        Where the id is made from the row's time (a flow's start, a message's time), only stored rows within
+        the batch's time span can repeat it: the Parquet statistics of the time column then leave out every
+        earlier file, so a batch is checked against the few files it overlaps rather than its whole day
+        (which grows all day long)."""
+        spec = TABLES[name]
+        key = spec.id_column
         files = [str(f) for day, fs in self._days(name).items() if day in days for f in fs]
         if not files:
             return None
+        span, bounds = "", []
+        if spec.id_fixes_time and not table[spec.time_column].null_count:
+            lo, hi = pc.min_max(table[spec.time_column].cast(pa.int64())).values()
+            if lo.is_valid:  # constants of the column's type: pushed down to the files' statistics
+                bound = "make_timestamp_ns(?)::TIMESTAMPTZ_NS"
+                span, bounds = f' WHERE "{spec.time_column}" BETWEEN {bound} AND {bound}', [lo.as_py(), hi.as_py()]
         con.register("batch_ids_", table.select([key]))
-        found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN {read_parquet_sql(files)} s '
-                        f'ON b."{key}" = s."{key}"').to_arrow_table()[key]
+        found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN (SELECT "{key}" FROM {read_parquet_sql(files)}'
+                        f'{span}) s ON b."{key}" = s."{key}"', params=bounds or None).to_arrow_table()[key]
         con.unregister("batch_ids_")
         return found.combine_chunks() if len(found) else None
 
