@@ -143,9 +143,11 @@ def replay(
             progress(summary, done, sum(sizes))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    notifier = None
     if notify is not None:
         from ingest.notify import Notifier
-    notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl") if notify is not None else None
+
+        notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl")
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
                   max_sessions=max_sessions,
