@@ -244,12 +244,12 @@ def _sensor(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> Retention | None:
+    if not args.retain:
+        return None
     from ingest.retention import Retention
     from sensors.capture.retain import RetentionPolicy
     from sensors.capture.seal import Keyring
 
-    if not args.retain:
-        return None
     if min(args.retain_gb, args.retain_file_mb, args.retain_file_s) <= 0 or args.retain_hours < 0:
         raise ValueError("--retain-gb, --retain-file-mb and --retain-file-s must be positive, --retain-hours >= 0")
     keyring = Keyring.load(args.evidence_keyring)
@@ -342,10 +342,10 @@ def _sensor_embedded(args: argparse.Namespace) -> int:
 
 def _notifier(args: argparse.Namespace, store: Any) -> Notifier | None:
     """A sensor's or worker's notifier: escalation asks the store whether analysts took incidents up."""
-    from ingest.notify import Notifier
-
     if not args.notify:
         return None
+    from ingest.notify import Notifier
+
     out = getattr(args, "out", None)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

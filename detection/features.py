@@ -61,14 +61,17 @@ def shannon_entropy(texts: pa.Array) -> pa.Array:
 
 
 def _dns(f: Callable[[pa.Array], pa.Array]) -> Callable[[pa.Table | pa.RecordBatch], pa.Array]:
-    return lambda table: _on_valid(f, _strings(table.column("dns_qname")))
+    return lambda table: on_valid(f, _strings(table.column("dns_qname")))
 
 
-def _on_valid(f: Callable[[pa.Array], pa.Array], values: pa.Array) -> pa.Array:
-    """``f`` of the non-null values only, null elsewhere: a packet batch has a name in a few rows of
-    thousands, and regular expressions and splits cost per row, null or not."""
+def on_valid(f: Callable[[pa.Array], pa.Array], values: pa.Array) -> pa.Array:
+    """``f`` of the non-null values only, null elsewhere: a packet batch has a name (a banner, a header) in a
+    few rows of thousands, and Arrow's string kernels cost per row, null or not, and per call (a regular
+    expression is compiled for each): ~1.3 ms for an all-null column of 77k packets."""
     if not values.null_count:
         return f(values)
+    if values.null_count == len(values):  # the usual case: none at all
+        return pa.nulls(len(values), f(values.slice(0, 0)).type)
     valid = present(values)
     rows = np.flatnonzero(valid)
     at = np.zeros(len(values), dtype=np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.features import feature_fields
+from detection.features import feature_fields, on_valid
 from detection.flows.keys import _ip as binary_ip_halves
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.model import Condition, Rule
@@ -304,31 +304,14 @@ TEXT_KERNELS: dict[str, Callable[[pa.Array, str], pa.Array]] = {
 
 
 def _text_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: str, cache: dict[str, Any], field: str) -> Mask:
-    """A text test on the column's present values only.  Most text columns of a packet batch (banners,
-    commands, server headers) are null but in a few rows, and Arrow's string kernels cost per row, nulls
-    included, and per call (a regex is compiled for each): ~1.3 ms for an all-null column of 77k packets."""
-    key = "text:" + field
-    if key not in cache:  # (rows of the present values or None for all of them, the values, lowered)
-        arr = one_chunk(col)
-        if arr.null_count * 2 <= len(arr):
-            cache[key] = (None, arr, None)
-        else:
-            rows = np.flatnonzero(present(arr))
-            cache[key] = (rows, arr.take(pa.array(rows)), None)
-    rows, values, lowered = cache[key]
-    if not len(values):
-        return np.zeros(len(col), dtype=bool)
+    """A text test on the column's present values only (see :func:`~detection.features.on_valid`)."""
+    values = one_chunk(col)
     if modifier in ("equals", "in"):
-        if lowered is None:
-            lowered = pc.utf8_lower(values)
-            cache[key] = (rows, values, lowered)
-        values = lowered
-    found = true_mask(TEXT_KERNELS[modifier](values, v))
-    if rows is None:
-        return found
-    out = np.zeros(len(col), dtype=bool)
-    out[rows] = found
-    return out
+        key = "lower:" + field
+        if key not in cache:
+            cache[key] = on_valid(pc.utf8_lower, values)
+        values = cache[key]
+    return true_mask(on_valid(lambda present_values: TEXT_KERNELS[modifier](present_values, v), values))
 
 
 def address_halves(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sensors.masks import one_chunk
+
 PACKED_SUFFIX = "__packed"
 #: rows of a batch looked at to decide whether a column's values repeat
 SAMPLE_ROWS = 4096
@@ -52,7 +54,7 @@ def packable(t: pa.DataType) -> bool:
 
 def pack(column: pa.ChunkedArray | pa.Array) -> pa.Array | None:
     """A list column as binary values of its items' bytes; None when an item is null (kept as a list then)."""
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    col = one_chunk(column)
     items = col.values
     if items.null_count:
         return None
@@ -70,7 +72,7 @@ def unpack(item_type: pa.DataType) -> Callable[[pa.Array | pa.ChunkedArray], pa.
     width = item_type.byte_width
 
     def unpacked(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        col = one_chunk(column)
         if not len(col):
             return pa.array([], pa.list_(item_type))
         offsets = np.frombuffer(col.buffers()[1], np.int32, len(col) + 1, col.offset * 4)
@@ -128,7 +130,8 @@ def write(table: pa.Table, path: Path, statistics: Collection[str], filtered: Co
 
 def _compresses(sample: pa.Array | pa.ChunkedArray) -> bool:
     """Whether LZ4 makes a plain column's values (a sample of them) markedly smaller."""
-    values = (sample.combine_chunks() if isinstance(sample, pa.ChunkedArray) else sample).buffers()[-1]
+    # a copy of the sample's values alone: a slice shares its column's whole buffer
+    values = pa.concat_arrays([one_chunk(sample)]).buffers()[-1]
     return values is not None and values.size > 0 and \
         len(pa.compress(values, "lz4", asbytes=True)) < COMPRESSED_RATIO * values.size
 

@@ -88,6 +88,9 @@ WRITER_WAITING = ".writer-waiting"  # a writer blocked by readers touches this; 
 #: tables kept only as Parquet (append-only: alerts change status, sessions and the inventory are replaced)
 PARQUET_TABLES = tuple(n for n, spec in TABLES.items() if not spec.replace and n != "alerts")
 DAY_NS = 86_400 * 10**9
+#: a nanosecond time parameter as a constant of the time columns' type: compared with one, a column's filter is
+#: pushed down to the Parquet statistics
+TIME_PARAM = "make_timestamp_ns(?)::TIMESTAMPTZ_NS"
 #: the rows of one write are split into about two files per thread, written in parallel, of at least this many
 #: rows (small files cost queries a footer each)
 MIN_FILE_ROWS = 65_536
@@ -413,9 +416,8 @@ class DuckStore(Store):
         span, bounds = "", []
         if spec.id_fixes_time and not table[spec.time_column].null_count:
             lo, hi = pc.min_max(table[spec.time_column].cast(pa.int64())).values()
-            if lo.is_valid:  # constants of the column's type: pushed down to the files' statistics
-                bound = "make_timestamp_ns(?)::TIMESTAMPTZ_NS"
-                span, bounds = f' WHERE "{spec.time_column}" BETWEEN {bound} AND {bound}', [lo.as_py(), hi.as_py()]
+            if lo.is_valid:
+                span, bounds = f' WHERE "{spec.time_column}" BETWEEN {TIME_PARAM} AND {TIME_PARAM}', [lo.as_py(), hi.as_py()]
         con.register("batch_ids_", table.select([key]))
         found = con.sql(f'SELECT b."{key}" FROM batch_ids_ b SEMI JOIN (SELECT "{key}" FROM {read_parquet_sql(files)}'
                         f'{span}) s ON b."{key}" = s."{key}"', params=bounds or None).to_arrow_table()[key]
@@ -575,8 +577,7 @@ class DuckStore(Store):
             params += [f"%{q.text}%"] * len(q.spec.text_columns)
         for bound, op in ((q.start, ">="), (q.end, "<")):
             if bound is not None:
-                # a comparison with a constant of the column's type: pushed down to Parquet row-group statistics
-                bound_sql = "make_timestamp_ns(?)" + ("" if q.table == "assets" else "::TIMESTAMPTZ_NS")
+                bound_sql = "make_timestamp_ns(?)" if q.table == "assets" else TIME_PARAM
                 parts.append(f't."{q.spec.time_column}" {op} {bound_sql}')
                 params.append(ns(bound))
         return " AND ".join(parts), params
