@@ -85,6 +85,7 @@ def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[s
     tools = {
         "liaowang (all bundled rules)": liaowang,
         "liaowang --no-rules": [*liaowang, "--no-rules"],
+        "liaowang --flows-only": [*liaowang, "--flows-only"],
         "liaowang --no-rules --processes 2": [*liaowang, "--no-rules", "--processes", "2"],
         "liaowang --no-rules --processes 1": [*liaowang, "--no-rules", "--processes", "1"],
         "nfstream 6.6 (flows + statistics)": [peers_python, "-c", NFSTREAM, str(capture)],

@@ -29,9 +29,14 @@ def _replay(args: argparse.Namespace) -> int:
     from ingest.notify import NotifyConfigError
     from ingest.replay import format_summary, progress_bar, replay
 
+    if args.flows_only:
+        extra = [f"--{name}" for name in ("rules", "model", "notify", "intel", "trend") if getattr(args, name)]
+        if extra:
+            print(f"liaowang: error: --flows-only runs no detection: drop {', '.join(extra)}", file=sys.stderr)
+            return 2
     try:
         detectors = None
-        overrides = _rule_overrides(args.store) if args.store else None
+        overrides = _rule_overrides(args.store) if args.store and not args.flows_only else None
         if args.model:
             detectors = default_detectors() + [AnomalyDetector(FlowAnomalyModel.load(Path(args.model)))]
         summary = replay(
@@ -44,12 +49,13 @@ def _replay(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
-            rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
+            rules=[] if args.no_rules or args.flows_only else ([Path(r) for r in args.rules] if args.rules else None),
             rule_overrides=overrides,
             detectors=detectors,
             notify=Path(args.notify) if args.notify else None,
             intel=Path(args.intel) if args.intel else None,
             trend=Path(args.trend) if args.trend else None,
+            flows_only=args.flows_only,
         )
     except (CaptureError, RuleError, ModelError, NotifyConfigError, IntelConfigError, TrendConfigError) as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
@@ -252,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1 + cores, at most 3)")
     p.add_argument("--rules", action="append", metavar="PATH",
                    help="rule file or directory (repeatable; default: the bundled rules/)")
-    p.add_argument("--no-rules", action="store_true", help="flows only, no detection")
+    p.add_argument("--no-rules", action="store_true", help="no detection (flows, signalling tables and sessions)")
+    p.add_argument("--flows-only", action="store_true",
+                   help="a flow meter, like nfstream: flows.parquet and eve.json alone; no detection, signalling "
+                        "messages, sessions or posture (the fastest replay)")
     p.add_argument("--model", metavar="FILE", help="also score flows with an anomaly model (liaowang train)")
     p.add_argument("--notify", metavar="FILE", help="notification settings (YAML, docs/notifications.md): send "
                                                     "alerts and incidents to webhooks, group robots, syslog, email")

@@ -30,6 +30,7 @@ merged stage-3 input is identical to replay's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ from ingest.privacy import Pseudonymizer
 from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
+from sensors.decode import decode
 from sensors.schema import empty_table
 
 if TYPE_CHECKING:  # only a live capture keeps packets: its cipher library need not load for a replay
@@ -173,7 +175,7 @@ def rules_fingerprint(engine: DetectionEngine) -> str:
 
 def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
                  processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
-                 in_flight: int | None = None, retention: Retention | None = None
+                 in_flight: int | None = None, retention: Retention | None = None, flows_only: bool = False
                  ) -> Iterator[tuple[Part, BatchStats]]:
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
@@ -182,6 +184,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
     Batches are named in sensor_stats by ``source.label`` (the file, or the
     interface).  ``in_flight``: batches a live capture may have waiting for decoders.
     ``retention``: keeps every frame (in the decoders), for the console's flow downloads.
+    ``flows_only``: a flow meter's decoding (see :class:`FlowsOnlyStage`): no payload inspection or
+    signalling messages.
     """
     damages = [] if damages is None else damages
 
@@ -193,15 +197,17 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
             out["hits"] = engine.packet_hits(packets)
         if engine.has_packet_detectors:
             out["rows"] = engine.packet_rows(packets)
-        out.update(decode_messages(packets, pseudonyms))
+        if not flows_only:
+            out.update(decode_messages(packets, pseudonyms))
         return out
 
     processes = default_processes() if processes is None else processes
+    decoder = functools.partial(decode, inspect_payloads=False) if flows_only else decode
     if processes >= 2 and can_fork():
         batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
-                                        keep=retention)
+                                        keep=retention, decoder=decoder)
     else:
-        batches = packet_batches(source, damages, stage, keep=retention)
+        batches = packet_batches(source, damages, stage, keep=retention, decoder=decoder)
     evidence = retention.directory if retention is not None else None
     sbi = SbiStage(pseudonyms)
     file_index = 0
@@ -401,6 +407,18 @@ class DetectStage:
                        warnings=warnings, posture=posture, posture_changes=changes,
                        trend=_latest(pa.concat_tables([t[0] for t in trend]), "series"),
                        trend_warnings=pa.concat_tables([t[1] for t in trend]))
+
+
+class FlowsOnlyStage:
+    """Stage 3 of a flow meter (``liaowang replay --flows-only``): the ended flows, in the order
+    :class:`DetectStage` gives them, with their plane; no detection, sessions or posture."""
+
+    def update(self, parts: list[FlowPart]) -> Results:
+        flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
+        if any(p.restart for p in parts):  # the old timeline's flows first, as DetectStage hands them out
+            ended = pc.equal(flows.column("expiration_reason"), "end_of_input")
+            flows = pa.concat_tables([flows.filter(ended), flows.filter(pc.invert(ended))])
+        return Results(flows=with_planes(flows), batch=next((p.batch for p in parts if p.batch is not None), None))
 
 
 def _latest(table: pa.Table, key: str) -> pa.Table:

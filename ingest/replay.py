@@ -30,7 +30,17 @@ from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import MAX_SESSIONS
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
-from ingest.pipeline import BatchInfo, DetectStage, FlowStage, Part, Results, build_engine, sensor_parts, starts_new_timeline
+from ingest.pipeline import (
+    BatchInfo,
+    DetectStage,
+    FlowsOnlyStage,
+    FlowStage,
+    Part,
+    Results,
+    build_engine,
+    sensor_parts,
+    starts_new_timeline,
+)
 from ingest.privacy import Pseudonymizer
 from ingest.results import ControlSnapshots, PendingWrites
 from ingest.sinks import EveSink, ParquetSink
@@ -56,6 +66,8 @@ class ReplaySummary:
     damages: list[Damage] = field(default_factory=list)
     batches: list[BatchInfo] = field(default_factory=list)  # for sensor_stats
     live: bool = False
+    #: False for a flow meter (``--flows-only``): no alerts were looked for
+    detection: bool = True
     #: incidents per level
     incidents: collections.Counter[str] = field(default_factory=collections.Counter)
     #: what the state limits dropped: flows evicted from the table, and engine.shed()
@@ -93,9 +105,9 @@ class ReplaySummary:
                         **({"kernel_drops": self.traffic.dropped} if self.live else {})},
             "decoder": {"errors": self.decode_errors, "protocols": self.protocols, "tunnels": self.tunnels},
             "flow": {"total": self.flows, "evicted": self.shed.get("flows", 0)},
-            "detect": {"alerts": self.alerts, "levels": dict(self.alert_levels),
-                       "shed": {k: v for k, v in self.shed.items() if k not in ("flows", "sessions")},
-                       "sessions_evicted": self.shed.get("sessions", 0)},
+            **({"detect": {"alerts": self.alerts, "levels": dict(self.alert_levels),
+                           "shed": {k: v for k, v in self.shed.items() if k not in ("flows", "sessions")},
+                           "sessions_evicted": self.shed.get("sessions", 0)}} if self.detection else {}),
             "damage": [{"file": d.path, "offset": d.offset, "reason": d.reason} for d in self.damages],
             "uptime_s": round(self.seconds, 3),
         }
@@ -118,6 +130,7 @@ def replay(
     notify: Path | None = None,
     intel: Path | None = None,
     trend: Path | None = None,
+    flows_only: bool = False,
 ) -> ReplaySummary:
     """Run the embedded pipeline; raises CaptureError or RuleError before writing anything if an input is unusable.
 
@@ -127,14 +140,19 @@ def replay(
     ``notify``: a notification settings file (``ingest/notify``): alerts and incidents go out as they are found.
     ``intel``: a threat-intelligence configuration (``detection/intel``): its feeds' indicators are matched.
     ``trend``: trend-forecast settings and thresholds (``detection/trend.py``); None for ``rules/forecast/trend.yml``.
+    ``flows_only``: a flow meter, like nfstream: ``flows.parquet`` and ``eve.json`` alone (the options above that
+    configure detection, notification or trends must be left unset).
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
     flows; the output is identical either way.
     """
     files = order_by_time(expand_inputs(inputs))
-    trend_config = TrendConfig.load(trend)
-    engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s, intel)
+    if flows_only and (rules or rule_overrides or detectors or notify or intel or trend):
+        raise ValueError("a flows-only replay runs no detection: no rules, detectors, notifications, intel or trends")
+    trend_config = None if flows_only else TrendConfig.load(trend)
+    engine = build_engine([] if flows_only else rules, rule_overrides, detectors, None, idle_timeout_s,
+                          active_timeout_s, intel)
     sizes = [Path(f).stat().st_size for f in files]
 
     def on_batch(summary: ReplaySummary, stats: BatchStats) -> None:
@@ -151,8 +169,7 @@ def replay(
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
                   max_sessions=max_sessions,
-                  notifier=notifier, trend=trend_config)
-    summary.files = len(files)
+                  notifier=notifier, trend=trend_config, flows_only=flows_only)
     return summary
 
 
@@ -161,7 +178,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
         sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
         max_flows: int = MAX_FLOWS, max_sessions: int = MAX_SESSIONS, notifier: Notifier | None = None,
-        trend: TrendConfig | None = None) -> ReplaySummary:
+        trend: TrendConfig | None = None, flows_only: bool = False) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
@@ -170,17 +187,21 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     ``notifier``: is offered every batch's alerts and incidents; its record of what it sent goes to the store
     as it comes and to ``notifications.parquet`` at the end.
     ``trend``: trend-forecast settings; None for ``rules/forecast/trend.yml``.
+    ``flows_only``: a flow meter: ``flows.parquet`` and ``eve.json`` (flow and stats events) alone, no signalling
+    messages, sessions, detection or posture (``engine``'s packet rules would run for nothing: give it none).
     """
+    if flows_only and (store is not None or notifier is not None):
+        raise ValueError("flows_only: no notifier or store (a flow meter writes its two files)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = ReplaySummary()
+    summary = ReplaySummary(files=len(source.files) if isinstance(source, CaptureFiles) else 0, detection=not flows_only)
     started = time.perf_counter()
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
-    alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
+    alert_sink = None if flows_only else ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
-    control = ControlPlane(out_dir, max_sessions)
+    control = None if flows_only else ControlPlane(out_dir, max_sessions)
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
-    detect = DetectStage(engine, control, trend)
+    detect = FlowsOnlyStage() if control is None else DetectStage(engine, control, trend)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
@@ -223,11 +244,12 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
         if alerts.num_rows:
+            assert alert_sink is not None  # a flow meter finds none
             summary.alerts += alerts.num_rows
             summary.alert_levels.update(alerts.column("level").to_pylist())
             pending.append(writers[0].submit(alert_sink.write, alerts))
             pending.append(writers[1].submit(eve.write_alerts, alerts))
-        if store is None:
+        if store is None or control is None:
             return
         to_store.add_results(sensor, results, snapshots.due(control, final))
         if notifier is not None:
@@ -248,7 +270,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,
-                         damages=summary.damages, in_flight=in_flight, retention=retention)
+                         damages=summary.damages, in_flight=in_flight, retention=retention, flows_only=flows_only)
     for part, stats in parts:
         seq = part.seq + 1
         summary.traffic.add(stats)
@@ -270,7 +292,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             store.write("notifications", notifier.drain())
         summary.notifications = collections.Counter(notifier.table().column("status").to_pylist())
     summary.flows = flow_stage.flows.flows_exported
-    summary.shed = {"flows": flow_stage.flows.flows_evicted, "sessions": control.sessions.evicted, **engine.shed()}
+    summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
+    if control is not None:
+        summary.shed["sessions"] = control.sessions.evicted
     summary.incidents = collections.Counter(t.column("level")[0].as_py() for t in incidents.values())
     summary.live = source.live
     summary.seconds = time.perf_counter() - started
@@ -283,10 +307,13 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     # the sinks still hold up to a row group each: finish them side by side, on the three writer threads
     def finish_parquet() -> None:
         flow_sink.close()
-        alert_sink.close()
+        if alert_sink is not None:
+            alert_sink.close()
 
     def finish_tables() -> None:
         finish_eve()
+        if flows_only:
+            return
         rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
         if notifier is not None:
@@ -303,7 +330,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         pq.write_table(pa.concat_tables(trend_warnings) if trend_warnings else TREND_WARNING_SCHEMA.empty_table(),
                        out_dir / "trend_warnings.parquet")
 
-    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_tables), writers[2].submit(control.close)]
+    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_tables)]
+    if control is not None:
+        closing.append(writers[2].submit(control.close))
     for f in closing:
         f.result()
     for w in writers:
@@ -334,8 +363,8 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         *([("kernel drops", f"{s.traffic.dropped:,}")] if s.live else []),
         ("bytes", f"{s.bytes:,}"),
         ("flows", f"{s.flows:,}"),
-        ("alerts", f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"
-                                      if s.alerts else "")),
+        ("alerts", (f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"
+                                       if s.alerts else "")) if s.detection else "none looked for (flows only)"),
         *([("incidents", f"{sum(s.incidents.values()):,} (" + ", ".join(
             f"{k} {v}" for k, v in sorted(s.incidents.items(), key=lambda kv: [name for _, name in LEVELS].index(kv[0]))) + ")")]
           if s.incidents else []),

@@ -37,6 +37,8 @@ MAX_IN_FLIGHT = 3
 SHM_DIR = "/dev/shm"
 #: a stateless stage after decoding: packets -> named output tables (e.g. flow keys and rule hits)
 Transform = Callable[[pa.RecordBatch], dict[str, pa.RecordBatch]]
+#: frames -> packet batch: :func:`sensors.decode.decode`, or a partial of it with its options
+Decoder = Callable[[FrameBatch], pa.RecordBatch]
 Outputs = dict[str, pa.RecordBatch]
 
 
@@ -104,12 +106,13 @@ def _stage(packets: pa.RecordBatch, transform: Transform | None) -> Outputs:
 
 def packet_batches(
     source: FrameSource, damages: list[Damage], transform: Transform | None = None, keep: FrameSink | None = None,
+    decoder: Decoder = decode,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """Read, decode and ``transform`` in this process (without a transform: ``{"packets": batch}``);
     ``keep`` gets every batch's frames."""
     try:
         for frames, _ in source.batches(damages):
-            packets = decode(frames)
+            packets = decoder(frames)
             if keep is not None:
                 keep.write(frames, packets)
             yield _stage(packets, transform), BatchStats.of(packets, frames)
@@ -129,7 +132,7 @@ def default_processes() -> int:
 
 def packet_batches_forked(
     source: FrameSource, damages: list[Damage], transform: Transform | None = None,
-    decoders: int = 1, in_flight: int | None = None, keep: FrameSink | None = None,
+    decoders: int = 1, in_flight: int | None = None, keep: FrameSink | None = None, decoder: Decoder = decode,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring).
 
@@ -148,10 +151,11 @@ def packet_batches_forked(
     reader_rx, reader_tx = ctx.Pipe(duplex=False)
     requests = [ctx.Pipe(duplex=False) for _ in range(helpers)]
     results = [ctx.Pipe(duplex=False) for _ in range(helpers)]
-    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir, keep), daemon=True)
+    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir, keep, decoder),
+                         daemon=True)
              for (req_rx, _), (_, res_tx) in zip(requests, results)]
     procs.append(ctx.Process(target=_reader_main, daemon=True, args=(
-        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir, keep)))
+        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir, keep, decoder)))
     for p in procs:
         p.start()
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
@@ -205,8 +209,8 @@ def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
     return paths
 
 
-def _reader_main(source: FrameSource, transform: Transform | None, out: Connection,
-                 helpers: list[Connection], slots: Semaphore, workdir: str, keep: FrameSink | None) -> None:
+def _reader_main(source: FrameSource, transform: Transform | None, out: Connection, helpers: list[Connection],
+                 slots: Semaphore, workdir: str, keep: FrameSink | None, decoder: Decoder) -> None:
     """Reads every batch, decodes every other one itself and hands the rest to helpers, in turn.
 
     A helper gets a batch's frame index, not its bytes: it maps the same file.
@@ -227,7 +231,7 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
                 helpers[turn].send((n, ref))
                 out.send(("helper", turn))
             else:
-                packets = decode(frames)
+                packets = decoder(frames)
                 if keep is not None:
                     keep.write(frames, packets)
                 out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
@@ -246,14 +250,14 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
 
 
 def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str,
-                 keep: FrameSink | None) -> None:
+                 keep: FrameSink | None, decoder: Decoder) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         mapper = FrameMapper()
         while (request := requests.recv()) is not None:
             n, ref = request
             frames = mapper.attach(ref)
-            packets = decode(frames)
+            packets = decoder(frames)
             if keep is not None:
                 keep.write(frames, packets)
             out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),

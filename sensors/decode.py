@@ -59,8 +59,13 @@ LAYER_COLUMNS = (
 )
 
 
-def decode(frames: FrameBatch) -> pa.RecordBatch:
-    """Decode one chunk of frames into a packet batch (``sensors.schema.PACKET_SCHEMA``)."""
+def decode(frames: FrameBatch, inspect_payloads: bool = True) -> pa.RecordBatch:
+    """Decode one chunk of frames into a packet batch (``sensors.schema.PACKET_SCHEMA``).
+
+    ``inspect_payloads``: False for a flow meter, which needs the headers and application hints alone: no
+    sensitive-data scan (``pii_*``), TLS fingerprints (``tls_ja3``/``tls_ja4``) or signalling payloads
+    (``cp_payload``/``cp_more``) for the message dissectors; those columns stay null.
+    """
     pk = Packets(frames)
     rows, off, etype = link.dissect_frames(pk)
     depth = np.zeros(pk.n, dtype=np.uint8)
@@ -77,7 +82,7 @@ def decode(frames: FrameBatch) -> pa.RecordBatch:
             break
     if depth.any():
         pk.put("tunnel_depth", np.flatnonzero(depth), depth[depth > 0])
-    _applications(pk)
+    _applications(pk, inspect_payloads)
     return pk.to_arrow()
 
 
@@ -177,7 +182,7 @@ def _decapsulate(pk: Packets, found: Tunnels, depth: np.ndarray) -> link.Layer:
     )
 
 
-def _applications(pk: Packets) -> None:
+def _applications(pk: Packets, inspect_payloads: bool = True) -> None:
     """Control-plane headers and application hints on the innermost transport payload."""
     if "ip_proto" not in pk.values:
         return
@@ -196,7 +201,7 @@ def _applications(pk: Packets) -> None:
         dns.dissect(pk, tcp_rows)
         # the first payload byte, read once, picks the candidates of each text/TLS dissector
         first = pk.u8(pk.pl_off[tcp_rows])
-        tls.dissect(pk, tcp_rows[first == tls.HANDSHAKE])
+        tls.dissect(pk, tcp_rows[first == tls.HANDSHAKE], fingerprints=inspect_payloads)
         http.dissect(pk, tcp_rows[http.FIRST_BYTES[first]])
         ssh.dissect(pk, tcp_rows[first == ord("S")])
         modbus.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
@@ -204,10 +209,13 @@ def _applications(pk: Packets) -> None:
         login.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         dnp3.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         s7comm.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
-        pii.dissect(pk, tcp_rows)
+        if inspect_payloads:
+            pii.dissect(pk, tcp_rows)
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):
         http2.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
+    if not inspect_payloads:
+        return
     cp = np.flatnonzero(has_payload & pk.valid.get("app_proto", np.zeros(pk.n, dtype=bool)))
     cp = cp[one_of(pk.values["app_proto"][cp], CONTROL_PLANE)] if len(cp) else cp
     if len(cp):

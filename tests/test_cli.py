@@ -83,3 +83,35 @@ def test_schema_document_is_current() -> None:
     from ingest.schemadoc import main as schemadoc
 
     assert schemadoc(["--check"]) == 0, "docs/schemas.md is out of date: run python -m ingest.schemadoc"
+
+
+def test_flows_only_replay_is_a_flow_meter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--flows-only` writes the flows and their EVE events alone, the same flows as a replay without rules,
+    less the session each GTP-U flow belongs to (the session table is not kept)."""
+    meter, full = tmp_path / "meter", tmp_path / "full"
+    assert main(["replay", str(PCAPS), "--out", str(meter), "--flows-only"]) == 0
+    assert "none looked for (flows only)" in capsys.readouterr().out
+    assert main(["replay", str(PCAPS), "--out", str(full), "--no-rules", "-q"]) == 0
+    # and the deployment's pseudonym key (.pseudonym.key): names in flows are scrubbed as in every replay
+    assert sorted(p.name for p in meter.iterdir() if not p.name.startswith(".")) == ["eve.json", "flows.parquet"]
+    assert (full / "sessions.parquet").exists() and (full / "proto_pfcp.parquet").exists()
+    flows, reference = pq.read_table(meter / "flows.parquet"), pq.read_table(full / "flows.parquet")
+    assert flows.num_rows == reference.num_rows > 1000
+    assert flows.drop_columns(["session_id", "plane"]).equals(reference.drop_columns(["session_id", "plane"]))
+    assert flows.column("session_id").null_count == flows.num_rows
+    attributed = reference.column("session_id").is_valid().to_pylist()
+    assert any(attributed)  # the bundled 5G captures have sessions, so the comparison means something
+    planes = zip(flows.column("plane").to_pylist(), reference.column("plane").to_pylist(), attributed)
+    assert all(mine == theirs or (session and theirs == "N6") for mine, theirs, session in planes)
+    events = [json.loads(line) for line in (meter / "eve.json").read_text().splitlines()]
+    assert [e["event_type"] for e in events].count("flow") == flows.num_rows
+    assert events[-1]["event_type"] == "stats" and "detect" not in events[-1]["stats"]
+    assert events[-1]["stats"]["capture"]["files"] == len(list(PCAPS.glob("*.pcap*")))
+
+
+def test_flows_only_refuses_detection_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(PCAPS / "arkime_gtp-u.pcap"), "--out", str(tmp_path), "--flows-only",
+                 "--rules", "rules"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--flows-only runs no detection: drop --rules" in err
+    assert not any(tmp_path.iterdir())

@@ -169,3 +169,24 @@ def test_masks_read_from_buffers_agree_with_pyarrow() -> None:
               pc.extract_regex(pa.array(["GET /x", "no", None] * 30), r"^(?P<m>[A-Z]+) "), *bools]
     for arr in others:
         assert present(arr).tolist() == arr.is_valid().to_pylist()
+
+
+def test_a_flow_meter_decode_skips_payload_inspection_only() -> None:
+    """decode(inspect_payloads=False), as ``replay --flows-only`` decodes: the columns of the sensitive-data scan,
+    TLS fingerprints and signalling payloads stay null, every other column is the same."""
+    from sensors.capture.source import read_frames
+    from sensors.decode import decode
+
+    skipped = {"tls_ja3", "tls_ja4", "cp_payload", "cp_more", "pii_kinds", "pii_masked"}
+    seen: set[str] = set()
+    for name in ("5greplay_oai.pcap", "5greplay_ue_authetication.pcapng", "zeek_tls_tls1.2.pcap"):
+        for frames in read_frames(str(PCAPS / name)):
+            full, meter = decode(frames), decode(frames, inspect_payloads=False)
+            assert full.schema == meter.schema
+            for column in full.column_names:
+                if column in skipped:
+                    assert meter.column(column).null_count == meter.num_rows, column
+                    seen |= {column} if full.column(column).null_count < full.num_rows else set()
+                else:
+                    assert meter.column(column).equals(full.column(column)), (name, column)
+    assert seen == skipped  # each skipped column has values in a full decode of these captures
