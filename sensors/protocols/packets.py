@@ -360,11 +360,15 @@ def _gather_bytes(buf: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.nd
     return out
 
 
+#: the decimal text of each octet value: taking from it is ~3x faster than casting the integers to text
+_OCTET_TEXT = pa.array([str(i) for i in range(256)], pa.string())
+
+
 def ip_strings(addr: np.ndarray) -> pa.Array:
     """(n, 2) uint64 address halves -> text (dotted quad for IPv4-mapped, RFC 5952 for IPv6)."""
     is_v4 = (addr[:, 0] == 0) & ((addr[:, 1] >> np.uint64(32)) == np.uint64(0xFFFF))
-    v4 = (addr[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    octets = [pa.array((v4 >> s) & 0xFF).cast(pa.string()) for s in (24, 16, 8, 0)]
+    v4 = addr[:, 1].astype(np.uint32)  # the low 32 bits
+    octets = [_OCTET_TEXT.take(pa.array((v4 >> s).astype(np.uint8))) for s in (24, 16, 8, 0)]
     text = pc.binary_join_element_wise(*octets, ".")
     v6 = np.flatnonzero(~is_v4 & ((addr[:, 0] != 0) | (addr[:, 1] != 0)))
     if len(v6):  # rare in flows: formatted one by one
