@@ -32,6 +32,11 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     rows, off, end = rows[ok], off[ok], end[ok]
     preface = (end - off >= PREFACE_LEN) & (pk.u64(off) == PREFACE_WORD)
     frame = np.where(preface, off + PREFACE_LEN, off)
+    # most segments fail at the first word (length's top byte 0, then a length and a type in range): only
+    # those that pass it get the full check
+    w0 = pk.u32(frame)
+    maybe = preface | ((w0 < (MAX_FRAME + 1) << 8) & ((w0 & 0xFF) <= 9))
+    rows, off, end, preface, frame = rows[maybe], off[maybe], end[maybe], preface[maybe], frame[maybe]
     first_ok, ftype, sid = _frame_ok(pk, frame)
     at_end = preface & (frame == end)  # preface alone
     good = at_end | (first_ok & (frame + 9 <= end))
