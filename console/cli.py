@@ -49,7 +49,7 @@ def _replay(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             progress=None if args.quiet else progress_bar(),
             processes=args.processes,
-            rules=[] if args.no_rules or args.flows_only else ([Path(r) for r in args.rules] if args.rules else None),
+            rules=[] if args.no_rules else ([Path(r) for r in args.rules] if args.rules else None),
             rule_overrides=overrides,
             detectors=detectors,
             notify=Path(args.notify) if args.notify else None,

@@ -349,7 +349,7 @@ class DetectStage:
     def update(self, parts: list[FlowPart]) -> Results:
         """The parts of one batch (any subset of partitions: a part that never came is empty)."""
         self.seq = max(p.seq for p in parts)
-        flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
+        old_flows, flows = _ended_flows(parts)
         protos = _merge_messages([p.protos for p in parts])
         batch = next((p.batch for p in parts if p.batch is not None), None)
         hits = next((p.hits for p in parts if p.hits is not None), None)
@@ -360,10 +360,8 @@ class DetectStage:
         old_incidents = empty_table(INCIDENT_SCHEMA)
         old_posture = (empty_table(POSTURE_SCHEMA), empty_table(POSTURE_CHANGE_SCHEMA))
         old_trend = (empty_table(TREND_SCHEMA), empty_table(TREND_WARNING_SCHEMA))
-        old_flows = None
-        if any(p.restart for p in parts):  # a new timeline (an unrelated capture): the old one's flows, alerts
-            ended = pc.equal(flows.column("expiration_reason"), "end_of_input")  # and incidents close first
-            old_flows, flows = flows.filter(ended), flows.filter(pc.invert(ended))
+        # a new timeline (an unrelated capture): the old one's flows, alerts and incidents close first
+        if old_flows is not None:
             old_flows, found = self.control.sessions.attribute(old_flows)
             found = pa.concat_tables([found, self.control.sessions.silent(None, 0, final=True)])
             old_flows = with_planes(old_flows)
@@ -414,11 +412,20 @@ class FlowsOnlyStage:
     :class:`DetectStage` gives them, with their plane; no detection, sessions or posture."""
 
     def update(self, parts: list[FlowPart]) -> Results:
-        flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
-        if any(p.restart for p in parts):  # the old timeline's flows first, as DetectStage hands them out
-            ended = pc.equal(flows.column("expiration_reason"), "end_of_input")
-            flows = pa.concat_tables([flows.filter(ended), flows.filter(pc.invert(ended))])
+        old_flows, flows = _ended_flows(parts)
+        if old_flows is not None:  # the old timeline's flows first, as DetectStage hands them out
+            flows = pa.concat_tables([old_flows, flows])
         return Results(flows=with_planes(flows), batch=next((p.batch for p in parts if p.batch is not None), None))
+
+
+def _ended_flows(parts: list[FlowPart]) -> tuple[pa.Table | None, pa.Table]:
+    """The flows a batch's parts ended, in canonical order: (those of the timeline that closed, if a part
+    starts a new one; the rest)."""
+    flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
+    if not any(p.restart for p in parts):
+        return None, flows
+    ended = pc.equal(flows.column("expiration_reason"), "end_of_input")
+    return flows.filter(ended), flows.filter(pc.invert(ended))
 
 
 def _latest(table: pa.Table, key: str) -> pa.Table:
