@@ -8,12 +8,13 @@ vectorized, and only for the columns some loaded rule reads.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sensors.masks import present
+from sensors.masks import one_chunk, present, true_mask
 from sensors.schema import Field
 
 # a registered domain: the last two labels, or three under common second-level
@@ -21,10 +22,6 @@ from sensors.schema import Field
 # label is letters (or punycode): dnscat2's direct mode ends in hex, not a TLD
 TLD = r"(?:[a-z]{2,24}|xn--[a-z0-9-]{1,59})"
 REGISTERED_DOMAIN = rf"(?P<d>[^.]+\.(?:(?:com|net|org|gov|edu|ac|co|gob|mil)\.[a-z]{{2}}|{TLD}))\.?$"
-
-
-def _strings(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def registered_domain(names: pa.Array) -> pa.Array:
@@ -60,27 +57,66 @@ def shannon_entropy(texts: pa.Array) -> pa.Array:
     return pa.array(entropy, mask=~present(texts))
 
 
-def _dns(f: Callable[[pa.Array], pa.Array]) -> Callable[[pa.Table | pa.RecordBatch], pa.Array]:
-    return lambda table: on_valid(f, _strings(table.column("dns_qname")))
+def _dns(f: Callable[[pa.Array], pa.Array]) -> Callable[[pa.Table | pa.RecordBatch, dict[str, Any]], pa.Array]:
+    def compute(table: pa.Table | pa.RecordBatch, cache: dict[str, Any]) -> pa.Array:
+        values = PresentValues.of(table.column("dns_qname"), "dns_qname", cache)
+        return values.scatter(f(values.values))
+    return compute
 
 
-def on_valid(f: Callable[[pa.Array], pa.Array], values: pa.Array) -> pa.Array:
-    """``f`` of the non-null values only, null elsewhere: a packet batch has a name (a banner, a header) in a
-    few rows of thousands, and Arrow's string kernels cost per row, null or not, and per call (a regular
-    expression is compiled for each): ~1.3 ms for an all-null column of 77k packets."""
-    if not values.null_count:
-        return f(values)
-    if values.null_count == len(values):  # the usual case: none at all
-        return pa.nulls(len(values), f(values.slice(0, 0)).type)
-    valid = present(values)
-    rows = np.flatnonzero(valid)
-    at = np.zeros(len(values), dtype=np.int64)
-    at[rows] = np.arange(len(rows))
-    return f(values.take(pa.array(rows))).take(pa.array(at, mask=~valid))
+class PresentValues:
+    """A column's non-null values and their rows.
+
+    A packet batch has a name (a query, a banner, a header) in a few rows of
+    thousands, and Arrow's string kernels cost per row, null or not, and per
+    call (a regular expression is compiled for each): ~1.3 ms for an all-null
+    column of 77k packets.  So tests and features run on these values alone,
+    taken once per column and batch (``cache``), and their results go back to
+    the batch's rows.
+    """
+
+    def __init__(self, column: pa.Array | pa.ChunkedArray) -> None:
+        column = one_chunk(column)
+        self.n = len(column)
+        self.rows: np.ndarray | None = None  # None: every row has a value
+        self.values = column
+        if column.null_count:
+            self.rows = np.flatnonzero(present(column))
+            self.values = column.take(pa.array(self.rows)) if len(self.rows) else column.slice(0, 0)
+
+    @classmethod
+    def of(cls, column: pa.Array | pa.ChunkedArray, name: str, cache: dict[str, Any]) -> PresentValues:
+        """Column ``name``'s, made once per table: ``cache`` is the table's."""
+        key = "present:" + name
+        if key not in cache:
+            cache[key] = cls(column)
+        found: PresentValues = cache[key]
+        return found
+
+    def mask(self, test: pa.Array) -> np.ndarray:
+        """A boolean result on the values -> a mask over the rows (False where the column is null)."""
+        hit = true_mask(test)
+        if self.rows is None:
+            return hit
+        out = np.zeros(self.n, dtype=bool)
+        out[self.rows] = hit
+        return out
+
+    def scatter(self, result: pa.Array) -> pa.Array:
+        """A result on the values -> one over the rows (null where the column is null)."""
+        if self.rows is None:
+            return result
+        if not len(self.rows):
+            return pa.nulls(self.n, result.type)
+        at = np.zeros(self.n, dtype=np.int64)
+        at[self.rows] = np.arange(len(self.rows))
+        null = np.ones(self.n, dtype=bool)
+        null[self.rows] = False
+        return result.take(pa.array(at, mask=null))
 
 
 #: name -> (doc, type, compute); packet-source features
-PACKET_FEATURES: dict[str, tuple[Field, Callable[[pa.Table | pa.RecordBatch], pa.Array]]] = {
+PACKET_FEATURES: dict[str, tuple[Field, Callable[[pa.Table | pa.RecordBatch, dict[str, Any]], pa.Array]]] = {
     "dns_registered_domain": (Field("dns_registered_domain", pa.string(),
                                     "registered domain of dns_qname (example.com, example.com.cn), lower case"),
                               _dns(registered_domain)),
@@ -102,10 +138,12 @@ def feature_fields(source: str) -> list[Field]:
     return [f for f, _ in FEATURES[source].values()]
 
 
-def with_features(table: pa.Table | pa.RecordBatch, source: str, names: list[str]) -> pa.Table | pa.RecordBatch:
-    """``table`` plus the derived columns ``names`` (those it lacks)."""
+def with_features(table: pa.Table | pa.RecordBatch, source: str, names: list[str],
+                  cache: dict[str, Any] | None = None) -> pa.Table | pa.RecordBatch:
+    """``table`` plus the derived columns ``names`` (those it lacks); ``cache``: see :meth:`PresentValues.of`."""
+    cache = {} if cache is None else cache
     for name in names:
         if name in FEATURES[source] and name not in table.column_names:
             field, compute = FEATURES[source][name]
-            table = table.append_column(pa.field(name, field.type), compute(table).cast(field.type))
+            table = table.append_column(pa.field(name, field.type), compute(table, cache).cast(field.type))
     return table

@@ -311,6 +311,24 @@ def test_text_modifiers_match_as_python_does_on_dense_and_sparse_columns(tmp_pat
         assert (compiled.matches(table, shared) == want).all() and (compiled.matches(table, shared) == want).all()
 
 
+@pytest.mark.parametrize("present_every", [1, 53, 0])  # dense, null but in a few rows, all null
+def test_dns_features_of_sparse_names_are_those_of_each_name(present_every: int) -> None:
+    from detection.features import FEATURES, with_features
+
+    names = ["a.example.com", "x7f3k2q9z1.tunnel.example.com.cn", "WWW.Example.CO.UK.", "deadbeef.cafe01"]
+    values = [names[i % len(names)] if present_every and i % present_every == 0 else None for i in range(3000)]
+    table = pa.table({"dns_qname": pa.array(values, pa.string())})
+    wanted = list(FEATURES["packets"])
+    got = with_features(table, "packets", wanted)
+    alone = {name: with_features(pa.table({"dns_qname": pa.array(names)}), "packets", wanted).column(name).to_pylist()
+             for name in wanted}
+    for name in wanted:
+        expected = [None if v is None else alone[name][names.index(v)] for v in values]
+        assert got.column(name).to_pylist() == expected, name
+        assert got.schema.field(name).type == FEATURES["packets"][name][0].type
+    assert alone["dns_registered_domain"] == ["example.com", "example.com.cn", "example.co.uk", ""]
+
+
 def test_bad_rule_file_is_one_error_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text(RULE.replace("condition: sel", "condition: sel or"))

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.features import feature_fields, on_valid
+from detection.features import PresentValues, feature_fields
 from detection.flows.keys import _ip as binary_ip_halves
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.model import Condition, Rule
@@ -304,14 +304,15 @@ TEXT_KERNELS: dict[str, Callable[[pa.Array, str], pa.Array]] = {
 
 
 def _text_test(col: pa.Array | pa.ChunkedArray, modifier: str, v: str, cache: dict[str, Any], field: str) -> Mask:
-    """A text test on the column's present values only (see :func:`~detection.features.on_valid`)."""
-    values = one_chunk(col)
+    """A text test on the column's present values only (see :class:`~detection.features.PresentValues`)."""
+    present = PresentValues.of(col, field, cache)
+    values = present.values
     if modifier in ("equals", "in"):
         key = "lower:" + field
         if key not in cache:
-            cache[key] = on_valid(pc.utf8_lower, values)
+            cache[key] = pc.utf8_lower(values)
         values = cache[key]
-    return true_mask(on_valid(lambda present_values: TEXT_KERNELS[modifier](present_values, v), values))
+    return present.mask(TEXT_KERNELS[modifier](values, v))
 
 
 def address_halves(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -92,8 +92,8 @@ class HitExtractor:
         self.features = sorted({n for _, c in self.compiled for n in c.rule.fields()} & set(FEATURES.get(source, {})))
 
     def hits(self, table: Table) -> pa.RecordBatch:
-        table = with_features(table, self.source, self.features) if self.features else table
-        cache: dict[str, Any] = {}
+        cache: dict[str, Any] = {}  # shared by the features and every rule's tests on this table
+        table = with_features(table, self.source, self.features, cache) if self.features else table
         found = []  # (rule index, rule, counts per group/bucket/value, row of each count's earliest event)
         for index, compiled in self.compiled:
             rows = np.flatnonzero(compiled.matches(table, cache))
