@@ -338,5 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def run() -> None:
+    """The ``liaowang`` console script: :func:`main` on the command line, then exit.
+
+    A replay has written, flushed and closed everything when ``main`` returns; the interpreter's
+    teardown would then spend ~25 ms (2% of a 1M-packet replay) freeing the heap object by object and
+    unloading modules, so that process ends at once.  Other commands (servers, stores) exit normally.
+    """
+    argv = sys.argv[1:]
+    code = main(argv)
+    if argv[:1] == ["replay"]:
+        if "logging" in sys.modules:
+            sys.modules["logging"].shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -195,7 +195,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(source.files) if isinstance(source, CaptureFiles) else 0, detection=not flows_only)
     started = time.perf_counter()
-    flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA)
+    flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA, dictionary=False)
     alert_sink = None if flows_only else ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json")
     control = None if flows_only else ControlPlane(out_dir, max_sessions)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from console.cli import main
-from tests.conftest import PCAPS
+from tests.conftest import PCAPS, ROOT
 
 REQUIRED = ["flow_id", "community_id", "first_seen", "last_seen", "src_ip", "dst_ip", "src_port", "dst_port",
             "ip_proto", "teid", "tunnel_src_ip", "tunnel_dst_ip", "bidirectional_packets", "bidirectional_bytes",
@@ -52,6 +55,30 @@ def test_damaged_file_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     empty = tmp_path / "empty_records.pcap"
     empty.write_bytes(data[:24] + data[24:30])  # header and a torn first record
     assert main(["replay", str(empty), "--out", str(tmp_path / "b"), "-q"]) == 1  # nothing could be read
+
+
+def test_console_script_exits_at_once_with_everything_written(tmp_path: Path) -> None:
+    """The command as installed (console.cli:run) ends a replay with os._exit: its piped summary, files and
+    exit codes must be those of a normal exit."""
+    def liaowang(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as piped
+        return subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    out = tmp_path / "out"
+    done = liaowang("replay", str(PCAPS / "5greplay_oai.pcap"), "--out", str(out), "--flows-only")
+    assert done.returncode == 0, done.stderr
+    assert "packets" in done.stdout and "flows.parquet" in done.stdout  # the summary, flushed through the pipe
+    flows = pq.read_table(out / "flows.parquet")
+    events = [json.loads(line) for line in (out / "eve.json").read_text().splitlines()]
+    assert flows.num_rows and [e["event_type"] for e in events].count("flow") == flows.num_rows
+    assert events[-1]["event_type"] == "stats"
+    assert not list(out.glob("*.partial"))
+    torn = tmp_path / "torn.pcap"
+    torn.write_bytes((PCAPS / "5greplay_oai.pcap").read_bytes()[:30])
+    failed = liaowang("replay", str(torn), "--out", str(tmp_path / "b"), "-q")
+    assert failed.returncode == 1 and "damaged at byte" in failed.stderr
+    assert liaowang("replay", str(tmp_path / "missing.pcap"), "--out", str(tmp_path / "c")).returncode == 2
 
 
 def test_generate_is_deterministic(tmp_path: Path) -> None:

@@ -130,10 +130,14 @@ def chain_walk(
     buf: np.ndarray,
     start: int,
     end: int,
-    segment_bytes: int = 32768,
+    segment_bytes: int = 65536,
     window: int = 2048,
 ) -> WalkResult:
-    """Walk all complete records in ``buf[start:end]`` (see module docstring)."""
+    """Walk all complete records in ``buf[start:end]`` (see module docstring).
+
+    ``segment_bytes``: 64 KiB walks a 64 MiB chunk with ~1,000 walkers, ~80 records each; 32 KiB
+    segments cost 10-25% more (twice the prefilter windows to scan, for fewer steps).
+    """
     parts: list[np.ndarray] = []
     pos = start
     while True:
