@@ -24,10 +24,11 @@ V4_MAPPED = np.uint64(0xFFFF_0000_0000)
 ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 9: 10, 17: 18, 18: 17}
 ICMP6_PAIRS = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130, 144: 145, 145: 144}
 PORT_PROTOS = (6, 17, 132)
+CID_CHARS = len("1:") + 28
 
 
 def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np.ndarray, sport: np.ndarray,
-                  dport: np.ndarray, icmp_type: np.ndarray, icmp_code: np.ndarray) -> list[str]:
+                  dport: np.ndarray, icmp_type: np.ndarray, icmp_code: np.ndarray) -> pa.StringArray:
     """Community ID v1 (seed 0) of many flows: pre-images built with numpy, one SHA-1 per flow."""
     n = len(proto)
     sport, dport = sport.copy(), dport.copy()
@@ -52,7 +53,9 @@ def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np
     tail[:, 2:4] = pa_.astype(">u2").view(np.uint8).reshape(n, 2)
     tail[:, 4:6] = pb.astype(">u2").view(np.uint8).reshape(n, 2)
     has_ports = np.isin(proto, (*PORT_PROTOS, 1, 58))
-    out: list[str] = [""] * n
+    # every id is "1:" and 28 base64 characters: the text is one fixed-width matrix, then one Arrow array
+    text = np.empty((n, CID_CHARS), dtype=np.uint8)
+    text[:, :2] = np.frombuffer(b"1:", dtype=np.uint8)
     for v4 in (True, False):
         for ports in (True, False):
             idx = np.flatnonzero((is_v4 == v4) & (has_ports == ports))
@@ -64,14 +67,12 @@ def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np
             data, width = memoryview(rows.tobytes()), rows.shape[1]
             # SHA-1 per flow; base64 for all at once: a 20-byte digest plus one zero byte encodes to
             # the digest's 27 base64 characters followed by one more, which becomes the '=' padding
-            digests = b"".join(hashlib.sha1(data[j * width : (j + 1) * width]).digest() + b"\x00"
-                               for j in range(len(idx)))
-            text = np.frombuffer(base64.b64encode(digests), dtype=np.uint8).reshape(len(idx), 28).copy()
-            text[:, 27] = ord("=")
-            encoded = text.tobytes().decode()
-            for j, i in enumerate(idx.tolist()):
-                out[i] = "1:" + encoded[28 * j : 28 * j + 28]
-    return out
+            digests = b"".join([hashlib.sha1(data[j * width : (j + 1) * width]).digest() + b"\x00"
+                                for j in range(len(idx))])
+            text[idx, 2:] = np.frombuffer(base64.b64encode(digests), dtype=np.uint8).reshape(len(idx), 28)
+    text[:, CID_CHARS - 1] = ord("=")
+    offsets = np.arange(n + 1, dtype=np.int32) * CID_CHARS
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
 def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, icmp_type: int, icmp_code: int) -> str:
@@ -84,7 +85,13 @@ def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, icm
 
     return community_ids(np.array([halves(src)], dtype=np.uint64), np.array([halves(dst)], dtype=np.uint64),
                          np.array([v4]), np.array([proto]), np.array([sport]), np.array([dport]),
-                         np.array([icmp_type]), np.array([icmp_code]))[0]
+                         np.array([icmp_type]), np.array([icmp_code]))[0].as_py()  # type: ignore[no-any-return]
+
+
+def _names(names: dict[int, str], codes: np.ndarray) -> pa.Array:
+    """Text of small integer codes (null for a code without a name), with one take."""
+    table = pa.array([names.get(c) for c in range(max(names) + 2)], pa.string())  # the last one: any other code
+    return table.take(pa.array(np.minimum(codes.astype(np.int64), len(table) - 1)))
 
 
 def _stats(s: np.ndarray, sq: np.ndarray, n: np.ndarray, mn: np.ndarray, mx: np.ndarray, scale: float,
@@ -117,7 +124,7 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     pk, by = a["pkts"], a["bytes"]
     cols: dict[str, pa.Array] = {
         "flow_id": pa.array(fid),
-        "community_id": pa.array(cid, type=pa.string()),
+        "community_id": cid,
         "first_seen": pa.array(a["first_ns"]).cast(pa.timestamp("ns", tz="UTC")),
         "last_seen": pa.array(a["last_ns"]).cast(pa.timestamp("ns", tz="UTC")),
         "src_ip": ip_strings(a["src"]),
@@ -127,7 +134,7 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
         "ip_proto": pa.array(proto.astype(np.uint8)),
         "ip_version": pa.array(a["ipver"].astype(np.uint8)),
         "vlan_id": masked_array(a["vlan"], a["vlan_valid"], pa.uint16()),
-        "tunnel_type": pa.array([TUNNEL_NAMES.get(int(t)) for t in a["ttype"]], type=pa.string()),
+        "tunnel_type": _names(TUNNEL_NAMES, a["ttype"]),
         "teid": masked_array(a["teid"][:, 0], gtp & a["teid_valid"][:, 0], pa.uint32()),
         "dst2src_teid": masked_array(a["teid"][:, 1], gtp & a["teid_valid"][:, 1], pa.uint32()),
         "gtpu_qfi": masked_array(a["qfi"], a["qfi_valid"], pa.uint8()),
@@ -168,10 +175,10 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     keep = np.arange(width)[None, :] < lengths[:, None]
     cols["splt_payload_bytes"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(a["splt_bytes"][keep]))
     cols["splt_direction"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(a["splt_dir"][keep]))
-    cols["application_hint"] = pa.array([APP_NAMES.get(int(x)) for x in a["app"]], type=pa.string())
+    cols["application_hint"] = _names(APP_NAMES, a["app"])
     cols["server_name"] = pa.array(a["server"].tolist(), type=pa.string())
     cols["decode_error_packets"] = pa.array(a["errors"].astype(np.uint64))
-    cols["expiration_reason"] = pa.array([REASONS[int(r)] for r in reasons], type=pa.string())
+    cols["expiration_reason"] = _names(REASONS, reasons)
     cols["session_id"] = pa.nulls(n, pa.string())  # filled by the session table, which sees the control plane
     cols["plane"] = pa.nulls(n, pa.string())  # filled once session_id is (detection.flows.planes)
     return pa.RecordBatch.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)

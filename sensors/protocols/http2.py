@@ -30,34 +30,36 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 9 <= end
     rows, off, end = rows[ok], off[ok], end[ok]
-    preface = (end - off >= PREFACE_LEN) & (pk.u64(off) == PREFACE_WORD)
+    # one gather of the first 12 bytes of every candidate (payload bytes are scattered over the chunk: each
+    # separate read would fetch them from memory again)
+    w = pk.words(off, 3)
+    preface = (end - off >= PREFACE_LEN) & (((w[0].astype(np.uint64) << 32) | w[1]) == PREFACE_WORD)
+    w0, sid_word = w[0], _sid_word(w[1], w[2])
+    if preface.any():  # the first frame follows the preface
+        p = np.flatnonzero(preface)
+        w0[p], sid_word[p] = _header(pk, off[p] + PREFACE_LEN)
     frame = np.where(preface, off + PREFACE_LEN, off)
-    # most segments fail at the first word (length's top byte 0, then a length and a type in range): only
-    # those that pass it get the full check
-    w0 = pk.u32(frame)
-    maybe = preface | ((w0 < (MAX_FRAME + 1) << 8) & ((w0 & 0xFF) <= 9))
-    rows, off, end, preface, frame = rows[maybe], off[maybe], end[maybe], preface[maybe], frame[maybe]
-    first_ok, ftype, sid = _frame_ok(pk, frame)
+    first_ok, ftype, sid = _frame_ok(w0, sid_word)
     at_end = preface & (frame == end)  # preface alone
     good = at_end | (first_ok & (frame + 9 <= end))
-    p = frame.copy()
+    # the walk goes on from the segments whose first frame header is valid (most candidates are not:
+    # zero-filled or random payloads), so the later steps see only those
+    rows, end, frame, ftype, sid, preface, at_end, flen = (
+        x[good] for x in (rows, end, frame, ftype, sid, preface, at_end, (w0 >> 8).astype(np.int64)))
+    good = np.ones(len(rows), dtype=bool)
     settled = at_end.copy()
-    for _ in range(MAX_WALK):
+    p = frame + 9 + flen  # the second frame, if the first one ends inside the segment
+    _settle(good, settled, np.flatnonzero(~settled), p, end, ftype)
+    for _ in range(MAX_WALK - 1):
         act = np.flatnonzero(good & ~settled)
         if not len(act):
             break
         q = p[act]
-        ok_q, t_q, _ = _frame_ok(pk, q)
-        flen = (pk.u32(q) >> 8).astype(np.int64)
-        nxt = q + 9 + flen
-        bad = ~ok_q
-        exact = ok_q & (nxt == end[act])
-        spans = ok_q & (nxt > end[act]) & one_of(t_q, SPANNING)
-        overrun = ok_q & (nxt > end[act]) & ~one_of(t_q, SPANNING)
-        short_hdr = ok_q & (nxt < end[act]) & (nxt + 9 > end[act])
-        good[act[bad | overrun | short_hdr]] = False
-        settled[act[exact | spans]] = True
-        p[act] = nxt
+        ok_q, t_q, _ = _frame_ok(*_header(pk, q))
+        good[act[~ok_q]] = False
+        act, q, t_q = act[ok_q], q[ok_q], t_q[ok_q]
+        p[act] = q + 9 + (pk.u32(q) >> 8).astype(np.int64)
+        _settle(good, settled, act, p, end, t_q)
     good &= settled
     rows, frame, ftype, sid, preface = rows[good], frame[good], ftype[good], sid[good], preface[good]
     pk.put("app_proto", rows, AppProto.HTTP2)
@@ -67,11 +69,31 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     pk.put("http2_stream_id", rows[has_frame], sid[has_frame])
 
 
-def _frame_ok(pk: Packets, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    w0 = pk.u32(q)
+def _settle(good: np.ndarray, settled: np.ndarray, act: np.ndarray, nxt: np.ndarray, end: np.ndarray,
+            ftype: np.ndarray) -> None:
+    """Segments ``act`` whose last valid frame (of type ``ftype``) ends at ``nxt``: settled if it ends
+    the segment exactly or may continue in the next one; no longer good if it cannot."""
+    n, e = nxt[act], end[act]
+    spans = one_of(ftype, SPANNING)
+    bad = ((n > e) & ~spans) | ((n < e) & (n + 9 > e))  # overrun, or a frame header cut short
+    good[act[bad]] = False
+    settled[act[(n == e) | ((n > e) & spans)]] = True
+
+
+def _sid_word(mid: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """The stream-id word (bytes 5-8 of a frame header) from its header's second and third words."""
+    return ((mid & 0xFFFFFF) << 8) | (last >> 24)
+
+
+def _header(pk: Packets, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(length and type word, stream-id word) of the frame headers at ``q``."""
+    w = pk.words(q, 3)
+    return w[0], _sid_word(w[1], w[2])
+
+
+def _frame_ok(w0: np.ndarray, sid_word: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flen = (w0 >> 8).astype(np.int64)
     ftype = (w0 & 0xFF).astype(np.int64)
-    sid_word = pk.u32(q + 5)
     sid = sid_word & 0x7FFFFFFF
     ok = (ftype <= 9) & (flen <= MAX_FRAME) & ((sid_word >> 31) == 0)
     ok &= ~one_of(ftype, STREAM_ZERO) | (sid == 0)
