@@ -47,7 +47,7 @@ from detection.detectors import Detector, default_detectors
 from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
 from detection.engine import PACKET_LATENESS_NS, DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
-from detection.flows.keys import KEYED_SCHEMA, key_packets, keys_of
+from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, key_packets, keys_of
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
 from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
@@ -57,7 +57,14 @@ from detection.rules.loader import apply_overrides, load_rules
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig, TrendTracker
 from ingest.control import ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
-from ingest.workers import BatchStats, can_fork, default_processes, packet_batches, packet_batches_forked
+from ingest.workers import (
+    STATS_COLUMNS,
+    BatchStats,
+    can_fork,
+    default_processes,
+    packet_batches,
+    packet_batches_forked,
+)
 from sensors.capture.frames import FrameSource
 from sensors.capture.source import Damage
 from sensors.decode import decode
@@ -173,6 +180,10 @@ def rules_fingerprint(engine: DetectionEngine) -> str:
 # -- stage 1, sensor side -----------------------------------------------------------------
 
 
+#: the packet columns a flow meter reads (``sensor_parts`` with ``flows_only``)
+FLOW_METER_COLUMNS = KEY_COLUMNS | STATS_COLUMNS | {"ts", "frame_len"}
+
+
 def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
                  processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
                  in_flight: int | None = None, retention: Retention | None = None, flows_only: bool = False
@@ -202,7 +213,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
         return out
 
     processes = default_processes() if processes is None else processes
-    decoder = functools.partial(decode, inspect_payloads=False) if flows_only else decode
+    # a flow meter's decoders fill only the columns keying, the traffic counters and per_second read
+    decoder = functools.partial(decode, inspect_payloads=False, columns=FLOW_METER_COLUMNS) if flows_only else decode
     if processes >= 2 and can_fork():
         batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
                                         keep=retention, decoder=decoder)

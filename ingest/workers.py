@@ -50,6 +50,10 @@ class FrameSink(Protocol):
     def close(self) -> None: ...
 
 
+#: the packet columns :meth:`BatchStats.of` reads
+STATS_COLUMNS = frozenset({"ts", "frame_len", "file_index", "file_offset", "decode_status", "app_proto", "tunnel_type"})
+
+
 @dataclass
 class BatchStats:
     """Traffic counters of packet batches, computed where a batch is made; they add up."""

@@ -9,6 +9,8 @@ Every step works on arrays of packet indices; nothing runs per packet.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pyarrow as pa
 
@@ -59,12 +61,15 @@ LAYER_COLUMNS = (
 )
 
 
-def decode(frames: FrameBatch, inspect_payloads: bool = True) -> pa.RecordBatch:
+def decode(frames: FrameBatch, inspect_payloads: bool = True, columns: Collection[str] | None = None
+           ) -> pa.RecordBatch:
     """Decode one chunk of frames into a packet batch (``sensors.schema.PACKET_SCHEMA``).
 
     ``inspect_payloads``: False for a flow meter, which needs the headers and application hints alone: no
     sensitive-data scan (``pii_*``), TLS fingerprints (``tls_ja3``/``tls_ja4``) or signalling payloads
     (``cp_payload``/``cp_more``) for the message dissectors; those columns stay null.
+    ``columns``: the columns its reader needs (None: all); the others stay null.  Building the Arrow columns
+    is ~15% of decoding, and a flow meter reads about a third of them.
     """
     pk = Packets(frames)
     rows, off, etype = link.dissect_frames(pk)
@@ -83,7 +88,7 @@ def decode(frames: FrameBatch, inspect_payloads: bool = True) -> pa.RecordBatch:
     if depth.any():
         pk.put("tunnel_depth", np.flatnonzero(depth), depth[depth > 0])
     _applications(pk, inspect_payloads)
-    return pk.to_arrow()
+    return pk.to_arrow(columns)
 
 
 def _network(pk: Packets, rows: np.ndarray, off: np.ndarray, etype: np.ndarray) -> ipv4.L4:

@@ -45,6 +45,11 @@ NUMERIC = {
 }
 
 
+#: every packet column :func:`packet_keys` reads
+KEY_COLUMNS = frozenset({*NUMERIC.values(), "ts", "ip_version", "ip_frag_offset", "src_ip", "dst_ip", "tunnel_src_ip",
+                         "tunnel_dst_ip", "tls_sni", "http_host", "dns_qname"})
+
+
 @dataclass
 class PacketKeys:
     """Columns of the IP packets of one batch (``rows`` index the batch)."""

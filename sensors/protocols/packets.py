@@ -10,6 +10,7 @@ rows/offsets for the next layer.  No Python code runs per packet.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 
 import numpy as np
 import pyarrow as pa
@@ -174,12 +175,15 @@ class Packets:
         self.status[rows] = np.where(cur == 0, np.uint8(code), cur)
 
     # -- output --
-    def to_arrow(self) -> pa.RecordBatch:
+    def to_arrow(self, columns: Collection[str] | None = None) -> pa.RecordBatch:
+        """The packet batch; ``columns``: only these get their values, the others are null (None: all)."""
         f = self.frames
         arrays: list[pa.Array] = []
         for fld in PACKET_FIELDS:
             name = fld.name
-            if name == "ts":
+            if columns is not None and name not in columns:
+                arrays.append(pa.nulls(self.n, fld.type))
+            elif name == "ts":
                 arrays.append(pa.array(f.ts_ns, type=pa.int64()).cast(fld.type))
             elif name == "frame_len":
                 arrays.append(pa.array(f.wirelen.astype(np.uint32)))
