@@ -71,7 +71,7 @@ def decode(frames: FrameBatch, inspect_payloads: bool = True, columns: Collectio
     ``columns``: the columns its reader needs (None: all); the others stay null.  Building the Arrow columns
     is ~15% of decoding, and a flow meter reads about a third of them.
     """
-    pk = Packets(frames)
+    pk = Packets(frames, columns)
     rows, off, etype = link.dissect_frames(pk)
     depth = np.zeros(pk.n, dtype=np.uint8)
     for level in range(MAX_TUNNEL_DEPTH + 1):
@@ -88,7 +88,7 @@ def decode(frames: FrameBatch, inspect_payloads: bool = True, columns: Collectio
     if depth.any():
         pk.put("tunnel_depth", np.flatnonzero(depth), depth[depth > 0])
     _applications(pk, inspect_payloads)
-    return pk.to_arrow(columns)
+    return pk.to_arrow()
 
 
 def _network(pk: Packets, rows: np.ndarray, off: np.ndarray, etype: np.ndarray) -> ipv4.L4:

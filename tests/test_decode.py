@@ -190,3 +190,28 @@ def test_a_flow_meter_decode_skips_payload_inspection_only() -> None:
                 else:
                     assert meter.column(column).equals(full.column(column)), (name, column)
     assert seen == skipped  # each skipped column has values in a full decode of these captures
+
+
+def test_a_flow_meter_decode_fills_only_the_columns_it_reads() -> None:
+    """decode(columns=...), as ``replay --flows-only`` decodes: the columns asked for are exactly those of a full
+    decode (the same inspection options), every other one is null, and keying gives the same keys."""
+    from detection.flows.keys import key_packets
+    from ingest.pipeline import FLOW_METER_COLUMNS
+    from sensors.capture.source import read_frames
+    from sensors.decode import decode
+
+    filled: set[str] = set()
+    for name in ("zeek_http_ctu-62604-80.pcap", "5greplay_oai.pcap", "arkime_gtp-iphone.pcap",
+                 "telekom-5g-trace-visualizer_sample_of_http2.pcap"):
+        for frames in read_frames(str(PCAPS / name)):
+            full, meter = decode(frames, inspect_payloads=False), decode(frames, False, FLOW_METER_COLUMNS)
+            assert full.schema == meter.schema
+            for column in full.column_names:
+                if column in FLOW_METER_COLUMNS:
+                    assert meter.column(column).equals(full.column(column)), (name, column)
+                    filled |= {column} if full.column(column).null_count < full.num_rows else set()
+                else:
+                    assert meter.column(column).null_count == meter.num_rows, (name, column)
+            assert key_packets(meter).equals(key_packets(full))
+    # the text the flows keep as server names is among them, and was found in these captures
+    assert {"http_host", "tls_sni", "dns_qname", "teid", "app_proto"} <= filled

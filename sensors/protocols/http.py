@@ -51,9 +51,9 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
     pk.put("app_proto", rows[r], AppProto.HTTP)
     pk.put_arrow_str("http_method", rows[r], line.field("method"))
     pk.put_arrow_str("http_uri", rows[r], line.field("uri"))
-    pk.put_arrow_str("http_host", rows[r], pc.struct_field(pc.extract_regex(text, HOST), "v"))
-    pk.put_arrow_str("http_user_agent", rows[r], pc.struct_field(pc.extract_regex(text, USER_AGENT), "v"))
-    pk.put_arrow_str("http_auth_scheme", rows[r], pc.struct_field(pc.extract_regex(text, AUTH_SCHEME), "v"))
+    for name, pattern in (("http_host", HOST), ("http_user_agent", USER_AGENT), ("http_auth_scheme", AUTH_SCHEME)):
+        if pk.wants(name):  # each one a regex over the request's text
+            pk.put_arrow_str(name, rows[r], pc.struct_field(pc.extract_regex(text, pattern), "v"))
 
 
 def _responses(pk: Packets, rows: np.ndarray, off: np.ndarray, end: np.ndarray) -> None:
@@ -62,7 +62,7 @@ def _responses(pk: Packets, rows: np.ndarray, off: np.ndarray, end: np.ndarray) 
     rows, off, end, digits = rows[ok], off[ok], end[ok], digits[:, ok]
     pk.put("app_proto", rows, AppProto.HTTP)
     pk.put("http_status", rows, (digits[0] * 100 + digits[1] * 10 + digits[2]).astype(np.uint16))
-    if len(rows):
+    if len(rows) and pk.wants("http_server"):
         text = gather_strings(pk.buf, len(rows), np.arange(len(rows)), off, np.minimum(end - off, PREFIX_BYTES),
                               keep_line_breaks=True)
         pk.put_arrow_str("http_server", rows, pc.struct_field(pc.extract_regex(text, SERVER), "v"))

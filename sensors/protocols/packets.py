@@ -45,8 +45,9 @@ def one_of(values: np.ndarray, choices: tuple[int, ...] | list[int] | np.ndarray
 class Packets:
     """Columns under construction for one :class:`FrameBatch`."""
 
-    def __init__(self, frames: FrameBatch) -> None:
+    def __init__(self, frames: FrameBatch, columns: Collection[str] | None = None) -> None:
         self.frames = frames
+        self.columns = columns  # the columns wanted (None: all), see :meth:`wants`
         self.buf = frames.buf
         self.n = len(frames)
         self.start = frames.data_off
@@ -175,13 +176,18 @@ class Packets:
         self.status[rows] = np.where(cur == 0, np.uint8(code), cur)
 
     # -- output --
-    def to_arrow(self, columns: Collection[str] | None = None) -> pa.RecordBatch:
-        """The packet batch; ``columns``: only these get their values, the others are null (None: all)."""
+    def wants(self, name: str) -> bool:
+        """Is column ``name`` wanted?  A dissector may skip the work whose only product is a column nobody
+        reads (e.g. a flow meter's decoding)."""
+        return self.columns is None or name in self.columns
+
+    def to_arrow(self) -> pa.RecordBatch:
+        """The packet batch: the wanted columns get their values, the others are null."""
         f = self.frames
         arrays: list[pa.Array] = []
         for fld in PACKET_FIELDS:
             name = fld.name
-            if columns is not None and name not in columns:
+            if not self.wants(name):
                 arrays.append(pa.nulls(self.n, fld.type))
             elif name == "ts":
                 arrays.append(pa.array(f.ts_ns, type=pa.int64()).cast(fld.type))
