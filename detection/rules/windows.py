@@ -112,10 +112,28 @@ class WindowCounter:
         """Announce the (rule, group)s these hits touched whose open windows now reach the threshold."""
         if self.partials is None or not self.partials.num_rows:
             return
-        table = pa.Table.from_batches([hits]) if isinstance(hits, pa.RecordBatch) else hits
-        touched = pc.unique(_rule_group(table))
-        mine = self.partials.filter(pc.is_in(_rule_group(self.partials), value_set=touched))
-        found = self._windows(mine, self.done, np.full_like(self.done, 1 << 61)) if mine.num_rows else None
+        p = self.partials
+        # (rule, group) numbered through one dictionary of the partials' groups (the hits' are among them)
+        groups = pc.dictionary_encode(p.column("group").combine_chunks())
+        width = len(groups.dictionary) + 1
+        rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        codes = pc.fill_null(groups.indices, width - 1)  # a null group: the code after the dictionary's
+        key = rule * width + np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+        # a group's windows count at most its partials' events (a distinct count: at most its rows), so only
+        # groups whose events reach their rule's threshold can fire: usually none, and the rest is skipped
+        pairs, inverse = np.unique(key, return_inverse=True)
+        events = np.bincount(inverse, weights=np.maximum(p.column("n").to_numpy(zero_copy_only=False), 1))
+        reachable = pairs[events >= self.threshold[pairs // width]]
+        if not len(reachable):
+            return
+        hit_rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+        hit_group = pc.fill_null(pc.index_in(hits.column("group"), value_set=groups.dictionary), width - 1)
+        touched = hit_rule * width + np.asarray(hit_group.to_numpy(zero_copy_only=False), dtype=np.int64)
+        mine_rows = np.isin(key, np.intersect1d(reachable, touched))
+        if not mine_rows.any():
+            return
+        mine = p.filter(pa.array(mine_rows))
+        found = self._windows(mine, self.done, np.full_like(self.done, 1 << 61))
         if found is None:
             return
         fired = self._fired(found[0])
