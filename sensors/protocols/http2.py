@@ -55,10 +55,11 @@ def dissect(pk: Packets, rows: np.ndarray) -> None:
         if not len(act):
             break
         q = p[act]
-        ok_q, t_q, _ = _frame_ok(*_header(pk, q))
+        w0_q, sid_q = _header(pk, q)
+        ok_q, t_q, _ = _frame_ok(w0_q, sid_q)
         good[act[~ok_q]] = False
         act, q, t_q = act[ok_q], q[ok_q], t_q[ok_q]
-        p[act] = q + 9 + (pk.u32(q) >> 8).astype(np.int64)
+        p[act] = q + 9 + (w0_q[ok_q] >> 8).astype(np.int64)
         _settle(good, settled, act, p, end, t_q)
     good &= settled
     rows, frame, ftype, sid, preface = rows[good], frame[good], ftype[good], sid[good], preface[good]
