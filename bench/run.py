@@ -164,7 +164,7 @@ def earlier_sections(headings: tuple[str, ...]) -> list[str]:
             if keep:
                 kept += [line, "", "(from an earlier run: this one skipped it)"]
                 continue
-        if keep and not line.startswith("(from an earlier run"):
+        if keep and not line.startswith("(from an earlier run") and (line or kept[-1]):  # no blank runs
             kept.append(line)
     return kept
 
