@@ -214,7 +214,7 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
 
     processes = default_processes() if processes is None else processes
     # a flow meter's decoders fill only the columns keying, the traffic counters and per_second read
-    decoder = functools.partial(decode, inspect_payloads=False, columns=FLOW_METER_COLUMNS) if flows_only else decode
+    decoder = functools.partial(decode, columns=FLOW_METER_COLUMNS) if flows_only else decode
     if processes >= 2 and can_fork():
         batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
                                         keep=retention, decoder=decoder)

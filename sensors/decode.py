@@ -61,15 +61,12 @@ LAYER_COLUMNS = (
 )
 
 
-def decode(frames: FrameBatch, inspect_payloads: bool = True, columns: Collection[str] | None = None
-           ) -> pa.RecordBatch:
+def decode(frames: FrameBatch, columns: Collection[str] | None = None) -> pa.RecordBatch:
     """Decode one chunk of frames into a packet batch (``sensors.schema.PACKET_SCHEMA``).
 
-    ``inspect_payloads``: False for a flow meter, which needs the headers and application hints alone: no
-    sensitive-data scan (``pii_*``), TLS fingerprints (``tls_ja3``/``tls_ja4``) or signalling payloads
-    (``cp_payload``/``cp_more``) for the message dissectors; those columns stay null.
-    ``columns``: the columns its reader needs (None: all); the others stay null.  Building the Arrow columns
-    is ~15% of decoding, and a flow meter reads about a third of them.
+    ``columns``: the columns its reader needs (None: all); the others stay null, and the work that only
+    they need is skipped (e.g. a flow meter's: no sensitive-data scan, TLS fingerprints or signalling
+    payloads).  Building the Arrow columns is ~15% of decoding, and a flow meter reads about a third of them.
     """
     pk = Packets(frames, columns)
     rows, off, etype = link.dissect_frames(pk)
@@ -87,7 +84,7 @@ def decode(frames: FrameBatch, inspect_payloads: bool = True, columns: Collectio
             break
     if depth.any():
         pk.put("tunnel_depth", np.flatnonzero(depth), depth[depth > 0])
-    _applications(pk, inspect_payloads)
+    _applications(pk)
     return pk.to_arrow()
 
 
@@ -187,7 +184,7 @@ def _decapsulate(pk: Packets, found: Tunnels, depth: np.ndarray) -> link.Layer:
     )
 
 
-def _applications(pk: Packets, inspect_payloads: bool = True) -> None:
+def _applications(pk: Packets) -> None:
     """Control-plane headers and application hints on the innermost transport payload."""
     if "ip_proto" not in pk.values:
         return
@@ -206,7 +203,7 @@ def _applications(pk: Packets, inspect_payloads: bool = True) -> None:
         dns.dissect(pk, tcp_rows)
         # the first payload byte, read once, picks the candidates of each text/TLS dissector
         first = pk.u8(pk.pl_off[tcp_rows])
-        tls.dissect(pk, tcp_rows[first == tls.HANDSHAKE], fingerprints=inspect_payloads)
+        tls.dissect(pk, tcp_rows[first == tls.HANDSHAKE])
         http.dissect(pk, tcp_rows[http.FIRST_BYTES[first]])
         ssh.dissect(pk, tcp_rows[first == ord("S")])
         modbus.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
@@ -214,12 +211,12 @@ def _applications(pk: Packets, inspect_payloads: bool = True) -> None:
         login.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         dnp3.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
         s7comm.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
-        if inspect_payloads:
+        if pk.wants("pii_kinds") or pk.wants("pii_masked"):
             pii.dissect(pk, tcp_rows)
     diameter.dissect(pk, np.concatenate([tcp_rows[~pk.has("app_proto", tcp_rows)], sctp_rows]))
     if len(tcp_rows):
         http2.dissect(pk, tcp_rows[~pk.has("app_proto", tcp_rows)])
-    if not inspect_payloads:
+    if not (pk.wants("cp_payload") or pk.wants("cp_more")):
         return
     cp = np.flatnonzero(has_payload & pk.valid.get("app_proto", np.zeros(pk.n, dtype=bool)))
     cp = cp[one_of(pk.values["app_proto"][cp], CONTROL_PLANE)] if len(cp) else cp

@@ -171,47 +171,44 @@ def test_masks_read_from_buffers_agree_with_pyarrow() -> None:
         assert present(arr).tolist() == arr.is_valid().to_pylist()
 
 
-def test_a_flow_meter_decode_skips_payload_inspection_only() -> None:
-    """decode(inspect_payloads=False), as ``replay --flows-only`` decodes: the columns of the sensitive-data scan,
-    TLS fingerprints and signalling payloads stay null, every other column is the same."""
-    from sensors.capture.source import read_frames
-    from sensors.decode import decode
-
-    skipped = {"tls_ja3", "tls_ja4", "cp_payload", "cp_more", "pii_kinds", "pii_masked"}
-    seen: set[str] = set()
-    for name in ("5greplay_oai.pcap", "5greplay_ue_authetication.pcapng", "zeek_tls_tls1.2.pcap"):
-        for frames in read_frames(str(PCAPS / name)):
-            full, meter = decode(frames), decode(frames, inspect_payloads=False)
-            assert full.schema == meter.schema
-            for column in full.column_names:
-                if column in skipped:
-                    assert meter.column(column).null_count == meter.num_rows, column
-                    seen |= {column} if full.column(column).null_count < full.num_rows else set()
-                else:
-                    assert meter.column(column).equals(full.column(column)), (name, column)
-    assert seen == skipped  # each skipped column has values in a full decode of these captures
-
-
-def test_a_flow_meter_decode_fills_only_the_columns_it_reads() -> None:
-    """decode(columns=...), as ``replay --flows-only`` decodes: the columns asked for are exactly those of a full
-    decode (the same inspection options), every other one is null, and keying gives the same keys."""
+def _decode_some_columns(names: tuple[str, ...], columns: frozenset[str] | set[str]) -> set[str]:
+    """decode(columns=...) of these captures against a full decode: the columns asked for are the same, every
+    other one is null, and keying gives the same keys; returns the columns a full decode gave values."""
     from detection.flows.keys import key_packets
-    from ingest.pipeline import FLOW_METER_COLUMNS
     from sensors.capture.source import read_frames
     from sensors.decode import decode
 
     filled: set[str] = set()
-    for name in ("zeek_http_ctu-62604-80.pcap", "5greplay_oai.pcap", "arkime_gtp-iphone.pcap",
-                 "telekom-5g-trace-visualizer_sample_of_http2.pcap"):
+    for name in names:
         for frames in read_frames(str(PCAPS / name)):
-            full, meter = decode(frames, inspect_payloads=False), decode(frames, False, FLOW_METER_COLUMNS)
-            assert full.schema == meter.schema
+            full, some = decode(frames), decode(frames, columns)
+            assert full.schema == some.schema
             for column in full.column_names:
-                if column in FLOW_METER_COLUMNS:
-                    assert meter.column(column).equals(full.column(column)), (name, column)
-                    filled |= {column} if full.column(column).null_count < full.num_rows else set()
+                if column in columns:
+                    assert some.column(column).equals(full.column(column)), (name, column)
                 else:
-                    assert meter.column(column).null_count == meter.num_rows, (name, column)
-            assert key_packets(meter).equals(key_packets(full))
-    # the text the flows keep as server names is among them, and was found in these captures
-    assert {"http_host", "tls_sni", "dns_qname", "teid", "app_proto"} <= filled
+                    assert some.column(column).null_count == some.num_rows, (name, column)
+                filled |= {column} if full.column(column).null_count < full.num_rows else set()
+            assert key_packets(some).equals(key_packets(full))
+    return filled
+
+
+def test_a_decode_without_payload_columns_skips_payload_inspection_only() -> None:
+    """Without the columns of the sensitive-data scan, TLS fingerprints and signalling payloads, their work is
+    skipped (``Packets.wants``) and every other column is the same."""
+    from sensors.schema import PACKET_SCHEMA
+
+    skipped = {"tls_ja3", "tls_ja4", "cp_payload", "cp_more", "pii_kinds", "pii_masked"}
+    filled = _decode_some_columns(("5greplay_oai.pcap", "5greplay_ue_authetication.pcapng", "zeek_tls_tls1.2.pcap"),
+                                  set(PACKET_SCHEMA.names) - skipped)
+    assert skipped <= filled  # each skipped column has values in a full decode of these captures
+
+
+def test_a_flow_meter_decode_fills_only_the_columns_it_reads() -> None:
+    """As ``replay --flows-only`` decodes: only the columns keying and the traffic counters read."""
+    from ingest.pipeline import FLOW_METER_COLUMNS
+
+    filled = _decode_some_columns(("zeek_http_ctu-62604-80.pcap", "5greplay_oai.pcap", "arkime_gtp-iphone.pcap",
+                                   "telekom-5g-trace-visualizer_sample_of_http2.pcap"), FLOW_METER_COLUMNS)
+    # the server names and tunnel ids it keeps, and what it leaves out, have values in these captures
+    assert {"http_host", "tls_sni", "dns_qname", "teid", "cp_payload", "http_user_agent", "tls_ja3"} <= filled

@@ -44,8 +44,8 @@ def _hex4_strings() -> pa.Array:
 _HEX4 = _hex4_strings()
 
 
-def dissect(pk: Packets, rows: np.ndarray, fingerprints: bool = True) -> None:
-    """ClientHello/ServerHello: version, SNI and (``fingerprints``) JA3/JA4 of the ClientHellos."""
+def dissect(pk: Packets, rows: np.ndarray) -> None:
+    """ClientHello/ServerHello: version, SNI and (when wanted) JA3/JA4 of the ClientHellos."""
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 11 <= end
     rows, off, end = rows[ok], off[ok], end[ok]
@@ -97,7 +97,7 @@ def dissect(pk: Packets, rows: np.ndarray, fingerprints: bool = True) -> None:
     pk.put("tls_version", rows, version_used.astype(np.uint16))
     # fingerprints of the ClientHellos that fit in their packet
     whole = client & (off + 9 + ((pk.u32(off + 5) & 0xFFFFFF).astype(np.int64)) <= end)
-    if fingerprints and whole.any():
+    if (pk.wants("tls_ja3") or pk.wants("tls_ja4")) and whole.any():
         _fingerprints(pk, rows, whole, version, version_used, ciphers_at, end, exts, at)
 
 
