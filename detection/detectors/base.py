@@ -212,10 +212,10 @@ class Windowed:
         if self.detector.instant:  # nothing to wait for
             if events is None or not events.num_rows:
                 return None
-            self.buffer = [events.select(self._columns(events))]
+            self.buffer = [events.select(self.columns(events))]
             return self._evaluate(1 << 61)
         if events is not None and events.num_rows:
-            self.buffer.append(events.select(self._columns(events)))
+            self.buffer.append(events.select(self.columns(events)))
             if self.max_events and self.buffered > self.max_events:
                 self._shed()
         if watermark_ns is None or not self.buffer:
@@ -245,7 +245,7 @@ class Windowed:
     def flush(self) -> pa.Table | None:
         return self._evaluate(1 << 61) if self.buffer else None
 
-    def _columns(self, events: pa.Table) -> list[str]:
+    def columns(self, events: pa.Table) -> list[str]:
         """What the detector reads, and the 5-tuple its alerts carry."""
         wanted = [*self.detector.columns, self.detector.time_column, *(f.name for f in TUPLE_FIELDS)]
         have = set(events.column_names)
