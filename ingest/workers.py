@@ -2,13 +2,15 @@
 
 Decoding takes about 60% of a replay and the flow stage the rest, so on a
 machine with two cores decoding runs in forked processes while this one
-assembles flows: a reader walks the files and decodes every other batch, a
-helper decodes the others (it gets a batch's frame index and maps the same
-file, so the bytes are never copied).  Each decoder runs any stateless stage
-that follows (``transform``, e.g. flow keying).  Each batch crosses as an
-Arrow IPC file in shared memory (/dev/shm): written once by its decoder,
-memory-mapped by the consumer.  A semaphore bounds the batches outstanding, so
-memory stays bounded.  Every way gives the same batches in the same order.
+assembles flows: a reader walks the files and hands each batch to a helper
+(it gets the batch's frame index and maps the same file, so the bytes are never
+copied), and decodes a batch itself only while every helper has one in reserve
+(the reader also walks every chunk: taking turns, the helper waited for it).
+Each decoder runs any stateless stage that follows (``transform``, e.g. flow
+keying).  Each batch crosses as an Arrow IPC file in shared memory (/dev/shm):
+written once by its decoder, memory-mapped by the consumer.  A semaphore bounds
+the batches outstanding, so memory stays bounded.  Every way gives the same
+batches in the same order.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import tempfile
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -30,10 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sensors.capture.frames import FrameBatch, FrameSource
-from sensors.capture.source import Damage, FrameMapper
+from sensors.capture.source import Damage, FrameMapper, MappedFrames
 from sensors.decode import decode
 
 MAX_IN_FLIGHT = 3
+#: batches a helper holds (the one it decodes and the next) before the reader decodes one itself
+HELPER_QUEUE = 2
 SHM_DIR = "/dev/shm"
 #: a stateless stage after decoding: packets -> named output tables (e.g. flow keys and rule hits)
 Transform = Callable[[pa.RecordBatch], dict[str, pa.RecordBatch]]
@@ -155,11 +160,12 @@ def packet_batches_forked(
     reader_rx, reader_tx = ctx.Pipe(duplex=False)
     requests = [ctx.Pipe(duplex=False) for _ in range(helpers)]
     results = [ctx.Pipe(duplex=False) for _ in range(helpers)]
-    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir, keep, decoder),
+    decoded = ctx.RawArray("q", max(helpers, 1))  # batches each helper has finished (its own counter)
+    procs = [ctx.Process(target=_helper_main, args=(req_rx, res_tx, transform, workdir, keep, decoder, decoded, i),
                          daemon=True)
-             for (req_rx, _), (_, res_tx) in zip(requests, results)]
+             for i, ((req_rx, _), (_, res_tx)) in enumerate(zip(requests, results))]
     procs.append(ctx.Process(target=_reader_main, daemon=True, args=(
-        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir, keep, decoder)))
+        source, transform, reader_tx, [tx for _, tx in requests], slots, workdir, keep, decoder, decoded)))
     for p in procs:
         p.start()
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
@@ -213,9 +219,39 @@ def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
     return paths
 
 
+def helper_for(queued: Sequence[int], live: bool) -> int | None:
+    """The helper to decode the next batch (``queued``: the batches each holds), or None: the reader decodes it.
+
+    The helper with the fewest; none while every one holds ``HELPER_QUEUE`` (it has the next one in reserve,
+    so the reader's batch costs nobody a wait), except for a live capture, whose reader must get back to the ring.
+    """
+    if not queued:
+        return None
+    turn = min(range(len(queued)), key=queued.__getitem__)
+    return turn if live or queued[turn] < HELPER_QUEUE else None
+
+
+def _hand_over(workdir: str, n: int, ref: MappedFrames) -> str:
+    """A batch's frame index (~3 MB), in a file: through the pipe, sending it would wait until the
+    helper had finished its current batch and read it, so the helper could never hold a batch in reserve."""
+    path = os.path.join(workdir, f"{n}.frames.pickle")
+    with open(path, "wb") as f:
+        pickle.dump(ref, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def _take_over(path: str) -> MappedFrames:
+    with open(path, "rb") as f:
+        ref: MappedFrames = pickle.load(f)
+    os.unlink(path)
+    return ref
+
+
 def _reader_main(source: FrameSource, transform: Transform | None, out: Connection, helpers: list[Connection],
-                 slots: Semaphore, workdir: str, keep: FrameSink | None, decoder: Decoder) -> None:
-    """Reads every batch, decodes every other one itself and hands the rest to helpers, in turn.
+                 slots: Semaphore, workdir: str, keep: FrameSink | None, decoder: Decoder,
+                 decoded: Sequence[int]) -> None:
+    """Reads every batch and hands it to a helper or decodes it here (:func:`helper_for`; ``decoded``: the
+    batches each helper has finished).
 
     A helper gets a batch's frame index, not its bytes: it maps the same file.
     Batches of files that cannot be mapped (gzip) are decoded here.  A live
@@ -225,14 +261,13 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
     try:
         damages: list[Damage] = []
         n = 0
-        ways = len(helpers) if source.live else len(helpers) + 1
+        sent = [0] * len(helpers)
         for frames, ref in source.batches(damages, workdir):
             slots.acquire()  # live: while decoders are this far behind, the ring fills (and the kernel counts drops)
-            # the helpers take the first batches: the reader's own turn comes last,
-            # so every decoder is busy from the start rather than after the first batch
-            turn = n % ways
-            if turn < len(helpers) and ref is not None:
-                helpers[turn].send((n, ref))
+            if ref is not None and (turn := helper_for([s - decoded[i] for i, s in enumerate(sent)],
+                                                       source.live)) is not None:
+                helpers[turn].send((n, _hand_over(workdir, n, ref)))
+                sent[turn] += 1
                 out.send(("helper", turn))
             else:
                 packets = decoder(frames)
@@ -254,18 +289,19 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
 
 
 def _helper_main(requests: Connection, out: Connection, transform: Transform | None, workdir: str,
-                 keep: FrameSink | None, decoder: Decoder) -> None:
+                 keep: FrameSink | None, decoder: Decoder, decoded: MutableSequence[int], index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         mapper = FrameMapper()
         while (request := requests.recv()) is not None:
-            n, ref = request
-            frames = mapper.attach(ref)
+            n, path = request
+            frames = mapper.attach(_take_over(path))
             packets = decoder(frames)
             if keep is not None:
                 keep.write(frames, packets)
             out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
                                 BatchStats.of(packets, frames))))
+            decoded[index] += 1  # this process alone writes it
             mapper.release(frames)
     except BaseException:
         out.send(("error", traceback.format_exc()))

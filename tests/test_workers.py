@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest.replay import replay
-from ingest.workers import can_fork
+from ingest.workers import HELPER_QUEUE, _hand_over, _take_over, can_fork, helper_for
 from sensors.capture.source import CaptureFiles, FrameMapper
 from tests.conftest import PCAPS, capture_path
 
@@ -63,3 +63,24 @@ def test_plain_files_reach_helper_decoders_by_mapping(tmp_path: Path) -> None:
     assert sorted(mapped) == [0, 1, 2, 3]
     assert all(mapped[0]) and all(mapped[1]) and all(mapped[3]), "pcap and pcapng batches are mappable"
     assert not any(mapped[2]), "gzip batches are not"
+
+
+def test_the_reader_decodes_only_while_every_helper_has_a_batch_in_reserve() -> None:
+    assert helper_for([], live=False) is None  # no helpers: the reader decodes everything
+    assert helper_for([0], live=False) == 0
+    assert helper_for([HELPER_QUEUE - 1], live=False) == 0  # one in hand: the next waits in reserve
+    assert helper_for([HELPER_QUEUE], live=False) is None  # the reader's turn: the helper is not kept waiting
+    assert helper_for([HELPER_QUEUE, 1, 0], live=False) == 2  # the helper with the fewest
+    assert helper_for([HELPER_QUEUE, HELPER_QUEUE + 3], live=True) == 0  # a live reader only captures
+
+
+def test_the_helper_holds_a_batch_in_reserve_while_it_decodes(tmp_path: Path) -> None:
+    """The reader hands over a batch without waiting for the helper to finish the one before (through a pipe
+    the ~3 MB frame index would block until the helper read it): both sit in the work directory at once."""
+    frames = [ref for _, ref in CaptureFiles([str(capture_path("generated_mixed_10k.pcap"))], 64 << 10).batches([])]
+    assert len(frames) >= 2 and all(ref is not None for ref in frames)
+    paths = [_hand_over(str(tmp_path), n, ref) for n, ref in enumerate(frames[:2]) if ref is not None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(p).name for p in paths)
+    back = _take_over(paths[1])
+    assert frames[1] is not None and np.array_equal(back.frames.data_off, frames[1].frames.data_off)
+    assert back.path == frames[1].path and not Path(paths[1]).exists()
