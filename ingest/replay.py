@@ -55,6 +55,10 @@ if TYPE_CHECKING:  # a replay needs none of them unless asked (--notify, a live 
     from ingest.store.api import Store
 
 
+#: flows per Parquet row group and per EVE formatting call (see ``run``)
+FLOW_ROW_GROUP, EVE_BATCH_ROWS = 8192, 4096
+
+
 @dataclass
 class ReplaySummary:
     files: int = 0
@@ -195,9 +199,11 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(source.files) if isinstance(source, CaptureFiles) else 0, detection=not flows_only)
     started = time.perf_counter()
-    flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA, dictionary=False)
+    # flows are written as they end, in pieces of a few thousand, on the writer threads below: buffered
+    # until 16,384, a 1M-packet replay's 17,556 flows were all written after its last batch (~40 ms alone)
+    flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA, dictionary=False, row_group_rows=FLOW_ROW_GROUP)
     alert_sink = None if flows_only else ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
-    eve = EveSink(out_dir / "eve.json")
+    eve = EveSink(out_dir / "eve.json", batch_rows=EVE_BATCH_ROWS)
     control = None if flows_only else ControlPlane(out_dir, max_sessions)
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
