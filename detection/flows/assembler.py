@@ -152,8 +152,7 @@ class FlowAssembler:
     def _absorb(self, k: PacketKeys, t_ns: np.ndarray,  # noqa: C901
                 id_rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         st = self._state
-        order = np.argsort(k.hash, kind="stable")  # groups by key, time order inside
-        h = k.hash[order]
+        order, h = group_by_hash(k.hash)  # groups by key, time order inside
         t = t_ns[order]
         t_ms = t // 1_000_000
         n = len(h)
@@ -252,10 +251,34 @@ class FlowAssembler:
         return ended
 
 
+def group_by_hash(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``np.argsort(hashes, kind="stable")``, the hashes in that order), ~5x faster.
+
+    numpy's stable sort of 64-bit keys is a merge sort; its default sort is SIMD and ~10x faster, and stable
+    for distinct keys.  So each hash's top bits are joined to its position (as low bits) in one distinct
+    64-bit key.  Two different hashes that share those top bits (~1 batch in 10^6 at 20,000 flows) would
+    interleave: then, and for batches too large to leave room, the stable sort decides.
+    """
+    n = len(hashes)
+    shift = np.uint64(max(n - 1, 1).bit_length())
+    if shift > 24:
+        order = np.argsort(hashes, kind="stable")
+        return order, hashes[order]
+    keyed = ((hashes >> shift) << shift) | np.arange(n, dtype=np.uint64)
+    keyed.sort()
+    order = (keyed & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
+    h = hashes[order]
+    top = keyed >> shift
+    if not np.array_equal(h[1:] != h[:-1], top[1:] != top[:-1]):  # a shared prefix: groups interleaved
+        order = np.argsort(hashes, kind="stable")
+        h = hashes[order]
+    return order, h
+
+
 def _count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndarray:
     """For each packet: how many earlier packets of its segment have ``flag``."""
     c = np.cumsum(flag, dtype=np.int64) - flag
     return c - c[spos][sid]
 
 
-__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS"]
+__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS", "group_by_hash"]
