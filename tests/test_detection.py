@@ -255,6 +255,28 @@ def test_the_fast_rule_validator_agrees_with_jsonschema() -> None:
     assert sum(not slow for _, slow in verdicts) > 1000  # the variants do break rules
 
 
+def test_the_compiled_rule_validator_is_kept_and_rebuilt_when_damaged() -> None:
+    """The validator's compiled code is kept between runs (it costs ~20 ms of every replay's start); a damaged
+    copy is rebuilt, never trusted, and the rebuilt validator judges rules as before."""
+    from detection.rules.loader import BUNDLED_RULES, SCHEMA_PATH, _documents, _fast_validator
+
+    rule = _documents(next(BUNDLED_RULES.glob("network/*.yml")).read_text())[1][0]
+    broken = {**rule, "level": "catastrophic"}
+    _fast_validator.cache_clear()
+    _fast_validator()
+    kept = sorted(SCHEMA_PATH.with_name("__pycache__").glob("rule_validator.*.marshal"))
+    assert kept, "the compiled validator was not kept"
+    for path in kept:
+        path.write_bytes(b"not marshal data")
+    _fast_validator.cache_clear()
+    validate = _fast_validator()
+    validate(rule)
+    with pytest.raises(Exception, match="level"):
+        validate(broken)
+    assert all(path.read_bytes() != b"not marshal data" for path in kept)  # rebuilt and kept again
+    _fast_validator.cache_clear()
+
+
 def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:
     rule = tmp_path / "r.yml"
     rule.write_text(RULE.replace("""  sel:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib.util
 import json
+import marshal
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +94,36 @@ def load_file(path: Path) -> list[Rule]:
 
 @functools.cache
 def _fast_validator() -> Any:
-    """The rule schema compiled to Python by fastjsonschema (~50 ms to import and compile; jsonschema's import
-    alone costs ~140 ms at every start).  It knows drafts up to 7: the schema uses no keyword that 2020-12
-    changed, and tests/test_detection.py checks that both validators agree."""
+    """The rule schema compiled to Python by fastjsonschema (jsonschema's import alone costs ~140 ms at every
+    start).  It knows drafts up to 7: the schema uses no keyword that 2020-12 changed, and
+    tests/test_detection.py checks that both validators agree.
+
+    Generating and compiling the validator takes ~20 ms, at the start of every replay, before the decoders can
+    begin: the compiled code is kept beside this module's bytecode (as Python keeps its own), keyed by the
+    schema, the fastjsonschema version and the bytecode format; where that cannot be written it is rebuilt.
+    """
     import fastjsonschema
 
-    return fastjsonschema.compile({**rule_schema(), "$schema": "http://json-schema.org/draft-07/schema#"})
+    definition = {**rule_schema(), "$schema": "http://json-schema.org/draft-07/schema#"}
+    key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode() + fastjsonschema.VERSION.encode()
+                         + importlib.util.MAGIC_NUMBER).hexdigest()[:16]
+    cached = Path(__file__).with_name("__pycache__") / f"rule_validator.{key}.marshal"
+    try:
+        name, code = marshal.loads(cached.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        source = fastjsonschema.compile_to_code(definition)
+        name = re.search(r"^def (\w+)\(", source, re.MULTILINE).group(1)  # type: ignore[union-attr]
+        code = compile(source, f"<{SCHEMA_PATH.name} validator>", "exec")
+        try:
+            cached.parent.mkdir(exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.partial")
+            partial.write_bytes(marshal.dumps((name, code)))
+            partial.replace(cached)  # whole or not at all, whoever else writes it at the same time
+        except OSError:  # a read-only installation: built at every start, as before
+            pass
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # fastjsonschema's own output for our schema, run as fastjsonschema.compile runs it
+    return namespace[name]
 
 
 def _accepted(doc: Any) -> bool:
