@@ -74,9 +74,10 @@ def test_the_reader_decodes_only_while_every_helper_has_a_batch_in_reserve() -> 
     assert helper_for([HELPER_QUEUE, HELPER_QUEUE + 3], live=True) == 0  # a live reader only captures
 
 
-def test_the_helper_holds_a_batch_in_reserve_while_it_decodes(tmp_path: Path) -> None:
-    """The reader hands over a batch without waiting for the helper to finish the one before (through a pipe
-    the ~3 MB frame index would block until the helper read it): both sit in the work directory at once."""
+def test_a_frame_index_crosses_to_a_helper_in_a_file(tmp_path: Path) -> None:
+    """The reader hands a batch's frame index over in a file of the work directory (through the pipe the
+    ~3 MB would block until the helper read it), so two can wait at once; the helper gets it back whole and
+    removes the file."""
     frames = [ref for _, ref in CaptureFiles([str(capture_path("generated_mixed_10k.pcap"))], 64 << 10).batches([])]
     assert len(frames) >= 2 and all(ref is not None for ref in frames)
     paths = [_hand_over(str(tmp_path), n, ref) for n, ref in enumerate(frames[:2]) if ref is not None]
