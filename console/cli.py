@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -14,18 +15,28 @@ from pathlib import Path
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# the imports below make ~57,000 objects that live as long as the process: collecting while they are made
-# finds nothing (~25 ms of a replay's start, before the decoders can begin), and later collections need
-# not scan them again (forked decoders keep sharing their pages too)
-gc.disable()
-from console import evidence, purge, query, report, stream  # noqa: E402
+
+def _import_lasting(*modules: str) -> None:
+    """Import modules whose objects live as long as the process (a replay's make ~57,000): collecting while
+    they load finds nothing (~25 ms of a replay's start, before its decoders can begin), and frozen after,
+    later collections need not scan them again (forked decoders keep sharing their pages too)."""
+    missing = [m for m in modules if m not in sys.modules]
+    if not missing:
+        return
+    gc.disable()
+    try:
+        for m in missing:
+            importlib.import_module(m)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+_import_lasting("detection.flows.assembler", "detection.sessions", "sensors.capture.source")
 from detection.flows.assembler import MAX_FLOWS  # noqa: E402
-from detection.rules.loader import RuleError  # noqa: E402
 from detection.sessions import MAX_SESSIONS  # noqa: E402
 from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureError  # noqa: E402
 
-gc.freeze()
-gc.enable()
 #: young objects allocated (net) between collections: 700 by default, but a batch's signalling messages
 #: alone make ~10,000 short-lived objects, which die by themselves before the next batch (30 -> 12 ms of the
 #: collector per 1M-packet replay); cycles are still collected
@@ -33,11 +44,8 @@ GC_YOUNG_THRESHOLD = 20_000
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from detection.detectors import default_detectors
-    from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel, ModelError
-    from detection.intel import IntelConfigError
-    from detection.trend import TrendConfigError
-    from ingest.notify import NotifyConfigError
+    _import_lasting("ingest.replay")
+    from detection.rules.loader import RuleError
     from ingest.replay import format_summary, progress_bar, replay
 
     if args.flows_only:
@@ -45,10 +53,14 @@ def _replay(args: argparse.Namespace) -> int:
         if extra:
             print(f"liaowang: error: --flows-only runs no detection: drop {', '.join(extra)}", file=sys.stderr)
             return 2
+    errors: tuple[type[Exception], ...] = (CaptureError, RuleError, *_setting_errors(args))
     try:
         detectors = None
         overrides = _rule_overrides(args.store) if args.store and not args.flows_only else None
         if args.model:
+            from detection.detectors import default_detectors
+            from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
+
             detectors = default_detectors() + [AnomalyDetector(FlowAnomalyModel.load(Path(args.model)))]
         summary = replay(
             args.inputs,
@@ -68,7 +80,7 @@ def _replay(args: argparse.Namespace) -> int:
             trend=Path(args.trend) if args.trend else None,
             flows_only=args.flows_only,
         )
-    except (CaptureError, RuleError, ModelError, NotifyConfigError, IntelConfigError, TrendConfigError) as exc:
+    except errors as exc:
         print(f"liaowang: error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
@@ -94,12 +106,35 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting_errors(args: argparse.Namespace) -> tuple[type[Exception], ...]:
+    """The errors of the settings files this replay reads (each module loads only when its option is used)."""
+    errors: list[type[Exception]] = []
+    if not args.flows_only:  # the bundled trend settings, unless --trend names others
+        from detection.trend import TrendConfigError
+
+        errors.append(TrendConfigError)
+    if args.model:
+        from detection.detectors.anomaly import ModelError
+
+        errors.append(ModelError)
+    if args.notify:
+        from ingest.notify import NotifyConfigError
+
+        errors.append(NotifyConfigError)
+    if args.intel:
+        from detection.intel import IntelConfigError
+
+        errors.append(IntelConfigError)
+    return tuple(errors)
+
+
 def _rule_overrides(store: str) -> dict[str, dict[str, object]] | None:
     """Rules as the console's administrators tuned them for this store (console/state.py)."""
     import json
 
     from console.app import state_dir
     from console.state import OVERRIDES_FILE
+    from detection.rules.loader import RuleError
 
     path = state_dir(store) / OVERRIDES_FILE
     if not path.exists():
@@ -248,7 +283,14 @@ def tune_malloc() -> None:
         pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the commands defined in this module; the console's other modules add the rest (query, streams, evidence...)
+OWN_COMMANDS = frozenset({"replay", "train", "evaluate", "generate", "console", "user"})
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser.  ``command``: the command to be run; when it is one of :data:`OWN_COMMANDS`,
+    the other modules' commands are left out, so that a replay does not load the store, web and live-capture
+    modules they import (before its decoders can begin)."""
     parser = argparse.ArgumentParser(prog="liaowang", description="Liaowang 5G network security situational awareness")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("replay", help="decode captures into flows.parquet and eve.json")
@@ -304,11 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", default="standard", choices=("standard", "short-flows"),
                    help="traffic mix: standard (~76 packets per flow) or short-flows (~19)")
     g.set_defaults(func=_generate)
-    query.add_parser(sub)
-    stream.add_parsers(sub)
-    evidence.add_parser(sub)
-    purge.add_parser(sub)
-    report.add_parser(sub)
+    if command not in OWN_COMMANDS:
+        from console import evidence, purge, query, report, stream
+
+        query.add_parser(sub)
+        stream.add_parsers(sub)
+        evidence.add_parser(sub)
+        purge.add_parser(sub)
+        report.add_parser(sub)
     c = sub.add_parser("console", help="serve the SOC web console over a store")
     c.add_argument("--store", metavar="URI", help="DuckDB store directory or http(s)://elasticsearch:9200 "
                                                  "(default: $LIAOWANG_STORE or ~/.local/share/liaowang)")
@@ -332,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if getattr(args, "command", "") == "user" and args.action != "list" and not args.name:
         parser.error("user add/passwd need a user name")

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from detection.rules.loader import BUNDLED_TACTICS
 from detection.rules.model import Rule
@@ -85,6 +84,8 @@ INCIDENT_SCHEMA = arrow_schema(INCIDENT_FIELDS, "incidents", INCIDENT_SCHEMA_VER
 
 def load_tactics(path: Path = BUNDLED_TACTICS) -> dict[str, str]:
     """Technique id -> tactic, from ``rules/correlation/tactics.yml``."""
+    import yaml  # here, not at the top: a flow meter imports this module but reads no tactics
+
     techniques = (yaml.safe_load(path.read_text()) or {}).get("techniques") or {}
     unknown = {t for t in techniques.values() if t not in TACTICS}
     if unknown:

@@ -37,7 +37,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from detection.detectors.base import LruDict
 from detection.rules.loader import BUNDLED_RULES
@@ -106,6 +105,8 @@ class TrendConfig:
     @classmethod
     def load(cls, path: Path | None = None) -> TrendConfig:
         """``rules/forecast/trend.yml`` or another file in its shape."""
+        import yaml  # here, not at the top: a flow meter imports this module but reads no settings
+
         path = BUNDLED_TREND if path is None else Path(path)
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -42,7 +42,6 @@ from ingest.pipeline import (
     starts_new_timeline,
 )
 from ingest.privacy import Pseudonymizer
-from ingest.results import ControlSnapshots, PendingWrites
 from ingest.sinks import EveSink, ParquetSink
 from ingest.workers import BatchStats
 from sensors.capture.frames import FrameSource
@@ -51,6 +50,7 @@ from sensors.schema import DecodeStatus, TunnelType
 
 if TYPE_CHECKING:  # a replay needs none of them unless asked (--notify, a live capture's retention, --store)
     from ingest.notify import Notifier
+    from ingest.results import ControlSnapshots, PendingWrites
     from ingest.retention import Retention
     from ingest.store.api import Store
 
@@ -214,7 +214,12 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     # and each other; one write per sink in flight.  A third one feeds the store.
     writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(3)]
     pending: list[Future[Any]] = []
-    to_store, snapshots = PendingWrites(), ControlSnapshots()
+    to_store: PendingWrites | None = None
+    snapshots: ControlSnapshots | None = None
+    if store is not None:  # the store's modules load only for a run that feeds one
+        from ingest.results import ControlSnapshots, PendingWrites
+
+        to_store, snapshots = PendingWrites(), ControlSnapshots()
     stored: list[Future[dict[str, int]]] = []
     last_store = time.monotonic()
     incidents: dict[str, pa.Table] = {}  # the latest row of each incident
@@ -257,6 +262,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             pending.append(writers[1].submit(eve.write_alerts, alerts))
         if store is None or control is None:
             return
+        assert to_store is not None and snapshots is not None
         to_store.add_results(sensor, results, snapshots.due(control, final))
         if notifier is not None:
             to_store.add("notifications", notifier.drain())
@@ -272,7 +278,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             while stored:
                 stored.pop().result()  # one store write in flight; its errors surface here
             stored.append(writers[2].submit(to_store.write, store))
-            to_store, last_store = PendingWrites(), time.monotonic()
+            to_store, last_store = type(to_store)(), time.monotonic()
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,

@@ -33,7 +33,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
 from detection.intel import misp, plain, stix
 from detection.intel.indicators import INDICATOR_SCHEMA, LEVELS, Parsed
@@ -88,6 +87,8 @@ class FeedState:
 
 
 def load_config(path: Path) -> list[FeedConfig]:
+    import yaml  # here, not at the top: the engine imports this package, and most replays have no feeds
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -11,12 +11,13 @@ import marshal
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from detection.rules.compiler import check_rule
 from detection.rules.model import Aggregate, Condition, Rule, derived_signature_id
+
+if TYPE_CHECKING:  # imported where rule files are read: a flow meter reads none (~5 ms of its start)
+    import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
 BUNDLED_RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -66,6 +67,8 @@ def load_rules(paths: list[Path] | None = None) -> list[Rule]:
 
 def load_file(path: Path) -> list[Rule]:
     """All rules of one file (several YAML documents may be separated by ``---``)."""
+    import yaml
+
     text = path.read_text(encoding="utf-8")
     try:
         nodes, docs = _documents(text)
@@ -149,6 +152,8 @@ def _first_error(doc: Any) -> Any:
 
 def _documents(text: str) -> tuple[list[yaml.Node], list[Any]]:
     """Each YAML document's node (for line numbers) and value, parsed once (libyaml when present)."""
+    import yaml
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     nodes: list[yaml.Node] = []
     docs: list[Any] = []
@@ -165,6 +170,8 @@ def _documents(text: str) -> tuple[list[yaml.Node], list[Any]]:
 
 def _line_of(node: yaml.Node, path: list[Any]) -> int | None:
     """The line of the YAML node at ``path`` (mapping keys and sequence indexes), 1-based."""
+    import yaml
+
     for step in path:
         if isinstance(node, yaml.MappingNode):
             match = [v for k, v in node.value if k.value == step]
