@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import GOLDEN, PCAPS, capture_path, decode_file
@@ -212,3 +213,23 @@ def test_a_flow_meter_decode_fills_only_the_columns_it_reads() -> None:
                                    "telekom-5g-trace-visualizer_sample_of_http2.pcap"), FLOW_METER_COLUMNS)
     # the server names and tunnel ids it keeps, and what it leaves out, have values in these captures
     assert {"http_host", "tls_sni", "dns_qname", "teid", "cp_payload", "http_user_agent", "tls_ja3"} <= filled
+
+
+def test_a_decode_for_some_columns_stores_only_those_and_what_dissectors_read_back() -> None:
+    """Columns nobody asked for are not stored (their values are not kept), except those a later layer reads
+    back; reading any other one is a dissector bug, and fails loudly rather than reading zeros."""
+    from sensors.capture.source import read_frames
+    from sensors.protocols.packets import READ_BACK, Packets
+
+    frames = next(read_frames(str(PCAPS / "arkime_gtp-u.pcap")))
+    pk = Packets(frames, {"ts", "teid"})
+    rows = np.arange(pk.n)
+    pk.put("ip_ttl", rows, 64)
+    pk.put("teid", rows, 7)
+    pk.put("src_port", rows, 80)  # read back by the application dissectors
+    assert set(pk.values) == {"teid", "src_port"} and "src_port" in READ_BACK
+    with pytest.raises(AssertionError, match="ip_ttl is read back"):
+        pk.get("ip_ttl", rows)
+    with pytest.raises(AssertionError, match="ip_ttl is read back"):
+        pk.has("ip_ttl", rows)
+    assert not pk.has("tls_sni", rows).any()  # text columns: written or not, they are stored apart

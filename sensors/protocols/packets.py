@@ -30,6 +30,12 @@ _NUMPY_OF: dict[pa.DataType, np.dtype] = {
     pa.bool_(): np.dtype(np.bool_),
 }
 
+#: numeric columns the dissectors read back (a later layer's decision needs them), kept whatever is wanted
+READ_BACK = frozenset({"src_ip", "dst_ip", "ip_proto", "ip_is_fragment", "src_port", "dst_port", "payload_len",
+                       "sctp_ppid", "tunnel_type", "app_proto", "http_status", "http_method"})
+
+_TEXT = frozenset(f.name for f in PACKET_FIELDS if f.type in (pa.string(), pa.binary()))
+
 #: IPv4-mapped IPv6 prefix ::ffff:0:0/96 as the high/low 64-bit halves
 V4_MAPPED_LO = np.uint64(0xFFFF_0000_0000)
 
@@ -48,6 +54,9 @@ class Packets:
     def __init__(self, frames: FrameBatch, columns: Collection[str] | None = None) -> None:
         self.frames = frames
         self.columns = columns  # the columns wanted (None: all), see :meth:`wants`
+        # the numeric columns written: the others' values are computed but not stored (a flow meter's
+        # decoding skips ~10 columns, each a zeroed array, a scatter and its validity per batch)
+        self._kept = None if columns is None else frozenset(columns) | READ_BACK
         self.buf = frames.buf
         self.n = len(frames)
         self.start = frames.data_off
@@ -103,6 +112,7 @@ class Packets:
     def _column(self, name: str) -> np.ndarray:
         arr = self.values.get(name)
         if arr is None:
+            assert self._kept is None or name in self._kept, f"{name} is read back: add it to READ_BACK"
             ftype = PACKET_SCHEMA.field(name).type
             if ftype == IP:
                 arr = np.zeros((self.n, 2), dtype=np.uint64)
@@ -120,11 +130,15 @@ class Packets:
         return rows
 
     def put(self, name: str, rows: np.ndarray, values: np.ndarray | int) -> None:
+        if self._kept is not None and name not in self._kept:
+            return
         idx = self._index(rows)
         self._column(name)[idx] = values
         self.valid[name][idx] = True
 
     def put_ip(self, name: str, rows: np.ndarray, hi: np.ndarray | int, lo: np.ndarray | int) -> None:
+        if self._kept is not None and name not in self._kept:
+            return
         col = self._column(name)
         idx = self._index(rows)
         col[idx, 0] = hi
@@ -139,6 +153,7 @@ class Packets:
             written = (self.arrow_strings[name][0] if name in self.arrow_strings else self.strings[name][0])
             return np.isin(rows, written)
         if name not in self.valid:
+            assert self._kept is None or name in self._kept or name in _TEXT, f"{name} is read back: add it to READ_BACK"
             return np.zeros(len(rows), dtype=bool)
         return self.valid[name][rows]
 
