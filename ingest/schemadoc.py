@@ -85,7 +85,7 @@ def render() -> str:
         "",
         *_fields(FLOW_FIELDS),
         "",
-        "## keyed_packets (version 1) — `detection/flows/keys.py`",
+        f"## keyed_packets (version {KEYED_SCHEMA.metadata[b'liaowang.version'].decode()}) — `detection/flows/keys.py`",
         "",
         "The flow stage's stateless half: one row per IP packet that can belong to a flow (non-first",
         "fragments excluded), as the flow assembler consumes it. Addresses are split in 64-bit halves.",
