@@ -2,10 +2,13 @@
 
 Decoding takes about 60% of a replay and the flow stage the rest, so on a
 machine with two cores decoding runs in forked processes while this one
-assembles flows: a reader walks the files and hands each batch to a helper
+assembles flows.  Plain pcap files are cut in fixed chunks that any process
+can walk (:mod:`sensors.capture.chunks`): each decoder walks and decodes every
+other chunk itself, so only chunk numbers cross and each page of the file is
+faulted in once (:func:`_chunk_batches`).  Other inputs (pcapng, gzip, a live
+capture) are walked in order by a reader, which hands each batch to a helper
 (it gets the batch's frame index and maps the same file, so the bytes are never
-copied), and decodes a batch itself only while every helper has one in reserve
-(the reader also walks every chunk: taking turns, the helper waited for it).
+copied) and decodes a batch itself only while every helper has one in reserve.
 Each decoder runs any stateless stage that follows (``transform``, e.g. flow
 keying).  Each batch crosses as an Arrow IPC file in shared memory (/dev/shm):
 written once by its decoder, memory-mapped by the consumer.  A semaphore bounds
@@ -32,8 +35,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sensors.capture.chunks import PcapChunks
 from sensors.capture.frames import FrameBatch, FrameSource
-from sensors.capture.source import Damage, FrameMapper, MappedFrames
+from sensors.capture.source import CaptureFiles, Damage, FrameMapper, MappedFrames
 from sensors.decode import decode
 
 MAX_IN_FLIGHT = 3
@@ -153,6 +157,11 @@ def packet_batches_forked(
     # here, the forked processes share it instead of each loading it (~10 ms apiece)
     import numpy.ma  # noqa: F401
 
+    chunked = source.chunked() if isinstance(source, CaptureFiles) and keep is None else None
+    if chunked is not None:
+        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight or MAX_IN_FLIGHT + decoders - 1,
+                                  decoder)
+        return
     ctx = mp.get_context("fork")
     helpers = decoders if source.live else decoders - 1
     slots = ctx.Semaphore(in_flight or MAX_IN_FLIGHT + decoders - 1)
@@ -308,4 +317,86 @@ def _helper_main(requests: Connection, out: Connection, transform: Transform | N
     finally:
         if keep is not None:
             keep.close()
+        out.close()
+
+
+def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: Transform | None, decoders: int,
+                   in_flight: int, decoder: Decoder) -> Iterator[tuple[Outputs, BatchStats]]:
+    """Plain pcap files: ``decoders`` symmetric processes each walk and decode every ``decoders``-th chunk
+    (:mod:`sensors.capture.chunks`), so no frame index crosses and each page is faulted in once; the
+    chunks are taken in order here, each accepted only if its walk began where the previous one stopped
+    (else it is read again here from there)."""
+    jobs = [(i, k) for i, chunks in enumerate(chunked) for k in range(len(chunks))]
+    ctx = mp.get_context("fork")
+    # a semaphore per process: with one for all, a process running ahead could hold every slot with chunks
+    # that cannot be taken before the one another process waits to begin
+    slots = [ctx.Semaphore(in_flight) for _ in range(decoders)]
+    workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
+    pipes = [ctx.Pipe(duplex=False) for _ in range(decoders)]
+    procs = [ctx.Process(target=_chunk_main, daemon=True,
+                         args=(chunked, jobs[w::decoders], w, decoders, tx, slots[w], workdir, transform, decoder))
+             for w, (_, tx) in enumerate(pipes)]
+    for p in procs:
+        p.start()
+    for _, tx in pipes:
+        tx.close()
+    try:
+        expected: dict[int, int] = {}  # per file: where its next chunk must begin
+        damaged: set[int] = set()
+        for j, (i, k) in enumerate(jobs):
+            kind, payload = _receive(pipes[j % decoders][0], procs)
+            if kind != "chunk":
+                raise RuntimeError(f"decoder process failed:\n{payload}")
+            start, next_start, damage, paths, stats = payload
+            outputs = {}
+            for name, path in (paths or {}).items():
+                with pa.memory_map(path) as source:
+                    outputs[name] = pa.ipc.open_file(source).get_batch(0)
+                os.unlink(path)  # the mapping stays valid until the batch is released
+            if i in damaged:  # the file's reading stopped at its damage
+                slots[j % decoders].release()
+                continue
+            if start != expected.get(i, chunked[i].bounds(0)[0]):  # a false resynchronisation: read it here
+                chunk = chunked[i].chunk(k, expected[i])
+                next_start, damage, outputs, stats = chunk.next_start, chunk.damage, {}, None
+                if chunk.frames is not None:
+                    packets = decoder(chunk.frames)
+                    outputs, stats = _stage(packets, transform), BatchStats.of(packets, chunk.frames)
+                chunked[i].release(k)
+            expected[i] = next_start
+            if damage is not None:
+                damages.append(Damage(chunked[i].path, *damage))
+                damaged.add(i)
+            if stats is not None:
+                yield outputs, stats
+            del outputs
+            slots[j % decoders].release()
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        for name in os.listdir(workdir):
+            os.unlink(os.path.join(workdir, name))
+        os.rmdir(workdir)
+
+
+def _chunk_main(chunked: list[PcapChunks], jobs: list[tuple[int, int]], first: int, step: int, out: Connection,
+                slots: Semaphore, workdir: str, transform: Transform | None, decoder: Decoder) -> None:
+    """One of :func:`_chunk_batches`' processes: its share of the chunks, each found by resynchronisation."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for n, (i, k) in zip(range(first, first + step * len(jobs), step), jobs):
+            slots.acquire()
+            chunk = chunked[i].chunk(k)
+            paths = stats = None
+            if chunk.frames is not None:
+                packets = decoder(chunk.frames)
+                paths = _write_outputs(workdir, n, _stage(packets, transform))
+                stats = BatchStats.of(packets, chunk.frames)
+            out.send(("chunk", (chunk.start, chunk.next_start, chunk.damage, paths, stats)))
+            chunked[i].release(k)
+    except BaseException:
+        out.send(("error", traceback.format_exc()))
+    finally:
         out.close()

@@ -137,3 +137,76 @@ def test_parallel_walk_on_a_large_generated_capture() -> None:
     slow = sequential_walk(fmt, buf[24:], 0, len(data) - 24)
     assert len(fast.offsets) == 10_000
     assert np.array_equal(fast.offsets, slow.offsets)
+
+
+def _record_offsets(path: Path) -> np.ndarray:
+    """Every record's file offset, one record at a time (the reference walk)."""
+    data = path.read_bytes()
+    buf = np.zeros(len(data) + 256, dtype=np.uint8)
+    buf[: len(data)] = np.frombuffer(data, np.uint8)
+    hdr = pcap.parse_global_header(data[:24])
+    assert hdr is not None
+    return sequential_walk(pcap.PcapRecords(hdr), buf, 24, len(data)).offsets
+
+
+@pytest.mark.parametrize("chunk_bytes", [700, 4096, 65536])
+def test_a_pcap_file_is_read_in_fixed_chunks_whole(chunk_bytes: int) -> None:
+    """Chunk k holds the records starting in its byte range, whatever their length: together, every record
+    once, in order (700-byte chunks: many records run past their chunk, some chunks have none)."""
+    from tests.conftest import capture_path
+
+    for path in (PCAPS / "5greplay_oai.pcap", PCAPS / "arkime_gtp-u.pcap", capture_path("generated_mixed_10k.pcap")):
+        read = np.concatenate([b.file_offset.copy() for b in read_frames(str(path), chunk_bytes)])
+        assert np.array_equal(read, _record_offsets(path)), path.name
+
+
+def test_any_process_finds_a_chunks_first_record_by_itself() -> None:
+    """Given a chunk alone (no start), the resynchronisation finds the record the walk in order begins at."""
+    from sensors.capture.chunks import PcapChunks
+    from tests.conftest import capture_path
+
+    for path in (PCAPS / "5greplay_oai.pcap", capture_path("generated_mixed_10k.pcap")):
+        chunks = PcapChunks(str(path), 16384)
+        start = 24
+        for k in range(len(chunks)):
+            alone, in_order = chunks.chunk(k), chunks.chunk(k, start)
+            assert alone.start == in_order.start == start and alone.next_start == in_order.next_start
+            assert alone.frames is not None and in_order.frames is not None
+            assert np.array_equal(alone.frames.file_offset, in_order.frames.file_offset)
+            start = in_order.next_start
+        assert start == path.stat().st_size
+
+
+def forged_chunk_start(tmp_path: Path) -> tuple[Path, int, int]:
+    """A capture whose second 4 KiB chunk begins inside a packet that carries four forged record headers
+    (each with a plausible time and length, chained): (path, where a chunk alone would start, the truth)."""
+    import struct
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    ts = 1_700_000_000
+    forged = b"".join(struct.pack("<IIII", ts, 0, 16, 16) + bytes(range(16)) for _ in range(4))
+    boundary = 24 + 4096
+    first_payload = boundary - (24 + 16 + 42)  # the forged headers start exactly at the chunk's start
+    big = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5000, dport=6000)
+                / Raw(b"\x00" * first_payload + forged + b"\x00" * 2000))
+    small = bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=7000, dport=53) / Raw(b"q" * 40))
+    records = [struct.pack("<IIII", ts, 0, len(big), len(big)) + big]
+    records += [struct.pack("<IIII", ts + 1 + i, 0, len(small), len(small)) + small for i in range(300)]
+    path = tmp_path / "forged.pcap"
+    path.write_bytes(pcap.global_header() + b"".join(records))
+    return path, boundary, 24 + len(records[0])
+
+
+def test_a_forged_chunk_start_is_caught(tmp_path: Path) -> None:
+    from sensors.capture.chunks import PcapChunks
+
+    path, forged_at, truth = forged_chunk_start(tmp_path)
+    chunks = PcapChunks(str(path), 4096)
+    assert chunks.chunk(1).start == forged_at != truth  # what a process given the chunk alone finds
+    in_order = chunks.chunk(0, 24)
+    assert in_order.next_start == truth
+    read = np.concatenate([b.file_offset.copy() for b in read_frames(str(path), 4096)])
+    assert np.array_equal(read, _record_offsets(path)) and len(read) == 301

@@ -85,3 +85,33 @@ def test_a_frame_index_crosses_to_a_helper_in_a_file(tmp_path: Path) -> None:
     back = _take_over(paths[1])
     assert frames[1] is not None and np.array_equal(back.frames.data_off, frames[1].frames.data_off)
     assert back.path == frames[1].path and not Path(paths[1]).exists()
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_plain_pcap_chunks_decoded_apart_give_the_in_process_result(tmp_path: Path, processes: int) -> None:
+    """Plain pcap files are cut in fixed chunks that each decoder walks and decodes itself: the same output as
+    one process, damage included (a truncated file, a corrupt record), and a chunk whose start a decoder got
+    wrong (forged record headers inside a packet) is read again in order."""
+    from tests.test_capture import forged_chunk_start
+
+    bad = bytearray((PCAPS / "arkime_gtp-u.pcap").read_bytes())
+    pos = 24
+    for _ in range(40):
+        pos += 16 + int.from_bytes(bad[pos + 8 : pos + 12], "little")
+    bad[pos + 8 : pos + 12] = (10**8).to_bytes(4, "little")
+    (tmp_path / "bad.pcap").write_bytes(bytes(bad))
+    cut = tmp_path / "cut.pcap"
+    data = (PCAPS / "5greplay_oai.pcap").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    forged, _, _ = forged_chunk_start(tmp_path)
+    inputs = [str(PCAPS / "5greplay_oai.pcap"), str(tmp_path / "bad.pcap"), str(cut), str(forged)]
+    assert CaptureFiles(inputs, 4096).chunked() is not None
+    one = replay(inputs, tmp_path / "one", chunk_bytes=4096, processes=1)
+    many = replay(inputs, tmp_path / "many", chunk_bytes=4096, processes=processes)
+    assert one.packets == many.packets > 1_000
+    assert [(d.path, d.offset, d.reason) for d in one.damages] == [(d.path, d.offset, d.reason) for d in many.damages]
+    assert sorted(d.reason.split(":")[0] for d in one.damages) == ["corrupt record header", "truncated record"]
+    a, b = pq.read_table(tmp_path / "one" / "flows.parquet"), pq.read_table(tmp_path / "many" / "flows.parquet")
+    assert a.num_rows > 50 and a.equals(b)
+    eve_one = (tmp_path / "one" / "eve.json").read_text().splitlines()
+    assert eve_one[:-1] == (tmp_path / "many" / "eve.json").read_text().splitlines()[:-1]

@@ -97,3 +97,14 @@ class PcapRecords:
             "wirelen": wirelen,
             "ts_ns": seconds * 1_000_000_000 + fraction * self.header.ns_per_unit,
         }
+
+
+def damage_reason(arr: np.ndarray, pos: int, fmt: PcapRecords) -> str:
+    """Why the record header at ``pos`` cannot be a record's."""
+    v = u_view(arr, fmt.u32)
+    caplen, frac = int(v[pos + 8]), int(v[pos + 4])
+    if caplen > MAX_RECORD:
+        return f"corrupt record header: captured length {caplen} exceeds {MAX_RECORD}"
+    if frac >= fmt.frac_limit:
+        return f"corrupt record header: sub-second timestamp {frac} out of range"
+    return "corrupt record header"

@@ -24,6 +24,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 
 from sensors.capture import pcap, pcapng
+from sensors.capture.chunks import PcapChunks
 from sensors.capture.frames import FrameBatch
 from sensors.capture.walk import PAD, chain_walk, u_view
 
@@ -247,6 +248,9 @@ def read_frames(
 def _read_pcap(
     path: str, f: BinaryIO, chunk_bytes: int, file_index: int, damages: list[Damage], max_batches: int | None
 ) -> Iterator[FrameBatch]:
+    if isinstance(f, io.BufferedReader) and os.path.isfile(path):  # a plain file: mapped, in fixed chunks
+        yield from _read_pcap_chunks(path, chunk_bytes, file_index, damages, max_batches)
+        return
     header = pcap.parse_global_header(f.read(pcap.GLOBAL_HEADER_LEN))
     assert header is not None  # sniffed
     buf = _buffer(f, chunk_bytes, pcap.GLOBAL_HEADER_LEN)
@@ -276,7 +280,7 @@ def _read_pcap(
             if max_batches is not None and batches >= max_batches:
                 return
         if walk.damaged:
-            damages.append(Damage(path, buf.base + walk.next_pos, _pcap_damage_reason(buf.arr, walk.next_pos, fmt)))
+            damages.append(Damage(path, buf.base + walk.next_pos, pcap.damage_reason(buf.arr, walk.next_pos, fmt)))
             return
         if walk.next_pos == 0 and buf.full():
             buf.grow()  # one record larger than the buffer
@@ -288,14 +292,24 @@ def _read_pcap(
             return
 
 
-def _pcap_damage_reason(arr: np.ndarray, pos: int, fmt: pcap.PcapRecords) -> str:
-    v = u_view(arr, fmt.u32)
-    caplen, frac = int(v[pos + 8]), int(v[pos + 4])
-    if caplen > pcap.MAX_RECORD:
-        return f"corrupt record header: captured length {caplen} exceeds {pcap.MAX_RECORD}"
-    if frac >= fmt.frac_limit:
-        return f"corrupt record header: sub-second timestamp {frac} out of range"
-    return "corrupt record header"
+def _read_pcap_chunks(path: str, chunk_bytes: int, file_index: int, damages: list[Damage], max_batches: int | None
+                      ) -> Iterator[FrameBatch]:
+    """A plain pcap file's chunks in order (:mod:`sensors.capture.chunks`), each walked from where the last stopped."""
+    chunks = PcapChunks(path, chunk_bytes, file_index)
+    start = pcap.GLOBAL_HEADER_LEN
+    batches = 0
+    for k in range(len(chunks)):
+        chunk = chunks.chunk(k, start)
+        if chunk.frames is not None:
+            yield chunk.frames
+            batches += 1
+        chunks.release(k)
+        if chunk.damage is not None:
+            damages.append(Damage(path, *chunk.damage))
+            return
+        if max_batches is not None and batches >= max_batches:
+            return
+        start = chunk.next_start
 
 
 def _read_pcapng(
@@ -391,6 +405,17 @@ class CaptureFiles:
 
     def label(self, file_index: int) -> str:
         return self.files[file_index]
+
+    def chunked(self) -> list[PcapChunks] | None:
+        """Every file as chunks that any process can read (:mod:`sensors.capture.chunks`), or None unless each
+        one is a plain pcap file (gzip and pcapng files are read in order)."""
+        chunked = []
+        for i, path in enumerate(self.files):
+            with open(path, "rb") as f:
+                if not (os.path.isfile(path) and f.read(4) in pcap.MAGICS):
+                    return None
+            chunked.append(PcapChunks(path, self.chunk_bytes, file_index=i))
+        return chunked
 
     def batches(self, damages: list[Damage], shm_dir: str | None = None
                 ) -> Iterator[tuple[FrameBatch, MappedFrames | None]]:
