@@ -201,30 +201,38 @@ def _parallel_pass(
     stops = np.append(starts[1:], end)
     pos = starts.copy()
     good_end = np.zeros(k, dtype=bool)  # walker stopped because it reached its stop
-    steps_walker: list[np.ndarray] = []
     steps_pos: list[np.ndarray] = []
-    idx = np.arange(k)
+    steps_good: list[np.ndarray] = []
+    # the walkers still inside their segment: ids, positions and stops side by side, so a step reads and
+    # writes no per-walker table (most steps are a few hundred walkers: numpy calls, not data, cost there)
+    idx, cur, stop = np.arange(k), starts.copy(), stops.copy()
     while len(idx):
-        p = pos[idx]
-        good, nxt = fmt.step(buf, p, end)
-        steps_walker.append(idx[good])
-        steps_pos.append(p[good])
-        nxt = np.where(good, nxt, p)
-        pos[idx] = nxt
-        reached = good & (nxt >= stops[idx])
+        good, nxt = fmt.step(buf, cur, end)
+        steps_pos.append(cur)
+        steps_good.append(good)
+        every = bool(good.all())
+        reached = nxt >= stop if every else good & (nxt >= stop)
+        if not every:
+            bad = ~good
+            pos[idx[bad]] = cur[bad]  # stopped at an implausible or incomplete record
+        if every and not reached.any():
+            cur = nxt
+            continue
+        pos[idx[reached]] = nxt[reached]
         good_end[idx[reached]] = True
-        idx = idx[good & ~reached]  # the walkers still inside their segment
-    walker = np.concatenate(steps_walker) if steps_walker else np.empty(0, dtype=np.int64)
-    offs = np.concatenate(steps_pos) if steps_pos else np.empty(0, dtype=np.int64)
-    order = np.argsort(walker, kind="stable")
-    walker, offs = walker[order], offs[order]
+        keep = ~reached if every else good & ~reached
+        idx, cur, stop = idx[keep], nxt[keep], stop[keep]
+    kept = np.concatenate(steps_good) if steps_good else np.empty(0, dtype=bool)
+    # each walker's records lie in [its start, its stop): the offsets are distinct, and sorted they are in
+    # file order, walker by walker
+    offs = np.sort(np.concatenate(steps_pos)[kept]) if steps_pos else np.empty(0, dtype=np.int64)
     # verification: walker j is trusted if j == 0 or walker j-1 landed exactly on starts[j]
     exact = good_end & (pos == stops)
     bad = np.flatnonzero(~exact)
     if len(bad) == 0:
         return offs, end if pos[-1] == end else int(pos[-1]), "done"
     j = int(bad[0])  # walkers 0..j are trusted; walker j did not land exactly
-    keep = walker <= j
+    keep = offs < stops[j]
     if good_end[j]:
         # overshot starts[j+1]: that start was a false guess; resume from pos[j]
         return offs[keep], int(pos[j]), "resync"
