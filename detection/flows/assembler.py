@@ -37,7 +37,7 @@ EVICT_TO = 0.9
 
 
 class FlowAssembler:
-    """Streaming flow table: ``update(packets)`` returns flows that ended.
+    """Streaming flow table: ``update(packets)`` returns flows that ended, by first seen and flow id.
 
     Ended flows are handed out in tables of at least ``export_rows`` (and all of
     them by ``flush``): building a table costs a fixed amount per column.
@@ -144,6 +144,11 @@ class FlowAssembler:
         slots = np.concatenate([d[0] for d in self._ended])
         reasons = np.concatenate([d[1] for d in self._ended])
         self._ended, self._ended_count = [], 0
+        # in the order flows are handed out downstream (first seen, then flow id): ordering slots here spares
+        # the pipeline a sort of every column of the table
+        first_ns = self._state["first_ns"][slots]
+        order = np.lexsort((flow_ids(self._state["hash"][slots], first_ns), first_ns))
+        slots, reasons = slots[order], reasons[order]
         batch = build_flow_batch(self._state, slots, reasons)
         self._state.release(slots)
         self.flows_exported += len(slots)
