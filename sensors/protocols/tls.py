@@ -10,6 +10,7 @@ fingerprint of part of the lists would match nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -32,16 +33,16 @@ _HEX1 = np.array(list("0123456789abcdef"))
 _CHARS = np.array([chr(i) for i in range(256)])
 
 
+@functools.cache
 def _hex4_strings() -> pa.Array:
-    """``"0000"`` to ``"ffff"``, built from bytes (65,536 Python strings cost every start ~30 ms)."""
+    """``"0000"`` to ``"ffff"``, built from bytes (65,536 Python strings cost every start ~30 ms), when the first
+    fingerprint needs them (~3 ms: a flow meter's decoding computes none)."""
     i = np.arange(1 << 16)
     digits = np.frombuffer(b"0123456789abcdef", np.uint8)[np.stack([i >> 12, (i >> 8) & 15, (i >> 4) & 15, i & 15],
                                                                    axis=1)]
     offsets = np.arange(0, 4 * (1 << 16) + 1, 4, dtype=np.int32)
     return pa.StringArray.from_buffers(1 << 16, pa.py_buffer(offsets), pa.py_buffer(digits.tobytes()))
 
-
-_HEX4 = _hex4_strings()
 
 
 def dissect(pk: Packets, rows: np.ndarray) -> None:
@@ -205,10 +206,10 @@ def _fingerprints(pk: Packets, rows: np.ndarray, whole: np.ndarray, legacy_versi
     part_a = np.char.add(np.char.add(np.char.add("t", ver), np.where(has_sni, "d", "i")),
                          np.char.add(np.char.add(np.char.zfill(np.minimum(n_ciphers, 99).astype(str), 2),
                                                  np.char.zfill(np.minimum(n_exts, 99).astype(str), 2)), alpn))
-    ciphers_sorted = _joined(n, c_own, c_val, _HEX4.take(pa.array(c_val)), ",")
+    ciphers_sorted = _joined(n, c_own, c_val, _hex4_strings().take(pa.array(c_val)), ",")
     counted = (e_val != EXT_SNI) & (e_val != EXT_ALPN)
-    exts_sorted = _joined(n, e_own[counted], e_val[counted], _HEX4.take(pa.array(e_val[counted])), ",")
-    sig_algs = _joined(n, s_own, s_ord, _HEX4.take(pa.array(s_val)), ",")
+    exts_sorted = _joined(n, e_own[counted], e_val[counted], _hex4_strings().take(pa.array(e_val[counted])), ",")
+    sig_algs = _joined(n, s_own, s_ord, _hex4_strings().take(pa.array(s_val)), ",")
     ja4 = []
     for a, b, c, s in zip(part_a.tolist(), ciphers_sorted.to_pylist(), exts_sorted.to_pylist(), sig_algs.to_pylist()):
         c = f"{c}_{s}" if s else c
