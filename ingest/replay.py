@@ -278,7 +278,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             while stored:
                 stored.pop().result()  # one store write in flight; its errors surface here
             stored.append(writers[2].submit(to_store.write, store))
-            to_store, last_store = type(to_store)(), time.monotonic()
+            to_store, last_store = PendingWrites(), time.monotonic()
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,

@@ -113,6 +113,12 @@ def _counts(col: pa.Array) -> collections.Counter[int]:
     return collections.Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
 
 
+def _decoded(frames: FrameBatch, decoder: Decoder, transform: Transform | None) -> tuple[Outputs, BatchStats]:
+    """A chunk's frames decoded and transformed, with their traffic counters."""
+    packets = decoder(frames)
+    return _stage(packets, transform), BatchStats.of(packets, frames)
+
+
 def _stage(packets: pa.RecordBatch, transform: Transform | None) -> Outputs:
     return transform(packets) if transform else {"packets": packets}
 
@@ -157,14 +163,14 @@ def packet_batches_forked(
     # here, the forked processes share it instead of each loading it (~10 ms apiece)
     import numpy.ma  # noqa: F401
 
+    in_flight = in_flight or MAX_IN_FLIGHT + decoders - 1
     chunked = source.chunked() if isinstance(source, CaptureFiles) and keep is None else None
     if chunked is not None:
-        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight or MAX_IN_FLIGHT + decoders - 1,
-                                  decoder)
+        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight, decoder)
         return
     ctx = mp.get_context("fork")
     helpers = decoders if source.live else decoders - 1
-    slots = ctx.Semaphore(in_flight or MAX_IN_FLIGHT + decoders - 1)
+    slots = ctx.Semaphore(in_flight)
     workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
     reader_rx, reader_tx = ctx.Pipe(duplex=False)
     requests = [ctx.Pipe(duplex=False) for _ in range(helpers)]
@@ -186,11 +192,7 @@ def packet_batches_forked(
                 kind, payload = _receive(results[payload][0], procs)
             if kind == "batch":
                 paths, stats = payload
-                outputs = {}
-                for name, path in paths.items():
-                    with pa.memory_map(path) as source:
-                        outputs[name] = pa.ipc.open_file(source).get_batch(0)
-                    os.unlink(path)  # the mapping stays valid until the batch is released
+                outputs = _read_outputs(paths)
                 yield outputs, stats
                 del outputs
                 slots.release()
@@ -200,13 +202,28 @@ def packet_batches_forked(
             else:
                 raise RuntimeError(f"decoder process failed:\n{payload}")
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-        for name in os.listdir(workdir):
-            os.unlink(os.path.join(workdir, name))
-        os.rmdir(workdir)
+        _shut_down(procs, workdir)
+
+
+def _read_outputs(paths: dict[str, str]) -> Outputs:
+    """A decoder's output files, memory-mapped and removed (a mapping stays valid until its batch is released)."""
+    outputs = {}
+    for name, path in paths.items():
+        with pa.memory_map(path) as source:
+            outputs[name] = pa.ipc.open_file(source).get_batch(0)
+        os.unlink(path)
+    return outputs
+
+
+def _shut_down(procs: Sequence[BaseProcess], workdir: str) -> None:
+    """The decoder processes ended (killed if they do not end by themselves) and their work directory removed."""
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.terminate()
+    for name in os.listdir(workdir):
+        os.unlink(os.path.join(workdir, name))
+    os.rmdir(workdir)
 
 
 def _receive(conn: Connection, procs: Sequence[BaseProcess]) -> tuple[str, Any]:
@@ -348,20 +365,14 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
             if kind != "chunk":
                 raise RuntimeError(f"decoder process failed:\n{payload}")
             start, next_start, damage, paths, stats = payload
-            outputs = {}
-            for name, path in (paths or {}).items():
-                with pa.memory_map(path) as source:
-                    outputs[name] = pa.ipc.open_file(source).get_batch(0)
-                os.unlink(path)  # the mapping stays valid until the batch is released
+            outputs = _read_outputs(paths or {})
             if i in damaged:  # the file's reading stopped at its damage
                 slots[j % decoders].release()
                 continue
             if start != expected.get(i, chunked[i].bounds(0)[0]):  # a false resynchronisation: read it here
                 chunk = chunked[i].chunk(k, expected[i])
-                next_start, damage, outputs, stats = chunk.next_start, chunk.damage, {}, None
-                if chunk.frames is not None:
-                    packets = decoder(chunk.frames)
-                    outputs, stats = _stage(packets, transform), BatchStats.of(packets, chunk.frames)
+                next_start, damage = chunk.next_start, chunk.damage
+                outputs, stats = _decoded(chunk.frames, decoder, transform) if chunk.frames is not None else ({}, None)
                 chunked[i].release(k)
             expected[i] = next_start
             if damage is not None:
@@ -372,13 +383,7 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
             del outputs
             slots[j % decoders].release()
     finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.terminate()
-        for name in os.listdir(workdir):
-            os.unlink(os.path.join(workdir, name))
-        os.rmdir(workdir)
+        _shut_down(procs, workdir)
 
 
 def _chunk_main(chunked: list[PcapChunks], jobs: list[tuple[int, int]], first: int, step: int, out: Connection,
@@ -391,9 +396,8 @@ def _chunk_main(chunked: list[PcapChunks], jobs: list[tuple[int, int]], first: i
             chunk = chunked[i].chunk(k)
             paths = stats = None
             if chunk.frames is not None:
-                packets = decoder(chunk.frames)
-                paths = _write_outputs(workdir, n, _stage(packets, transform))
-                stats = BatchStats.of(packets, chunk.frames)
+                outputs, stats = _decoded(chunk.frames, decoder, transform)
+                paths = _write_outputs(workdir, n, outputs)
             out.send(("chunk", (chunk.start, chunk.next_start, chunk.damage, paths, stats)))
             chunked[i].release(k)
     except BaseException:

@@ -21,7 +21,7 @@ import numpy as np
 
 from sensors.capture import pcap
 from sensors.capture.frames import FrameBatch
-from sensors.capture.walk import PAD, Windows, chain_walk, u_view
+from sensors.capture.walk import PAD, Windows, chain_ok, chain_walk, is_damage, u_view
 
 #: how far past a chunk's start its first record may begin: the one before it may be this long
 _MAX_SPAN = pcap.RECORD_HEADER_LEN + pcap.MAX_RECORD
@@ -82,14 +82,14 @@ class PcapChunks:
         offsets, pos, damage = walk.offsets, walk.next_pos, None
         if walk.damaged:
             damage = (a + pos, pcap.damage_reason(buf, pos, fmt))
-        elif pos < b - a:  # the record at pos starts in this chunk and ends after it
+        elif pos < b - a:  # the record at pos starts in this chunk and ends after it (the view holds the longest)
             ok, nxt = fmt.step(buf, np.array([pos], dtype=np.int64), view_end - a)
             if ok[0]:
                 offsets, pos = np.append(offsets, pos), int(nxt[0])
-            elif a + pos < self.size and view_end == self.size and not _damaged(fmt, buf, pos, view_end - a):
-                damage = (a + pos, f"truncated record: file ends {self.size - a - pos} bytes into it")
-            else:
+            elif is_damage(fmt, buf, pos, view_end - a):
                 damage = (a + pos, pcap.damage_reason(buf, pos, fmt))
+            else:  # plausible, but the file ends inside it
+                damage = (a + pos, f"truncated record: file ends {self.size - a - pos} bytes into it")
         return Chunk(self._frames(fmt, buf, a, offsets) if len(offsets) else None, start, a + pos, damage)
 
     def release(self, k: int) -> None:
@@ -125,15 +125,7 @@ class PcapChunks:
             if width <= 0:
                 break
             cand = np.flatnonzero(fmt.candidates(Windows(buf, 0, width, 1, width))[0]).astype(np.int64)
-            cand = cand[fmt.start_ok(buf, cand)] if len(cand) else cand
-            ok = np.ones(len(cand), dtype=bool)
-            p = cand
-            for _ in range(3):  # the candidate and its next two successors pass the full test
-                good, nxt = fmt.step(buf, p, end)
-                good &= fmt.start_ok(buf, p)
-                ok &= good | (p >= end)
-                p = np.where(good, nxt, end)
-            found = cand[ok]
+            found = cand[chain_ok(fmt, buf, cand, end)]
             if len(found):
                 return a + int(found[0])
             if width == end:
@@ -147,11 +139,6 @@ class PcapChunks:
                           ts_ns=cols["ts_ns"], link_type=np.full(n, self.header.link_type, dtype=np.uint16),
                           interface_id=np.zeros(n, dtype=np.uint16), file_offset=offsets + a,
                           file_index=self.file_index, mapped_at=a)
-
-
-def _damaged(fmt: pcap.PcapRecords, buf: np.ndarray, pos: int, end: int) -> bool:
-    ok, _ = fmt.header_ok(buf, np.array([pos], dtype=np.int64))
-    return not bool(ok[0])
 
 
 __all__ = ["Chunk", "PcapChunks"]

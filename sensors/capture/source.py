@@ -411,10 +411,12 @@ class CaptureFiles:
         one is a plain pcap file (gzip and pcapng files are read in order)."""
         chunked = []
         for i, path in enumerate(self.files):
-            with open(path, "rb") as f:
-                if not (os.path.isfile(path) and f.read(4) in pcap.MAGICS):
-                    return None
-            chunked.append(PcapChunks(path, self.chunk_bytes, file_index=i))
+            if not os.path.isfile(path):
+                return None
+            try:
+                chunked.append(PcapChunks(path, self.chunk_bytes, file_index=i))
+            except ValueError:  # gzip or pcapng
+                return None
         return chunked
 
     def batches(self, damages: list[Damage], shm_dir: str | None = None

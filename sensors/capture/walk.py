@@ -110,13 +110,13 @@ def sequential_walk(fmt: ChainFormat, buf: np.ndarray, start: int, end: int) -> 
     while pos + fmt.header_len <= end:
         ok, nxt = fmt.step(buf, np.array([pos], dtype=np.int64), end)
         if not ok[0]:
-            return WalkResult(np.array(offsets, dtype=np.int64), pos, _is_damage(fmt, buf, pos, end))
+            return WalkResult(np.array(offsets, dtype=np.int64), pos, is_damage(fmt, buf, pos, end))
         offsets.append(pos)
         pos = int(nxt[0])
     return WalkResult(np.array(offsets, dtype=np.int64), pos, False)
 
 
-def _is_damage(fmt: ChainFormat, buf: np.ndarray, pos: int, end: int) -> bool:
+def is_damage(fmt: ChainFormat, buf: np.ndarray, pos: int, end: int) -> bool:
     """A record that fails ``step`` is damage unless it is merely cut off by ``end``."""
     if pos + fmt.header_len > end:
         return False
@@ -177,7 +177,17 @@ def _find_starts(
     flat = np.flatnonzero(mask)
     seg_idx, col = np.divmod(flat, window)
     cand = seg_starts[seg_idx] + col
-    # chain check: the candidate and its next two successors pass the full test
+    ok = chain_ok(fmt, buf, cand, end)
+    seg_idx, cand = seg_idx[ok], cand[ok]
+    # first surviving candidate of each segment (nonzero() yields row-major order)
+    first = np.ones(len(seg_idx), dtype=bool)
+    first[1:] = seg_idx[1:] != seg_idx[:-1]
+    return np.concatenate([[start], cand[first]]).astype(np.int64)
+
+
+def chain_ok(fmt: ChainFormat, buf: np.ndarray, cand: np.ndarray, end: int) -> np.ndarray:
+    """Chain check of guessed record starts: the candidate and its next two successors pass the full test
+    (or the data ends before them)."""
     ok = np.ones(len(cand), dtype=bool)
     p = cand
     for _ in range(3):
@@ -186,11 +196,7 @@ def _find_starts(
         good &= fmt.start_ok(buf, p)
         ok &= good | at_end
         p = np.where(good, nxt, end)
-    seg_idx, cand = seg_idx[ok], cand[ok]
-    # first surviving candidate of each segment (nonzero() yields row-major order)
-    first = np.ones(len(seg_idx), dtype=bool)
-    first[1:] = seg_idx[1:] != seg_idx[:-1]
-    return np.concatenate([[start], cand[first]]).astype(np.int64)
+    return ok
 
 
 def _parallel_pass(
@@ -238,4 +244,4 @@ def _parallel_pass(
         return offs[keep], int(pos[j]), "resync"
     # walker j stopped at an implausible or incomplete record inside its segment
     stop_at = int(pos[j])
-    return offs[keep], stop_at, "damaged" if _is_damage(fmt, buf, stop_at, end) else "done"
+    return offs[keep], stop_at, "damaged" if is_damage(fmt, buf, stop_at, end) else "done"

@@ -112,7 +112,7 @@ class Packets:
     def _column(self, name: str) -> np.ndarray:
         arr = self.values.get(name)
         if arr is None:
-            assert self._kept is None or name in self._kept, f"{name} is read back: add it to READ_BACK"
+            assert self._keeps(name), f"{name} is read back: add it to READ_BACK"
             ftype = PACKET_SCHEMA.field(name).type
             if ftype == IP:
                 arr = np.zeros((self.n, 2), dtype=np.uint64)
@@ -129,15 +129,19 @@ class Packets:
             return slice(None)
         return rows
 
+    def _keeps(self, name: str) -> bool:
+        """Is numeric column ``name`` stored (wanted, or read back by a dissector)?"""
+        return self._kept is None or name in self._kept
+
     def put(self, name: str, rows: np.ndarray, values: np.ndarray | int) -> None:
-        if self._kept is not None and name not in self._kept:
+        if not self._keeps(name):
             return
         idx = self._index(rows)
         self._column(name)[idx] = values
         self.valid[name][idx] = True
 
     def put_ip(self, name: str, rows: np.ndarray, hi: np.ndarray | int, lo: np.ndarray | int) -> None:
-        if self._kept is not None and name not in self._kept:
+        if not self._keeps(name):
             return
         col = self._column(name)
         idx = self._index(rows)
@@ -153,7 +157,7 @@ class Packets:
             written = (self.arrow_strings[name][0] if name in self.arrow_strings else self.strings[name][0])
             return np.isin(rows, written)
         if name not in self.valid:
-            assert self._kept is None or name in self._kept or name in _TEXT, f"{name} is read back: add it to READ_BACK"
+            assert self._keeps(name) or name in _TEXT, f"{name} is read back: add it to READ_BACK"
             return np.zeros(len(rows), dtype=bool)
         return self.valid[name][rows]
 
