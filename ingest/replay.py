@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from detection.alerts import ALERT_SCHEMA
 from detection.detectors import Detector
@@ -326,6 +325,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
         finish_eve()
         if flows_only:
             return
+        import pyarrow.parquet as pq  # here, on a writer thread: see ParquetSink
+
         rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
         if notifier is not None:

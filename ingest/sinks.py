@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE", 50: "ESP"}
 
@@ -29,7 +31,8 @@ class ParquetSink:
     def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 16384, dictionary: bool = True) -> None:
         self.path = path
         self._tmp = path.with_suffix(path.suffix + ".partial")
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", use_dictionary=dictionary)
+        self._schema, self._dictionary = schema, dictionary
+        self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._row_group_rows = row_group_rows
@@ -43,14 +46,24 @@ class ParquetSink:
             if self._pending_rows >= self._row_group_rows:
                 self._flush()
 
+    def _opened(self) -> pq.ParquetWriter:
+        # opened at the first write: pyarrow.parquet (and the filesystems it loads, ~15 ms) is imported
+        # there, on a writer thread once a replay's decoders run, not before they can start
+        if self._writer is None:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd",
+                                            use_dictionary=self._dictionary)
+        return self._writer
+
     def _flush(self) -> None:
         if self._pending:
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._pending_rows, 1))
+            self._opened().write_table(pa.concat_tables(self._pending), row_group_size=max(self._pending_rows, 1))
             self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:
         self._flush()
-        self._writer.close()
+        self._opened().close()
         self._tmp.replace(self.path)  # never leave a half-written file under the final name
 
 
