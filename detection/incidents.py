@@ -39,6 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from detection import yamldocs
 from detection.rules.loader import BUNDLED_TACTICS
 from detection.rules.model import Rule
 from sensors.schema import Field, arrow_schema
@@ -84,9 +85,7 @@ INCIDENT_SCHEMA = arrow_schema(INCIDENT_FIELDS, "incidents", INCIDENT_SCHEMA_VER
 
 def load_tactics(path: Path = BUNDLED_TACTICS) -> dict[str, str]:
     """Technique id -> tactic, from ``rules/correlation/tactics.yml``."""
-    import yaml  # here, not at the top: a flow meter imports this module but reads no tactics
-
-    techniques = (yaml.safe_load(path.read_text()) or {}).get("techniques") or {}
+    techniques = (yamldocs.load(path) or {}).get("techniques") or {}
     unknown = {t for t in techniques.values() if t not in TACTICS}
     if unknown:
         raise ValueError(f"{path}: unknown tactics {sorted(unknown)}")

@@ -38,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection import yamldocs
 from detection.detectors.base import LruDict
 from detection.rules.loader import BUNDLED_RULES
 from sensors.schema import Field, arrow_schema
@@ -105,12 +106,10 @@ class TrendConfig:
     @classmethod
     def load(cls, path: Path | None = None) -> TrendConfig:
         """``rules/forecast/trend.yml`` or another file in its shape."""
-        import yaml  # here, not at the top: a flow meter imports this module but reads no settings
-
         path = BUNDLED_TREND if path is None else Path(path)
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
+            doc = yamldocs.load(path) or {}
+        except (OSError, yamldocs.YamlError) as e:
             raise TrendConfigError(f"{path}: {e}") from e
         if not isinstance(doc, dict):
             raise TrendConfigError(f"{path}: a mapping of settings expected")

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from console.cli import main
+from detection import yamldocs
 from detection.detectors import default_detectors
 from detection.engine import DetectionEngine
 from detection.rules.loader import RuleError, load_file, load_rules
+from detection.trend import BUNDLED_TREND
 from ingest.replay import replay
 from sensors.generate.attacks import generated_attacks
 from tests.conftest import PCAPS, capture_path, decode_file
@@ -207,6 +209,56 @@ def test_loading_errors_name_file_and_line(tmp_path: Path) -> None:
         load_rules([dup])
 
 
+def test_rule_files_are_parsed_and_validated_once_per_content(tmp_path: Path) -> None:
+    """A rule file's documents are kept once it loads (detection/yamldocs.py): a new process loading the
+    unchanged bundled rules imports neither PyYAML nor the schema validator; an edited file is parsed and
+    validated again, and a damaged kept copy is never trusted."""
+    import subprocess
+    import sys
+
+    count = len(load_rules(None))  # keeps them, if they were not kept yet
+    code = ("import sys; from detection.rules.loader import load_rules; rules = load_rules(None); "
+            "print(len(rules), 'yaml' in sys.modules, 'fastjsonschema' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(count), "False", "False"]
+    rule = tmp_path / "r.yml"
+    rule.write_text(RULE)
+    assert load_file(rule)[0].level == "high"
+    assert yamldocs.kept(RULE, "") is None  # kept under the schema's key, not as plain YAML
+    rule.write_text(RULE.replace("level: high", "level: huge"))
+    with pytest.raises(RuleError, match=r"r.yml:4: level: 'huge' is not one of"):
+        load_file(rule)
+    before = set(yamldocs.CACHE_DIR.glob("yaml.*.marshal"))
+    rule.write_text(RULE.replace("level: high", "level: low") + f"# {tmp_path}\n")  # a text never kept before
+    assert load_file(rule)[0].level == "low"
+    (damaged,) = set(yamldocs.CACHE_DIR.glob("yaml.*.marshal")) - before
+    damaged.write_bytes(b"\x00 not marshal data")
+    assert load_file(rule)[0].level == "low"  # parsed again, and kept again
+    assert damaged.read_bytes() != b"\x00 not marshal data"
+
+
+def test_yaml_settings_files_are_kept_like_rules(tmp_path: Path) -> None:
+    """Trend thresholds, tactics and feed settings load through yamldocs.load: one document, libyaml's values;
+    a value marshal cannot hold (a timestamp) is parsed at every start instead of kept."""
+    import datetime
+
+    f = tmp_path / "s.yml"
+    f.write_text("a: [1, 2.5, x]\nb: {c: null, d: true}\n")
+    assert yamldocs.load(f) == {"a": [1, 2.5, "x"], "b": {"c": None, "d": True}}
+    kept = yamldocs.kept(f.read_text())
+    assert kept is not None and kept.values == [yamldocs.load(f)] and kept.lines == [1]
+    f.write_text("when: 2024-01-02\n")
+    assert yamldocs.load(f) == {"when": datetime.date(2024, 1, 2)}
+    assert yamldocs.kept(f.read_text()) is None
+    f.write_text("a: 1\n---\nb: 2\n")
+    with pytest.raises(yamldocs.YamlError, match="line 3: expected a single document"):
+        yamldocs.load(f)
+    f.write_text("a: [1\n")
+    with pytest.raises(yamldocs.YamlError, match="line 2"):
+        yamldocs.load(f)
+    assert yamldocs.load(BUNDLED_TREND) == yamldocs.parse(BUNDLED_TREND.read_text()).values[0]
+
+
 def _paths(node: object, path: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
     """Every key/index path inside a YAML document."""
     if path:
@@ -225,11 +277,11 @@ def test_the_fast_rule_validator_agrees_with_jsonschema() -> None:
 
     import jsonschema
 
-    from detection.rules.loader import BUNDLED_RULES, NOT_RULES, _accepted, _documents, rule_schema
+    from detection.rules.loader import BUNDLED_RULES, NOT_RULES, _accepted, rule_schema
 
     strict = jsonschema.Draft202012Validator(rule_schema())
     docs = [d for f in sorted(BUNDLED_RULES.rglob("*.yml")) if not set(NOT_RULES) & set(f.relative_to(BUNDLED_RULES).parts)
-            for d in _documents(f.read_text())[1] if d is not None]
+            for d in yamldocs.parse(f.read_text()).values if d is not None]
     assert len(docs) > 20
     odd: list[object] = [None, 0, -1, 1.5, True, "", "x", "ns.ns", [], ["x"], [1], {}, {"x": 1}, "6526f84f"]
     rng = random.Random(5)
@@ -258,9 +310,9 @@ def test_the_fast_rule_validator_agrees_with_jsonschema() -> None:
 def test_the_compiled_rule_validator_is_kept_and_rebuilt_when_damaged() -> None:
     """The validator's compiled code is kept between runs (it costs ~20 ms of every replay's start); a damaged
     copy is rebuilt, never trusted, and the rebuilt validator judges rules as before."""
-    from detection.rules.loader import BUNDLED_RULES, SCHEMA_PATH, _documents, _fast_validator
+    from detection.rules.loader import BUNDLED_RULES, SCHEMA_PATH, _fast_validator
 
-    rule = _documents(next(BUNDLED_RULES.glob("network/*.yml")).read_text())[1][0]
+    rule = yamldocs.parse(next(BUNDLED_RULES.glob("network/*.yml")).read_text()).values[0]
     broken = {**rule, "level": "catastrophic"}
     _fast_validator.cache_clear()
     _fast_validator()

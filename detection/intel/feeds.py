@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection import yamldocs
 from detection.intel import misp, plain, stix
 from detection.intel.indicators import INDICATOR_SCHEMA, LEVELS, Parsed
 from detection.intel.matcher import IntelMatcher
@@ -87,11 +88,9 @@ class FeedState:
 
 
 def load_config(path: Path) -> list[FeedConfig]:
-    import yaml  # here, not at the top: the engine imports this package, and most replays have no feeds
-
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        data = yamldocs.load(path) or {}
+    except (OSError, yamldocs.YamlError) as exc:
         raise IntelConfigError(f"{path}: {exc}") from None
     feeds = data.get("feeds") if isinstance(data, dict) else None
     if not isinstance(feeds, list):

@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detection import yamldocs
 from detection.rules.compiler import check_rule
 from detection.rules.model import Aggregate, Condition, Rule, derived_signature_id
 
-if TYPE_CHECKING:  # imported where rule files are read: a flow meter reads none (~5 ms of its start)
+if TYPE_CHECKING:  # imported where a rule file is parsed: a flow meter reads none, kept files need none
     import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("rule.schema.json")
@@ -66,33 +67,43 @@ def load_rules(paths: list[Path] | None = None) -> list[Rule]:
 
 
 def load_file(path: Path) -> list[Rule]:
-    """All rules of one file (several YAML documents may be separated by ``---``)."""
-    import yaml
+    """All rules of one file (several YAML documents may be separated by ``---``).
 
+    A file's documents are kept once all its rules loaded (:mod:`detection.yamldocs`, under the schema's
+    key): an unchanged file is neither parsed nor validated again at the next start.
+    """
     text = path.read_text(encoding="utf-8")
-    try:
-        nodes, docs = _documents(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RuleError(f"{path}:{line}: not valid YAML: {problem}") from None
+    docs = yamldocs.kept(text, _schema_key())
+    valid = docs is not None
+    if docs is None:
+        try:
+            docs = yamldocs.parse(text)
+        except yamldocs.YamlError as exc:
+            raise RuleError(f"{path}:{exc.line}: not valid YAML: {exc.problem}") from None
     rules = []
-    for node, doc in zip(nodes, docs):
+    for i, (doc, line) in enumerate(zip(docs.values, docs.lines)):
         if doc is None:
             continue
-        line = node.start_mark.line + 1
-        if not _accepted(doc):
+        if not valid and not _accepted(doc):
             err = _first_error(doc)
             if err is not None:
-                where = _line_of(node, list(err.absolute_path)) or line
+                assert docs.nodes is not None  # parsed here: kept documents were valid
+                where = _line_of(docs.nodes[i], list(err.absolute_path)) or line
                 field = "/".join(str(p) for p in err.absolute_path) or "(rule)"
                 raise RuleError(f"{path}:{where}: {field}: {err.message}")
         try:
             rules.append(_build(doc, str(path), line))
         except ValueError as exc:
             raise RuleError(f"{path}:{line}: {exc}") from None
+    if not valid:
+        yamldocs.keep(text, docs, _schema_key())
     return rules
+
+
+@functools.cache
+def _schema_key() -> str:
+    """What kept rule documents were validated against."""
+    return hashlib.sha256(SCHEMA_PATH.read_bytes()).hexdigest()
 
 
 @functools.cache
@@ -148,24 +159,6 @@ def _first_error(doc: Any) -> Any:
     errors = sorted(jsonschema.Draft202012Validator(rule_schema()).iter_errors(doc),
                     key=lambda e: list(e.absolute_path))
     return errors[0] if errors else None
-
-
-def _documents(text: str) -> tuple[list[yaml.Node], list[Any]]:
-    """Each YAML document's node (for line numbers) and value, parsed once (libyaml when present)."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
-    nodes: list[yaml.Node] = []
-    docs: list[Any] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            assert node is not None  # check_node said there is one
-            nodes.append(node)
-            docs.append(loader.construct_document(node))
-    finally:
-        loader.dispose()
-    return nodes, docs
 
 
 def _line_of(node: yaml.Node, path: list[Any]) -> int | None:
