@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 
 from detection.alerts import ALERT_SCHEMA, alert_table
 from detection.detectors.base import MAX_BUFFERED_EVENTS, NEVER, Detector, PacketDetector, Windowed
+from detection.features import columns_read
 from detection.intel import IntelFeeds, intel_rules
+from detection.intel.matcher import PACKET_COLUMNS as INTEL_COLUMNS
 from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
@@ -100,6 +102,15 @@ class DetectionEngine:
     def has_packet_rules(self) -> bool:
         """Are there packet rules (or intelligence feeds) to evaluate on every batch?"""
         return bool(self._packet_rules.compiled) or self.intel is not None
+
+    @property
+    def packet_columns(self) -> frozenset[str]:
+        """Every packet column the packet rules (with their features' inputs), packet detectors and
+        intelligence matches read: a sensor decodes no other for them."""
+        rules = {name for _, matcher in self._packet_rules.compiled for name in matcher.rule.fields()}
+        return frozenset(columns_read(rules) | set(self._packet_rules.tuple_columns)
+                         | {c for d in self._packet_detectors for c in (d.time_column, *d.columns)}
+                         | (INTEL_COLUMNS if self.intel is not None else set()))
 
     @property
     def _packet_detectors(self) -> list[PacketDetector]:

@@ -7,7 +7,7 @@ vectorized, and only for the columns some loaded rule reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,13 @@ PACKET_FEATURES: dict[str, tuple[Field, Callable[[pa.Table | pa.RecordBatch, dic
                           _dns(shannon_entropy)),
 }
 FEATURES = {"packets": PACKET_FEATURES, "flows": {}}
+#: the columns each feature is computed from
+FEATURE_INPUTS = {name: ("dns_qname",) for name in PACKET_FEATURES}
+
+
+def columns_read(names: Iterable[str]) -> set[str]:
+    """The table columns behind ``names``: a feature's inputs, any other name itself."""
+    return {c for name in names for c in FEATURE_INPUTS.get(name, (name,))}
 
 
 def feature_fields(source: str) -> list[Field]:

@@ -25,7 +25,7 @@ from ingest.privacy import Pseudonymizer
 from ingest.sinks import ParquetSink
 from sensors.masks import true_mask
 from sensors.protocols import diameter, gtpc, ngap, pfcp
-from sensors.protocols.messages import drop_packet_rows
+from sensors.protocols.messages import SELECT_COLUMNS, drop_packet_rows
 from sensors.protocols.sbi import SbiDecoder
 from sensors.schema import PROTO_SCHEMAS, AppProto
 
@@ -35,6 +35,8 @@ DISSECTORS: dict[str, tuple[AppProto, Callable[[pa.RecordBatch], pa.Table]]] = {
     "ngap": (AppProto.NGAP, ngap.messages), "diameter": (AppProto.DIAMETER, diameter.messages),
 }
 HTTP2_COLUMNS = ["ts", "src_ip", "dst_ip", "src_port", "dst_port", "app_proto", "cp_payload"]
+#: every packet column :func:`decode_messages` reads
+MESSAGE_COLUMNS = frozenset((*SELECT_COLUMNS, *HTTP2_COLUMNS))
 PREFIX = "proto."
 
 

@@ -160,6 +160,40 @@ def test_alerts_are_the_same_for_any_batching_and_process_count(tmp_path: Path, 
     assert incidents[0] and incidents[0] == incidents[1] == incidents[2]
 
 
+def test_detection_decodes_only_the_columns_it_reads(tmp_path: Path, attacks: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay with detection decodes the packet columns its flows, signalling messages, rules, detectors
+    and intelligence feeds read (ingest.pipeline.decoded_columns), not all of them; every output is the same
+    as with every column decoded, on every bundled capture and every generated attack."""
+    from ingest import pipeline
+    from ingest.privacy import KEY_ENV
+    from sensors.schema import PACKET_SCHEMA
+    from tests.intel_fixtures import lab_feeds
+
+    engine = pipeline.build_engine(None, intel=lab_feeds(tmp_path / "intel"))
+    assert len(pipeline.decoded_columns(engine, False)) < len(PACKET_SCHEMA) - 10
+    inputs = [str(p) for p in [*sorted(PCAPS.iterdir()), *attacks.values()]]
+    feeds = tmp_path / "intel" / "intel.yml"
+    monkeypatch.setenv(KEY_ENV, "a key for both")  # the same pseudonyms in both directories
+    replay(inputs, tmp_path / "some", processes=1, intel=feeds)
+    monkeypatch.setattr(pipeline, "decoded_columns", lambda engine, flows_only: None)  # None: every column
+    replay(inputs, tmp_path / "every", processes=1, intel=feeds)
+    files = sorted(p.name for p in (tmp_path / "every").glob("*.parquet"))
+    assert "alerts.parquet" in files and "proto_pfcp.parquet" in files
+    assert sorted(p.name for p in (tmp_path / "some").glob("*.parquet")) == files
+    for name in files:
+        every, some = pq.read_table(tmp_path / "every" / name), pq.read_table(tmp_path / "some" / name)
+        if name == "intel_feeds.parquet":  # when each run loaded the feeds
+            every, some = every.drop_columns(["loaded_at"]), some.drop_columns(["loaded_at"])
+        assert some.equals(every), name
+    assert pq.read_table(tmp_path / "every" / "alerts.parquet").num_rows > 50
+
+    def events(name: str) -> list[str]:
+        return [x for x in (tmp_path / name / "eve.json").read_text().splitlines() if '"event_type":"stats"' not in x]
+
+    assert events("some") == events("every")
+
+
 def test_alert_events_in_eve(tmp_path: Path) -> None:
     replay([str(PCAPS / "zeek_ssh_sshguess.pcap")], tmp_path / "o", processes=1)
     events = [json.loads(x) for x in (tmp_path / "o" / "eve.json").read_text().splitlines()]

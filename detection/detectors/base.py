@@ -161,6 +161,7 @@ class PacketDetector(Detector):
     batch in the decoder processes, and only the rows it keeps travel on to ``evaluate``."""
 
     source = "packets"
+    #: every packet column ``select`` and ``evaluate`` read: the sensor decodes no other for the detector
     columns: ClassVar[list[str]] = ["ts", "src_ip", "dst_ip"]
 
     def select(self, packets: pa.Table | pa.RecordBatch) -> np.ndarray:

@@ -45,6 +45,8 @@ RULE_IDS = {"critical": "5d0c7a3e-91b4-4f0e-a6f3-0b2c5e7d1a01", "high": "5d0c7a3
             "medium": "5d0c7a3e-91b4-4f0e-a6f3-0b2c5e7d1a03", "low": "5d0c7a3e-91b4-4f0e-a6f3-0b2c5e7d1a04"}
 GROUP_BY = ("src_ip", "intel_feed", "intel_indicator")
 TUPLE = ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "teid", "tunnel_src_ip", "tunnel_dst_ip")
+#: every packet column a match reads
+PACKET_COLUMNS = frozenset((*TUPLE, *(c for columns in MATCHED_TYPES.values() for c in columns)))
 
 
 def intel_rules() -> list[Rule]:

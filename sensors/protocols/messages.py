@@ -62,6 +62,10 @@ class Messages:
         return dict(self._common[i])
 
 
+#: the packet columns :func:`select` reads (besides ``packet_row``, which a subset of a batch keeps)
+SELECT_COLUMNS = ("app_proto", "ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "cp_more")
+
+
 def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
     """The packets whose ``app_proto`` is one of ``apps`` and that carry ``cp_payload``."""
     app = packets.column("app_proto")
@@ -69,8 +73,7 @@ def select(packets: pa.RecordBatch | pa.Table, *apps: AppProto) -> Messages:
                    packets.column("cp_payload").is_valid())
     rows = np.flatnonzero(true_mask(mask))
     have = set(packets.column_names)  # a list built on every call: once
-    needed = [c for c in ("ts", "src_ip", "dst_ip", "src_port", "dst_port", "cp_payload", "cp_more", "packet_row")
-              if c in have]
+    needed = [c for c in (*SELECT_COLUMNS[1:], "packet_row") if c in have]
     sub = packets.select(needed).take(pa.array(rows))
     if "packet_row" in have:  # a subset of a batch that kept its rows' numbers
         rows = np.asarray(sub.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)
