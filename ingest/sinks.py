@@ -167,8 +167,9 @@ class EveSink:
             pc.fill_null(_join(',"qfi":', _text(c("gtpu_qfi"))), ""),
             "}",
         )
+        end = _iso_column(c("last_seen"))  # the event's timestamp and the flow's end
         line = _join(
-            '{"timestamp":"', _iso_column(c("last_seen")), '","flow_id":', _text(c("flow_id")),
+            '{"timestamp":"', end, '","flow_id":', _text(c("flow_id")),
             ',"event_type":"flow","src_ip":', quoted("src_ip"), ',"src_port":', _text(c("src_port")),
             ',"dest_ip":', quoted("dst_ip"), ',"dest_port":', _text(c("dst_port")),
             ',"proto":"', proto, '","community_id":', quoted("community_id"),
@@ -176,7 +177,7 @@ class EveSink:
             pc.fill_null(_join(',"app_proto":', quoted("application_hint")), ""),
             ',"flow":{"pkts_toserver":', _text(c("src2dst_packets")), ',"pkts_toclient":', _text(c("dst2src_packets")),
             ',"bytes_toserver":', _text(c("src2dst_bytes")), ',"bytes_toclient":', _text(c("dst2src_bytes")),
-            ',"start":"', _iso_column(c("first_seen")), '","end":"', _iso_column(c("last_seen")),
+            ',"start":"', _iso_column(c("first_seen")), '","end":"', end,
             '","age":', _text(age), ',"state":"', state, '","reason":"', reason, '","alerted":false}',
             pc.fill_null(tunnel, ""), "}\n",
         )
