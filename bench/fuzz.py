@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.pipeline import build_engine  # noqa: E402
+from ingest.detect import build_engine  # noqa: E402
 from ingest.replay import run  # noqa: E402
 from sensors.capture.source import CaptureError, read_frames  # noqa: E402
 from sensors.decode import decode  # noqa: E402

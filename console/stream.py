@@ -171,7 +171,7 @@ def _rules(args: argparse.Namespace) -> list[Path] | None:
 
 
 def _sensor(args: argparse.Namespace) -> int:
-    from ingest.pipeline import build_engine
+    from ingest.detect import build_engine
     from ingest.privacy import Pseudonymizer
     from ingest.store import DEFAULT_STORE
     from ingest.stream.metrics import SensorMetrics, serve
@@ -282,9 +282,9 @@ def _live_capture(args: argparse.Namespace) -> LiveCapture:
 def _sensor_embedded(args: argparse.Namespace) -> int:
     """--iface IF --out DIR [--store URI]: the replay's outputs, from the wire."""
     from console.cli import _rule_overrides
+    from ingest.detect import build_engine
     from ingest.live import capture
     from ingest.notify import NotifyConfigError
-    from ingest.pipeline import build_engine
     from ingest.replay import format_summary
     from ingest.store import StoreError, open_store
     from ingest.stream.metrics import SensorMetrics, serve
@@ -363,8 +363,8 @@ def _size(directory: str) -> str:
 
 def _detect(args: argparse.Namespace) -> int:
     from console.cli import _rule_overrides
+    from ingest.detect import build_engine
     from ingest.notify import NotifyConfigError
-    from ingest.pipeline import build_engine
     from ingest.store import StoreError, open_store
     from ingest.stream.metrics import WorkerMetrics, serve
     from ingest.stream.topics import Topics

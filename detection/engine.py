@@ -28,11 +28,8 @@ from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
 from detection.rules.windows import MAX_PARTIAL_ROWS, Episode, WindowCounter
+from sensors.capture.frames import PACKET_LATENESS_S
 from sensors.schema import empty_table
-
-#: how late a packet may come after a later one (files of one replay overlap a little)
-PACKET_LATENESS_S = 5.0
-PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
 
 
 class _IntelLevel:

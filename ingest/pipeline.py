@@ -11,14 +11,16 @@ Three stages, each where its state can live:
    both tunnel ends), so every flow is whole in one partition.
 2. **Flows** (:class:`FlowStage`, state per partition): packets -> the flows
    that ended in this batch, and each message's ``flow_id``.
-3. **Detection** (:class:`DetectStage`, state per sensor): the flow parts of
-   one batch, from every partition, merged in a canonical order -> session
-   table, user-plane attribution, rules and detectors over time windows,
-   alerts.  Aggregations span flows (a scan from one source touches flows in
-   every partition) and sessions span planes (PFCP and the G-PDUs of one
-   session hash to different partitions), so this stage sees every partition's
-   part of a batch, in batch order.  Its input is ended flows, messages and
-   rule hits: about 1-2% of the packets' volume.
+3. **Detection** (:class:`ingest.detect.DetectStage`, state per sensor): the
+   flow parts of one batch, from every partition, merged in a canonical order
+   -> session table, user-plane attribution, rules and detectors over time
+   windows, alerts.  Aggregations span flows (a scan from one source touches
+   flows in every partition) and sessions span planes (PFCP and the G-PDUs of
+   one session hash to different partitions), so this stage sees every
+   partition's part of a batch, in batch order.  Its input is ended flows,
+   messages and rule hits: about 1-2% of the packets' volume.  A flow meter's
+   stage 3 is :class:`FlowsOnlyStage`: its process never loads the detection
+   modules.
 
 Replay runs the three in one process with a single partition.  With more, the
 sensor forces packet times into order for the whole batch (flows use the
@@ -31,30 +33,19 @@ merged stage-3 input is identical to replay's.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.alerts import ALERT_SCHEMA
-from detection.detectors import Detector, default_detectors
-from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
-from detection.engine import PACKET_LATENESS_NS, DetectionEngine
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
 from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, key_packets, keys_of
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
-from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
-from detection.intel import IntelFeeds
-from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA, PostureTracker
-from detection.rules.loader import apply_overrides, load_rules
-from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig, TrendTracker
 from ingest.control import MESSAGE_COLUMNS, ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
 from ingest.workers import (
@@ -65,13 +56,14 @@ from ingest.workers import (
     packet_batches,
     packet_batches_forked,
 )
-from sensors.capture.frames import FrameSource
+from sensors.capture.frames import PACKET_LATENESS_NS, FrameSource
 from sensors.capture.source import Damage
 from sensors.decode import decode
 from sensors.schema import empty_table
 
-if TYPE_CHECKING:  # only a live capture keeps packets: its cipher library need not load for a replay
-    from ingest.retention import Retention
+if TYPE_CHECKING:
+    from detection.engine import DetectionEngine  # a flow meter loads no detection modules (~15 ms of its start)
+    from ingest.retention import Retention  # only a live capture keeps packets: its cipher library need not load
 
 #: a message's packet: its row in the sensor's packet batch (keyed packets carry it too)
 PACKET_ROW = "packet_row"
@@ -133,69 +125,33 @@ class FlowPart:
 
 
 @dataclass
-class Results:
-    """Stage 3's output for one batch: what a store or the replay's files receive."""
+class FlowResults:
+    """Stage 3's output for one batch of a flow meter; with detection, :class:`ingest.detect.Results` adds
+    the rest."""
 
     flows: pa.Table = field(default_factory=lambda: empty_table(FLOW_SCHEMA))
-    alerts: pa.Table = field(default_factory=lambda: empty_table(ALERT_SCHEMA))
-    protos: dict[str, pa.Table] = field(default_factory=dict)
     batch: BatchInfo | None = None
-    incidents: pa.Table = field(default_factory=lambda: empty_table(INCIDENT_SCHEMA))  # the incidents this batch changed
-    #: early warnings: alerts as they first reach their threshold, before they are final (for notification)
-    warnings: pa.Table = field(default_factory=lambda: empty_table(ALERT_SCHEMA))
-    posture: pa.Table = field(default_factory=lambda: empty_table(POSTURE_SCHEMA))  # scopes whose posture moved
-    posture_changes: pa.Table = field(default_factory=lambda: empty_table(POSTURE_CHANGE_SCHEMA))  # level changes, why
-    trend: pa.Table = field(default_factory=lambda: empty_table(TREND_SCHEMA))  # series whose bucket closed, with forecasts
-    trend_warnings: pa.Table = field(default_factory=lambda: empty_table(TREND_WARNING_SCHEMA))  # forecasts crossing, crossings
-
-
-def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict[str, Any]] | None = None,
-                 detectors: list[Detector] | None = None, model: Path | None = None,
-                 idle_timeout_s: float = 120.0, active_timeout_s: float = 1800.0,
-                 intel: Path | None = None) -> DetectionEngine:
-    """The detection engine from the options every entry point takes.
-
-    ``rules``: rule files or directories; None for the bundled rules, [] for none.
-    ``rule_overrides``: per rule id, ``enabled``/``threshold``/``window_s`` as tuned in the console.
-    ``detectors``: stateful detectors; None for the defaults (none when ``rules`` is []).
-    ``model``: an anomaly model file (liaowang train) to score flows with as well.
-    ``intel``: a threat-intelligence configuration (``detection/intel/feeds.py``).
-    Raises RuleError / ModelError / IntelConfigError.
-    """
-    if detectors is None:
-        detectors = [] if rules == [] else default_detectors()
-    if model is not None:
-        detectors = [*detectors, AnomalyDetector(FlowAnomalyModel.load(model))]
-    loaded = apply_overrides(load_rules(rules), rule_overrides or {})
-    return DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s, detectors=detectors,
-                           intel=IntelFeeds(intel) if intel is not None else None)
-
-
-def rules_fingerprint(engine: DetectionEngine) -> str:
-    """Packet hits name their rule by position: whoever selects them and whoever counts them must
-    have loaded the same rules in the same order."""
-    return hashlib.blake2b("\n".join(r.id for r in engine.rules).encode(), digest_size=8).hexdigest()
 
 
 # -- stage 1, sensor side -----------------------------------------------------------------
 
 
-#: the packet columns a flow meter reads (``sensor_parts`` with ``flows_only``)
+#: the packet columns a flow meter reads (``sensor_parts`` without an engine)
 FLOW_METER_COLUMNS = KEY_COLUMNS | STATS_COLUMNS | {"ts", "frame_len"}
 
 
-def decoded_columns(engine: DetectionEngine, flows_only: bool) -> frozenset[str]:
-    """The packet columns the sensor stage reads: a flow meter's, and with detection also the signalling
-    messages' and the engine's (a replay with all rules reads 52 of 85; the work that only the others need,
-    ~20% of decoding, is skipped)."""
-    if flows_only:
+def decoded_columns(engine: DetectionEngine | None) -> frozenset[str]:
+    """The packet columns the sensor stage reads: a flow meter's (``engine`` None), and with detection also the
+    signalling messages' and the engine's (a replay with all rules reads 52 of 85; the work that only the others
+    need, ~20% of decoding, is skipped)."""
+    if engine is None:
         return FLOW_METER_COLUMNS
     return FLOW_METER_COLUMNS | MESSAGE_COLUMNS | engine.packet_columns
 
 
-def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseudonymizer, *,
+def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms: Pseudonymizer, *,
                  processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
-                 in_flight: int | None = None, retention: Retention | None = None, flows_only: bool = False
+                 in_flight: int | None = None, retention: Retention | None = None
                  ) -> Iterator[tuple[Part, BatchStats]]:
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
@@ -204,8 +160,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
     Batches are named in sensor_stats by ``source.label`` (the file, or the
     interface).  ``in_flight``: batches a live capture may have waiting for decoders.
     ``retention``: keeps every frame (in the decoders), for the console's flow downloads.
-    ``flows_only``: a flow meter's decoding (see :class:`FlowsOnlyStage`): no payload inspection or
-    signalling messages.
+    ``engine`` None: a flow meter's decoding (see :class:`FlowsOnlyStage`): no payload inspection, signalling
+    messages or rules.
     """
     damages = [] if damages is None else damages
 
@@ -213,17 +169,18 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine, pseudonyms: Pseud
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
         out = {"keyed": key_packets(packets), "seconds": per_second(packets)}
+        if engine is None:
+            return out
         if engine.has_packet_rules:
             out["hits"] = engine.packet_hits(packets)
         if engine.has_packet_detectors:
             out["rows"] = engine.packet_rows(packets)
-        if not flows_only:
-            out.update(decode_messages(packets, pseudonyms))
+        out.update(decode_messages(packets, pseudonyms))
         return out
 
     processes = default_processes() if processes is None else processes
     # the decoders fill only the columns keying, the traffic counters, per_second and detection read
-    decoder = functools.partial(decode, columns=decoded_columns(engine, flows_only))
+    decoder = functools.partial(decode, columns=decoded_columns(engine))
     if processes >= 2 and can_fork():
         batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
                                         keep=retention, decoder=decoder)
@@ -354,92 +311,18 @@ class FlowStage:
 # -- stage 3 ------------------------------------------------------------------------------
 
 
-class DetectStage:
-    """One sensor's detection: every partition's flow part of a batch at once, in batch order."""
-
-    def __init__(self, engine: DetectionEngine, control: ControlPlane, trend: TrendConfig | None = None) -> None:
-        self.engine = engine
-        self.control = control
-        self.incidents = IncidentBuilder(engine.rules)
-        self.posture = PostureTracker(inventory=control.inventory)
-        self.trend_config = trend if trend is not None else TrendConfig.load()
-        self.trend = TrendTracker(self.trend_config)
-        self.seq = -1
-        self.ended = False
-
-    def update(self, parts: list[FlowPart]) -> Results:
-        """The parts of one batch (any subset of partitions: a part that never came is empty)."""
-        self.seq = max(p.seq for p in parts)
-        old_flows, flows = _ended_flows(parts)
-        protos = _merge_messages([p.protos for p in parts])
-        batch = next((p.batch for p in parts if p.batch is not None), None)
-        hits = next((p.hits for p in parts if p.hits is not None), None)
-        rows = next((p.rows for p in parts if p.rows is not None), None)
-        context = self.control.sessions.context
-        alerts = []
-        closed = empty_table(ALERT_SCHEMA)
-        old_incidents = empty_table(INCIDENT_SCHEMA)
-        old_posture = (empty_table(POSTURE_SCHEMA), empty_table(POSTURE_CHANGE_SCHEMA))
-        old_trend = (empty_table(TREND_SCHEMA), empty_table(TREND_WARNING_SCHEMA))
-        # a new timeline (an unrelated capture): the old one's flows, alerts and incidents close first
-        if old_flows is not None:
-            old_flows, found = self.control.sessions.attribute(old_flows)
-            found = pa.concat_tables([found, self.control.sessions.silent(None, 0, final=True)])
-            old_flows = with_planes(old_flows)
-            closed = pa.concat_tables([context(self.engine.update(None, old_flows, None, control=found)),
-                                       context(self.engine.new_timeline())])
-            old_incidents = self.incidents.update(closed)
-            self.incidents = IncidentBuilder(self.engine.rules)
-            old_posture = self.posture.update(closed, None)
-            self.posture = PostureTracker(inventory=self.control.inventory)
-            old_trend = self.trend.flush()
-            self.trend = TrendTracker(self.trend_config)
-        events = self.control.update(protos)
-        flows, found = self.control.sessions.attribute(flows)
-        flows = with_planes(flows)
-        events = pa.concat_tables([events, found]) if found.num_rows else events
-        silent = self.control.sessions.silent(None if batch is None else batch.last_ts_ns,
-                                              int(self.engine.flow_lateness_s * 1e9), final=any(p.end for p in parts))
-        events = pa.concat_tables([events, silent]) if silent.num_rows else events
-        if any(p.end for p in parts):
-            self.ended = True
-            alerts.append(context(self.engine.update(None, flows, None, control=events)))
-            alerts.append(context(self.engine.flush()))
-        else:
-            alerts.append(context(self.engine.update(hits, flows, None if batch is None else batch.last_ts_ns,
-                                                     rows, events)))
-        table = pa.concat_tables(alerts) if len(alerts) > 1 else alerts[0]
-        incidents = self.incidents.update(table)
-        posture, changes = self.posture.update(table, None if batch is None else batch.last_ts_ns)
-        warnings = context(self.engine.take_warnings())
-        trend = [old_trend, self.trend.update(pa.concat_tables([warnings, table]),
-                                              None if batch is None else batch.last_ts_ns,
-                                              batch.seconds if batch is not None else ())]
-        if self.ended:
-            trend.append(self.trend.flush())
-        if old_flows is not None:
-            table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
-            flows = pa.concat_tables([old_flows, flows])
-        if old_posture[0].num_rows or old_posture[1].num_rows:
-            posture, changes = pa.concat_tables([old_posture[0], posture]), pa.concat_tables([old_posture[1], changes])
-        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
-                       warnings=warnings, posture=posture, posture_changes=changes,
-                       trend=_latest(pa.concat_tables([t[0] for t in trend]), "series"),
-                       trend_warnings=pa.concat_tables([t[1] for t in trend]))
-
-
 class FlowsOnlyStage:
     """Stage 3 of a flow meter (``liaowang replay --flows-only``): the ended flows, in the order
     :class:`DetectStage` gives them, with their plane; no detection, sessions or posture."""
 
-    def update(self, parts: list[FlowPart]) -> Results:
-        old_flows, flows = _ended_flows(parts)
+    def update(self, parts: list[FlowPart]) -> FlowResults:
+        old_flows, flows = ended_flows(parts)
         if old_flows is not None:  # the old timeline's flows first, as DetectStage hands them out
             flows = pa.concat_tables([old_flows, flows])
-        return Results(flows=with_planes(flows), batch=next((p.batch for p in parts if p.batch is not None), None))
+        return FlowResults(flows=with_planes(flows), batch=next((p.batch for p in parts if p.batch is not None), None))
 
 
-def _ended_flows(parts: list[FlowPart]) -> tuple[pa.Table | None, pa.Table]:
+def ended_flows(parts: list[FlowPart]) -> tuple[pa.Table | None, pa.Table]:
     """The flows a batch's parts ended, in canonical order: (those of the timeline that closed, if a part
     starts a new one; the rest)."""
     flows = _canonical(pa.concat_tables([p.flows for p in parts]) if len(parts) > 1 else parts[0].flows)
@@ -447,14 +330,6 @@ def _ended_flows(parts: list[FlowPart]) -> tuple[pa.Table | None, pa.Table]:
         return None, flows
     ended = pc.equal(flows.column("expiration_reason"), "end_of_input")
     return flows.filter(ended), flows.filter(pc.invert(ended))
-
-
-def _latest(table: pa.Table, key: str) -> pa.Table:
-    """Of rows in time order, the last one per ``key``."""
-    if table.num_rows < 2:
-        return table
-    last = {k: i for i, k in enumerate(table.column(key).to_pylist())}
-    return table.take(sorted(last.values()))
 
 
 def _canonical(flows: pa.Table) -> pa.Table:
@@ -468,19 +343,5 @@ def _canonical(flows: pa.Table) -> pa.Table:
     return flows.sort_by([("first_seen", "ascending"), ("flow_id", "ascending")])
 
 
-def _merge_messages(parts: list[dict[str, pa.Table]]) -> dict[str, pa.Table]:
-    """Messages of all partitions in the batch's packet order (the session table follows it)."""
-    names = list(dict.fromkeys(n for p in parts for n in p))
-    merged = {}
-    for name in names:
-        tables = [p[name] for p in parts if name in p]
-        t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        if len(tables) > 1:  # stable: several messages of one packet keep their order
-            order = np.argsort(np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False)), kind="stable")
-            t = t.take(pa.array(order))
-        merged[name] = t
-    return merged
-
-
-__all__ = ["BatchInfo", "DetectStage", "FlowPart", "FlowStage", "Part", "Results", "build_engine", "rules_fingerprint",
+__all__ = ["BatchInfo", "FlowPart", "FlowResults", "FlowStage", "FlowsOnlyStage", "Part", "decoded_columns",
            "sensor_parts", "split"]

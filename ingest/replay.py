@@ -14,29 +14,21 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import pyarrow as pa
 
-from detection.alerts import ALERT_SCHEMA
-from detection.detectors import Detector
-from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS
 from detection.flows.export import APP_NAMES
 from detection.flows.schema import FLOW_SCHEMA
-from detection.incidents import INCIDENT_SCHEMA, LEVELS
-from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
 from detection.sessions import MAX_SESSIONS
-from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig
 from ingest.control import ControlPlane
 from ingest.pipeline import (
     BatchInfo,
-    DetectStage,
+    FlowResults,
     FlowsOnlyStage,
     FlowStage,
     Part,
-    Results,
-    build_engine,
     sensor_parts,
     starts_new_timeline,
 )
@@ -48,6 +40,10 @@ from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureFiles, Damage, exp
 from sensors.schema import DecodeStatus, TunnelType
 
 if TYPE_CHECKING:  # a replay needs none of them unless asked (--notify, a live capture's retention, --store)
+    from detection.detectors import Detector  # a flow meter loads no detection modules (~15 ms of its start)
+    from detection.engine import DetectionEngine
+    from detection.trend import TrendConfig
+    from ingest.detect import Results
     from ingest.notify import Notifier
     from ingest.results import ControlSnapshots, PendingWrites
     from ingest.retention import Retention
@@ -153,9 +149,13 @@ def replay(
     files = order_by_time(expand_inputs(inputs))
     if flows_only and (rules or rule_overrides or detectors or notify or intel or trend):
         raise ValueError("a flows-only replay runs no detection: no rules, detectors, notifications, intel or trends")
-    trend_config = None if flows_only else TrendConfig.load(trend)
-    engine = build_engine([] if flows_only else rules, rule_overrides, detectors, None, idle_timeout_s,
-                          active_timeout_s, intel)
+    engine, trend_config = None, None
+    if not flows_only:
+        from detection.trend import TrendConfig
+        from ingest.detect import build_engine
+
+        trend_config = TrendConfig.load(trend)
+        engine = build_engine(rules, rule_overrides, detectors, None, idle_timeout_s, active_timeout_s, intel)
     sizes = [Path(f).stat().st_size for f in files]
 
     def on_batch(summary: ReplaySummary, stats: BatchStats) -> None:
@@ -171,17 +171,16 @@ def replay(
         notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl")
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
-                  max_sessions=max_sessions,
-                  notifier=notifier, trend=trend_config, flows_only=flows_only)
+                  max_sessions=max_sessions, notifier=notifier, trend=trend_config)
     return summary
 
 
-def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_timeout_s: float = 120.0,
+def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, idle_timeout_s: float = 120.0,
         active_timeout_s: float = 1800.0, processes: int | None = None, in_flight: int | None = None,
         on_batch: Callable[[ReplaySummary, BatchStats], None] | None = None, store: Store | None = None,
         sensor: str = "", store_interval_s: float = 1.0, retention: Retention | None = None,
         max_flows: int = MAX_FLOWS, max_sessions: int = MAX_SESSIONS, notifier: Notifier | None = None,
-        trend: TrendConfig | None = None, flows_only: bool = False) -> ReplaySummary:
+        trend: TrendConfig | None = None) -> ReplaySummary:
     """The three pipeline stages in this process over any frame source, into ``out_dir``.
 
     ``store``: also write results there as they come (every ``store_interval_s``),
@@ -190,23 +189,30 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     ``notifier``: is offered every batch's alerts and incidents; its record of what it sent goes to the store
     as it comes and to ``notifications.parquet`` at the end.
     ``trend``: trend-forecast settings; None for ``rules/forecast/trend.yml``.
-    ``flows_only``: a flow meter: ``flows.parquet`` and ``eve.json`` (flow and stats events) alone, no signalling
-    messages, sessions, detection or posture (``engine``'s packet rules would run for nothing: give it none).
+    ``engine`` None: a flow meter: ``flows.parquet`` and ``eve.json`` (flow and stats events) alone, no signalling
+    messages, sessions, detection or posture.
     """
+    flows_only = engine is None
     if flows_only and (store is not None or notifier is not None):
-        raise ValueError("flows_only: no notifier or store (a flow meter writes its two files)")
+        raise ValueError("a flow meter (no engine) takes no notifier or store: it writes its two files")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = ReplaySummary(files=len(source.files) if isinstance(source, CaptureFiles) else 0, detection=not flows_only)
     started = time.perf_counter()
     # flows are written as they end, in pieces of a few thousand, on the writer threads below: buffered
     # until 16,384, a 1M-packet replay's 17,556 flows were all written after its last batch (~40 ms alone)
     flow_sink = ParquetSink(out_dir / "flows.parquet", FLOW_SCHEMA, dictionary=False, row_group_rows=FLOW_ROW_GROUP)
-    alert_sink = None if flows_only else ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
     eve = EveSink(out_dir / "eve.json", batch_rows=EVE_BATCH_ROWS)
-    control = None if flows_only else ControlPlane(out_dir, max_sessions)
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
-    detect = FlowsOnlyStage() if control is None else DetectStage(engine, control, trend)
+    detect: FlowsOnlyStage | DetectStage = FlowsOnlyStage()
+    alert_sink, control = None, None
+    if engine is not None:  # stage 3 with detection: its modules load only here
+        from detection.alerts import ALERT_SCHEMA
+        from ingest.detect import DetectStage
+
+        alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
+        control = ControlPlane(out_dir, max_sessions)
+        detect = DetectStage(engine, control, trend)
 
     # two writer threads, one per sink: Parquet encoding and the EVE string kernels
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
@@ -229,10 +235,17 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
     intel_reloads = [-1]  # the feeds' reload count last stored
     notify_version = [-1]  # the notification settings' version last stored
 
-    def emit(results: Results, final: bool = False) -> None:
+    def emit(flow_results: FlowResults, final: bool = False) -> None:
         nonlocal to_store, last_store
         while pending:
             pending.pop().result()
+        table = flow_results.flows
+        if table.num_rows:
+            pending.append(writers[0].submit(flow_sink.write, table))
+            pending.append(writers[1].submit(eve.write_flows, table))
+        if engine is None:  # a flow meter: flows alone
+            return
+        results = cast("Results", flow_results)
         changed = results.incidents.select(["incident_id", "merged_into"]).to_pylist()
         for i, row in enumerate(changed):
             if row["merged_into"]:
@@ -247,14 +260,11 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             trend_rows[series] = results.trend.slice(i, 1)
         if results.trend_warnings.num_rows:
             trend_warnings.append(results.trend_warnings)
-        table, alerts = results.flows, results.alerts
+        alerts = results.alerts
         if notifier is not None:
             notifier.offer(pa.concat_tables([results.warnings, alerts]), results.incidents, results.trend_warnings)
-        if table.num_rows:
-            pending.append(writers[0].submit(flow_sink.write, table))
-            pending.append(writers[1].submit(eve.write_flows, table))
         if alerts.num_rows:
-            assert alert_sink is not None  # a flow meter finds none
+            assert alert_sink is not None
             summary.alerts += alerts.num_rows
             summary.alert_levels.update(alerts.column("level").to_pylist())
             pending.append(writers[0].submit(alert_sink.write, alerts))
@@ -281,7 +291,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,
-                         damages=summary.damages, in_flight=in_flight, retention=retention, flows_only=flows_only)
+                         damages=summary.damages, in_flight=in_flight, retention=retention)
     for part, stats in parts:
         seq = part.seq + 1
         summary.traffic.add(stats)
@@ -294,7 +304,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             summary.seconds = time.perf_counter() - started
             on_batch(summary, stats)
     emit(detect.update([flow_stage.update(Part(seq=seq, end=True))]), final=True)
-    emit(Results())  # waits for the last writes
+    while pending:  # the last writes
+        pending.pop().result()
     for done in stored:
         done.result()
     if notifier is not None:  # what is still being delivered has a few seconds; the record is complete
@@ -303,7 +314,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
             store.write("notifications", notifier.drain())
         summary.notifications = collections.Counter(notifier.table().column("status").to_pylist())
     summary.flows = flow_stage.flows.flows_exported
-    summary.shed = {"flows": flow_stage.flows.flows_evicted, **engine.shed()}
+    summary.shed = {"flows": flow_stage.flows.flows_evicted, **(engine.shed() if engine is not None else {})}
     if control is not None:
         summary.shed["sessions"] = control.sessions.evicted
     summary.incidents = collections.Counter(t.column("level")[0].as_py() for t in incidents.values())
@@ -323,9 +334,13 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine, *, idle_tim
 
     def finish_tables() -> None:
         finish_eve()
-        if flows_only:
+        if engine is None:
             return
         import pyarrow.parquet as pq  # here, on a writer thread: see ParquetSink
+
+        from detection.incidents import INCIDENT_SCHEMA
+        from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA
+        from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA
 
         rows = sorted(incidents.values(), key=lambda t: (t.column("first_seen")[0].value, t.column("incident_id")[0].as_py()))
         pq.write_table(pa.concat_tables(rows) if rows else INCIDENT_SCHEMA.empty_table(), out_dir / "incidents.parquet")
@@ -369,6 +384,14 @@ def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, 
     return show
 
 
+def _incident_counts(counts: collections.Counter[str]) -> str:
+    from detection.incidents import LEVELS
+
+    order = [name for _, name in LEVELS]
+    return f"{sum(counts.values()):,} (" + ", ".join(
+        f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: order.index(kv[0]))) + ")"
+
+
 def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None) -> str:
     rows = [
         *([] if s.live else [("files", f"{s.files}")]),
@@ -378,9 +401,7 @@ def format_summary(s: ReplaySummary, extra: list[tuple[str, str]] | None = None)
         ("flows", f"{s.flows:,}"),
         ("alerts", (f"{s.alerts:,}" + (" (" + ", ".join(f"{k} {v}" for k, v in s.alert_levels.most_common()) + ")"
                                        if s.alerts else "")) if s.detection else "none looked for (flows only)"),
-        *([("incidents", f"{sum(s.incidents.values()):,} (" + ", ".join(
-            f"{k} {v}" for k, v in sorted(s.incidents.items(), key=lambda kv: [name for _, name in LEVELS].index(kv[0]))) + ")")]
-          if s.incidents else []),
+        *([("incidents", _incident_counts(s.incidents))] if s.incidents else []),
         *([("notifications", ", ".join(f"{k} {v:,}" for k, v in s.notifications.most_common()))]
           if s.notifications else []),
         ("time", f"{s.seconds:.2f} s"),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ingest.control import ControlPlane
-from ingest.pipeline import Results
+from ingest.detect import Results
 from ingest.store.api import Store, sensor_stats_table
 
 #: sessions and the NF inventory are snapshots: rewritten at most this often while a stream runs

@@ -166,17 +166,18 @@ def test_detection_decodes_only_the_columns_it_reads(tmp_path: Path, attacks: di
     and intelligence feeds read (ingest.pipeline.decoded_columns), not all of them; every output is the same
     as with every column decoded, on every bundled capture and every generated attack."""
     from ingest import pipeline
+    from ingest.detect import build_engine
     from ingest.privacy import KEY_ENV
     from sensors.schema import PACKET_SCHEMA
     from tests.intel_fixtures import lab_feeds
 
-    engine = pipeline.build_engine(None, intel=lab_feeds(tmp_path / "intel"))
-    assert len(pipeline.decoded_columns(engine, False)) < len(PACKET_SCHEMA) - 10
+    engine = build_engine(None, intel=lab_feeds(tmp_path / "intel"))
+    assert len(pipeline.decoded_columns(engine)) < len(PACKET_SCHEMA) - 10
     inputs = [str(p) for p in [*sorted(PCAPS.iterdir()), *attacks.values()]]
     feeds = tmp_path / "intel" / "intel.yml"
     monkeypatch.setenv(KEY_ENV, "a key for both")  # the same pseudonyms in both directories
     replay(inputs, tmp_path / "some", processes=1, intel=feeds)
-    monkeypatch.setattr(pipeline, "decoded_columns", lambda engine, flows_only: None)  # None: every column
+    monkeypatch.setattr(pipeline, "decoded_columns", lambda engine: None)  # None: every column
     replay(inputs, tmp_path / "every", processes=1, intel=feeds)
     files = sorted(p.name for p in (tmp_path / "every").glob("*.parquet"))
     assert "alerts.parquet" in files and "proto_pfcp.parquet" in files

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from ingest.control import ControlPlane
-from ingest.pipeline import DetectStage, FlowStage, Part, Results, build_engine, sensor_parts
+from ingest.detect import DetectStage, Results, build_engine
+from ingest.pipeline import FlowStage, Part, sensor_parts
 from ingest.privacy import Pseudonymizer
 from sensors.capture.source import CaptureFiles
 from sensors.generate.scenarios import N4_ATTACKER, multi_stage

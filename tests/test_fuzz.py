@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.pipeline import build_engine
+from ingest.detect import build_engine
 from ingest.replay import replay, run
 from sensors.capture.frames import FrameBatch
 from sensors.capture.source import CaptureError, read_frames

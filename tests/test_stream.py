@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from ingest.control import ControlPlane
-from ingest.pipeline import DetectStage, FlowStage, Part, build_engine, sensor_parts, split
+from ingest.detect import DetectStage, build_engine
+from ingest.pipeline import FlowStage, Part, sensor_parts, split
 from ingest.privacy import Pseudonymizer
 from ingest.replay import replay
 from ingest.stream.codec import CorruptMessage, Envelope, decode, encode

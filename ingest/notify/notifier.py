@@ -269,7 +269,7 @@ class Notifier:
 
     def offer(self, alerts: pa.Table | None = None, incidents: pa.Table | None = None,
               trend: pa.Table | None = None) -> None:
-        """New alert rows, changed incident rows and trend warnings (whole rows, as ``ingest.pipeline.Results``
+        """New alert rows, changed incident rows and trend warnings (whole rows, as ``ingest.detect.Results``
         has them)."""
         self._reload_if_changed()
         if not self.config.routes:

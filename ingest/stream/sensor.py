@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detection.engine import DetectionEngine
-from ingest.pipeline import Part, rules_fingerprint, sensor_parts, split
+from ingest.detect import rules_fingerprint
+from ingest.pipeline import Part, sensor_parts, split
 from ingest.privacy import Pseudonymizer
 from ingest.retention import Retention
 from ingest.stream.codec import Envelope, encode

@@ -40,8 +40,9 @@ from detection.engine import DetectionEngine
 from detection.flows.assembler import MAX_FLOWS
 from detection.trend import TrendConfig
 from ingest.control import ControlPlane
+from ingest.detect import DetectStage, Results, rules_fingerprint
 from ingest.notify import Notifier
-from ingest.pipeline import DetectStage, FlowPart, FlowStage, Part, Results, rules_fingerprint
+from ingest.pipeline import FlowPart, FlowStage, Part
 from ingest.results import ControlSnapshots, PendingWrites
 from ingest.store.api import Store
 from ingest.stream.codec import CorruptMessage, Envelope, decode, encode

@@ -13,6 +13,11 @@ from sensors.capture.walk import PAD
 if TYPE_CHECKING:
     from sensors.capture.source import Damage, MappedFrames
 
+#: how late a packet may come after a later one (files of one replay overlap a little): time windows wait this
+#: long, and an input that starts earlier than the time reached by more begins a new timeline
+PACKET_LATENESS_S = 5.0
+PACKET_LATENESS_NS = int(PACKET_LATENESS_S * 1e9)
+
 # Link-layer header types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
