@@ -136,6 +136,26 @@ def test_flows_only_replay_is_a_flow_meter(tmp_path: Path, capsys: pytest.Captur
     assert events[-1]["stats"]["capture"]["files"] == len(list(PCAPS.glob("*.pcap*")))
 
 
+def test_a_flow_meter_loads_no_detection_modules(tmp_path: Path) -> None:
+    """A `--flows-only` replay imports neither the detection engine, its rules and detectors nor PyYAML
+    (~15 ms of its start, before the decoders can begin); a replay with rules does, and finds alerts."""
+    code = ("import sys; from console.cli import main; code = main(sys.argv[1:]); "
+            "print(code, *(m in sys.modules for m in ('detection.engine', 'detection.rules.loader', 'ingest.detect', "
+            "'detection.detectors', 'yaml')))")
+    from detection.incidents import load_tactics
+    from detection.rules.loader import load_rules
+    from detection.trend import TrendConfig
+
+    load_rules(None), load_tactics(), TrendConfig.load()  # the bundled YAML files kept parsed, if not yet
+    capture = str(PCAPS / "zeek_ssh_sshguess.pcap")
+    for flag, loaded in (("--flows-only", "False"), ("--processes=1", "True")):
+        out = subprocess.run([sys.executable, "-c", code, "replay", capture, "--out", str(tmp_path / flag), "-q", flag],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out[0] == "0" and out[1:5] == [loaded] * 4, (flag, out)
+        assert out[5] == "False"  # the bundled rule files are kept parsed: no YAML parser either way
+    assert pq.read_table(tmp_path / "--processes=1" / "alerts.parquet").num_rows > 0
+
+
 def test_flows_only_refuses_detection_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(PCAPS / "arkime_gtp-u.pcap"), "--out", str(tmp_path), "--flows-only",
                  "--rules", "rules"]) == 2
