@@ -14,12 +14,6 @@ from pathlib import Path
 # thread (the work is spread over processes; OpenBLAS's idle threads spun for ~2% of a replay's CPU)
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# pyarrow pickles its Python objects with cloudpickle when it can import it (scikit-learn's joblib installs it);
-# we pickle no Arrow objects, so it keeps the standard pickle: cloudpickle and the logging it loads cost ~6 ms
-# of every start, before a replay's decoders can begin.  Unblocked once pyarrow is loaded (joblib needs it).
-_CLOUDPICKLE_BLOCKED = "cloudpickle" not in sys.modules and "pyarrow" not in sys.modules
-if _CLOUDPICKLE_BLOCKED:
-    sys.modules["cloudpickle"] = None  # type: ignore[assignment]
 
 
 def _import_lasting(*modules: str) -> None:
@@ -42,9 +36,6 @@ _import_lasting("detection.flows.assembler", "detection.sessions", "sensors.capt
 from detection.flows.assembler import MAX_FLOWS  # noqa: E402
 from detection.sessions import MAX_SESSIONS  # noqa: E402
 from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureError  # noqa: E402
-
-if _CLOUDPICKLE_BLOCKED and sys.modules.get("cloudpickle", 0) is None:
-    del sys.modules["cloudpickle"]
 
 #: young objects allocated (net) between collections: 700 by default, but a batch's signalling messages
 #: alone make ~10,000 short-lived objects, which die by themselves before the next batch (30 -> 12 ms of the

@@ -1,10 +1,11 @@
-"""YAML files read at every start (rules, trend thresholds, tactics), parsed once per content.
+"""YAML files read at every start (rules, trend thresholds, tactics, feed settings), parsed once per content.
 
 Importing PyYAML costs ~12 ms (it compiles its regular expressions) and parsing the bundled files
 ~8 ms more, at every start of a replay with detection, before its decoders can begin.  So the
 documents of a file are kept beside this module's bytecode, keyed by the file's text (as Python
 keeps bytecode by its source): an unchanged file is read back with neither.  A file whose values
 marshal cannot hold (YAML timestamps) is parsed every time.  libyaml parses when it is installed.
+:func:`kept_value` and :func:`keep_value` keep other start-up work the same way (the compiled rule validator).
 """
 
 from __future__ import annotations
@@ -67,32 +68,45 @@ def parse(text: str) -> Documents:
 def kept(text: str, salt: str = "") -> Documents | None:
     """The documents of ``text`` as :func:`keep` left them with the same ``salt``, or None."""
     try:
-        values, lines = marshal.loads(_path(text, salt).read_bytes())
-    except (OSError, ValueError, EOFError, TypeError):
+        values, lines = kept_value(_name(text, salt))
+    except (ValueError, TypeError):  # not there, or not what keep left
         return None
     return Documents(values, lines)
 
 
 def keep(text: str, docs: Documents, salt: str = "") -> None:
-    """Keep the documents of ``text`` for :func:`kept` (whole or not at all; not where nothing can be written).
+    """Keep the documents of ``text`` for :func:`kept`.
 
     ``salt``: what else they were checked against (a reader that validates them keeps only valid ones,
     under its schema's key, and then need not validate them again)."""
-    try:
-        blob = marshal.dumps((docs.values, docs.lines))
-    except ValueError:  # a value marshal cannot hold: parsed at every start
-        return
-    path = _path(text, salt)
-    try:
-        CACHE_DIR.mkdir(exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(blob)
-        partial.replace(path)  # whoever else writes it at the same time
+    if keep_value(_name(text, salt), (docs.values, docs.lines)):
         old = sorted(CACHE_DIR.glob(f"{_PREFIX}*.marshal"), key=lambda p: p.stat().st_mtime)
         for p in old[: max(0, len(old) - MAX_KEPT)]:
             p.unlink(missing_ok=True)
-    except OSError:  # a read-only installation: parsed at every start
-        pass
+
+
+def kept_value(name: str) -> Any:
+    """The value :func:`keep_value` kept under ``name`` (whose key must say what it depends on), or None
+    (never kept, or damaged: never trusted)."""
+    try:
+        return marshal.loads((CACHE_DIR / f"{name}.marshal").read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+
+
+def keep_value(name: str, value: Any) -> bool:
+    """Keep ``value`` (what marshal holds: code, numbers, text, containers) under ``name``, whole or not at all;
+    False where it cannot (a value marshal cannot hold, a read-only installation: the work is redone)."""
+    try:
+        blob = marshal.dumps(value)
+        CACHE_DIR.mkdir(exist_ok=True)
+        path = CACHE_DIR / f"{name}.marshal"
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(blob)
+        partial.replace(path)  # whoever else writes it at the same time
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def load(path: Path) -> Any:
@@ -107,9 +121,8 @@ def load(path: Path) -> Any:
     return docs.values[0] if docs.values else None
 
 
-def _path(text: str, salt: str) -> Path:
-    key = hashlib.sha256(text.encode() + b"\0" + salt.encode() + importlib.util.MAGIC_NUMBER).hexdigest()[:24]
-    return CACHE_DIR / f"{_PREFIX}{key}.marshal"
+def _name(text: str, salt: str) -> str:
+    return _PREFIX + hashlib.sha256(text.encode() + b"\0" + salt.encode() + importlib.util.MAGIC_NUMBER).hexdigest()[:24]
 
 
-__all__ = ["Documents", "YamlError", "keep", "kept", "load", "parse"]
+__all__ = ["Documents", "YamlError", "keep", "keep_value", "kept", "kept_value", "load", "parse"]

@@ -313,7 +313,7 @@ class FlowStage:
 
 class FlowsOnlyStage:
     """Stage 3 of a flow meter (``liaowang replay --flows-only``): the ended flows, in the order
-    :class:`DetectStage` gives them, with their plane; no detection, sessions or posture."""
+    :class:`ingest.detect.DetectStage` gives them, with their plane; no detection, sessions or posture."""
 
     def update(self, parts: list[FlowPart]) -> FlowResults:
         old_flows, flows = ended_flows(parts)
@@ -344,4 +344,4 @@ def _canonical(flows: pa.Table) -> pa.Table:
 
 
 __all__ = ["BatchInfo", "FlowPart", "FlowResults", "FlowStage", "FlowsOnlyStage", "Part", "decoded_columns",
-           "sensor_parts", "split"]
+           "ended_flows", "sensor_parts", "split"]

@@ -385,6 +385,7 @@ def progress_bar(stream: TextIO | None = None) -> Callable[[ReplaySummary, int, 
 
 
 def _incident_counts(counts: collections.Counter[str]) -> str:
+    """Incidents per level, in the levels' order (their module loads only when there are incidents)."""
     from detection.incidents import LEVELS
 
     order = [name for _, name in LEVELS]

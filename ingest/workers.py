@@ -113,9 +113,12 @@ def _counts(col: pa.Array) -> collections.Counter[int]:
     return collections.Counter(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
 
 
-def _decoded(frames: FrameBatch, decoder: Decoder, transform: Transform | None) -> tuple[Outputs, BatchStats]:
-    """A chunk's frames decoded and transformed, with their traffic counters."""
+def _decoded(frames: FrameBatch, decoder: Decoder, transform: Transform | None, keep: FrameSink | None = None
+             ) -> tuple[Outputs, BatchStats]:
+    """A batch's frames decoded (and kept, with ``keep``) and transformed, with their traffic counters."""
     packets = decoder(frames)
+    if keep is not None:
+        keep.write(frames, packets)
     return _stage(packets, transform), BatchStats.of(packets, frames)
 
 
@@ -131,10 +134,7 @@ def packet_batches(
     ``keep`` gets every batch's frames."""
     try:
         for frames, _ in source.batches(damages):
-            packets = decoder(frames)
-            if keep is not None:
-                keep.write(frames, packets)
-            yield _stage(packets, transform), BatchStats.of(packets, frames)
+            yield _decoded(frames, decoder, transform, keep)
     finally:
         if keep is not None:
             keep.close()
@@ -296,11 +296,8 @@ def _reader_main(source: FrameSource, transform: Transform | None, out: Connecti
                 sent[turn] += 1
                 out.send(("helper", turn))
             else:
-                packets = decoder(frames)
-                if keep is not None:
-                    keep.write(frames, packets)
-                out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
-                                    BatchStats.of(packets, frames))))
+                outputs, stats = _decoded(frames, decoder, transform, keep)
+                out.send(("batch", (_write_outputs(workdir, n, outputs), stats)))
             n += 1
         out.send(("done", damages))
     except BaseException:  # report everything, including KeyboardInterrupt, to the consumer
@@ -322,11 +319,8 @@ def _helper_main(requests: Connection, out: Connection, transform: Transform | N
         while (request := requests.recv()) is not None:
             n, path = request
             frames = mapper.attach(_take_over(path))
-            packets = decoder(frames)
-            if keep is not None:
-                keep.write(frames, packets)
-            out.send(("batch", (_write_outputs(workdir, n, _stage(packets, transform)),
-                                BatchStats.of(packets, frames))))
+            outputs, stats = _decoded(frames, decoder, transform, keep)
+            out.send(("batch", (_write_outputs(workdir, n, outputs), stats)))
             decoded[index] += 1  # this process alone writes it
             mapper.release(frames)
     except BaseException:

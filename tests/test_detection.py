@@ -345,13 +345,13 @@ def test_the_fast_rule_validator_agrees_with_jsonschema() -> None:
 def test_the_compiled_rule_validator_is_kept_and_rebuilt_when_damaged() -> None:
     """The validator's compiled code is kept between runs (it costs ~20 ms of every replay's start); a damaged
     copy is rebuilt, never trusted, and the rebuilt validator judges rules as before."""
-    from detection.rules.loader import BUNDLED_RULES, SCHEMA_PATH, _fast_validator
+    from detection.rules.loader import BUNDLED_RULES, _fast_validator
 
     rule = yamldocs.parse(next(BUNDLED_RULES.glob("network/*.yml")).read_text()).values[0]
     broken = {**rule, "level": "catastrophic"}
     _fast_validator.cache_clear()
     _fast_validator()
-    kept = sorted(SCHEMA_PATH.with_name("__pycache__").glob("rule_validator.*.marshal"))
+    kept = sorted(yamldocs.CACHE_DIR.glob("rule_validator.*.marshal"))
     assert kept, "the compiled validator was not kept"
     for path in kept:
         path.write_bytes(b"not marshal data")

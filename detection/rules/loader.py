@@ -7,8 +7,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import marshal
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,28 +111,22 @@ def _fast_validator() -> Any:
     tests/test_detection.py checks that both validators agree.
 
     Generating and compiling the validator takes ~20 ms, at the start of every replay, before the decoders can
-    begin: the compiled code is kept beside this module's bytecode (as Python keeps its own), keyed by the
+    begin: the compiled code is kept beside the bytecode (:func:`detection.yamldocs.keep_value`), keyed by the
     schema, the fastjsonschema version and the bytecode format; where that cannot be written it is rebuilt.
     """
     import fastjsonschema
 
     definition = {**rule_schema(), "$schema": "http://json-schema.org/draft-07/schema#"}
-    key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode() + fastjsonschema.VERSION.encode()
-                         + importlib.util.MAGIC_NUMBER).hexdigest()[:16]
-    cached = Path(__file__).with_name("__pycache__") / f"rule_validator.{key}.marshal"
+    key = "rule_validator." + hashlib.sha256(json.dumps(definition, sort_keys=True).encode()
+                                             + fastjsonschema.VERSION.encode() + importlib.util.MAGIC_NUMBER
+                                             ).hexdigest()[:16]
     try:
-        name, code = marshal.loads(cached.read_bytes())
-    except (OSError, ValueError, EOFError, TypeError):
+        name, code = yamldocs.kept_value(key)
+    except (ValueError, TypeError):  # not kept yet, or damaged
         source = fastjsonschema.compile_to_code(definition)
         name = re.search(r"^def (\w+)\(", source, re.MULTILINE).group(1)  # type: ignore[union-attr]
         code = compile(source, f"<{SCHEMA_PATH.name} validator>", "exec")
-        try:
-            cached.parent.mkdir(exist_ok=True)
-            partial = cached.with_suffix(f".{os.getpid()}.partial")
-            partial.write_bytes(marshal.dumps((name, code)))
-            partial.replace(cached)  # whole or not at all, whoever else writes it at the same time
-        except OSError:  # a read-only installation: built at every start, as before
-            pass
+        yamldocs.keep_value(key, (name, code))
     namespace: dict[str, Any] = {}
     exec(code, namespace)  # fastjsonschema's own output for our schema, run as fastjsonschema.compile runs it
     return namespace[name]
