@@ -14,6 +14,7 @@ Two stages, so each runs where it belongs:
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,14 +23,17 @@ import pyarrow.compute as pc
 from detection.alerts import ALERT_SCHEMA, alert_table
 from detection.detectors.base import MAX_BUFFERED_EVENTS, NEVER, Detector, PacketDetector, Windowed
 from detection.features import columns_read
-from detection.intel import IntelFeeds, intel_rules
 from detection.intel.matcher import PACKET_COLUMNS as INTEL_COLUMNS
+from detection.intel.matcher import intel_rules
 from detection.rules.compiler import ADDRESS_FIELDS
 from detection.rules.hits import HIT_SCHEMA, TUPLE_FIELDS, Everything, HitExtractor, text_column
 from detection.rules.model import Rule
 from detection.rules.windows import MAX_PARTIAL_ROWS, Episode, WindowCounter
 from sensors.capture.frames import PACKET_LATENESS_S
 from sensors.schema import empty_table
+
+if TYPE_CHECKING:
+    from detection.intel.feeds import IntelFeeds  # the feed readers load only for a replay given feeds
 
 
 class _IntelLevel:

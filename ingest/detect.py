@@ -22,7 +22,6 @@ from detection.detectors.anomaly import AnomalyDetector, FlowAnomalyModel
 from detection.engine import DetectionEngine
 from detection.flows.planes import with_planes
 from detection.incidents import INCIDENT_SCHEMA, IncidentBuilder
-from detection.intel import IntelFeeds
 from detection.posture import POSTURE_CHANGE_SCHEMA, POSTURE_SCHEMA, PostureTracker
 from detection.rules.loader import apply_overrides, load_rules
 from detection.trend import TREND_SCHEMA, TREND_WARNING_SCHEMA, TrendConfig, TrendTracker
@@ -64,8 +63,13 @@ def build_engine(rules: list[Path] | None = None, rule_overrides: dict[str, dict
     if model is not None:
         detectors = [*detectors, AnomalyDetector(FlowAnomalyModel.load(model))]
     loaded = apply_overrides(load_rules(rules), rule_overrides or {})
+    feeds = None
+    if intel is not None:
+        from detection.intel.feeds import IntelFeeds  # the feed readers load only when there are feeds
+
+        feeds = IntelFeeds(intel)
     return DetectionEngine(loaded, flow_lateness_s=active_timeout_s + idle_timeout_s, detectors=detectors,
-                           intel=IntelFeeds(intel) if intel is not None else None)
+                           intel=feeds)
 
 
 def rules_fingerprint(engine: DetectionEngine) -> str:

@@ -138,10 +138,11 @@ def test_flows_only_replay_is_a_flow_meter(tmp_path: Path, capsys: pytest.Captur
 
 def test_a_flow_meter_loads_no_detection_modules(tmp_path: Path) -> None:
     """A `--flows-only` replay imports neither the detection engine, its rules and detectors nor PyYAML
-    (~15 ms of its start, before the decoders can begin); a replay with rules does, and finds alerts."""
+    (~15 ms of its start, before the decoders can begin); a replay with rules does, and finds alerts.  Neither
+    loads the intelligence feed readers without `--intel`."""
     code = ("import sys; from console.cli import main; code = main(sys.argv[1:]); "
             "print(code, *(m in sys.modules for m in ('detection.engine', 'detection.rules.loader', 'ingest.detect', "
-            "'detection.detectors', 'yaml')))")
+            "'detection.detectors', 'yaml', 'detection.intel.feeds')))")
     from detection.incidents import load_tactics
     from detection.rules.loader import load_rules
     from detection.trend import TrendConfig
@@ -153,6 +154,7 @@ def test_a_flow_meter_loads_no_detection_modules(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=True).stdout.split()
         assert out[0] == "0" and out[1:5] == [loaded] * 4, (flag, out)
         assert out[5] == "False"  # the bundled rule files are kept parsed: no YAML parser either way
+        assert out[6] == "False"  # no feeds: no feed readers
     assert pq.read_table(tmp_path / "--processes=1" / "alerts.parquet").num_rows > 0
 
 
