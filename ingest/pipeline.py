@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -315,11 +315,15 @@ class FlowsOnlyStage:
     """Stage 3 of a flow meter (``liaowang replay --flows-only``): the ended flows, in the order
     :class:`ingest.detect.DetectStage` gives them, with their plane; no detection, sessions or posture."""
 
-    def update(self, parts: list[FlowPart]) -> FlowResults:
+    def update(self, parts: list[FlowPart], flows_ready: Callable[[pa.Table], None] | None = None) -> FlowResults:
+        """``flows_ready``: as for :meth:`ingest.detect.DetectStage.update`."""
         old_flows, flows = ended_flows(parts)
         if old_flows is not None:  # the old timeline's flows first, as DetectStage hands them out
             flows = pa.concat_tables([old_flows, flows])
-        return FlowResults(flows=with_planes(flows), batch=next((p.batch for p in parts if p.batch is not None), None))
+        flows = with_planes(flows)
+        if flows_ready is not None:
+            flows_ready(flows)
+        return FlowResults(flows=flows, batch=next((p.batch for p in parts if p.batch is not None), None))
 
 
 def ended_flows(parts: list[FlowPart]) -> tuple[pa.Table | None, pa.Table]:

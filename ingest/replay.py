@@ -235,16 +235,21 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
     intel_reloads = [-1]  # the feeds' reload count last stored
     notify_version = [-1]  # the notification settings' version last stored
 
-    def emit(flow_results: FlowResults, final: bool = False) -> None:
-        nonlocal to_store, last_store
+    def write_flows(table: pa.Table) -> None:
+        """A batch's flows, as soon as stage 3 has them final (before its detection: see DetectStage.update)."""
         while pending:
             pending.pop().result()
-        table = flow_results.flows
         if table.num_rows:
             pending.append(writers[0].submit(flow_sink.write, table))
             pending.append(writers[1].submit(eve.write_flows, table))
+
+    def emit(flow_results: FlowResults, final: bool = False) -> None:
+        """The rest of a batch's results (its flows are on their way: ``write_flows``)."""
+        nonlocal to_store, last_store
         if engine is None:  # a flow meter: flows alone
             return
+        while pending:
+            pending.pop().result()
         results = cast("Results", flow_results)
         changed = results.incidents.select(["incident_id", "merged_into"]).to_pylist()
         for i, row in enumerate(changed):
@@ -299,11 +304,11 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
         b = part.batch
         part.restart = starts_new_timeline(b, flow_stage.flows.clock_ns)  # as split() decides it for partitions
         summary.batches.append(b)
-        emit(detect.update([flow_stage.update(part)]))
+        emit(detect.update([flow_stage.update(part)], write_flows))
         if on_batch is not None:
             summary.seconds = time.perf_counter() - started
             on_batch(summary, stats)
-    emit(detect.update([flow_stage.update(Part(seq=seq, end=True))]), final=True)
+    emit(detect.update([flow_stage.update(Part(seq=seq, end=True))], write_flows), final=True)
     while pending:  # the last writes
         pending.pop().result()
     for done in stored:
