@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
-from detection.flows.keys import KEYED_SCHEMA
+from detection.flows.keys import ADDRESSES, KEYED_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
 from detection.incidents import INCIDENT_FIELDS, INCIDENT_SCHEMA_VERSION
 from detection.intel.feeds import FEED_STATUS_FIELDS, FEED_STATUS_SCHEMA_VERSION
@@ -57,6 +57,7 @@ def render() -> str:
         "packet_row": "the packet's row in its decoded batch (messages name their packet by it)",
         "hash": "64-bit hash of the flow key", "fwd": "source is the key's lower endpoint",
         "ts_ns": "timestamp, ns since the epoch", "server_name": "TLS SNI, else HTTP Host, else DNS query name",
+        **{name: f"the packet's `{name}_ip` as its high and low 64-bit halves (absent: 0, 0)" for name in ADDRESSES},
     }
     keyed = [Field(f.name, f.type, keyed_doc.get(f.name, f.doc)) for f in keyed]
     lines = [
@@ -89,7 +90,7 @@ def render() -> str:
         f"## keyed_packets (version {KEYED_SCHEMA.metadata[b'liaowang.version'].decode()}) — `detection/flows/keys.py`",
         "",
         "The flow stage's stateless half: one row per IP packet that can belong to a flow (non-first",
-        "fragments excluded), as the flow assembler consumes it. Addresses are split in 64-bit halves.",
+        "fragments excluded), as the flow assembler consumes it.",
         "",
         *_fields(keyed),
         "",
