@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, kept
 from sensors.schema import AppProto, DecodeStatus
 
 PORT = 2152
@@ -36,7 +36,7 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
     """Decode GTP-U headers at the UDP payload; return G-PDU inner packets."""
     off, end = pk.pl_off[rows], pk.pl_end[rows]
     ok = off + 8 <= end
-    rows, off, end = rows[ok], off[ok], end[ok]
+    rows, off, end = kept(ok, rows, off, end)
     w0, teid = pk.words(off, 2)  # flags, message type, length | TEID
     flags = w0 >> 24
     msg = ((w0 >> 16) & 0xFF).astype(np.int64)
@@ -44,10 +44,10 @@ def dissect(pk: Packets, rows: np.ndarray) -> Inner:
     # version 1, protocol type GTP (not GTP'), length within the UDP payload
     udp_len = pk.get("payload_len", rows).astype(np.int64)
     ok = ((flags >> 5) == 1) & ((flags & 0x10) != 0) & (8 + length <= udp_len)
-    rows, off, end, flags, msg, length = rows[ok], off[ok], end[ok], flags[ok], msg[ok], length[ok]
+    rows, off, end, flags, msg, length, teid = kept(ok, rows, off, end, flags, msg, length, teid)
     pk.put("app_proto", rows, AppProto.GTPU)
     pk.put("gtpu_msg_type", rows, msg.astype(np.uint8))
-    pk.put("teid", rows, teid[ok])
+    pk.put("teid", rows, teid)
     hdr = np.full(len(rows), 8, dtype=np.int64)
     opt = (flags & 0x07) != 0
     o = np.flatnonzero(opt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import V4_MAPPED_LO, Packets
+from sensors.protocols.packets import V4_MAPPED_LO, Packets, kept
 from sensors.schema import DecodeStatus
 
 #: (rows, l4_off, ip_end, proto): ip_end is where the IP packet says it ends
@@ -14,7 +14,7 @@ L4 = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     ok = pk.fits(rows, off, 20)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
-    rows, off = rows[ok], off[ok]
+    rows, off = kept(ok, rows, off)
     # version/IHL, TOS, total length | id, flags, fragment offset | TTL, protocol, checksum | source | destination
     w = pk.words(off, 5)
     w0 = w[0]
@@ -29,7 +29,7 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     fits = pk.fits(rows, off, ihl)
     pk.fail(rows[ok & ~fits], DecodeStatus.TRUNCATED)
     ok &= fits
-    rows, off, ihl, total, w = rows[ok], off[ok], ihl[ok], total[ok], w[:, ok]
+    rows, off, ihl, total, w = kept(ok, rows, off, ihl, total, w)
     # total length 0 is seen with TCP segmentation offload: trust the capture
     total = np.where(total == 0, pk.end[rows] - off, total)
     bad_total = total < ihl
@@ -50,4 +50,4 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     pk.put("ip_is_fragment", rows, more | (frag_off > 0))
     pk.put("ip_frag_offset", rows, frag_off)
     first = frag_off == 0  # later fragments carry no transport header
-    return rows[first], (off + ihl)[first], (off + total)[first], proto[first]
+    return kept(first, rows, off + ihl, off + total, proto)  # type: ignore[return-value]

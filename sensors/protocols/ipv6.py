@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from sensors.protocols.ipv4 import L4
-from sensors.protocols.packets import Packets, one_of
+from sensors.protocols.packets import Packets, kept, one_of
 from sensors.schema import DecodeStatus
 
 EXT_8OCTET = (0, 43, 60, 135, 139, 140, 253, 254)  # length in 8-octet units, excluding the first 8
@@ -18,11 +18,11 @@ MAX_EXT = 8
 def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     ok = pk.fits(rows, off, 40)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
-    rows, off = rows[ok], off[ok]
+    rows, off = kept(ok, rows, off)
     w = pk.words(off, 10)  # version, class, label | payload length, next header, hop limit | addresses
     ok = (w[0] >> 28) == 6
     pk.fail(rows[~ok], DecodeStatus.BAD_IP_VERSION)
-    rows, off, w = rows[ok], off[ok], w[:, ok]
+    rows, off, w = kept(ok, rows, off, w)
     w1 = w[1]
     plen = (w1 >> 16).astype(np.int64)
     ip_end = np.where(plen == 0, pk.end[rows], off + 40 + plen)  # 0: jumbogram / offload

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sensors.capture import frames as lt
-from sensors.protocols.packets import Packets, one_of
+from sensors.protocols.packets import Packets, kept, one_of
 from sensors.schema import AppProto, DecodeStatus
 
 ETH_IPV4 = 0x0800
@@ -60,7 +60,7 @@ def dissect_frames(pk: Packets) -> Layer:
 def ethernet(pk: Packets, rows: np.ndarray, off: np.ndarray) -> Layer:
     ok = pk.fits(rows, off, 14)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
-    rows, off = rows[ok], off[ok]
+    rows, off = kept(ok, rows, off)
     etype = pk.u16(off + 12).astype(np.int64)
     return _after_ethertype(pk, rows, off + 14, etype)
 

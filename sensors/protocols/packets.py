@@ -48,6 +48,15 @@ def one_of(values: np.ndarray, choices: tuple[int, ...] | list[int] | np.ndarray
     return out
 
 
+def kept(mask: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arrays`` where ``mask`` holds (along their last axis); the arrays themselves when it holds everywhere,
+    as it does for almost every packet of a header layer (masking copies each array: ~1 ms per 80,000 packets
+    for a header's words)."""
+    if mask.all():
+        return arrays
+    return tuple(a[..., mask] for a in arrays)
+
+
 class Packets:
     """Columns under construction for one :class:`FrameBatch`."""
 

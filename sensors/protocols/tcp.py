@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, kept
 from sensors.schema import DecodeStatus
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -13,7 +13,7 @@ FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) -> None:
     ok = pk.fits(rows, off, 20)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
-    rows, off, ip_end = rows[ok], off[ok], ip_end[ok]
+    rows, off, ip_end = kept(ok, rows, off, ip_end)
     ports, seq, ack, w3 = pk.words(off, 4)  # ports | sequence | acknowledgement | data offset, flags, window
     hlen = ((w3 >> 28) * 4).astype(np.int64)
     pk.put("src_port", rows, (ports >> 16).astype(np.uint16))
@@ -28,7 +28,7 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) 
     fits = pk.fits(rows, off, hlen)
     pk.fail(rows[good & ~fits], DecodeStatus.TRUNCATED)
     ok = good & fits
-    rows, start, ip_end = rows[ok], (off + hlen)[ok], ip_end[ok]
+    rows, start, ip_end = kept(ok, rows, off + hlen, ip_end)
     plen = np.maximum(ip_end - start, 0)
     pk.put("payload_len", rows, plen.astype(np.uint32))
     pk.pl_off[rows] = start

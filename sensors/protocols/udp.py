@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sensors.protocols.packets import Packets
+from sensors.protocols.packets import Packets, kept
 from sensors.schema import DecodeStatus
 
 
 def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray, ip_end: np.ndarray) -> None:
     ok = pk.fits(rows, off, 8)
     pk.fail(rows[~ok], DecodeStatus.TRUNCATED)
-    rows, off, ip_end = rows[ok], off[ok], ip_end[ok]
+    rows, off, ip_end = kept(ok, rows, off, ip_end)
     w0, w1 = pk.words(off, 2)  # ports | length, checksum
     length = (w1 >> 16).astype(np.int64)
     pk.put("src_port", rows, (w0 >> 16).astype(np.uint16))
