@@ -131,8 +131,10 @@ class DetectStage:
         silent = self.control.sessions.silent(None if batch is None else batch.last_ts_ns,
                                               int(self.engine.flow_lateness_s * 1e9), final=any(p.end for p in parts))
         events = pa.concat_tables([events, silent]) if silent.num_rows else events
+        # the batch's flows as handed out: the old timeline's first
+        all_flows = flows if old_flows is None else pa.concat_tables([old_flows, flows])
         if flows_ready is not None:
-            flows_ready(flows if old_flows is None else pa.concat_tables([old_flows, flows]))
+            flows_ready(all_flows)
         if any(p.end for p in parts):
             self.ended = True
             alerts.append(context(self.engine.update(None, flows, None, control=events)))
@@ -151,10 +153,9 @@ class DetectStage:
             trend.append(self.trend.flush())
         if old_flows is not None:
             table, incidents = pa.concat_tables([closed, table]), pa.concat_tables([old_incidents, incidents])
-            flows = pa.concat_tables([old_flows, flows])
         if old_posture[0].num_rows or old_posture[1].num_rows:
             posture, changes = pa.concat_tables([old_posture[0], posture]), pa.concat_tables([old_posture[1], changes])
-        return Results(flows=flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
+        return Results(flows=all_flows, alerts=table, protos=self.control.last_messages, batch=batch, incidents=incidents,
                        warnings=warnings, posture=posture, posture_changes=changes,
                        trend=_latest(pa.concat_tables([t[0] for t in trend]), "series"),
                        trend_warnings=pa.concat_tables([t[1] for t in trend]))

@@ -50,4 +50,5 @@ def dissect(pk: Packets, rows: np.ndarray, off: np.ndarray) -> L4:
     pk.put("ip_is_fragment", rows, more | (frag_off > 0))
     pk.put("ip_frag_offset", rows, frag_off)
     first = frag_off == 0  # later fragments carry no transport header
-    return kept(first, rows, off + ihl, off + total, proto)  # type: ignore[return-value]
+    rows, l4_off, ip_end, proto = kept(first, rows, off + ihl, off + total, proto)
+    return rows, l4_off, ip_end, proto
