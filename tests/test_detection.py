@@ -390,6 +390,25 @@ def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:
     assert pc.all(pc.starts_with(hits.column("dst_ip"), "192.168.56.")).as_py()
 
 
+@pytest.mark.parametrize("exact", [False, True])  # one hash sort, and the sort on every part after a shared hash
+def test_hit_grouping_matches_a_dictionary_of_tuples(exact: bool) -> None:
+    from detection.rules.hits import grouped, key_parts
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    addresses = pa.array([None if i % 13 == 0 else bytes(10) + b"\xff\xff" + bytes([10, 0, 0, int(v)])
+                          for i, v in enumerate(rng.integers(0, 40, n))], pa.binary(16))
+    names = pa.array([None if v == 0 else f"host{v}.example" for v in rng.integers(0, 9, n)], pa.string())
+    ports = pa.array(rng.integers(0, 6, n), pa.uint16())
+    bucket = rng.integers(0, 3, n)
+    columns = [addresses, names, ports]
+    order, starts = grouped([bucket, *(p for c in columns for p in key_parts(c))], exact=exact)
+    rows_of: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(bucket.tolist(), *(c.to_pylist() for c in columns))):
+        rows_of.setdefault(key, []).append(i)  # dicts keep insertion order: groups by their first row
+    assert [order[a:b].tolist() for a, b in zip(starts, [*starts[1:], n])] == list(rows_of.values())
+
+
 @pytest.mark.parametrize("present_every", [1, 97])  # a dense column, and one null but in a few rows
 def test_text_modifiers_match_as_python_does_on_dense_and_sparse_columns(tmp_path: Path, present_every: int) -> None:
     import re
