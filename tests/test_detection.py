@@ -392,7 +392,7 @@ def test_modifiers_and_conditions_on_packets(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("exact", [False, True])  # one hash sort, and the sort on every part after a shared hash
 def test_hit_grouping_matches_a_dictionary_of_tuples(exact: bool) -> None:
-    from detection.rules.hits import grouped, key_parts
+    from detection.grouping import grouped, key_parts
 
     rng = np.random.default_rng(7)
     n = 5000
@@ -407,6 +407,30 @@ def test_hit_grouping_matches_a_dictionary_of_tuples(exact: bool) -> None:
     for i, key in enumerate(zip(bucket.tolist(), *(c.to_pylist() for c in columns))):
         rows_of.setdefault(key, []).append(i)  # dicts keep insertion order: groups by their first row
     assert [order[a:b].tolist() for a, b in zip(starts, [*starts[1:], n])] == list(rows_of.values())
+
+
+def test_group_aggregates_match_python() -> None:
+    from detection.grouping import Groups
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    keys = pa.array([None if v == 0 else f"g{v}" for v in rng.integers(0, 7, n)], pa.string())
+    window = rng.integers(0, 4, n)
+    values = pa.array([None if v < 2 else f"v{v}" for v in rng.integers(0, 30, n)], pa.string())
+    counts = rng.integers(1, 100, n)
+    groups = Groups([keys, pa.array(window)])
+    rows_of: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(keys.to_pylist(), window.tolist())):
+        rows_of.setdefault(key, []).append(i)
+    vals = values.to_pylist()
+    assert groups.first.tolist() == [r[0] for r in rows_of.values()]
+    assert groups.count().tolist() == [len(r) for r in rows_of.values()]
+    assert groups.sum(counts).tolist() == [int(counts[r].sum()) for r in rows_of.values()]
+    assert groups.max(counts).tolist() == [int(counts[r].max()) for r in rows_of.values()]
+    assert groups.first_valid(values).to_pylist() == [next((vals[i] for i in r if vals[i] is not None), None)
+                                                      for r in rows_of.values()]
+    assert groups.count_distinct(values).tolist() == [len({vals[i] for i in r} - {None}) for r in rows_of.values()]
+    assert len(Groups([pa.array([], pa.string())])) == 0
 
 
 @pytest.mark.parametrize("present_every", [1, 97])  # a dense column, and one null but in a few rows

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector, LruDict, gtpu_tunnelled
+from detection.grouping import Groups
 from detection.rules.compiler import in_networks
 from sensors.masks import true_mask
 
@@ -82,9 +83,11 @@ class GtpuUnexpectedPeer(FlowDetector):
         t = flows.filter(pa.array(gtpu_tunnelled(flows)))
         if not t.num_rows:
             return None
-        firsts = pa.table({"e": t.column("tunnel_dst_ip"), "p": t.column("tunnel_src_ip"),
-                           "t": t.column("first_seen").cast(pa.int64())}).group_by(["e", "p"]).aggregate(
-            [("t", "min")]).sort_by([("t_min", "ascending"), ("e", "ascending"), ("p", "ascending")])
+        groups = Groups([t.column("tunnel_dst_ip"), t.column("tunnel_src_ip")])
+        pairs = t.select(["tunnel_dst_ip", "tunnel_src_ip"]).take(pa.array(groups.first))
+        firsts = pa.table({"e": pairs.column(0), "p": pairs.column(1),
+                           "t_min": groups.min(t.column("first_seen").cast(pa.int64()).to_numpy())}).sort_by(
+            [("t_min", "ascending"), ("e", "ascending"), ("p", "ascending")])
         return list(zip(firsts.column("e").to_pylist(), firsts.column("p").to_pylist(),
                         firsts.column("t_min").to_pylist()))
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import LruDict, PacketDetector
+from detection.grouping import Groups
 from detection.rules.compiler import in_networks
 from sensors.masks import true_mask
 
@@ -63,9 +64,8 @@ class IcsCommandFromNewMaster(PacketDetector):
             self.masters_: LruDict[str, str] = LruDict()  # device address -> its master
         src, dst = events.column("src_ip"), events.column("dst_ip")
         # a device first seen in this window: its master is the first host that sent it a request
-        firsts = pa.table({"d": dst, "i": pa.array(np.arange(events.num_rows))}).group_by("d").aggregate(
-            [("i", "min")])
-        for d, s in zip(firsts.column("d").to_pylist(), src.take(firsts.column("i_min")).to_pylist()):
+        firsts = pa.array(Groups([dst]).first)
+        for d, s in zip(dst.take(firsts).to_pylist(), src.take(firsts).to_pylist()):
             self.masters_.setdefault(d, s)
         devices = pa.array(list(self.masters_), pa.string())
         master = pa.array(list(self.masters_.values()), pa.string()).take(pc.index_in(dst, value_set=devices))

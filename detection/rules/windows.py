@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection.grouping import Groups
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
 
@@ -251,15 +252,17 @@ class WindowCounter:
         return counted.append_column("window", pa.array(np.concatenate(starts))), take
 
     def _fired(self, win: pa.Table) -> pa.Table:
-        distinct = bool(self.distinct[win.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)].any())
-        agg = win.group_by(["rule", "group", "window"], use_threads=False).aggregate(
-            [("n", "sum"), *([("value", "count_distinct")] if distinct else [])])
-        rule = agg.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-        n = agg.column("n_sum").to_numpy(zero_copy_only=False)
-        metric = np.where(self.distinct[rule], agg.column("value_count_distinct").to_numpy(zero_copy_only=False),
-                          n) if distinct else n
-        agg = agg.append_column("metric", pa.array(metric.astype(np.int64)))
-        fired = agg.filter(pa.array(metric >= self.threshold[rule]))
+        """The windows whose count (or distinct count) reaches their rule's threshold: rule, group, window,
+        metric, in that order."""
+        groups = Groups([win.column("rule"), win.column("group"), win.column("window")])
+        keys = win.select(["rule", "group", "window"]).take(pa.array(groups.first))
+        rule = keys.column("rule").to_numpy().astype(np.int64)
+        metric = groups.sum(win.column("n").to_numpy())
+        distinct = self.distinct[rule]
+        if distinct.any():
+            metric = np.where(distinct, groups.count_distinct(win.column("value")), metric)
+        fired = keys.append_column("metric", pa.array(metric.astype(np.int64))).filter(
+            pa.array(metric >= self.threshold[rule]))
         return fired.sort_by([("rule", "ascending"), ("group", "ascending"), ("window", "ascending")])
 
     def _episodes(self, fired: pa.Table, partials: pa.Table, rows: np.ndarray,
@@ -270,8 +273,15 @@ class WindowCounter:
         used = partials.take(pa.array(np.unique(rows)))
         # the buckets of firing windows, with their events and first 5-tuple
         mine = pc.is_in(_rule_group(used), value_set=pc.unique(_rule_group(fired)))
-        per_bucket = used.filter(mine).group_by(["rule", "group", "bucket"], use_threads=False).aggregate(
-            [("n", "sum"), ("first_ts", "min"), ("last_ts", "max"), *[(c, "first") for c in TUPLE]])
+        mine_rows = used.filter(mine)
+        groups = Groups([mine_rows.column(c) for c in ("rule", "group", "bucket")])
+        per_bucket = mine_rows.select(["rule", "group", "bucket"]).take(pa.array(groups.first))
+        for name, values in (("n_sum", groups.sum(mine_rows.column("n").to_numpy())),
+                             ("first_ts_min", groups.min(mine_rows.column("first_ts").to_numpy())),
+                             ("last_ts_max", groups.max(mine_rows.column("last_ts").to_numpy()))):
+            per_bucket = per_bucket.append_column(name, pa.array(values))
+        for c in TUPLE:
+            per_bucket = per_bucket.append_column(f"{c}_first", groups.first_valid(mine_rows.column(c)))
         buckets: dict[tuple[int, str, int], dict[str, Any]] = {
             (r["rule"], r["group"], r["bucket"]): r for r in per_bucket.to_pylist()}
         closed = []
@@ -316,16 +326,13 @@ def _combine(t: pa.Table) -> pa.Table:
     rank = np.empty(t.num_rows, dtype=np.int64)
     rank[order] = np.arange(t.num_rows)
     # each group's earliest row by its rank, then the groups in that order and their 5-tuples in one take
-    # (ten "first" aggregations of mostly text columns over the sorted table cost several times more)
-    keyed = pa.table({**{k: t.column(k) for k in KEYS}, "n": t.column("n"), "last_ts": t.column("last_ts"),
-                      "rank": pa.array(rank)})
-    agg = keyed.group_by(KEYS, use_threads=False).aggregate([("n", "sum"), ("last_ts", "max"), ("rank", "min")])
-    earliest = agg.column("rank_min").to_numpy()
+    groups = Groups([t.column(k) for k in KEYS])
+    earliest = groups.min(rank)
     by_time = np.argsort(earliest)
-    agg = agg.take(pa.array(by_time))
     first = t.take(pa.array(order[earliest[by_time]]))
-    return pa.table({**{k: agg.column(k) for k in KEYS}, "n": agg.column("n_sum"),
-                     "first_ts": first.column("first_ts"), "last_ts": agg.column("last_ts_max"),
+    return pa.table({**{k: first.column(k) for k in KEYS}, "n": pa.array(groups.sum(t.column("n").to_numpy())[by_time]),
+                     "first_ts": first.column("first_ts"),
+                     "last_ts": pa.array(groups.max(t.column("last_ts").to_numpy())[by_time]),
                      **{c: first.column(c) for c in TUPLE}})
 
 
