@@ -89,6 +89,36 @@ def test_pfcp_restart_is_adopted_not_alerted() -> None:
     assert d.evaluate(_requests(silent)).tolist() == [True] * 3 + [False] * 3 + [True]
 
 
+def test_pfcp_node_pairs_in_sequence_are_judged_as_request_by_request() -> None:
+    """Node pairs whose requests all follow on are moved on at once; the result, the state and its
+    recency order are those of judging every request in turn."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    nodes = [f"10.0.0.{i}" for i in range(1, 6)]
+    counters = {(a, b): int(rng.integers(0, 1 << 24)) for a in nodes for b in nodes if a != b}
+    batches = []
+    for _ in range(6):
+        rows = []
+        for _ in range(300):
+            pair = list(counters)[int(rng.integers(0, len(counters)))]
+            counters[pair] = (counters[pair] + int(rng.integers(0, 3))) % (1 << 24)
+            forged = rng.random() < 0.01 and pair[0] != nodes[0]  # some pairs stay clean throughout
+            rows.append((*pair, 62, 54, int(rng.integers(0, 1 << 24)) if forged else counters[pair]))
+        batches.append(_requests(rows))
+    fast, reference = PfcpSequenceSpoofing(), PfcpSequenceSpoofing()
+    for events in batches:
+        got = fast.evaluate(events)
+        reference.evaluate(events.slice(0, 0))  # makes its state
+        want = np.zeros(events.num_rows, dtype=bool)
+        reference.reasons_ = [None] * events.num_rows
+        reference._steps(events, np.arange(events.num_rows), want)
+        assert got.tolist() == want.tolist()
+        assert fast.reasons_ == reference.reasons_
+        assert list(fast.nodes_.items()) == list(reference.nodes_.items())
+    assert 0 < sum(r is not None for r in fast.reasons_) < 20
+
+
 def test_pfcp_spoofing_alert_on_the_5g_attacks_capture(tmp_path: Path) -> None:
     replay([str(PCAPS / "5g-attacks-clem272001_Dataset_2_capture2_pfcp_Deletion.pcap")], tmp_path / "o", processes=1)
     (alert,) = _eve_alerts(tmp_path / "o")

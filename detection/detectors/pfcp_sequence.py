@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import LruDict, PacketDetector
+from detection.grouping import Groups
 from sensors.masks import true_mask
 
 SEQ_SPACE = 1 << 24
@@ -67,8 +68,39 @@ class PfcpSequenceSpoofing(PacketDetector):
             self.nodes_: LruDict[tuple[str, str], list[int]] = LruDict()  # [last seq, ttl, other seq, its run]
         out = np.zeros(events.num_rows, dtype=bool)
         self.reasons_: list[str | None] = [None] * events.num_rows
-        cols = events.select(["src_ip", "dst_ip", "ip_ttl", "pfcp_msg_type", "pfcp_seq"]).to_pydict()
-        for i, (src, dst, ttl, msg, seq) in enumerate(zip(*cols.values())):
+        msg = events.column("pfcp_msg_type").to_numpy(zero_copy_only=False)
+        groups = Groups([events.column("src_ip"), events.column("dst_ip")])
+        if (msg == ASSOCIATION_SETUP_REQUEST).any() or len(self.nodes_) + len(groups) > self.nodes_.max_items:
+            self._steps(events, np.arange(events.num_rows), out)  # associations (and evictions) touch other keys
+            return out
+        # a node pair whose requests all follow on from one another (the usual case) only moves its counter on;
+        # the others are judged request by request
+        seq = events.column("pfcp_seq").to_numpy(zero_copy_only=False).astype(np.int64)
+        pairs = events.select(["src_ip", "dst_ip"]).take(pa.array(groups.first)).to_pylist()
+        ends = np.append(groups.starts[1:], events.num_rows)
+        last_row = {}
+        for (start, end), pair in zip(zip(groups.starts.tolist(), ends.tolist()), pairs):
+            rows = groups.rows[start:end]
+            key = (pair["src_ip"], pair["dst_ip"])
+            last_row[key] = int(rows[-1])
+            state = self.nodes_.get(key)
+            run = seq[rows]
+            ahead = np.diff(run if state is None else np.append(state[0], run)) % SEQ_SPACE
+            if (ahead <= self.max_gap).all():
+                if state is None:
+                    self.nodes_[key] = [int(run[-1]), events.column("ip_ttl")[int(rows[0])].as_py(), -1, 0]
+                else:
+                    state[0], state[3] = int(run[-1]), 0
+            else:
+                self._steps(events, rows, out)
+        for key in sorted(last_row, key=last_row.__getitem__):  # most recently used last, as request by request
+            self.nodes_.move_to_end(key)
+        return out
+
+    def _steps(self, events: pa.Table, rows: np.ndarray, out: np.ndarray) -> None:
+        """Judge the requests ``rows`` one by one, in order."""
+        cols = events.select(["src_ip", "dst_ip", "ip_ttl", "pfcp_msg_type", "pfcp_seq"]).take(pa.array(rows)).to_pydict()
+        for i, src, dst, ttl, msg, seq in zip(rows.tolist(), *cols.values()):
             state = self.nodes_.get((src, dst))
             if msg == ASSOCIATION_SETUP_REQUEST:  # a new association: both ends may have restarted
                 self.nodes_.pop((dst, src), None)
@@ -92,7 +124,6 @@ class PfcpSequenceSpoofing(PacketDetector):
             ttl_note = f", TTL {ttl} (node's usual {usual_ttl})" if ttl != usual_ttl else ""
             self.reasons_[i] = (f"{NAMES.get(msg, f'type {msg}')} Request seq {seq}, node's sequence at {last}"
                                 f"{ttl_note}")
-        return out
 
     def explain(self, events: pa.Table) -> list[str | None]:
         return [r for r in self.reasons_ if r is not None]
