@@ -4,8 +4,9 @@ An Acero group-by costs ~0.3 ms a call whatever the table's size, and the first
 one in a process loads Acero (~20 ms); the rule and window stages group a few
 thousand rows many times per batch.  Here the keys are turned into integers
 (:func:`key_parts`), mixed into one 64-bit hash and sorted once
-(:func:`grouped`).  Groups come in the order of their first row, and a group's
-rows in their input order, so "first" means the first row.
+(:func:`grouped`, with :func:`group_by_hash`, which the flow table uses too).
+Groups come in the order of their first row, and a group's rows in their input
+order, so "first" means the first row.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.rules.compiler import address_halves
+from detection.flows.keys import _ip as address_halves
 from sensors.masks import one_chunk, present
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -25,8 +26,8 @@ def key_parts(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     col = one_chunk(col)
     valid = present(col)
     if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 16:  # an address
-        hi, lo = address_halves(col)
-        return [valid.astype(np.int64), hi.view(np.int64), lo.view(np.int64)]
+        halves = np.where(valid[:, None], address_halves(col, None), np.uint64(0))  # a null's bytes: anything
+        return [valid.astype(np.int64), halves[:, 0].view(np.int64), halves[:, 1].view(np.int64)]
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
             or pa.types.is_temporal(col.type)):  # text, bytes
         codes = pc.fill_null(one_chunk(pc.dictionary_encode(col).indices), -1)
@@ -38,6 +39,30 @@ def key_parts(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     if values.dtype.kind == "f":
         values = (values + 0.0).view(np.int64)  # -0.0 and 0.0 are one value
     return [valid.astype(np.int64), values.astype(np.int64)]
+
+
+def group_by_hash(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``np.argsort(hashes, kind="stable")``, the hashes in that order), ~5x faster.
+
+    numpy's stable sort of 64-bit keys is a merge sort; its default sort is SIMD and ~10x faster, and stable
+    for distinct keys.  So each hash's top bits are joined to its position (as low bits) in one distinct
+    64-bit key.  Two different hashes that share those top bits (~1 batch in 10^6 at 20,000 flows) would
+    interleave: then, and for batches too large to leave room, the stable sort decides.
+    """
+    n = len(hashes)
+    shift = np.uint64(max(n - 1, 1).bit_length())
+    if shift > 24:
+        order = np.argsort(hashes, kind="stable")
+        return order, hashes[order]
+    keyed = ((hashes >> shift) << shift) | np.arange(n, dtype=np.uint64)
+    keyed.sort()
+    order = (keyed & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
+    h = hashes[order]
+    top = keyed >> shift
+    if not np.array_equal(h[1:] != h[:-1], top[1:] != top[:-1]):  # a shared prefix: groups interleaved
+        order = np.argsort(hashes, kind="stable")
+        h = hashes[order]
+    return order, h
 
 
 def grouped(parts: list[np.ndarray], exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +80,7 @@ def grouped(parts: list[np.ndarray], exact: bool = False) -> tuple[np.ndarray, n
             for part in parts:
                 h = (h ^ part.view(np.uint64)) * _GOLDEN
                 h ^= h >> np.uint64(29)
-        order = np.argsort(h, kind="stable")
-        sorted_h = h[order]
+        order, sorted_h = group_by_hash(h)
         np.not_equal(sorted_h[1:], sorted_h[:-1], out=new[1:])
         starts = np.flatnonzero(new)
         group = np.cumsum(new) - 1
@@ -132,4 +156,4 @@ class Groups:
         return ufunc.reduceat(values[self.rows], self.starts)
 
 
-__all__ = ["Groups", "grouped", "key_parts"]
+__all__ = ["Groups", "group_by_hash", "grouped", "key_parts"]

@@ -132,7 +132,7 @@ def test_a_flow_table_pickled_mid_stream_goes_on_the_same() -> None:
 def test_grouping_by_hash_is_the_stable_sort(case: str) -> None:
     """The flow table groups a batch's packets by key hash, time order inside, with a faster sort than
     numpy's stable one; two hashes that share their top bits must still come out as two whole groups."""
-    from detection.flows.assembler import group_by_hash
+    from detection.grouping import group_by_hash
 
     rng = np.random.default_rng(7)
     keys = rng.integers(0, 2**63, 500, dtype=np.uint64)

@@ -26,6 +26,7 @@ from detection.flows.export import build_flow_batch, flow_ids
 from detection.flows.keys import PacketKeys, keys_of
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
+from detection.grouping import group_by_hash
 from sensors.schema import empty_table
 
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
@@ -256,34 +257,10 @@ class FlowAssembler:
         return ended
 
 
-def group_by_hash(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(``np.argsort(hashes, kind="stable")``, the hashes in that order), ~5x faster.
-
-    numpy's stable sort of 64-bit keys is a merge sort; its default sort is SIMD and ~10x faster, and stable
-    for distinct keys.  So each hash's top bits are joined to its position (as low bits) in one distinct
-    64-bit key.  Two different hashes that share those top bits (~1 batch in 10^6 at 20,000 flows) would
-    interleave: then, and for batches too large to leave room, the stable sort decides.
-    """
-    n = len(hashes)
-    shift = np.uint64(max(n - 1, 1).bit_length())
-    if shift > 24:
-        order = np.argsort(hashes, kind="stable")
-        return order, hashes[order]
-    keyed = ((hashes >> shift) << shift) | np.arange(n, dtype=np.uint64)
-    keyed.sort()
-    order = (keyed & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
-    h = hashes[order]
-    top = keyed >> shift
-    if not np.array_equal(h[1:] != h[:-1], top[1:] != top[:-1]):  # a shared prefix: groups interleaved
-        order = np.argsort(hashes, kind="stable")
-        h = hashes[order]
-    return order, h
-
-
 def _count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndarray:
     """For each packet: how many earlier packets of its segment have ``flag``."""
     c = np.cumsum(flag, dtype=np.int64) - flag
     return c - c[spos][sid]
 
 
-__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS", "group_by_hash"]
+__all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS"]
