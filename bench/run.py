@@ -50,6 +50,16 @@ def tree_rss_kb(pid: int) -> int:
     return total
 
 
+def warm_page_cache(path: Path) -> None:
+    """Read the capture once before each timed run, whichever tool it is for: this machine's kernel
+    pages out memory it sees as cold (DAMON reclaim), so between runs parts of an 800 MB capture
+    may have left the page cache, and a run would then time the disk as well, by chance."""
+    buf = bytearray(8 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
 def measure(cmd: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS of the process tree (KiB), stdout."""
     start = time.perf_counter()
@@ -98,6 +108,7 @@ def compare(capture: Path, packets: int, runs: int, peers_python: str) -> list[s
     nf_flows = 0
     for _ in range(runs):
         for name, cmd in tools.items():
+            warm_page_cache(capture)
             wall, rss, out = measure(cmd)
             results[name].append((wall, rss))
             if name.startswith("nfstream"):
