@@ -284,7 +284,8 @@ class Windowed:
 
 def external(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Unicast addresses on the internet (not private, shared, loopback, link-local, multicast or broadcast)."""
-    return ~private(addresses) & ~multicast_or_broadcast(addresses)
+    split = _split(addresses)  # text addresses are parsed once for both tests
+    return ~_private(addresses, *split) & ~_multicast_or_broadcast(*split)
 
 
 def gtpu_tunnelled(flows: pa.Table | pa.RecordBatch) -> np.ndarray:
@@ -305,7 +306,15 @@ def _split(addresses: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarra
 
 def private(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Which addresses are private, shared, loopback or link-local (RFC 1918, 6598, 4193...)."""
-    hi, lo, v4, a = _split(addresses)
+    return _private(addresses, *_split(addresses))
+
+
+def multicast_or_broadcast(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return _multicast_or_broadcast(*_split(addresses))
+
+
+def _private(addresses: pa.Array | pa.ChunkedArray, hi: np.ndarray, lo: np.ndarray, v4: np.ndarray, a: np.ndarray
+             ) -> np.ndarray:
     b = (lo >> np.uint64(16)) & np.uint64(0xFF)
     private4 = (a == 10) | (a == 127) | ((a == 172) & (b >= 16) & (b < 32)) | ((a == 192) & (b == 168)) | \
         ((a == 100) & (b >= 64) & (b < 128)) | ((a == 169) & (b == 254))
@@ -316,6 +325,5 @@ def private(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return valid & np.where(v4, private4, private6)
 
 
-def multicast_or_broadcast(addresses: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    hi, lo, v4, a = _split(addresses)
+def _multicast_or_broadcast(hi: np.ndarray, lo: np.ndarray, v4: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.where(v4, (a >= 224) | ((lo & np.uint64(0xFF)) == 255), (hi >> np.uint64(56)) == np.uint64(0xFF))
