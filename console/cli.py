@@ -35,7 +35,7 @@ def _import_lasting(*modules: str) -> None:
 _import_lasting("detection.flows.assembler", "detection.sessions", "sensors.capture.source")
 from detection.flows.assembler import MAX_FLOWS  # noqa: E402
 from detection.sessions import MAX_SESSIONS  # noqa: E402
-from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureError  # noqa: E402
+from sensors.capture.source import DETECTION_CHUNK_BYTES, REPLAY_CHUNK_BYTES, CaptureError  # noqa: E402
 
 #: young objects allocated (net) between collections: 700 by default, but a batch's signalling messages
 #: alone make ~10,000 short-lived objects, which die by themselves before the next batch (30 -> 12 ms of the
@@ -65,7 +65,7 @@ def _replay(args: argparse.Namespace) -> int:
         summary = replay(
             args.inputs,
             Path(args.out),
-            chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+            chunk_bytes=int(args.chunk_mb * 1024 * 1024) if args.chunk_mb else None,
             idle_timeout_s=args.idle_timeout,
             active_timeout_s=args.active_timeout,
             max_flows=args.max_flows,
@@ -305,8 +305,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help=f"5G/LTE session table limit: beyond it ended, then unanswered, then the longest idle "
                         f"sessions are forgotten (default {MAX_SESSIONS:,}); sessions.parquet keeps them"),
     p.add_argument("--active-timeout", type=float, default=1800.0, metavar="S", help="flow active timeout, seconds")
-    p.add_argument("--chunk-mb", type=float, default=REPLAY_CHUNK_BYTES / (1 << 20), metavar="MB",
-                   help="read buffer per chunk (default %(default)g; each batch has a fixed cost, memory grows with it)")
+    p.add_argument("--chunk-mb", type=float, default=None, metavar="MB",
+                   help=f"read buffer per chunk (default {REPLAY_CHUNK_BYTES >> 20:g} with --flows-only, else "
+                        f"{DETECTION_CHUNK_BYTES >> 20:g}; each batch has a fixed cost, memory grows with it)")
     p.add_argument("--processes", type=int, default=None, choices=(1, 2, 3), metavar="{1,2,3}",
                    help="1: all in this process; 2: decode in a second one; 3: in two more "
                         "(default: 1 + cores, at most 3)")

@@ -36,7 +36,14 @@ from ingest.privacy import Pseudonymizer
 from ingest.sinks import EveSink, ParquetSink
 from ingest.workers import BatchStats
 from sensors.capture.frames import FrameSource
-from sensors.capture.source import REPLAY_CHUNK_BYTES, CaptureFiles, Damage, expand_inputs, order_by_time
+from sensors.capture.source import (
+    DETECTION_CHUNK_BYTES,
+    REPLAY_CHUNK_BYTES,
+    CaptureFiles,
+    Damage,
+    expand_inputs,
+    order_by_time,
+)
 from sensors.schema import DecodeStatus, TunnelType
 
 if TYPE_CHECKING:  # a replay needs none of them unless asked (--notify, a live capture's retention, --store)
@@ -112,11 +119,12 @@ class ReplaySummary:
         }
 
 
+
 def replay(
     inputs: list[str],
     out_dir: Path,
     *,
-    chunk_bytes: int = REPLAY_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     idle_timeout_s: float = 120.0,
     active_timeout_s: float = 1800.0,
     progress: Callable[[ReplaySummary, int, int], None] | None = None,
@@ -141,6 +149,8 @@ def replay(
     ``trend``: trend-forecast settings and thresholds (``detection/trend.py``); None for ``rules/forecast/trend.yml``.
     ``flows_only``: a flow meter, like nfstream: ``flows.parquet`` and ``eve.json`` alone (the options above that
     configure detection, notification or trends must be left unset).
+    ``chunk_bytes``: the read buffer per batch; None for :data:`REPLAY_CHUNK_BYTES` (a flow meter) or
+    :data:`DETECTION_CHUNK_BYTES`.
 
     With ``processes`` > 1 (the default on a fork-capable machine with 2+ cores)
     decoding runs in ``processes - 1`` forked processes while this one assembles
@@ -169,6 +179,7 @@ def replay(
         from ingest.notify import Notifier
 
         notifier = Notifier(notify, log_path=out_dir / "notifications.jsonl")
+    chunk_bytes = chunk_bytes or (REPLAY_CHUNK_BYTES if flows_only else DETECTION_CHUNK_BYTES)
     summary = run(CaptureFiles(files, chunk_bytes), out_dir, engine, idle_timeout_s=idle_timeout_s,
                   active_timeout_s=active_timeout_s, processes=processes, on_batch=on_batch, max_flows=max_flows,
                   max_sessions=max_sessions, notifier=notifier, trend=trend_config)
