@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.flows.keys import _ip as address_halves
+from detection.flows.keys import ip_halves
 from sensors.masks import one_chunk, present
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -26,7 +26,7 @@ def key_parts(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     col = one_chunk(col)
     valid = present(col)
     if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 16:  # an address
-        halves = np.where(valid[:, None], address_halves(col, None), np.uint64(0))  # a null's bytes: anything
+        halves = np.where(valid[:, None], ip_halves(col, None), np.uint64(0))  # a null's bytes: anything
         return [valid.astype(np.int64), halves[:, 0].view(np.int64), halves[:, 1].view(np.int64)]
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)
             or pa.types.is_temporal(col.type)):  # text, bytes
@@ -131,12 +131,12 @@ class Groups:
     def first_valid(self, col: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Each group's first value that is not null (null if it has none), as Acero's ``first``."""
         col = one_chunk(col)
+        if not len(self):
+            return col[:0]
         valid = present(col)[self.rows]
-        position = np.minimum.reduceat(np.where(valid, np.arange(self.size), self.size), self.starts) \
-            if len(self) else np.empty(0, dtype=np.int64)
+        position = np.minimum.reduceat(np.where(valid, np.arange(self.size), self.size), self.starts)
         found = position < np.append(self.starts[1:], self.size)
-        rows = self.rows[np.minimum(position, self.size - 1)] if len(self) else position
-        return col.take(pa.array(rows, pa.int64(), mask=~found))
+        return col.take(pa.array(self.rows[np.minimum(position, self.size - 1)], pa.int64(), mask=~found))
 
     def count_distinct(self, col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Distinct values of each group, nulls not counted (as Acero's ``count_distinct``)."""
@@ -145,9 +145,9 @@ class Groups:
             raise TypeError(f"count_distinct of {col.type}: text columns only")
         code = code[self.rows]
         valid = code >= 0
-        pairs = np.unique(np.repeat(np.arange(len(self)), self.count())[valid] * (int(code.max(initial=0)) + 1)
-                          + code[valid])
-        return np.bincount(pairs // (int(code.max(initial=0)) + 1), minlength=len(self))
+        width = int(code.max(initial=0)) + 1
+        pairs = np.unique(np.repeat(np.arange(len(self)), self.count())[valid] * width + code[valid])  # (group, value)
+        return np.bincount(pairs // width, minlength=len(self))
 
     def _reduce(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values)

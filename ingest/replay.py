@@ -119,7 +119,6 @@ class ReplaySummary:
         }
 
 
-
 def replay(
     inputs: list[str],
     out_dir: Path,

@@ -167,7 +167,7 @@ def _valid(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarr
     return _rows(present(col), rows)
 
 
-def _ip(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
+def ip_halves(col: pa.Array | pa.ChunkedArray, rows: np.ndarray | None) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     raw = np.frombuffer(col.buffers()[1], dtype=">u8", count=2 * (len(col) + col.offset))
@@ -250,8 +250,8 @@ def packet_keys(batch: pa.RecordBatch | pa.Table) -> PacketKeys:
     sel = None if len(rows) == len(keep) else rows  # most batches: every packet
     col = batch.column
     num = {attr: _num(col(name), sel) for attr, name in NUMERIC.items()}
-    src, dst = _ip(col("src_ip"), sel), _ip(col("dst_ip"), sel)
-    tsrc, tdst = _ip(col("tunnel_src_ip"), sel), _ip(col("tunnel_dst_ip"), sel)
+    src, dst = ip_halves(col("src_ip"), sel), ip_halves(col("dst_ip"), sel)
+    tsrc, tdst = ip_halves(col("tunnel_src_ip"), sel), ip_halves(col("tunnel_dst_ip"), sel)
     sport, dport = num["src_port"].astype(np.uint64), num["dst_port"].astype(np.uint64)
     h, fwd = key_hash(src, dst, sport, dport, num["ip_proto"].astype(np.uint64), num["vlan_id"].astype(np.uint64),
                       num["tunnel_type"].astype(np.uint64), tsrc, tdst)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.features import PresentValues, feature_fields
-from detection.flows.keys import _ip as binary_ip_halves
+from detection.flows.keys import ip_halves as binary_ip_halves
 from detection.flows.schema import FLOW_SCHEMA
 from detection.rules.model import Condition, Rule
 from sensors.masks import one_chunk, present, true_mask
