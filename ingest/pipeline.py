@@ -43,7 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
-from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, key_packets, keys_of
+from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, keys_of, packet_keys
+from detection.flows.partial import PartialFlows, partial_flows
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
 from ingest.control import MESSAGE_COLUMNS, ControlPlane, SbiStage, decode_messages
@@ -96,6 +97,8 @@ class Part:
     partitions: int = 1
     clock_ns: int | None = None  # time reached by the whole batch (forced order); flows expire by it
     keyed: pa.RecordBatch | pa.Table | None = None  # keyed packets (KEYED_SCHEMA), or packets
+    #: their partial flows (PARTIAL_FLOW_SCHEMA), when the sensor computed them: the flow table merges these
+    partial_flows: pa.RecordBatch | pa.Table | None = None
     protos: dict[str, pa.Table] = field(default_factory=dict)
     hits: pa.RecordBatch | None = None
     rows: pa.RecordBatch | None = None
@@ -168,7 +171,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
-        out = {"keyed": key_packets(packets), "seconds": per_second(packets)}
+        keys = packet_keys(packets)
+        out = {"keyed": keys.to_arrow(), "partial_flows": partial_flows(keys).to_arrow(), "seconds": per_second(packets)}
         if engine is None:
             return out
         if engine.has_packet_rules:
@@ -197,8 +201,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
             read_at=time.time(), dropped=stats.dropped if source.live else None, evidence=evidence,
             seconds=[list(r) for r in zip(*(outputs["seconds"].column(i).to_pylist() for i in range(3)))])
         file_index = stats.file_index
-        yield Part(seq=seq, keyed=outputs["keyed"], protos=sbi.tables(outputs), hits=outputs.get("hits"),
-                   rows=outputs.get("rows"), batch=info), stats
+        yield Part(seq=seq, keyed=outputs["keyed"], partial_flows=outputs["partial_flows"], protos=sbi.tables(outputs),
+                   hits=outputs.get("hits"), rows=outputs.get("rows"), batch=info), stats
 
 
 def per_second(packets: pa.RecordBatch) -> pa.RecordBatch:
@@ -242,6 +246,8 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
     restart = starts_new_timeline(part.batch, clock_ns)
     if restart:
         clock_ns = None
+    # partial flows hold the batch's own forced time order: of no use if an earlier batch reached a later time
+    partials = part.partial_flows if clock_ns is None or not len(k.rows) or k.ts_ns[0] >= clock_ns else None
     if len(k.rows):
         start = np.iinfo(np.int64).min if clock_ns is None else clock_ns
         k.ts_ns = np.maximum.accumulate(np.maximum(k.ts_ns, start))
@@ -254,6 +260,11 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
     which = (k.hash % np.uint64(partitions)).astype(np.int64)
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(partitions + 1))
+    partials_of: list[pa.RecordBatch | None] = [None] * partitions
+    if partials is not None:
+        pf = PartialFlows.from_arrow(partials)
+        owner = (pf["hash"] % np.uint64(partitions)).astype(np.int64)
+        partials_of = [pf.take(np.flatnonzero(owner == i)).to_arrow() for i in range(partitions)]
     owner_of: dict[str, np.ndarray] = {}
     for name, t in part.protos.items():
         prow = np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -269,7 +280,8 @@ def split(part: Part, partitions: int, clock_ns: int | None) -> tuple[list[Part]
                 protos[name] = t.take(pa.array(mine))
         is_lead = p == lead
         parts.append(Part(seq=part.seq, partition=p, partitions=partitions, clock_ns=clock_ns, restart=restart,
-                          keyed=keyed.take(pa.array(order[bounds[p]:bounds[p + 1]])), protos=protos,
+                          keyed=keyed.take(pa.array(order[bounds[p]:bounds[p + 1]])), partial_flows=partials_of[p],
+                          protos=protos,
                           hits=part.hits if is_lead else None, rows=part.rows if is_lead else None,
                           batch=part.batch if is_lead else None))
     return parts, clock_ns
@@ -299,7 +311,7 @@ class FlowStage:
         if part.protos:  # the flows of the messages' packets (keyed rows carry their packet's row too)
             id_rows = np.concatenate([np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
                                       for t in part.protos.values()])
-        ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns)
+        ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns, partials=part.partial_flows)
         if before is not None and before.num_rows:
             ended = pa.concat_tables([before, ended])
         protos = ControlPlane.with_flow_ids(part.protos, self.flows.last_flow_ids)

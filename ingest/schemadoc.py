@@ -14,6 +14,8 @@ from pathlib import Path
 
 from detection.alerts import ALERT_FIELDS, ALERT_SCHEMA_VERSION
 from detection.flows.keys import ADDRESSES, KEYED_SCHEMA
+from detection.flows.partial import FIELD_DOCS as PARTIAL_DOCS
+from detection.flows.partial import PARTIAL_FLOW_SCHEMA
 from detection.flows.schema import FLOW_FIELDS, FLOW_SCHEMA_VERSION
 from detection.incidents import INCIDENT_FIELDS, INCIDENT_SCHEMA_VERSION
 from detection.intel.feeds import FEED_STATUS_FIELDS, FEED_STATUS_SCHEMA_VERSION
@@ -93,6 +95,15 @@ def render() -> str:
         "fragments excluded), as the flow assembler consumes it.",
         "",
         *_fields(keyed),
+        "",
+        f"## partial_flows (version {PARTIAL_FLOW_SCHEMA.metadata[b'liaowang.version'].decode()}) — "
+        "`detection/flows/partial.py`",
+        "",
+        "The flow stage's other stateless part: one row per flow key of a packet batch, the mergeable",
+        "statistics of its packets there, computed beside the keyed packets; the flow table merges a row",
+        "where its packets simply continue one flow (else it takes the keyed packets one by one).",
+        "",
+        *_fields([Field(f.name, f.type, PARTIAL_DOCS[f.name]) for f in PARTIAL_FLOW_SCHEMA]),
         "",
         f"## retention_index (version {INDEX_VERSION}) — `sensors/capture/retain.py`",
         "",

@@ -145,3 +145,47 @@ def test_grouping_by_hash_is_the_stable_sort(case: str) -> None:
     order, grouped = group_by_hash(hashes)
     assert np.array_equal(order, np.argsort(hashes, kind="stable"))
     assert np.array_equal(grouped, hashes[order])
+
+
+@pytest.mark.parametrize("timeouts", [(120.0, 1800.0), (0.5, 3.0)], ids=["default", "short"])
+def test_partial_flows_merge_to_the_flows_packets_make(timeouts: tuple[float, float],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sensor sends a batch's partial flows (one per key) and the flow table merges them, except for keys
+    whose packets may split a flow (an idle gap, the active timeout, a reused port, a time before the table's
+    clock), which it takes packet by packet.  Both ways: the same flows, the same flow ids for messages."""
+    from detection.flows.assembler import FlowAssembler
+    from detection.flows.keys import packet_keys
+    from detection.flows.partial import partial_flows
+    from sensors.capture.source import read_frames
+    from sensors.decode import decode
+
+    per_packet_keys: list[int] = []
+    absorb = FlowAssembler._absorb
+
+    def counted(self: FlowAssembler, k, *args):  # type: ignore[no-untyped-def]
+        if self is merged:
+            per_packet_keys.append(len(np.unique(k.hash)))
+        return absorb(self, k, *args)
+
+    monkeypatch.setattr(FlowAssembler, "_absorb", counted)
+    paths = [*sorted(PCAPS.iterdir()), capture_path("generated_mixed_10k.pcap")]
+    flows = keys = 0
+    for path in paths:
+        packets_way, merged = FlowAssembler(*timeouts), FlowAssembler(*timeouts)
+        a, b = [], []
+        for frames in read_frames(str(path), 1 << 16):  # small batches: many flows cross a boundary
+            packets = decode(frames)
+            k = packet_keys(packets)
+            rows = k.rows[::5]  # the packets of messages
+            a.append(packets_way.update(packets, rows))
+            partials = partial_flows(k)
+            keys += len(partials)
+            b.append(merged.update(k.to_arrow(), rows, partials=partials.to_arrow()))
+            assert np.array_equal(packets_way.last_flow_ids, merged.last_flow_ids), path.name
+        a.append(packets_way.flush())
+        b.append(merged.flush())
+        one, two = pa.concat_tables(a), pa.concat_tables(b)
+        assert one.equals(two), path.name
+        flows += one.num_rows
+    assert flows > 1500
+    assert 0 < sum(per_packet_keys) < keys / 4  # some keys went packet by packet, most did not

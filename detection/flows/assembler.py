@@ -24,12 +24,12 @@ import pyarrow as pa
 
 from detection.flows.export import build_flow_batch, flow_ids
 from detection.flows.keys import PacketKeys, keys_of
+from detection.flows.partial import ACK, FIN, RST, SYN, PartialFlows, count_before, segment_partials
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
 from detection.grouping import group_by_hash
 from sensors.schema import empty_table
 
-SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
 REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END, REASON_EVICTED = 1, 2, 3, 4, 5
 #: default size limit of the flow table (~5 KB per flow with its features: ~2.5 GB)
 MAX_FLOWS = 500_000
@@ -75,18 +75,26 @@ class FlowAssembler:
         return len(self._slot_of)
 
     def update(self, packets: pa.RecordBatch | pa.Table, id_rows: np.ndarray | None = None,
-               now_ns: int | None = None) -> pa.Table:
+               now_ns: int | None = None, partials: PartialFlows | pa.RecordBatch | pa.Table | None = None
+               ) -> pa.Table:
         """Add a packet batch (or keyed-packet batch); return the flows that ended (possibly empty).
 
         ``id_rows``: rows of the batch whose flow ids :attr:`last_flow_ids`
         should give afterwards (-1 for packets that belong to no flow).
         ``now_ns``: the time reached by the whole stream when this table holds only
         a share of its flows (one partition's): idle flows expire by it.
+        ``partials``: the batch's partial flows (:func:`detection.flows.partial.partial_flows`, computed
+        where it was decoded): merged as they are where they simply continue flows (the same flows, faster).
         """
         k = keys_of(packets)
         done: list[tuple[np.ndarray, np.ndarray]] = []
         self.last_flow_ids = np.full(0 if id_rows is None else len(id_rows), -1, dtype=np.int64)
-        if len(k.rows):
+        if len(k.rows) and partials is not None and int(k.ts_ns[0]) >= self._clock_ns:
+            # the batch's own forced order is the table's: nothing earlier reached a later time
+            p = partials if isinstance(partials, PartialFlows) else PartialFlows.from_arrow(partials)
+            self._clock_ns = max(self._clock_ns, int(p["last_ns"].max()))
+            done.extend(self._absorb_partials(p, k, id_rows))
+        elif len(k.rows):
             t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order
             self._clock_ns = int(t_ns[-1])
             done.extend(self._absorb(k, t_ns, id_rows))
@@ -124,7 +132,8 @@ class FlowAssembler:
         """The least recently seen flows beyond :data:`EVICT_TO` of the limit."""
         slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
         count = len(slots) - int(self.max_flows * EVICT_TO)
-        oldest = slots[np.argpartition(self._state["last_ms"][slots], count - 1)[:count]]
+        # ties by key hash, so the choice does not depend on the order flows entered the table
+        oldest = slots[np.lexsort((self._state["hash"][slots], self._state["last_ms"][slots]))[:count]]
         self.flows_evicted += len(oldest)
         return oldest, np.full(len(oldest), REASON_EVICTED, dtype=np.int8)
 
@@ -154,6 +163,46 @@ class FlowAssembler:
         self._state.release(slots)
         self.flows_exported += len(slots)
         return pa.Table.from_batches([batch])
+
+    def _absorb_partials(self, p: PartialFlows, k: PacketKeys, id_rows: np.ndarray | None
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Merge the partial flows of keys whose packets continue one flow (or begin one, after the stored
+        flow's idle end); the other keys' packets go the per-packet way (:meth:`_absorb`)."""
+        st = self._state
+        get = self._slot_of.get
+        stored = np.array([get(x, -1) for x in p["hash"].tolist()], dtype=np.int64)
+        exist = stored >= 0
+        s = np.maximum(stored, 0)
+        first_ms = p["first_ns"] // 1_000_000
+        idle = exist & (first_ms - st["last_ms"][s] >= self._idle_ms)
+        cont = exist & ~idle
+        flow_first_ms = np.where(cont, st["first_ms"][s], first_ms)
+        tcp_seen = (st["rst"][s] > 0) | (st["fin_s2d"][s] > 0) | (st["fin_d2s"][s] > 0)
+        split = (p["reuse"] | (p["max_gap_ms"] >= self._idle_ms)
+                 | (p["last_ns"] // 1_000_000 - flow_first_ms >= self._active_ms)
+                 | (cont & p["syn_only"] & tcp_seen))
+        whole = np.flatnonzero(~split)
+        ended = [(stored[idle & ~split], np.full(int((idle & ~split).sum()), REASON_IDLE, dtype=np.int8))]
+        split_keys = p["hash"][split]
+        if len(whole) < len(p):
+            p, stored, cont = p.take(whole), stored[whole], cont[whole]
+        slots = stored.copy()
+        fresh = np.flatnonzero(~cont)
+        slots[fresh] = st.allocate(len(fresh))
+        st.init_slots(slots[fresh], p, fresh)
+        st.merge(slots, p, cont)
+        self._slot_of.update(zip(p["hash"][fresh].tolist(), slots[fresh].tolist()))
+        if id_rows is not None and len(id_rows) and len(p):
+            pos = np.minimum(np.searchsorted(k.rows, id_rows), len(k.rows) - 1)
+            h = k.hash[pos]
+            at = np.minimum(np.searchsorted(p["hash"], h), len(p) - 1)
+            mine = (k.rows[pos] == id_rows) & (p["hash"][at] == h)
+            slot = slots[at[mine]]
+            self.last_flow_ids[mine] = flow_ids(st["hash"][slot], st["first_ns"][slot])
+        if len(split_keys):  # the keys whose packets may split a flow: packet by packet
+            rows = np.flatnonzero(np.isin(k.hash, split_keys))
+            ended.extend(self._absorb(k.subset(rows), np.maximum.accumulate(k.ts_ns)[rows], id_rows))
+        return ended
 
     def _absorb(self, k: PacketKeys, t_ns: np.ndarray,  # noqa: C901
                 id_rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -201,11 +250,11 @@ class FlowAssembler:
             seg_first = np.where(cont, st["first_ms"][cslot], t_ms[spos])
             active = (t_ms - seg_first[sid] >= self._active_ms) & ~split
             # TCP state before each packet, within its segment (+ the stored flow's)
-            before_rst = _count_before(is_rst, spos, sid) + np.where(cont, st["rst"][cslot], 0)[sid]
+            before_rst = count_before(is_rst, spos, sid) + np.where(cont, st["rst"][cslot], 0)[sid]
             st_fin_a = np.where(st_flow_fwd[cslot], st["fin_s2d"][cslot], st["fin_d2s"][cslot])
             st_fin_b = np.where(st_flow_fwd[cslot], st["fin_d2s"][cslot], st["fin_s2d"][cslot])
-            before_fa = _count_before(fin_a, spos, sid) + np.where(cont, st_fin_a, 0)[sid]
-            before_fb = _count_before(fin_b, spos, sid) + np.where(cont, st_fin_b, 0)[sid]
+            before_fa = count_before(fin_a, spos, sid) + np.where(cont, st_fin_a, 0)[sid]
+            before_fb = count_before(fin_b, spos, sid) + np.where(cont, st_fin_b, 0)[sid]
             closed = (before_rst > 0) | ((before_fa > 0) & (before_fb > 0))
             reuse = closed & syn_only & ~split  # also the batch's first packet of a stored flow
             cand = np.flatnonzero(active | reuse)
@@ -231,19 +280,15 @@ class FlowAssembler:
         seg_slot[cont] = pslot[spos[cont]]
         fresh = np.flatnonzero(~cont)
         seg_slot[fresh] = st.allocate(len(fresh))
-        sfwd = np.where(cont, st["fwd"][np.where(cont, seg_slot, 0)], fwd[spos])
-        first_rows = order[spos[fresh]]
-        st.init_slots(seg_slot[fresh], k, first_rows, h[spos[fresh]], t[spos[fresh]], sfwd[fresh])
+        partials = segment_partials(k, order, t, spos, sid, h)
+        st.init_slots(seg_slot[fresh], partials, fresh)
+        st.merge(seg_slot, partials, cont)
         # a segment followed by another one of the same group has ended inside this batch
         last_of_group = np.ones(nseg, dtype=bool)
         last_of_group[:-1] = g_of_seg[1:] != g_of_seg[:-1]
         finished = np.flatnonzero(~last_of_group)
         if len(finished):
             ended.append((seg_slot[finished], reason[spos[finished + 1]]))
-
-        # -- per-packet direction relative to its flow, then aggregate --
-        pdir = (fwd != sfwd[sid]).astype(np.int64)  # 0 src->dst, 1 dst->src
-        st.accumulate(seg_slot, sid, spos, cont, order, k, t, pdir, flags)
         # the group's last segment is the live flow for that key
         live = np.flatnonzero(last_of_group)
         self._slot_of.update(zip(uniq[g_of_seg[live]].tolist(), seg_slot[live].tolist()))
@@ -255,12 +300,6 @@ class FlowAssembler:
             slot = seg_slot[sid[sorted_pos[pos[keyed]]]]
             self.last_flow_ids[keyed] = flow_ids(st["hash"][slot], st["first_ns"][slot])
         return ended
-
-
-def _count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndarray:
-    """For each packet: how many earlier packets of its segment have ``flag``."""
-    c = np.cumsum(flag, dtype=np.int64) - flag
-    return c - c[spos][sid]
 
 
 __all__ = ["FlowAssembler", "TCP_FLAGS", "SPLT_PACKETS"]

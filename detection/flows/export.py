@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection.flows.partial import DIR_FLAGS
 from detection.flows.schema import FLOW_SCHEMA, TCP_FLAGS
-from detection.flows.state import DIR_FLAGS, FlowState
+from detection.flows.state import FlowState
 from sensors.protocols.packets import ip_strings, masked_array
 
 TUNNEL_NAMES = {1: "gtpu", 2: "gre", 3: "vxlan", 4: "geneve", 5: "ipip", 6: "erspan"}

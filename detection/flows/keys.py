@@ -8,7 +8,7 @@ stateful :class:`~detection.flows.assembler.FlowAssembler` takes either table.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,11 @@ class PacketKeys:
     tcp_flags: np.ndarray
     app_proto: np.ndarray
     decode_status: np.ndarray
+
+    def subset(self, positions: np.ndarray) -> PacketKeys:
+        """These keyed packets at ``positions``."""
+        return PacketKeys(**{f.name: self.server_name.take(pa.array(positions)) if f.name == "server_name"
+                             else getattr(self, f.name)[positions] for f in fields(self)})
 
     def to_arrow(self) -> pa.RecordBatch:
         """The keyed-packet table (``KEYED_SCHEMA``)."""

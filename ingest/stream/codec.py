@@ -20,7 +20,7 @@ from ingest.pipeline import BatchInfo, FlowPart, Part
 MAGIC = b"LWP\x01"
 IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 #: the tables of a part, by field; ``protos`` are stored as ``proto.<name>``
-TABLE_FIELDS = ("keyed", "hits", "rows", "flows")
+TABLE_FIELDS = ("keyed", "partial_flows", "hits", "rows", "flows")
 
 
 class CorruptMessage(ValueError):
@@ -98,7 +98,8 @@ def _decode(value: bytes) -> Envelope:
     if header["kind"] == "flows":
         part = FlowPart(**common, **({"flows": tables["flows"]} if "flows" in tables else {}))
     else:
-        part = Part(**common, clock_ns=header["clock_ns"], keyed=tables.get("keyed"))
+        part = Part(**common, clock_ns=header["clock_ns"], keyed=tables.get("keyed"),
+                    partial_flows=tables.get("partial_flows"))
     return Envelope(sensor=header["sensor"], run=header["run"], part=part, rules=header["rules"])
 
 
