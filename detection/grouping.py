@@ -140,10 +140,13 @@ class Groups:
 
     def count_distinct(self, col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Distinct values of each group, nulls not counted (as Acero's ``count_distinct``)."""
-        code = key_parts(col)[-1] if pa.types.is_string(col.type) else None
-        if code is None:
+        if not pa.types.is_string(col.type):
             raise TypeError(f"count_distinct of {col.type}: text columns only")
-        code = code[self.rows]
+        return self.count_distinct_codes(key_parts(col)[-1])
+
+    def count_distinct_codes(self, codes: np.ndarray) -> np.ndarray:
+        """Distinct non-negative integer codes of each group (negative: null, not counted)."""
+        code = np.asarray(codes)[self.rows]
         valid = code >= 0
         width = int(code.max(initial=0)) + 1
         pairs = np.unique(np.repeat(np.arange(len(self)), self.count())[valid] * width + code[valid])  # (group, value)

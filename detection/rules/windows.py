@@ -38,10 +38,12 @@ import pyarrow.compute as pc
 from detection.grouping import Groups
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
+from sensors.masks import one_chunk
 
 TUPLE = [f.name for f in TUPLE_FIELDS]
-KEYS = ["rule", "group", "bucket", "value"]
 NEVER = -(1 << 62)
+#: a partial's (rule, group) as one integer: rule << GROUP_BITS | the group's code
+GROUP_BITS = 40
 #: partial-count rows one counter holds at most (~140 bytes each, a few times that while merging)
 MAX_PARTIAL_ROWS = 200_000
 
@@ -87,6 +89,7 @@ class WindowCounter:
         self.shed_events = 0
         self.warned: set[tuple[int, str]] = set()  # (rule, group) announced early, until its episode closes
         self.warnings: list[Episode] = []  # announced since the caller last took them
+        self._hit_keys = np.empty(0, dtype=np.int64)  # the last hits' gkeys (see _keyed)
 
     def update(self, hits: pa.RecordBatch | pa.Table, watermark_ns: int | None = None) -> list[Episode]:
         """Add hits; ``watermark_ns`` is the event time reached by the input (default: the latest hit)."""
@@ -98,7 +101,7 @@ class WindowCounter:
         elif hits.num_rows:
             self.watermark = max(self.watermark, int(pc.max(hits.column("last_ts")).as_py()))
         if hits.num_rows:  # before the windows are evaluated: an episode they open is announced too
-            self._warn(hits, {(e.rule, e.group) for e in late})
+            self._warn({(e.rule, e.group) for e in late})
         closed = late + self._advance(self.watermark - self.lateness_ns)
         for e in closed:
             self.warned.discard((e.rule, e.group))
@@ -109,28 +112,20 @@ class WindowCounter:
         out, self.warnings = self.warnings, []
         return out
 
-    def _warn(self, hits: pa.RecordBatch | pa.Table, done: set[tuple[int, str]]) -> None:
-        """Announce the (rule, group)s these hits touched whose open windows now reach the threshold."""
+    def _warn(self, done: set[tuple[int, str]]) -> None:
+        """Announce the (rule, group)s the last hits touched whose open windows now reach the threshold."""
         if self.partials is None or not self.partials.num_rows:
             return
         p = self.partials
-        # (rule, group) numbered through one dictionary of the partials' groups (the hits' are among them)
-        groups = pc.dictionary_encode(p.column("group").combine_chunks())
-        width = len(groups.dictionary) + 1
-        rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-        codes = pc.fill_null(groups.indices, width - 1)  # a null group: the code after the dictionary's
-        key = rule * width + np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+        key = p.column("gkey").to_numpy()
         # a group's windows count at most its partials' events (a distinct count: at most its rows), so only
         # groups whose events reach their rule's threshold can fire: usually none, and the rest is skipped
         pairs, inverse = np.unique(key, return_inverse=True)
         events = np.bincount(inverse, weights=np.maximum(p.column("n").to_numpy(zero_copy_only=False), 1))
-        reachable = pairs[events >= self.threshold[pairs // width]]
+        reachable = pairs[events >= self.threshold[pairs >> GROUP_BITS]]
         if not len(reachable):
             return
-        hit_rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-        hit_group = pc.fill_null(pc.index_in(hits.column("group"), value_set=groups.dictionary), width - 1)
-        touched = hit_rule * width + np.asarray(hit_group.to_numpy(zero_copy_only=False), dtype=np.int64)
-        mine_rows = np.isin(key, np.intersect1d(reachable, touched))
+        mine_rows = np.isin(key, np.intersect1d(reachable, self._hit_keys))
         if not mine_rows.any():
             return
         mine = p.filter(pa.array(mine_rows))
@@ -174,27 +169,29 @@ class WindowCounter:
         Late hits happen when a replay's files overlap in time (a long capture and
         a short one inside its span): they form episodes of their own, right away.
         """
+        hits = pa.Table.from_batches([hits]) if isinstance(hits, pa.RecordBatch) else hits
         rule = hits.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
         late = hits.column("bucket").to_numpy(zero_copy_only=False) <= self.done[rule]
         episodes: list[Episode] = []
         if late.any():
             self.late_events += int(late.sum())
-            partials = _combine(self._partials(hits.filter(pa.array(late))))
+            partials = _combine(_keyed(hits.filter(pa.array(late))))
             found = self._windows(partials, np.full_like(self.done, NEVER), np.full_like(self.done, 1 << 61))
             if found is not None:
                 own: dict[tuple[int, str], Episode] = {}
                 episodes = self._episodes(self._fired(found[0]), partials, found[1], own) + list(own.values())
             hits = hits.filter(pa.array(~late))
-        table = self._partials(hits)
-        parts = [table] if self.partials is None else [self.partials, table]
-        self.partials = self._shed(_combine(pa.concat_tables(parts)))
+        held = [] if self.partials is None else [self.partials.drop_columns(["gkey", "vkey"])]
+        table = _keyed(pa.concat_tables([*held, hits]))
+        self._hit_keys = table.column("gkey").to_numpy()[table.num_rows - hits.num_rows:]
+        self.partials = self._shed(_combine(table))
         return episodes
 
     def _shed(self, p: pa.Table) -> pa.Table:
         """Keep the heaviest groups when the partials outgrow ``max_rows`` (see the module's doc)."""
         if not self.max_rows or p.num_rows <= self.max_rows:
             return p
-        key = _rule_group(p)
+        key = p.column("gkey")
         groups = pa.table({"key": key, "n": p.column("n"), "last_ts": p.column("last_ts")}).group_by(
             "key", use_threads=False).aggregate([("n", "sum"), ("n", "count"), ("last_ts", "max")])
         groups = groups.sort_by([("n_sum", "descending"), ("last_ts_max", "descending"), ("key", "ascending")])
@@ -203,10 +200,6 @@ class WindowCounter:
         self.shed_groups += groups.num_rows - kept
         self.shed_events += int(pc.sum(groups.column("n_sum").slice(kept)).as_py() or 0)
         return p.filter(pc.is_in(key, value_set=groups.column("key").slice(0, kept).combine_chunks()))
-
-    def _partials(self, hits: pa.RecordBatch | pa.Table) -> pa.Table:
-        """Hits are partial aggregates already (counted per batch where they were found)."""
-        return pa.Table.from_batches([hits]) if isinstance(hits, pa.RecordBatch) else hits
 
     def _advance(self, event_time_ns: int) -> list[Episode]:
         """Evaluate every window that ended before ``event_time_ns``; return the episodes that can grow no more."""
@@ -248,19 +241,19 @@ class WindowCounter:
         take = np.concatenate(rows)
         if not len(take):
             return None
-        counted = p.select(["rule", "group", "n", "value"]).take(pa.array(take))
+        counted = p.select(["rule", "group", "gkey", "n", "vkey"]).take(pa.array(take))
         return counted.append_column("window", pa.array(np.concatenate(starts))), take
 
     def _fired(self, win: pa.Table) -> pa.Table:
         """The windows whose count (or distinct count) reaches their rule's threshold: rule, group, window,
         metric, in that order."""
-        groups = Groups([win.column("rule"), win.column("group"), win.column("window")])
-        keys = win.select(["rule", "group", "window"]).take(pa.array(groups.first))
+        groups = Groups([], parts=[win.column("gkey").to_numpy(), win.column("window").to_numpy()])
+        keys = win.select(["rule", "group", "gkey", "window"]).take(pa.array(groups.first))
         rule = keys.column("rule").to_numpy().astype(np.int64)
         metric = groups.sum(win.column("n").to_numpy())
         distinct = self.distinct[rule]
         if distinct.any():
-            metric = np.where(distinct, groups.count_distinct(win.column("value")), metric)
+            metric = np.where(distinct, groups.count_distinct_codes(win.column("vkey").to_numpy()), metric)
         fired = keys.append_column("metric", pa.array(metric.astype(np.int64))).filter(
             pa.array(metric >= self.threshold[rule]))
         return fired.sort_by([("rule", "ascending"), ("group", "ascending"), ("window", "ascending")])
@@ -270,11 +263,11 @@ class WindowCounter:
         """Fold firing windows into episodes; ``rows``: the partials of the evaluated windows (repeats allowed)."""
         if not fired.num_rows:
             return []
-        used = partials.take(pa.array(np.unique(rows)))
+        used = np.unique(rows)
         # the buckets of firing windows, with their events and first 5-tuple
-        mine = pc.is_in(_rule_group(used), value_set=pc.unique(_rule_group(fired)))
-        mine_rows = used.filter(mine)
-        groups = Groups([mine_rows.column(c) for c in ("rule", "group", "bucket")])
+        mine = used[np.isin(partials.column("gkey").to_numpy()[used], fired.column("gkey").to_numpy())]
+        mine_rows = partials.take(pa.array(mine))
+        groups = Groups([], parts=[mine_rows.column("gkey").to_numpy(), mine_rows.column("bucket").to_numpy()])
         per_bucket = mine_rows.select(["rule", "group", "bucket"]).take(pa.array(groups.first))
         for name, values in (("n_sum", groups.sum(mine_rows.column("n").to_numpy())),
                              ("first_ts_min", groups.min(mine_rows.column("first_ts").to_numpy())),
@@ -311,9 +304,18 @@ class WindowCounter:
         return closed
 
 
-def _rule_group(t: pa.Table) -> pa.ChunkedArray:
-    """One key per (rule, group) of a partials or windows table."""
-    return pc.binary_join_element_wise(t.column("rule").cast(pa.string()), t.column("group"), "\x1f")
+def _keyed(t: pa.Table) -> pa.Table:
+    """Hits or partials with integer keys for their (rule, group) (``gkey``) and their value (``vkey``, -1 for
+    none), valid among the table's own rows: every grouping here is then on integers, not text."""
+    rule = t.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
+    return t.append_column("gkey", pa.array(rule << GROUP_BITS | _codes(t.column("group")))).append_column(
+        "vkey", pa.array(_codes(t.column("value"))))
+
+
+def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Equal texts, equal codes; null: -1."""
+    codes = pc.dictionary_encode(one_chunk(col)).indices
+    return np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _combine(t: pa.Table) -> pa.Table:
@@ -326,14 +328,15 @@ def _combine(t: pa.Table) -> pa.Table:
     rank = np.empty(t.num_rows, dtype=np.int64)
     rank[order] = np.arange(t.num_rows)
     # each group's earliest row by its rank, then the groups in that order and their 5-tuples in one take
-    groups = Groups([t.column(k) for k in KEYS])
+    groups = Groups([], parts=[t.column(k).to_numpy() for k in ("gkey", "bucket", "vkey")])
     earliest = groups.min(rank)
     by_time = np.argsort(earliest)
     first = t.take(pa.array(order[earliest[by_time]]))
-    return pa.table({**{k: first.column(k) for k in KEYS}, "n": pa.array(groups.sum(t.column("n").to_numpy())[by_time]),
+    return pa.table({**{k: first.column(k) for k in ("rule", "group", "bucket", "value")},
+                     "n": pa.array(groups.sum(t.column("n").to_numpy())[by_time]),
                      "first_ts": first.column("first_ts"),
                      "last_ts": pa.array(groups.max(t.column("last_ts").to_numpy())[by_time]),
-                     **{c: first.column(c) for c in TUPLE}})
+                     **{c: first.column(c) for c in TUPLE}, "gkey": first.column("gkey"), "vkey": first.column("vkey")})
 
 
 __all__ = ["Episode", "WindowCounter"]
