@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import importlib
 import sys
 import time
 from collections.abc import Callable
@@ -228,6 +229,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
     # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
     # and each other; one write per sink in flight.  A third one feeds the store.
     writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(3)]
+    # the sinks' Parquet module (~12 ms to import) loads on a writer thread while the decoders fill the first
+    # batch, not later in whichever thread writes first (the signalling tables' sinks write on this one)
+    writers[2].submit(importlib.import_module, "pyarrow.parquet")
     pending: list[Future[Any]] = []
     to_store: PendingWrites | None = None
     snapshots: ControlSnapshots | None = None
