@@ -8,7 +8,7 @@ import math
 
 import pyarrow as pa
 
-from detection.flows.export import community_id
+from detection.flows.community import community_id
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
 from detection.rules.windows import TUPLE, Episode

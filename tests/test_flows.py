@@ -80,7 +80,7 @@ def test_idle_timeout_splits_flows() -> None:
 
 
 def test_community_id_reference_vectors() -> None:
-    from detection.flows.export import community_id
+    from detection.flows.community import community_id
 
     # vectors from the Community ID specification's baseline
     s, d = bytes([128, 232, 110, 120]), bytes([66, 35, 250, 204])
@@ -93,7 +93,7 @@ def test_community_id_reference_vectors() -> None:
 
 def test_community_id_is_direction_free() -> None:
     flows = flows_of([PCAPS / "arkime_gtp-iphone.pcap", PCAPS / "5greplay_oai.pcap"])
-    from detection.flows.export import community_id
+    from detection.flows.community import community_id
 
     for r in flows.select(["src_ip", "dst_ip", "ip_proto", "src_port", "dst_port", "community_id"]).to_pylist():
         if r["ip_proto"] in (6, 17):

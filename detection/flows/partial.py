@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from detection.flows.community import CID_CHARS, community_id_chars
 from detection.flows.keys import PacketKeys
 from detection.flows.schema import SPLT_PACKETS, TCP_FLAG_BIT, TCP_FLAGS
 from detection.grouping import group_by_hash
@@ -73,6 +74,7 @@ PARTIAL_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
     "qfi": ((), np.uint8), "qfi_valid": ((), np.bool_),  # the first valid one
     "app": ((), np.uint8),  # the first application hint (0: none)
     "teid": ((2,), np.uint32), "teid_valid": ((2,), np.bool_),  # the first GTP-U TEID of each orientation
+    "cid": ((CID_CHARS,), np.uint8),  # the first packet's Community ID, its characters (a new flow's)
 }
 #: what the flow table checks before merging a key's partial flow (:func:`partial_flows` adds them)
 CHECK_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
@@ -97,6 +99,7 @@ FIELD_DOCS = {
     "splt_dir": "their orientation (0: fwd)", "qfi": "first GTP-U QFI", "qfi_valid": "a QFI was seen",
     "app": "first application hint (app_proto; 0: none)", "teid": "first GTP-U TEID each way",
     "teid_valid": "a TEID was seen each way",
+    "cid": "the first packet's Community ID v1, as its 30 characters (ASCII codes)",
     "max_gap_ms": "largest gap between consecutive packets, whole ms", "syn_only": "a bare SYN among the packets",
     "reuse": "a bare SYN after a RST or FINs both ways among them", "server_name": "first server name (keyed_packets)",
 }
@@ -186,6 +189,9 @@ def segment_partials(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.n
     p: dict[str, np.ndarray] = {"hash": h[spos], "fwd": k.fwd[first], "first_ns": t[spos], "last_ns": t[seg_end]}
     for name, attr in FROM_FIRST_PACKET.items():
         p[name] = getattr(k, attr)[first]
+    # computed here, where packets are decoded: the flow table takes it for the flows a segment begins
+    p["cid"] = community_id_chars(p["src"], p["dst"], p["ipver"] == 4, p["proto"], p["sport"], p["dport"],
+                                  p["icmp_type"], p["icmp_code"])
     # -- per orientation: runs of equal (segment, orientation) once sorted by sid * 2 + orientation
     frame = k.frame_len[order].astype(np.float64)
     payload = k.payload_len[order]

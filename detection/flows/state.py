@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from detection.flows.community import CID_CHARS
 from detection.flows.partial import DIR_FLAGS, FROM_FIRST_PACKET, PartialFlows
 from detection.flows.schema import SPLT_PACKETS, TCP_FLAGS
 from sensors.masks import present
@@ -61,6 +62,7 @@ FIELDS: dict[str, tuple[tuple[int, ...], Any, Any]] = {
     "app": ((), np.int64, 0),
     "server": ((), object, None),
     "errors": ((), np.int64, 0),
+    "cid": ((CID_CHARS,), np.uint8, 0),  # Community ID, its characters
 }
 _RST = TCP_FLAGS.index("rst")
 
@@ -120,7 +122,7 @@ class FlowState:
         a = self.arrays
         for name, (_shape, _dt, init) in FIELDS.items():
             a[name][slots] = init
-        for name in ("hash", "fwd", "first_ns", *FROM_FIRST_PACKET):
+        for name in ("hash", "fwd", "first_ns", "cid", *FROM_FIRST_PACKET):
             a[name][slots] = partials[name][rows]
         a["first_ms"][slots] = a["first_ns"][slots] // 1_000_000
 
