@@ -41,6 +41,18 @@ def key_parts(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return [valid.astype(np.int64), values.astype(np.int64)]
 
 
+def unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an integer array, by one sort: numpy 2.4's own takes ~20x longer on 40,000 values
+    and ~100x on 500,000."""
+    v = np.sort(values)
+    if len(v) < 2:
+        return v
+    new = np.empty(len(v), dtype=bool)
+    new[0] = True
+    np.not_equal(v[1:], v[:-1], out=new[1:])
+    return v[new]
+
+
 def group_by_hash(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(``np.argsort(hashes, kind="stable")``, the hashes in that order), ~5x faster.
 
@@ -149,7 +161,7 @@ class Groups:
         code = np.asarray(codes)[self.rows]
         valid = code >= 0
         width = int(code.max(initial=0)) + 1
-        pairs = np.unique(np.repeat(np.arange(len(self)), self.count())[valid] * width + code[valid])  # (group, value)
+        pairs = unique(np.repeat(np.arange(len(self)), self.count())[valid] * width + code[valid])  # (group, value)
         return np.bincount(pairs // width, minlength=len(self))
 
     def _reduce(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
@@ -159,4 +171,4 @@ class Groups:
         return ufunc.reduceat(values[self.rows], self.starts)
 
 
-__all__ = ["Groups", "group_by_hash", "grouped", "key_parts"]
+__all__ = ["Groups", "group_by_hash", "grouped", "key_parts", "unique"]

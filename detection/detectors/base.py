@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from detection.grouping import unique
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Aggregate, Rule, derived_signature_id
 from sensors.masks import true_mask
@@ -269,7 +270,7 @@ class Windowed:
         ready = ready.sort_by([("window", "ascending"), (time_column, "ascending"), *ties])
         flagged = []
         w = ready.column("window").to_numpy()
-        for value in np.unique(w):  # in time order: state carries from one window to the next
+        for value in unique(w):  # in time order: state carries from one window to the next
             rows = ready.filter(pa.array(w == value)).drop_columns(["window"])
             mask = np.asarray(self.detector.evaluate(rows), dtype=bool)
             if mask.any():

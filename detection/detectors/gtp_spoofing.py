@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.detectors.base import FlowDetector
+from detection.grouping import unique
 from sensors.masks import present, true_mask
 
 
@@ -60,8 +61,8 @@ class TeidSpoofing(FlowDetector):
         src = pc.dictionary_encode(t.column("src_ip")).combine_chunks().indices.to_numpy(zero_copy_only=False)
         dst = pc.dictionary_encode(t.column("dst_ip")).combine_chunks().indices.to_numpy(zero_copy_only=False)
         n_codes = int(codes.max()) + 1
-        sources = np.bincount(np.unique(codes * (int(src.max()) + 1) + src) // (int(src.max()) + 1), minlength=n_codes)
-        targets = np.bincount(np.unique(codes * (int(dst.max()) + 1) + dst) // (int(dst.max()) + 1), minlength=n_codes)
+        sources = np.bincount(unique(codes * (int(src.max()) + 1) + src) // (int(src.max()) + 1), minlength=n_codes)
+        targets = np.bincount(unique(codes * (int(dst.max()) + 1) + dst) // (int(dst.max()) + 1), minlength=n_codes)
         # one UE's TEID (one source), or a downlink TEID (many sources, one destination): not judged
         for c in np.flatnonzero((sources >= 2) & (targets >= 2)):  # the few TEIDs with a second source
             mine = np.flatnonzero(codes == c)

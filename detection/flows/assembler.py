@@ -260,8 +260,8 @@ class FlowAssembler:
             cand = np.flatnonzero(active | reuse)
             if not len(cand):
                 break
-            _, first = np.unique(sid[cand], return_index=True)
-            new = cand[first]
+            seg = sid[cand]  # ascending: each segment's first candidate is where it changes
+            new = cand[np.append(True, seg[1:] != seg[:-1])]
             split[new] = True
             reason[new] = np.where(active[new], REASON_ACTIVE, REASON_REUSE)
         seg_start = split | gstart

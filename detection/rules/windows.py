@@ -70,6 +70,16 @@ class Episode:
         return hashlib.blake2b(key, digest_size=10).hexdigest()
 
 
+@dataclass
+class Windows:
+    """The windows to evaluate: ``rows`` of ``partials`` (a row repeats for each window it feeds) and each
+    one's ``window``."""
+
+    partials: pa.Table
+    rows: np.ndarray
+    window: np.ndarray
+
+
 class WindowCounter:
     """Counts hits of many rules per group and window; ``update(hits)`` / ``flush()`` -> closed episodes."""
 
@@ -122,17 +132,21 @@ class WindowCounter:
         # groups whose events reach their rule's threshold can fire: usually none, and the rest is skipped
         pairs, inverse = np.unique(key, return_inverse=True)
         events = np.bincount(inverse, weights=np.maximum(p.column("n").to_numpy(zero_copy_only=False), 1))
-        reachable = pairs[events >= self.threshold[pairs >> GROUP_BITS]]
-        if not len(reachable):
+        reachable = events >= self.threshold[pairs >> GROUP_BITS]
+        if not reachable.any():
             return
-        mine_rows = np.isin(key, np.intersect1d(reachable, self._hit_keys))
+        # the (rule, group)s the hits touched, among the partials' (a shed or late hit's may be missing)
+        at = np.minimum(np.searchsorted(pairs, self._hit_keys), len(pairs) - 1)
+        touched = np.zeros(len(pairs), dtype=bool)
+        touched[at[pairs[at] == self._hit_keys]] = True
+        mine_rows = (reachable & touched)[inverse]
         if not mine_rows.any():
             return
         mine = p.filter(pa.array(mine_rows))
         found = self._windows(mine, self.done, np.full_like(self.done, 1 << 61))
         if found is None:
             return
-        fired = self._fired(found[0])
+        fired = self._fired(found)
         if not fired.num_rows:
             return
         keys = list(zip(fired.column("rule").to_pylist(), fired.column("group").to_pylist()))
@@ -140,7 +154,7 @@ class WindowCounter:
         if not new.any():
             return
         scratch: dict[tuple[int, str], Episode] = {}
-        split = self._episodes(fired.filter(pa.array(new)), mine, found[1], scratch)
+        split = self._episodes(fired.filter(pa.array(new)), mine, found.rows, scratch)
         for e in sorted(split + list(scratch.values()), key=lambda e: (e.first_window, e.rule, e.group)):
             if (e.rule, e.group) not in self.warned:  # the first episode of a group, if its windows split
                 self.warned.add((e.rule, e.group))
@@ -179,7 +193,7 @@ class WindowCounter:
             found = self._windows(partials, np.full_like(self.done, NEVER), np.full_like(self.done, 1 << 61))
             if found is not None:
                 own: dict[tuple[int, str], Episode] = {}
-                episodes = self._episodes(self._fired(found[0]), partials, found[1], own) + list(own.values())
+                episodes = self._episodes(self._fired(found), partials, found.rows, own) + list(own.values())
             hits = hits.filter(pa.array(~late))
         held = [] if self.partials is None else [self.partials.drop_columns(["gkey", "vkey"])]
         table = _keyed(pa.concat_tables([*held, hits]))
@@ -213,7 +227,7 @@ class WindowCounter:
         if p is not None:
             found = self._windows(p, self.done, last_window)
             if found is not None:
-                closed = self._episodes(self._fired(found[0]), p, found[1], self.open)
+                closed = self._episodes(self._fired(found), p, found.rows, self.open)
         if final:
             self.partials = None
             return closed
@@ -227,9 +241,8 @@ class WindowCounter:
                 closed.append(self.open.pop(key))
         return closed
 
-    def _windows(self, p: pa.Table, after: np.ndarray, upto: np.ndarray) -> tuple[pa.Table, np.ndarray] | None:
-        """What :meth:`_fired` counts of the partials, repeated once per window they feed, for windows in
-        (after, upto] of their rule; and the rows of those partials."""
+    def _windows(self, p: pa.Table, after: np.ndarray, upto: np.ndarray) -> Windows | None:
+        """The partials' rows once per window they feed, for windows in (after, upto] of their rule."""
         rule = p.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
         bucket = p.column("bucket").to_numpy()
         rows, starts = [], []
@@ -241,21 +254,24 @@ class WindowCounter:
         take = np.concatenate(rows)
         if not len(take):
             return None
-        counted = p.select(["rule", "group", "gkey", "n", "vkey"]).take(pa.array(take))
-        return counted.append_column("window", pa.array(np.concatenate(starts))), take
+        return Windows(p, take, np.concatenate(starts))
 
-    def _fired(self, win: pa.Table) -> pa.Table:
-        """The windows whose count (or distinct count) reaches their rule's threshold: rule, group, window,
-        metric, in that order."""
-        groups = Groups([], parts=[win.column("gkey").to_numpy(), win.column("window").to_numpy()])
-        keys = win.select(["rule", "group", "gkey", "window"]).take(pa.array(groups.first))
-        rule = keys.column("rule").to_numpy().astype(np.int64)
-        metric = groups.sum(win.column("n").to_numpy())
+    def _fired(self, found: Windows) -> pa.Table:
+        """The windows whose count (or distinct count) reaches their rule's threshold: rule, group, gkey, window,
+        metric, sorted by rule, group and window."""
+        p, rows = found.partials, found.rows
+        gkey = p.column("gkey").to_numpy()[rows]
+        groups = Groups([], parts=[gkey, found.window])
+        first = groups.first
+        rule = gkey[first] >> GROUP_BITS
+        metric = groups.sum(p.column("n").to_numpy()[rows])
         distinct = self.distinct[rule]
         if distinct.any():
-            metric = np.where(distinct, groups.count_distinct_codes(win.column("vkey").to_numpy()), metric)
-        fired = keys.append_column("metric", pa.array(metric.astype(np.int64))).filter(
-            pa.array(metric >= self.threshold[rule]))
+            metric = np.where(distinct, groups.count_distinct_codes(p.column("vkey").to_numpy()[rows]), metric)
+        ok = np.flatnonzero(metric >= self.threshold[rule])
+        fired = p.select(["rule", "group", "gkey"]).take(pa.array(rows[first[ok]]))
+        fired = fired.append_column("window", pa.array(found.window[first[ok]])).append_column(
+            "metric", pa.array(metric[ok].astype(np.int64)))
         return fired.sort_by([("rule", "ascending"), ("group", "ascending"), ("window", "ascending")])
 
     def _episodes(self, fired: pa.Table, partials: pa.Table, rows: np.ndarray,
@@ -263,7 +279,9 @@ class WindowCounter:
         """Fold firing windows into episodes; ``rows``: the partials of the evaluated windows (repeats allowed)."""
         if not fired.num_rows:
             return []
-        used = np.unique(rows)
+        seen = np.zeros(partials.num_rows, dtype=bool)
+        seen[rows] = True
+        used = np.flatnonzero(seen)  # np.unique(rows), without its sort
         # the buckets of firing windows, with their events and first 5-tuple
         mine = used[np.isin(partials.column("gkey").to_numpy()[used], fired.column("gkey").to_numpy())]
         mine_rows = partials.take(pa.array(mine))
