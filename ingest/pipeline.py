@@ -172,7 +172,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
         """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
         keys = packet_keys(packets)
-        out = {"keyed": keys.to_arrow(), "partial_flows": partial_flows(keys).to_arrow(), "seconds": per_second(packets)}
+        out = {"keyed": keys.to_arrow(), "partial_flows": partial_flows(keys, community_ids=engine is not None).to_arrow(),
+               "seconds": per_second(packets)}
         if engine is None:
             return out
         if engine.has_packet_rules:

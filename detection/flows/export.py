@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.flows.community import PORT_PROTOS, community_id_text
+from detection.flows.community import PORT_PROTOS, community_id_chars, community_id_text
 from detection.flows.partial import DIR_FLAGS
 from detection.flows.schema import FLOW_SCHEMA, TCP_FLAGS
 from detection.flows.state import FlowState
@@ -35,6 +35,18 @@ def _stats(s: np.ndarray, sq: np.ndarray, n: np.ndarray, mn: np.ndarray, mx: np.
     return [np.where(n > 0, mn, 0.0) * scale, mean * scale, std * scale, np.where(n > 0, mx, 0.0) * scale]
 
 
+def _community_ids(a: dict[str, np.ndarray]) -> np.ndarray:
+    """The flows' Community ID characters: those their partial flows brought, the others made here."""
+    cid = a["cid"]
+    missing = np.flatnonzero(~a["cid_valid"])
+    if len(missing):
+        m = {name: a[name][missing] for name in ("src", "dst", "ipver", "proto", "sport", "dport", "icmp_type",
+                                                  "icmp_code")}
+        cid[missing] = community_id_chars(m["src"], m["dst"], m["ipver"] == 4, m["proto"], m["sport"], m["dport"],
+                                          m["icmp_type"], m["icmp_code"])
+    return cid
+
+
 def flow_ids(key_hash: np.ndarray, first_ns: np.ndarray) -> np.ndarray:
     """``flow_id``: the flow key's hash mixed with the flow's start, below 2**53 (exact in JSON numbers)."""
     fid = key_hash ^ (first_ns.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
@@ -53,7 +65,7 @@ def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> p
     pk, by = a["pkts"], a["bytes"]
     cols: dict[str, pa.Array] = {
         "flow_id": pa.array(fid),
-        "community_id": community_id_text(a["cid"]),
+        "community_id": community_id_text(_community_ids(a)),
         "first_seen": pa.array(a["first_ns"]).cast(pa.timestamp("ns", tz="UTC")),
         "last_seen": pa.array(a["last_ns"]).cast(pa.timestamp("ns", tz="UTC")),
         "src_ip": ip_strings(a["src"]),

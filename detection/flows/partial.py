@@ -74,7 +74,6 @@ PARTIAL_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
     "qfi": ((), np.uint8), "qfi_valid": ((), np.bool_),  # the first valid one
     "app": ((), np.uint8),  # the first application hint (0: none)
     "teid": ((2,), np.uint32), "teid_valid": ((2,), np.bool_),  # the first GTP-U TEID of each orientation
-    "cid": ((CID_CHARS,), np.uint8),  # the first packet's Community ID, its characters (a new flow's)
 }
 #: what the flow table checks before merging a key's partial flow (:func:`partial_flows` adds them)
 CHECK_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
@@ -99,24 +98,28 @@ FIELD_DOCS = {
     "splt_dir": "their orientation (0: fwd)", "qfi": "first GTP-U QFI", "qfi_valid": "a QFI was seen",
     "app": "first application hint (app_proto; 0: none)", "teid": "first GTP-U TEID each way",
     "teid_valid": "a TEID was seen each way",
-    "cid": "the first packet's Community ID v1, as its 30 characters (ASCII codes)",
+    "cid": "the first packet's Community ID v1, as its 30 characters (ASCII codes); null where the sensor left it "
+           "to the flow table",
     "max_gap_ms": "largest gap between consecutive packets, whole ms", "syn_only": "a bare SYN among the packets",
     "reuse": "a bare SYN after a RST or FINs both ways among them", "server_name": "first server name (keyed_packets)",
 }
 #: the partial-flow table (one row per flow key of a packet batch), from the sensor stage to the flow table
 PARTIAL_FLOW_SCHEMA = pa.schema(
     [(name, pa.list_(pa.from_numpy_dtype(dt), int(np.prod(shape))) if shape else pa.from_numpy_dtype(dt))
-     for name, (shape, dt) in {**PARTIAL_FIELDS, **CHECK_FIELDS}.items()] + [("server_name", pa.string())],
+     for name, (shape, dt) in {**PARTIAL_FIELDS, **CHECK_FIELDS}.items()]
+    + [("server_name", pa.string()), ("cid", pa.list_(pa.uint8(), CID_CHARS))],
     metadata={"liaowang.schema": "partial_flows", "liaowang.version": "1"})
 
 
 class PartialFlows:
     """Rows of partial-flow statistics (``PARTIAL_FIELDS``, with ``CHECK_FIELDS`` from :func:`partial_flows`),
-    as numpy arrays, and the first server name of each (an Arrow string array)."""
+    as numpy arrays, the first server name of each (an Arrow string array) and, when computed, the Community ID
+    of each one's first packet (``cid``: (rows, CID_CHARS) characters)."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], server_name: pa.Array) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], server_name: pa.Array, cid: np.ndarray | None = None) -> None:
         self.arrays = arrays
         self.server_name = server_name
+        self.cid = cid
 
     @classmethod
     def empty(cls) -> PartialFlows:
@@ -131,7 +134,8 @@ class PartialFlows:
 
     def take(self, rows: np.ndarray) -> PartialFlows:
         return PartialFlows({name: a[rows] for name, a in self.arrays.items()},
-                            self.server_name.take(pa.array(rows, pa.int64())))
+                            self.server_name.take(pa.array(rows, pa.int64())),
+                            None if self.cid is None else self.cid[rows])
 
     def to_arrow(self) -> pa.RecordBatch:
         """The ``PARTIAL_FLOW_SCHEMA`` table (numeric columns share the arrays' memory)."""
@@ -139,6 +143,10 @@ class PartialFlows:
         for f in PARTIAL_FLOW_SCHEMA:
             if f.name == "server_name":
                 cols.append(self.server_name)
+                continue
+            if f.name == "cid":
+                cols.append(pa.nulls(len(self), f.type) if self.cid is None else
+                            pa.FixedSizeListArray.from_arrays(pa.array(self.cid.reshape(-1)), CID_CHARS))
                 continue
             values = self.arrays[f.name]
             if values.ndim > 1:
@@ -156,14 +164,19 @@ class PartialFlows:
             if shape:
                 col = col.flatten()
             arrays[name] = np.asarray(col.to_numpy(zero_copy_only=False)).reshape(-1, *shape)
-        return cls(arrays, one_chunk(batch.column("server_name")))
+        cid = one_chunk(batch.column("cid"))
+        chars = None if cid.null_count else np.asarray(cid.flatten().to_numpy()).reshape(-1, CID_CHARS)
+        return cls(arrays, one_chunk(batch.column("server_name")), chars)
 
 
-def partial_flows(k: PacketKeys) -> PartialFlows:
+def partial_flows(k: PacketKeys, community_ids: bool = True) -> PartialFlows:
     """A batch's keyed packets -> one partial flow per key (in hash order), with its ``CHECK_FIELDS``.
 
     Times are forced into order from the batch's own first packet on; the flow
     table uses the rows only if no earlier batch reached a later time.
+    ``community_ids``: also each one's Community ID (one SHA-1 each), which the flow table would otherwise
+    compute as it hands the flow out: worth it where the flow table's process sets the pace (with detection),
+    not where the decoders do (a flow meter).
     """
     if not len(k.rows):
         return PartialFlows.empty()
@@ -174,14 +187,14 @@ def partial_flows(k: PacketKeys) -> PartialFlows:
     np.not_equal(h[1:], h[:-1], out=starts[1:])
     spos = np.flatnonzero(starts)
     sid = np.cumsum(starts) - 1
-    return segment_partials(k, order, t, spos, sid, h, checks=True)
+    return segment_partials(k, order, t, spos, sid, h, checks=True, community_ids=community_ids)
 
 
 def segment_partials(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.ndarray, sid: np.ndarray,
-                     h: np.ndarray, checks: bool = False) -> PartialFlows:
+                     h: np.ndarray, checks: bool = False, community_ids: bool = False) -> PartialFlows:
     """The partial flows of segments of keyed packets (at least one): ``order`` sorts the packets by segment (time order
     inside), ``t`` and ``h`` are their times and key hashes in that order, ``spos`` where each segment starts
-    and ``sid`` each packet's segment.  ``checks``: with ``CHECK_FIELDS``."""
+    and ``sid`` each packet's segment.  ``checks``: with ``CHECK_FIELDS``; ``community_ids``: with ``cid``."""
     n, nseg = len(order), len(spos)
     first = order[spos]
     seg_end = np.append(spos[1:], n) - 1
@@ -189,9 +202,8 @@ def segment_partials(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.n
     p: dict[str, np.ndarray] = {"hash": h[spos], "fwd": k.fwd[first], "first_ns": t[spos], "last_ns": t[seg_end]}
     for name, attr in FROM_FIRST_PACKET.items():
         p[name] = getattr(k, attr)[first]
-    # computed here, where packets are decoded: the flow table takes it for the flows a segment begins
-    p["cid"] = community_id_chars(p["src"], p["dst"], p["ipver"] == 4, p["proto"], p["sport"], p["dport"],
-                                  p["icmp_type"], p["icmp_code"])
+    cid = community_id_chars(p["src"], p["dst"], p["ipver"] == 4, p["proto"], p["sport"], p["dport"], p["icmp_type"],
+                             p["icmp_code"]) if community_ids else None
     # -- per orientation: runs of equal (segment, orientation) once sorted by sid * 2 + orientation
     frame = k.frame_len[order].astype(np.float64)
     payload = k.payload_len[order]
@@ -252,7 +264,7 @@ def segment_partials(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.n
         server = k.server_name.take(pa.array(rows, mask=rows < 0))
     if checks:
         p.update(_checks(k, order, t, spos, sid))
-    return PartialFlows(p, server)
+    return PartialFlows(p, server, cid)
 
 
 def _checks(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.ndarray, sid: np.ndarray

@@ -62,7 +62,8 @@ FIELDS: dict[str, tuple[tuple[int, ...], Any, Any]] = {
     "app": ((), np.int64, 0),
     "server": ((), object, None),
     "errors": ((), np.int64, 0),
-    "cid": ((CID_CHARS,), np.uint8, 0),  # Community ID, its characters
+    "cid": ((CID_CHARS,), np.uint8, 0),  # Community ID, its characters ...
+    "cid_valid": ((), np.bool_, False),  # ... when the partial flow brought it (else made when handed out)
 }
 _RST = TCP_FLAGS.index("rst")
 
@@ -122,8 +123,11 @@ class FlowState:
         a = self.arrays
         for name, (_shape, _dt, init) in FIELDS.items():
             a[name][slots] = init
-        for name in ("hash", "fwd", "first_ns", "cid", *FROM_FIRST_PACKET):
+        for name in ("hash", "fwd", "first_ns", *FROM_FIRST_PACKET):
             a[name][slots] = partials[name][rows]
+        if partials.cid is not None:
+            a["cid"][slots] = partials.cid[rows]
+            a["cid_valid"][slots] = True
         a["first_ms"][slots] = a["first_ns"][slots] // 1_000_000
 
     def merge(self, slots: np.ndarray, p: PartialFlows, cont: np.ndarray) -> None:
