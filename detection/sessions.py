@@ -434,16 +434,13 @@ class SessionTable:
         up = self._find(("teid", f["tunnel_dst_ip"], f["teid"])) if f["teid"] is not None else None
         down = self._find(("teid", f["tunnel_src_ip"], f["dst2src_teid"])) if f["dst2src_teid"] is not None else None
         s = up or down or self._find(("ue", f["src_ip"])) or self._find(("ue", f["dst_ip"]))
-        event = {"ts": f["first_seen"], "src_ip": f["src_ip"], "dst_ip": f["dst_ip"], "src_port": f["src_port"],
-                 "dst_port": f["dst_port"], "ip_proto": f["ip_proto"], "teid": f["teid"],
-                 "tunnel_src_ip": f["tunnel_src_ip"], "tunnel_dst_ip": f["tunnel_dst_ip"], "flow_id": f["flow_id"]}
         if up is None and f["teid"] is not None and f["tunnel_dst_ip"] in self._observed_n3:
-            self._event(event, "gtpu_unknown_teid", key=f"{f['tunnel_dst_ip']}/{f['teid']}",
+            self._event(_flow_event(f), "gtpu_unknown_teid", key=f"{f['tunnel_dst_ip']}/{f['teid']}",
                         detail=f"G-PDUs to TEID {f['teid']} at UPF {f['tunnel_dst_ip']}, which no session established"
                                " over its PFCP association holds")
         elif (up is not None and up.ue_ip and (up.upf_ip, up.ul_teid) == (f["tunnel_dst_ip"], f["teid"])
               and f["src_ip"] not in up.ue_ips and _comparable(f["src_ip"], up.ue_ip) and len(up.ue_ips) == 1):
-            self._event(event, "gtpu_ue_address_mismatch", key=up.session_id,
+            self._event(_flow_event(f), "gtpu_ue_address_mismatch", key=up.session_id,
                         detail=f"uplink G-PDUs on TEID {f['teid']} from inner source {f['src_ip']}, but the TEID is"
                                f" bound to UE {up.ue_ip} ({up.session_id})")
         if s is not None and s.upf_ip is not None:
@@ -611,6 +608,12 @@ def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]
         rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
     rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
     return [(name, r) for _, _, name, r in rows]
+
+
+def _flow_event(f: dict[str, Any]) -> dict[str, Any]:
+    """A control event's fields from a flow row (made only for the flows that raise one)."""
+    return {"ts": f["first_seen"], **{k: f[k] for k in ("src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "teid",
+                                                         "tunnel_src_ip", "tunnel_dst_ip", "flow_id")}}
 
 
 def _comparable(inner_src: str | None, ue_ip: str) -> bool:
