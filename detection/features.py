@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sensors.masks import one_chunk, present, true_mask
+from sensors.protocols.packets import masked_array
 from sensors.schema import Field
 
 # a registered domain: the last two labels, or three under common second-level
@@ -124,11 +125,17 @@ class PresentValues:
             return result
         if not len(self.rows):
             return pa.nulls(self.n, result.type)
+        result = one_chunk(result)
+        valid = np.zeros(self.n, dtype=bool)
+        valid[self.rows] = present(result)
+        if pa.types.is_integer(result.type) or pa.types.is_floating(result.type):  # numbers: placed, not taken
+            values = np.zeros(self.n, dtype=result.type.to_pandas_dtype())
+            filled = pc.fill_null(result, 0) if result.null_count else result
+            values[self.rows] = np.asarray(filled.to_numpy(zero_copy_only=False))
+            return masked_array(values, valid, result.type)
         at = np.zeros(self.n, dtype=np.int64)
         at[self.rows] = np.arange(len(self.rows))
-        null = np.ones(self.n, dtype=bool)
-        null[self.rows] = False
-        return result.take(pa.array(at, mask=null))
+        return result.take(masked_array(at, valid, pa.int64()))
 
 
 #: name -> (doc, type, compute); packet-source features
