@@ -2,15 +2,16 @@
 
 Three stages, each where its state can live:
 
-1. **Sensor** (one ordered process per capture point): decoding, flow keys,
-   packet-rule hits, the packet detectors' rows and the signalling messages
+1. **Sensor** (one ordered process per capture point): decoding, flow keys and
+   partial flows (each key's statistics in the batch), packet-rule hits, the packet detectors' rows and the signalling messages
    (``proto.*``; SBI too: HPACK state is per connection, and subscriber
    identities are pseudonymised before anything leaves the sensor).  The result
    of one packet batch is a :class:`Part`; :func:`split` cuts it into one part
    per partition by the flow key's hash, which is symmetric (both directions,
    both tunnel ends), so every flow is whole in one partition.
-2. **Flows** (:class:`FlowStage`, state per partition): packets -> the flows
-   that ended in this batch, and each message's ``flow_id``.
+2. **Flows** (:class:`FlowStage`, state per partition): packets (merged as partial
+   flows where they simply continue them) -> the flows that ended in this batch, and
+   each message's ``flow_id``.
 3. **Detection** (:class:`ingest.detect.DetectStage`, state per sensor): the
    flow parts of one batch, from every partition, merged in a canonical order
    -> session table, user-plane attribution, rules and detectors over time
