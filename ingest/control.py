@@ -142,9 +142,14 @@ class ControlPlane:
                 self._evicted_sink.write(evicted)
         return events
 
-    def close(self) -> None:
+    def close_messages(self) -> None:
+        """Close the signalling tables' files (no more messages will come); :meth:`close` does it too."""
         for sink in self._sinks.values():
             sink.close()
+        self._sinks = {}
+
+    def close(self) -> None:
+        self.close_messages()
         if self.out_dir is None:
             return
         sessions = self._evicted_sink or ParquetSink(self.out_dir / "sessions.parquet", SESSION_SCHEMA)

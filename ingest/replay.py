@@ -322,7 +322,15 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
         if on_batch is not None:
             summary.seconds = time.perf_counter() - started
             on_batch(summary, stats)
-    emit(detect.update([flow_stage.update(Part(seq=seq, end=True))], write_flows), final=True)
+    if control is not None:  # no more messages: their files close beside the last flows' detection
+        writers[2].submit(control.close_messages)
+
+    def write_last_flows(table: pa.Table) -> None:
+        """The flows still open at the end: written, and their file closed, beside their detection."""
+        write_flows(table)
+        pending.append(writers[0].submit(flow_sink.close))
+
+    emit(detect.update([flow_stage.update(Part(seq=seq, end=True))], write_last_flows), final=True)
     while pending:  # the last writes
         pending.pop().result()
     for done in stored:
@@ -346,8 +354,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
         eve.close()
 
     # the sinks still hold up to a row group each: finish them side by side, on the three writer threads
-    def finish_parquet() -> None:
-        flow_sink.close()
+    def finish_parquet() -> None:  # flows.parquet is closed already (write_last_flows)
         if alert_sink is not None:
             alert_sink.close()
 
