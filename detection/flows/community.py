@@ -70,19 +70,15 @@ def community_id_text(chars: np.ndarray) -> pa.StringArray:
     return pa.StringArray.from_buffers(len(chars), pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars)))
 
 
-def community_ids(src: np.ndarray, dst: np.ndarray, is_v4: np.ndarray, proto: np.ndarray, sport: np.ndarray,
-                  dport: np.ndarray, icmp_type: np.ndarray, icmp_code: np.ndarray) -> pa.StringArray:
-    return community_id_text(community_id_chars(src, dst, is_v4, proto, sport, dport, icmp_type, icmp_code))
-
-
 def community_id(src: bytes, dst: bytes, proto: int, sport: int, dport: int, icmp_type: int, icmp_code: int) -> str:
-    """Community ID v1 of one flow (addresses as 4 or 16 bytes); reference for :func:`community_ids`."""
+    """Community ID v1 of one flow (addresses as 4 or 16 bytes); reference for :func:`community_id_chars`."""
     v4 = len(src) == 4
 
     def halves(b: bytes) -> list[int]:
         full = b"\x00" * 10 + b"\xff\xff" + b if v4 else b
         return list(struct.unpack("!QQ", full))
 
-    return community_ids(np.array([halves(src)], dtype=np.uint64), np.array([halves(dst)], dtype=np.uint64),
-                         np.array([v4]), np.array([proto]), np.array([sport]), np.array([dport]),
-                         np.array([icmp_type]), np.array([icmp_code]))[0].as_py()  # type: ignore[no-any-return]
+    chars = community_id_chars(np.array([halves(src)], dtype=np.uint64), np.array([halves(dst)], dtype=np.uint64),
+                               np.array([v4]), np.array([proto]), np.array([sport]), np.array([dport]),
+                               np.array([icmp_type]), np.array([icmp_code]))
+    return bytes(chars[0]).decode()
