@@ -658,6 +658,6 @@ def _session_table(sessions: Iterable[Session]) -> pa.Table:
     values["last_seen"] = [max(s.last_ns, s.first_ns) for s in ss]
     values["planes"] = [sorted(s.planes) for s in ss]
     times = ("first_seen", "last_seen")
-    columns = [pa.array(values[f.name], pa.int64() if f.name in times else f.type).cast(f.type) if f.name in times
+    columns = [pa.array(values[f.name], pa.int64()).cast(f.type) if f.name in times  # ns: datetime cannot hold them
                else pa.array(values[f.name], f.type) for f in SESSION_SCHEMA]
     return pa.Table.from_arrays(columns, schema=SESSION_SCHEMA)

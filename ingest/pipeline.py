@@ -3,9 +3,10 @@
 Three stages, each where its state can live:
 
 1. **Sensor** (one ordered process per capture point): decoding, flow keys and
-   partial flows (each key's statistics in the batch), packet-rule hits, the packet detectors' rows and the signalling messages
-   (``proto.*``; SBI too: HPACK state is per connection, and subscriber
-   identities are pseudonymised before anything leaves the sensor).  The result
+   partial flows (each key's statistics in the batch), packet-rule hits, the
+   packet detectors' rows and the signalling messages (``proto.*``; SBI too:
+   HPACK state is per connection, and subscriber identities are pseudonymised
+   before anything leaves the sensor).  The result
    of one packet batch is a :class:`Part`; :func:`split` cuts it into one part
    per partition by the flow key's hash, which is symmetric (both directions,
    both tunnel ends), so every flow is whole in one partition.
@@ -170,7 +171,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
     damages = [] if damages is None else damages
 
     def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
-        """What the decoders do after decoding: flow keys' inputs, packet-rule hits, detector rows, messages."""
+        """What the decoders do after decoding: flow keys and partial flows, packet-rule hits, detector rows,
+        messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
         keys = packet_keys(packets)
         out = {"keyed": keys.to_arrow(), "partial_flows": partial_flows(keys, community_ids=engine is not None).to_arrow(),

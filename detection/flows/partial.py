@@ -182,11 +182,8 @@ def partial_flows(k: PacketKeys, community_ids: bool = True) -> PartialFlows:
         return PartialFlows.empty()
     order, h = group_by_hash(k.hash)
     t = np.maximum.accumulate(k.ts_ns)[order]
-    starts = np.empty(len(h), dtype=bool)
-    starts[0] = True
-    np.not_equal(h[1:], h[:-1], out=starts[1:])
-    spos = np.flatnonzero(starts)
-    sid = np.cumsum(starts) - 1
+    spos = _run_starts(h)  # one segment per key
+    sid = np.repeat(np.arange(len(spos)), np.diff(np.append(spos, len(h))))
     return segment_partials(k, order, t, spos, sid, h, checks=True, community_ids=community_ids)
 
 

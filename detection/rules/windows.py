@@ -205,15 +205,15 @@ class WindowCounter:
         """Keep the heaviest groups when the partials outgrow ``max_rows`` (see the module's doc)."""
         if not self.max_rows or p.num_rows <= self.max_rows:
             return p
-        key = p.column("gkey")
-        groups = pa.table({"key": key, "n": p.column("n"), "last_ts": p.column("last_ts")}).group_by(
-            "key", use_threads=False).aggregate([("n", "sum"), ("n", "count"), ("last_ts", "max")])
-        groups = groups.sort_by([("n_sum", "descending"), ("last_ts_max", "descending"), ("key", "ascending")])
-        rows = np.cumsum(groups.column("n_count").to_numpy(zero_copy_only=False))
+        key = p.column("gkey").to_numpy()
+        groups = Groups([], parts=[key])
+        n_sum, last = groups.sum(p.column("n").to_numpy()), groups.max(p.column("last_ts").to_numpy())
+        heaviest = np.lexsort((key[groups.first], -last, -n_sum))  # most events, then most recent, then key
+        rows = np.cumsum(groups.count()[heaviest])
         kept = int(np.searchsorted(rows, self.max_rows * 3 // 4, side="right"))
-        self.shed_groups += groups.num_rows - kept
-        self.shed_events += int(pc.sum(groups.column("n_sum").slice(kept)).as_py() or 0)
-        return p.filter(pc.is_in(key, value_set=groups.column("key").slice(0, kept).combine_chunks()))
+        self.shed_groups += len(groups) - kept
+        self.shed_events += int(n_sum[heaviest[kept:]].sum())
+        return p.filter(pa.array(np.isin(key, key[groups.first][heaviest[:kept]])))
 
     def _advance(self, event_time_ns: int) -> list[Episode]:
         """Evaluate every window that ended before ``event_time_ns``; return the episodes that can grow no more."""
