@@ -358,7 +358,7 @@ def gather_strings(
     if raw:
         return pa.BinaryArray.from_buffers(pa.binary(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
                                            null_count=n - len(rows))
-    data = (_PRINTABLE_LINES if keep_line_breaks else _PRINTABLE)[data]
+    data = np.take(_PRINTABLE_LINES if keep_line_breaks else _PRINTABLE, data)  # ~2x faster than indexing
     if dots is not None and len(dots):
         data[_positions(off, length, dots)] = ord(".")
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data), validity,
@@ -407,9 +407,9 @@ def _gather_bytes(buf: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.nd
     items = np.ndarray(shape=(len(buf) - size + 1,), dtype=np.dtype(f"V{size}"), buffer=buf, strides=(1,))
     gathered = items[np.cumsum(step)].view(np.uint8).reshape(-1, size)
     # bytes to keep per block: all of it, except in each value's last one
-    keep = np.full(len(gathered), size, dtype=np.int64)
-    keep[ends - 1] = length - (blocks - 1) * size
-    out: np.ndarray = gathered[np.arange(size) < keep[:, None]]
+    keep = np.ones(gathered.shape, dtype=bool)
+    keep[ends - 1] = np.arange(size, dtype=np.int16) < (length - (blocks - 1) * size).astype(np.int16)[:, None]
+    out: np.ndarray = gathered[keep]
     return out
 
 
