@@ -45,11 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from detection.flows.assembler import MAX_FLOWS, FlowAssembler
-from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, keys_of, packet_keys
-from detection.flows.partial import PartialFlows, partial_flows
+from detection.flows.keys import KEY_COLUMNS, KEYED_SCHEMA, PacketKeys, keys_of, packet_keys
+from detection.flows.partial import KeyedPacketsMissing, PartialFlows, partial_flows, thin
 from detection.flows.planes import with_planes
 from detection.flows.schema import FLOW_SCHEMA
-from ingest.control import MESSAGE_COLUMNS, ControlPlane, SbiStage, decode_messages
+from ingest.control import MESSAGE_COLUMNS, PREFIX, ControlPlane, SbiStage, decode_messages
 from ingest.privacy import Pseudonymizer
 from ingest.workers import (
     STATS_COLUMNS,
@@ -59,7 +59,7 @@ from ingest.workers import (
     packet_batches,
     packet_batches_forked,
 )
-from sensors.capture.frames import PACKET_LATENESS_NS, FrameSource
+from sensors.capture.frames import PACKET_LATENESS_NS, FrameBatch, FrameSource
 from sensors.capture.source import Damage
 from sensors.decode import decode
 from sensors.schema import empty_table
@@ -110,6 +110,9 @@ class Part:
     #: this batch begins a new timeline (an input that starts earlier than the time reached): the clock
     #: starts again from its packets, and the flows of the old timeline end before them
     restart: bool = False
+    #: the batch's every keyed packet and its partial flows, read again, when ``keyed`` holds only those the flow
+    #: table was expected to need (:func:`sensor_parts` with ``flow_timeouts``); None where all are there
+    reread: Callable[[], tuple[pa.RecordBatch, pa.RecordBatch]] | None = None
 
 
 @dataclass
@@ -156,7 +159,8 @@ def decoded_columns(engine: DetectionEngine | None) -> frozenset[str]:
 
 def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms: Pseudonymizer, *,
                  processes: int | None = None, damages: list[Damage] | None = None, first_seq: int = 0,
-                 in_flight: int | None = None, retention: Retention | None = None
+                 in_flight: int | None = None, retention: Retention | None = None,
+                 flow_timeouts: tuple[float, float] | None = None
                  ) -> Iterator[tuple[Part, BatchStats]]:
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
@@ -167,23 +171,36 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
     ``retention``: keeps every frame (in the decoders), for the console's flow downloads.
     ``engine`` None: a flow meter's decoding (see :class:`FlowsOnlyStage`): no payload inspection, signalling
     messages or rules.
+    ``flow_timeouts``: the (idle, active) timeouts, s, of the one flow table this process feeds: then the
+    decoders of plain pcap files send only the keyed packets it may need (:func:`detection.flows.partial.thin`),
+    and a part it needs more of reads its batch again (``Part.reread``).
     """
     damages = [] if damages is None else damages
 
-    def stage(packets: pa.RecordBatch) -> dict[str, pa.RecordBatch]:
+    def flow_tables(packets: pa.RecordBatch) -> tuple[PacketKeys, PartialFlows]:
+        keys = packet_keys(packets)
+        return keys, partial_flows(keys, community_ids=engine is not None)
+
+    def stage(packets: pa.RecordBatch, thin_keyed: bool = False) -> dict[str, pa.RecordBatch]:
         """What the decoders do after decoding: flow keys and partial flows, packet-rule hits, detector rows,
         messages."""
         packets = pseudonyms.scrub_packets(packets)  # identities in wire text never leave the sensor
-        keys = packet_keys(packets)
-        out = {"keyed": keys.to_arrow(), "partial_flows": partial_flows(keys, community_ids=engine is not None).to_arrow(),
-               "seconds": per_second(packets)}
-        if engine is None:
-            return out
-        if engine.has_packet_rules:
-            out["hits"] = engine.packet_hits(packets)
-        if engine.has_packet_detectors:
-            out["rows"] = engine.packet_rows(packets)
-        out.update(decode_messages(packets, pseudonyms))
+        keys, partials = flow_tables(packets)
+        out = {"seconds": per_second(packets)}
+        if engine is not None:
+            if engine.has_packet_rules:
+                out["hits"] = engine.packet_hits(packets)
+            if engine.has_packet_detectors:
+                out["rows"] = engine.packet_rows(packets)
+            out.update(decode_messages(packets, pseudonyms))
+        if thin_keyed:
+            assert flow_timeouts is not None
+            idle_ms, active_ms = (int(t * 1000) for t in flow_timeouts)
+            message_rows = [np.asarray(b.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
+                            for name, b in out.items() if name.startswith(PREFIX) or name == "http2"]
+            keys, partials = thin(keys, partials, idle_ms, active_ms,
+                                  np.concatenate(message_rows) if message_rows else np.empty(0, dtype=np.int64))
+        out["keyed"], out["partial_flows"] = keys.to_arrow(), partials.to_arrow()
         return out
 
     processes = default_processes() if processes is None else processes
@@ -191,7 +208,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
     decoder = functools.partial(decode, columns=decoded_columns(engine))
     if processes >= 2 and can_fork():
         batches = packet_batches_forked(source, damages, stage, decoders=processes - 1, in_flight=in_flight,
-                                        keep=retention, decoder=decoder)
+                                        keep=retention, decoder=decoder, chunk_transform=None if flow_timeouts is None
+                                        else functools.partial(stage, thin_keyed=True))
     else:
         batches = packet_batches(source, damages, stage, keep=retention, decoder=decoder)
     evidence = retention.directory if retention is not None else None
@@ -205,8 +223,13 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
             read_at=time.time(), dropped=stats.dropped if source.live else None, evidence=evidence,
             seconds=[list(r) for r in zip(*(outputs["seconds"].column(i).to_pylist() for i in range(3)))])
         file_index = stats.file_index
+        reread = None
+        if stats.reread is not None:
+            def reread(frames: Callable[[], FrameBatch] = stats.reread) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+                keys, partials = flow_tables(pseudonyms.scrub_packets(decoder(frames())))
+                return keys.to_arrow(), partials.to_arrow()
         yield Part(seq=seq, keyed=outputs["keyed"], partial_flows=outputs["partial_flows"], protos=sbi.tables(outputs),
-                   hits=outputs.get("hits"), rows=outputs.get("rows"), batch=info), stats
+                   hits=outputs.get("hits"), rows=outputs.get("rows"), batch=info, reread=reread), stats
 
 
 def per_second(packets: pa.RecordBatch) -> pa.RecordBatch:
@@ -315,7 +338,13 @@ class FlowStage:
         if part.protos:  # the flows of the messages' packets (keyed rows carry their packet's row too)
             id_rows = np.concatenate([np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
                                       for t in part.protos.values()])
-        ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns, partials=part.partial_flows)
+        try:
+            ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns, partials=part.partial_flows)
+        except KeyedPacketsMissing:  # a thin keyed table lacks what this batch needs (rare): all of them, then
+            if part.reread is None:
+                raise
+            part.keyed, part.partial_flows = part.reread()
+            ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns, partials=part.partial_flows)
         if before is not None and before.num_rows:
             ended = pa.concat_tables([before, ended])
         protos = ControlPlane.with_flow_ids(part.protos, self.flows.last_flow_ids)

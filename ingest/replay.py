@@ -310,7 +310,8 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
 
     seq = 0
     parts = sensor_parts(source, engine, Pseudonymizer.for_output(out_dir), processes=processes,
-                         damages=summary.damages, in_flight=in_flight, retention=retention)
+                         damages=summary.damages, in_flight=in_flight, retention=retention,
+                         flow_timeouts=(idle_timeout_s, active_timeout_s))
     for part, stats in parts:
         seq = part.seq + 1
         summary.traffic.add(stats)

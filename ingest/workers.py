@@ -3,9 +3,10 @@
 Decoding takes about 60% of a replay and the flow stage the rest, so on a
 machine with two cores decoding runs in forked processes while this one
 assembles flows.  Plain pcap files are cut in fixed chunks that any process
-can walk (:mod:`sensors.capture.chunks`): each decoder walks and decodes every
-other chunk itself, so only chunk numbers cross and each page of the file is
-faulted in once (:func:`_chunk_batches`).  Other inputs (pcapng, gzip, a live
+can walk (:mod:`sensors.capture.chunks`): each decoder takes the next chunk and
+walks and decodes it itself, so only chunk numbers cross and each page of the
+file is faulted in once (:func:`_chunk_batches`); this process can read a chunk
+again when it needs what its decoder left out (a thin keyed table).  Other inputs (pcapng, gzip, a live
 capture) are walked in order by a reader, which hands each batch to a helper
 (it gets the batch's frame index and maps the same file, so the bytes are never
 copied) and decodes a batch itself only while every helper has one in reserve.
@@ -19,6 +20,7 @@ batches in the same order.
 from __future__ import annotations
 
 import collections
+import functools
 import multiprocessing as mp
 import os
 import pickle
@@ -27,7 +29,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Semaphore
 from typing import Any, Protocol
@@ -77,6 +79,8 @@ class BatchStats:
     decode_status: collections.Counter[int] = field(default_factory=collections.Counter)
     app_proto: collections.Counter[int] = field(default_factory=collections.Counter)
     tunnel_type: collections.Counter[int] = field(default_factory=collections.Counter)
+    #: not a counter: a plain pcap chunk's frames, read again in the process that took the batch (None elsewhere)
+    reread: Callable[[], FrameBatch] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, packets: pa.RecordBatch, frames: FrameBatch | None = None) -> BatchStats:
@@ -152,12 +156,16 @@ def default_processes() -> int:
 def packet_batches_forked(
     source: FrameSource, damages: list[Damage], transform: Transform | None = None,
     decoders: int = 1, in_flight: int | None = None, keep: FrameSink | None = None, decoder: Decoder = decode,
+    chunk_transform: Transform | None = None,
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring).
 
     A live source's reader only captures: ``decoders`` helpers decode, and up to
     ``in_flight`` batches wait for them (the capture's backlog) before the
     reader stops draining the ring and the kernel drops (and counts) packets.
+    ``chunk_transform``: what the decoders of plain pcap chunks run instead of ``transform``, whose batches this
+    process can read again: one that may leave out what is rarely needed (each batch's ``BatchStats.reread``
+    gives its frames again).
     """
     # pyarrow imports numpy.ma when it first converts a numpy array (every decoder does, at once): imported
     # here, the forked processes share it instead of each loading it (~10 ms apiece)
@@ -166,7 +174,7 @@ def packet_batches_forked(
     in_flight = in_flight or MAX_IN_FLIGHT + decoders - 1
     chunked = source.chunked() if isinstance(source, CaptureFiles) and keep is None else None
     if chunked is not None:
-        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight, decoder)
+        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight, decoder, chunk_transform)
         return
     ctx = mp.get_context("fork")
     helpers = decoders if source.live else decoders - 1
@@ -224,6 +232,22 @@ def _shut_down(procs: Sequence[BaseProcess], workdir: str) -> None:
     for name in os.listdir(workdir):
         os.unlink(os.path.join(workdir, name))
     os.rmdir(workdir)
+
+
+def _receive_any(conns: MutableSequence[Connection], procs: Sequence[BaseProcess]) -> tuple[str, Any]:
+    """The next message from any of ``conns``; those whose process closed them (it is done) are removed."""
+    while conns:
+        for ready in wait(conns, timeout=0.5):
+            conn: Connection = ready  # type: ignore[assignment]  # wait() returns what it was given
+            try:
+                message: tuple[str, Any] = conn.recv()
+                return message
+            except EOFError:
+                conns.remove(conn)
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            return "error", f"decoder process {dead[0].pid} exited with code {dead[0].exitcode}"
+    return "error", "every decoder process ended before the last chunk"
 
 
 def _receive(conn: Connection, procs: Sequence[BaseProcess]) -> tuple[str, Any]:
@@ -332,21 +356,28 @@ def _helper_main(requests: Connection, out: Connection, transform: Transform | N
 
 
 def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: Transform | None, decoders: int,
-                   in_flight: int, decoder: Decoder) -> Iterator[tuple[Outputs, BatchStats]]:
-    """Plain pcap files: ``decoders`` symmetric processes each walk and decode every ``decoders``-th chunk
+                   in_flight: int, decoder: Decoder, chunk_transform: Transform | None = None
+                   ) -> Iterator[tuple[Outputs, BatchStats]]:
+    """Plain pcap files: ``decoders`` symmetric processes each take the next chunk, walk and decode it
     (:mod:`sensors.capture.chunks`), so no frame index crosses and each page is faulted in once; the
     chunks are taken in order here, each accepted only if its walk began where the previous one stopped
-    (else it is read again here from there)."""
+    (else it is read again here from there).
+
+    Chunks are handed out as the processes ask, not dealt in turn: with three busy processes on two cores
+    the scheduler keeps one decoder on a core of its own and the other beside this process, and dealt
+    chunks left the faster one idle for most of a chunk at the end while the other still decoded.
+    """
     jobs = [(i, k) for i, chunks in enumerate(chunked) for k in range(len(chunks))]
     ctx = mp.get_context("fork")
-    # a semaphore per process: with one for all, a process running ahead could hold every slot with chunks
-    # that cannot be taken before the one another process waits to begin
-    slots = [ctx.Semaphore(in_flight) for _ in range(decoders)]
+    # a slot is taken before the chunk's number, so the lowest chunk not yet yielded always holds one: the
+    # chunks decoded ahead of it can never take every slot
+    slots = ctx.Semaphore(in_flight * decoders)
+    taken = ctx.Value("q", 0)  # the next chunk to hand out
     workdir = tempfile.mkdtemp(prefix="liaowang-", dir=SHM_DIR)
     pipes = [ctx.Pipe(duplex=False) for _ in range(decoders)]
-    procs = [ctx.Process(target=_chunk_main, daemon=True,
-                         args=(chunked, jobs[w::decoders], w, decoders, tx, slots[w], workdir, transform, decoder))
-             for w, (_, tx) in enumerate(pipes)]
+    procs = [ctx.Process(target=_chunk_main, daemon=True, args=(chunked, jobs, taken, tx, slots, workdir,
+                                                                chunk_transform or transform, decoder))
+             for _, tx in pipes]
     for p in procs:
         p.start()
     for _, tx in pipes:
@@ -354,20 +385,26 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
     try:
         expected: dict[int, int] = {}  # per file: where its next chunk must begin
         damaged: set[int] = set()
+        ready: dict[int, Any] = {}  # chunks decoded ahead of the next one, by number
+        receiving = [rx for rx, _ in pipes]
         for j, (i, k) in enumerate(jobs):
-            kind, payload = _receive(pipes[j % decoders][0], procs)
-            if kind != "chunk":
-                raise RuntimeError(f"decoder process failed:\n{payload}")
-            start, next_start, damage, paths, stats = payload
+            while j not in ready:
+                kind, payload = _receive_any(receiving, procs)
+                if kind != "chunk":
+                    raise RuntimeError(f"decoder process failed:\n{payload}")
+                ready[payload[0]] = payload[1:]
+            start, next_start, damage, paths, stats = ready.pop(j)
             outputs = _read_outputs(paths or {})
             if i in damaged:  # the file's reading stopped at its damage
-                slots[j % decoders].release()
+                slots.release()
                 continue
             if start != expected.get(i, chunked[i].bounds(0)[0]):  # a false resynchronisation: read it here
                 chunk = chunked[i].chunk(k, expected[i])
                 next_start, damage = chunk.next_start, chunk.damage
                 outputs, stats = _decoded(chunk.frames, decoder, transform) if chunk.frames is not None else ({}, None)
                 chunked[i].release(k)
+            elif stats is not None and chunk_transform is not None:
+                stats.reread = functools.partial(_reread, chunked[i], k, start)
             expected[i] = next_start
             if damage is not None:
                 damages.append(Damage(chunked[i].path, *damage))
@@ -375,24 +412,39 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
             if stats is not None:
                 yield outputs, stats
             del outputs
-            slots[j % decoders].release()
+            slots.release()
     finally:
         _shut_down(procs, workdir)
 
 
-def _chunk_main(chunked: list[PcapChunks], jobs: list[tuple[int, int]], first: int, step: int, out: Connection,
+def _reread(chunks: PcapChunks, k: int, start: int) -> FrameBatch:
+    """Chunk ``k``'s frames again, its walk beginning at ``start`` (its pages stay mapped here until the end)."""
+    frames = chunks.chunk(k, start).frames
+    assert frames is not None  # it had frames the first time
+    return frames
+
+
+def _chunk_main(chunked: list[PcapChunks], jobs: list[tuple[int, int]], taken: Any, out: Connection,
                 slots: Semaphore, workdir: str, transform: Transform | None, decoder: Decoder) -> None:
-    """One of :func:`_chunk_batches`' processes: its share of the chunks, each found by resynchronisation."""
+    """One of :func:`_chunk_batches`' processes: the next chunk not taken, found by resynchronisation, until none is
+    left."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for n, (i, k) in zip(range(first, first + step * len(jobs), step), jobs):
+        while True:
             slots.acquire()
+            with taken.get_lock():
+                n = taken.value
+                taken.value = n + 1
+            if n >= len(jobs):
+                slots.release()
+                break
+            i, k = jobs[n]
             chunk = chunked[i].chunk(k)
             paths = stats = None
             if chunk.frames is not None:
                 outputs, stats = _decoded(chunk.frames, decoder, transform)
                 paths = _write_outputs(workdir, n, outputs)
-            out.send(("chunk", (chunk.start, chunk.next_start, chunk.damage, paths, stats)))
+            out.send(("chunk", (n, chunk.start, chunk.next_start, chunk.damage, paths, stats)))
             chunked[i].release(k)
     except BaseException:
         out.send(("error", traceback.format_exc()))

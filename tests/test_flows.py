@@ -152,10 +152,14 @@ def test_partial_flows_merge_to_the_flows_packets_make(timeouts: tuple[float, fl
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The sensor sends a batch's partial flows (one per key) and the flow table merges them, except for keys
     whose packets may split a flow (an idle gap, the active timeout, a reused port, a time before the table's
-    clock), which it takes packet by packet.  Both ways: the same flows, the same flow ids for messages."""
+    clock), which it takes packet by packet.  Both ways: the same flows, the same flow ids for messages.
+
+    A third way gets a thin keyed table (a replay's decoders send only the packets the table may need) and,
+    when the table finds one missing (a flow reaching the active timeout, a batch earlier than its clock), the
+    batch's every keyed packet: the same flows again."""
     from detection.flows.assembler import FlowAssembler
     from detection.flows.keys import packet_keys
-    from detection.flows.partial import partial_flows
+    from detection.flows.partial import KeyedPacketsMissing, partial_flows, thin
     from sensors.capture.source import read_frames
     from sensors.decode import decode
 
@@ -169,12 +173,16 @@ def test_partial_flows_merge_to_the_flows_packets_make(timeouts: tuple[float, fl
 
     monkeypatch.setattr(FlowAssembler, "_absorb", counted)
     paths = [*sorted(PCAPS.iterdir()), capture_path("generated_mixed_10k.pcap")]
-    flows = keys = 0
+    flows = keys = keyed_rows = thin_rows = 0
+    missing: set[str] = set()
+    idle_ms, active_ms = (int(t * 1000) for t in timeouts)
     for path in paths:
-        packets_way, merged = FlowAssembler(*timeouts), FlowAssembler(*timeouts)
-        a, b = [], []
-        for frames in read_frames(str(path), 1 << 16):  # small batches: many flows cross a boundary
-            packets = decode(frames)
+        packets_way, merged, thinned = FlowAssembler(*timeouts), FlowAssembler(*timeouts), FlowAssembler(*timeouts)
+        a, b, c = [], [], []
+        batches = [decode(frames) for frames in read_frames(str(path), 1 << 16)]  # small: flows cross them
+        if path.name.startswith("generated"):  # two batches out of order: the second starts before the clock
+            batches[3], batches[4] = batches[4], batches[3]
+        for packets in batches:
             k = packet_keys(packets)
             rows = k.rows[::5]  # the packets of messages
             a.append(packets_way.update(packets, rows))
@@ -182,10 +190,25 @@ def test_partial_flows_merge_to_the_flows_packets_make(timeouts: tuple[float, fl
             keys += len(partials)
             b.append(merged.update(k.to_arrow(), rows, partials=partials.to_arrow()))
             assert np.array_equal(packets_way.last_flow_ids, merged.last_flow_ids), path.name
+            tk, tp = thin(k, partial_flows(k), idle_ms, active_ms, rows)
+            keyed_rows, thin_rows = keyed_rows + len(k.rows), thin_rows + len(tk.rows)
+            try:
+                c.append(thinned.update(tk.to_arrow(), rows, partials=tp.to_arrow()))
+            except KeyedPacketsMissing as e:
+                missing.add(str(e))
+                c.append(thinned.update(k.to_arrow(), rows, partials=partials.to_arrow()))
+            assert np.array_equal(packets_way.last_flow_ids, thinned.last_flow_ids), path.name
         a.append(packets_way.flush())
         b.append(merged.flush())
-        one, two = pa.concat_tables(a), pa.concat_tables(b)
+        c.append(thinned.flush())
+        one, two, three = pa.concat_tables(a), pa.concat_tables(b), pa.concat_tables(c)
         assert one.equals(two), path.name
+        assert one.equals(three), path.name
         flows += one.num_rows
     assert flows > 1500
+    assert "the batch is earlier than the flow table's clock" in missing
+    if timeouts[1] < 10:
+        assert "a flow reaches the active timeout inside the batch" in missing
+    else:  # with short timeouts most keys may split; with the default ones few do
+        assert thin_rows < keyed_rows / 4
     assert 0 < sum(per_packet_keys) < keys / 4  # some keys went packet by packet, most did not

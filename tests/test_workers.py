@@ -115,3 +115,44 @@ def test_plain_pcap_chunks_decoded_apart_give_the_in_process_result(tmp_path: Pa
     assert a.num_rows > 50 and a.equals(b)
     eve_one = (tmp_path / "one" / "eve.json").read_text().splitlines()
     assert eve_one[:-1] == (tmp_path / "many" / "eve.json").read_text().splitlines()[:-1]
+
+
+def test_thin_keyed_tables_are_read_again_where_the_flow_table_needs_more(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay's decoders send the flow table only the keyed packets it may need; a batch whose flows reach the
+    active timeout, or that starts before the table's clock, is read again in full: the same flows and alerts as
+    one process makes."""
+    import ingest.workers as workers
+
+    reread = workers._reread
+    calls: list[int] = []
+
+    def counted(chunks, k, start):  # type: ignore[no-untyped-def]
+        calls.append(k)
+        return reread(chunks, k, start)
+
+    monkeypatch.setattr(workers, "_reread", counted)
+    # the generated capture with its second half 5 s earlier: one batch begins before the time reached
+    data = bytearray(capture_path("generated_mixed_10k.pcap").read_bytes())
+    pos, records = 24, 0
+    while pos + 16 <= len(data):
+        if records >= 5_000:
+            seconds = int.from_bytes(data[pos : pos + 4], "little") - 5
+            data[pos : pos + 4] = seconds.to_bytes(4, "little")
+        pos += 16 + int.from_bytes(data[pos + 8 : pos + 12], "little")
+        records += 1
+    shifted = tmp_path / "shifted.pcap"
+    shifted.write_bytes(bytes(data))
+    for name, path, timeouts in (("jump", shifted, {}), ("active", capture_path("generated_mixed_10k.pcap"),
+                                                        {"idle_timeout_s": 2.0, "active_timeout_s": 5.0})):
+        calls.clear()
+        one = replay([str(path)], tmp_path / f"{name}1", chunk_bytes=64 << 10, processes=1, **timeouts)
+        two = replay([str(path)], tmp_path / f"{name}2", chunk_bytes=64 << 10, processes=2, **timeouts)
+        assert calls, name  # read again, at least once
+        assert one.packets == two.packets
+        for table in ("flows", "alerts", "proto_pfcp"):
+            a, b = pq.read_table(tmp_path / f"{name}1" / f"{table}.parquet"), pq.read_table(
+                tmp_path / f"{name}2" / f"{table}.parquet")
+            assert a.equals(b), (name, table)
+        assert (tmp_path / f"{name}1" / "eve.json").read_text().splitlines()[:-1] == \
+            (tmp_path / f"{name}2" / "eve.json").read_text().splitlines()[:-1]

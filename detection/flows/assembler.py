@@ -24,7 +24,16 @@ import pyarrow as pa
 
 from detection.flows.export import build_flow_batch, flow_ids
 from detection.flows.keys import PacketKeys, keys_of
-from detection.flows.partial import ACK, FIN, RST, SYN, PartialFlows, count_before, segment_partials
+from detection.flows.partial import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    KeyedPacketsMissing,
+    PartialFlows,
+    count_before,
+    segment_partials,
+)
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
 from detection.grouping import group_by_hash
@@ -85,16 +94,21 @@ class FlowAssembler:
         a share of its flows (one partition's): idle flows expire by it.
         ``partials``: the batch's partial flows (:func:`detection.flows.partial.partial_flows`, computed
         where it was decoded): merged as they are where they simply continue flows (the same flows, faster).
+        Raises :class:`~detection.flows.partial.KeyedPacketsMissing`, having changed nothing, when they came
+        with a thin keyed table (:func:`~detection.flows.partial.thin`) that lacks packets this batch needs.
         """
         k = keys_of(packets)
         done: list[tuple[np.ndarray, np.ndarray]] = []
         self.last_flow_ids = np.full(0 if id_rows is None else len(id_rows), -1, dtype=np.int64)
-        if len(k.rows) and partials is not None and int(k.ts_ns[0]) >= self._clock_ns:
+        p = None if partials is None else partials if isinstance(partials, PartialFlows) else \
+            PartialFlows.from_arrow(partials)
+        if len(k.rows) and p is not None and int(k.ts_ns[0]) >= self._clock_ns:
             # the batch's own forced order is the table's: nothing earlier reached a later time
-            p = partials if isinstance(partials, PartialFlows) else PartialFlows.from_arrow(partials)
-            self._clock_ns = max(self._clock_ns, int(p["last_ns"].max()))
             done.extend(self._absorb_partials(p, k, id_rows))
+            self._clock_ns = max(self._clock_ns, int(p["last_ns"].max()))
         elif len(k.rows):
+            if p is not None and not p["keyed_all"].all():
+                raise KeyedPacketsMissing("the batch is earlier than the flow table's clock")
             t_ns = np.maximum.accumulate(np.maximum(k.ts_ns, self._clock_ns))  # forced time order
             self._clock_ns = int(t_ns[-1])
             done.extend(self._absorb(k, t_ns, id_rows))
@@ -180,9 +194,17 @@ class FlowAssembler:
         tcp_seen = (st["rst"][s] > 0) | (st["fin_s2d"][s] > 0) | (st["fin_d2s"][s] > 0)
         split = (p["reuse"] | (p["max_gap_ms"] >= self._idle_ms)
                  | (p["last_ns"] // 1_000_000 - flow_first_ms >= self._active_ms)
-                 | (cont & p["syn_only"] & tcp_seen))
+                 | (cont & p["syn_later"] & tcp_seen))
+        if not p["keyed_all"][split].all():
+            raise KeyedPacketsMissing("a flow reaches the active timeout inside the batch")
+        # a bare SYN first on a closed stored flow ends it (as packet by packet: a reused port), and the packets
+        # begin a new one
+        closed = (st["rst"][s] > 0) | ((st["fin_s2d"][s] > 0) & (st["fin_d2s"][s] > 0))
+        reopen = cont & p["syn_first"] & closed & ~split
+        cont &= ~reopen
         whole = np.flatnonzero(~split)
-        ended = [(stored[idle & ~split], np.full(int((idle & ~split).sum()), REASON_IDLE, dtype=np.int8))]
+        ended = [(stored[idle & ~split], np.full(int((idle & ~split).sum()), REASON_IDLE, dtype=np.int8)),
+                 (stored[reopen], np.full(int(reopen.sum()), REASON_REUSE, dtype=np.int8))]
         split_keys = p["hash"][split]
         if len(whole) < len(p):
             p, stored, cont = p.take(whole), stored[whole], cont[whole]

@@ -14,6 +14,13 @@ per-packet way instead, from the keyed packets.  The table's own per-packet
 path builds its segments' statistics with :func:`segment_partials` too, so
 both ways give the same numbers.
 
+Where the flow table can have a batch read again (a replay's pcap chunks), the
+sensor stage sends only the keyed packets it may need (:func:`thin`): those of
+the keys that may split by what the batch alone shows, and those of the
+signalling messages.  A key whose split shows only against the stored flows
+(the active timeout), or a batch earlier than the table's clock, makes the
+table ask for the batch's every keyed packet (:class:`KeyedPacketsMissing`).
+
 Directions are the packets' own orientation (index 0: ``fwd`` packets, the
 canonical low endpoint sending); the flow's direction is its first packet's,
 known only to the table.
@@ -78,8 +85,10 @@ PARTIAL_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
 #: what the flow table checks before merging a key's partial flow (:func:`partial_flows` adds them)
 CHECK_FIELDS: dict[str, tuple[tuple[int, ...], type]] = {
     "max_gap_ms": ((), np.int64),  # the largest gap between consecutive packets, whole ms as the idle timeout counts
-    "syn_only": ((), np.bool_),  # a bare SYN among them: it would reopen a closed stored flow
+    "syn_first": ((), np.bool_),  # the first is a bare SYN: it ends a closed stored flow, and they begin a new one
+    "syn_later": ((), np.bool_),  # a bare SYN among the others: it may end a closed stored flow inside them
     "reuse": ((), np.bool_),  # a bare SYN after a RST or FINs both ways among them: a new flow begins inside
+    "keyed_all": ((), np.bool_),  # the keyed table beside holds every one of the key's packets (see thin)
 }
 #: what each column means (``docs/schemas.md``); "each way": [the fwd packets', the others']
 FIELD_DOCS = {
@@ -100,15 +109,18 @@ FIELD_DOCS = {
     "teid_valid": "a TEID was seen each way",
     "cid": "the first packet's Community ID v1, as its 30 characters (ASCII codes); null where the sensor left it "
            "to the flow table",
-    "max_gap_ms": "largest gap between consecutive packets, whole ms", "syn_only": "a bare SYN among the packets",
-    "reuse": "a bare SYN after a RST or FINs both ways among them", "server_name": "first server name (keyed_packets)",
+    "max_gap_ms": "largest gap between consecutive packets, whole ms",
+    "syn_first": "the first packet is a bare SYN", "syn_later": "a bare SYN among the other packets",
+    "reuse": "a bare SYN after a RST or FINs both ways among them",
+    "keyed_all": "the keyed table beside holds every packet of the key (else only those the sensor stage kept: "
+                 "see `thin`)", "server_name": "first server name (keyed_packets)",
 }
 #: the partial-flow table (one row per flow key of a packet batch), from the sensor stage to the flow table
 PARTIAL_FLOW_SCHEMA = pa.schema(
     [(name, pa.list_(pa.from_numpy_dtype(dt), int(np.prod(shape))) if shape else pa.from_numpy_dtype(dt))
      for name, (shape, dt) in {**PARTIAL_FIELDS, **CHECK_FIELDS}.items()]
     + [("server_name", pa.string()), ("cid", pa.list_(pa.uint8(), CID_CHARS))],
-    metadata={"liaowang.schema": "partial_flows", "liaowang.version": "1"})
+    metadata={"liaowang.schema": "partial_flows", "liaowang.version": "2"})
 
 
 class PartialFlows:
@@ -277,8 +289,42 @@ def _checks(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.ndarray, s
     is_rst, is_fin = (flags & RST) != 0, (flags & FIN) != 0
     closed = (count_before(is_rst, spos, sid) > 0) | (
         (count_before(is_fin & fwd, spos, sid) > 0) & (count_before(is_fin & ~fwd, spos, sid) > 0))
-    return {"max_gap_ms": np.maximum.reduceat(gap, spos), "syn_only": np.logical_or.reduceat(syn_only, spos),
-            "reuse": np.logical_or.reduceat(closed & syn_only, spos)}
+    syn_first = syn_only[spos]
+    later = syn_only.copy()
+    later[spos] = False
+    return {"max_gap_ms": np.maximum.reduceat(gap, spos), "syn_first": syn_first,
+            "syn_later": np.logical_or.reduceat(later, spos),
+            "reuse": np.logical_or.reduceat(closed & syn_only, spos), "keyed_all": np.ones(len(spos), dtype=bool)}
+
+
+class KeyedPacketsMissing(Exception):
+    """The flow table needs keyed packets that a thin keyed table (:func:`thin`) left out: give it the batch's
+    every keyed packet."""
+
+
+def thin(k: PacketKeys, p: PartialFlows, idle_ms: int, active_ms: int, keep_rows: np.ndarray
+         ) -> tuple[PacketKeys, PartialFlows]:
+    """The keyed packets a flow table with these timeouts may need beside the partial flows ``p`` of ``k``:
+    every packet of the keys that may split a flow by what the batch shows (an idle gap, a batch as long as the
+    active timeout, a reused port, a bare SYN after the first packet), the batch's first packet (its time
+    decides whether the partial flows apply) and the packets at ``keep_rows`` (the signalling messages', whose
+    flow ids are asked for).  Times are the batch's forced order (the running maximum), as the table would
+    compute it from every packet.  ``keyed_all`` marks the keys whose packets are all there.
+
+    Most packets simply continue their flows: a 1M-packet replay then moves ~2% of its keyed packets between
+    processes (each batch's keyed table is ~14 MB in shared memory).
+    """
+    p.arrays["keyed_all"] = (p["reuse"] | p["syn_later"] | (p["max_gap_ms"] >= idle_ms)
+                             | (p["last_ns"] // 1_000_000 - p["first_ns"] // 1_000_000 >= active_ms))
+    keep = np.isin(k.hash, p["hash"][p["keyed_all"]])
+    keep[:1] = True
+    if len(k.rows):  # a row that is no keyed packet's (a later fragment) keeps a neighbour: harmless
+        keep[np.minimum(np.searchsorted(k.rows, keep_rows), len(k.rows) - 1)] = True
+    rows = np.flatnonzero(keep)
+    t_ns = np.maximum.accumulate(k.ts_ns)
+    sub = k.subset(rows)
+    sub.ts_ns = t_ns[rows]
+    return sub, p
 
 
 def count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndarray:
