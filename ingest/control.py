@@ -12,7 +12,7 @@ table and the NF inventory, and in a replay writes ``proto_<name>.parquet``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,8 @@ class ControlPlane:
         self.last_messages: dict[str, pa.Table] = {}  # the last batch's messages, as stored
 
     @staticmethod
-    def packet_rows(protos: dict[str, pa.Table]) -> np.ndarray | None:
+    def packet_rows(protos: Mapping[str, pa.Table | pa.RecordBatch]) -> np.ndarray | None:
+        """The packet rows of the messages (the tables concatenated; None: no table)."""
         if not protos:
             return None
         return np.concatenate([np.asarray(t.column("packet_row").to_numpy(zero_copy_only=False), dtype=np.int64)

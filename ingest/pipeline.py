@@ -196,10 +196,10 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
         if thin_keyed:
             assert flow_timeouts is not None
             idle_ms, active_ms = (int(t * 1000) for t in flow_timeouts)
-            message_rows = [np.asarray(b.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
-                            for name, b in out.items() if name.startswith(PREFIX) or name == "http2"]
+            message_rows = ControlPlane.packet_rows(
+                {name: b for name, b in out.items() if name.startswith(PREFIX) or name == "http2"})
             keys, partials = thin(keys, partials, idle_ms, active_ms,
-                                  np.concatenate(message_rows) if message_rows else np.empty(0, dtype=np.int64))
+                                  np.empty(0, dtype=np.int64) if message_rows is None else message_rows)
         out["keyed"], out["partial_flows"] = keys.to_arrow(), partials.to_arrow()
         return out
 
@@ -334,10 +334,7 @@ class FlowStage:
                             flows=self.flows.flush(), end=True, prev=part.prev)
         assert part.keyed is not None
         before = self.flows.restart() if part.restart else None  # the old timeline's flows end first
-        id_rows = None
-        if part.protos:  # the flows of the messages' packets (keyed rows carry their packet's row too)
-            id_rows = np.concatenate([np.asarray(t.column(PACKET_ROW).to_numpy(zero_copy_only=False), dtype=np.int64)
-                                      for t in part.protos.values()])
+        id_rows = ControlPlane.packet_rows(part.protos)  # the flows of the messages' packets (keyed rows carry them)
         try:
             ended = self.flows.update(part.keyed, id_rows, now_ns=part.clock_ns, partials=part.partial_flows)
         except KeyedPacketsMissing:  # a thin keyed table lacks what this batch needs (rare): all of them, then

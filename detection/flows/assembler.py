@@ -33,6 +33,7 @@ from detection.flows.partial import (
     PartialFlows,
     count_before,
     segment_partials,
+    splits_inside,
 )
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
@@ -192,7 +193,7 @@ class FlowAssembler:
         cont = exist & ~idle
         flow_first_ms = np.where(cont, st["first_ms"][s], first_ms)
         tcp_seen = (st["rst"][s] > 0) | (st["fin_s2d"][s] > 0) | (st["fin_d2s"][s] > 0)
-        split = (p["reuse"] | (p["max_gap_ms"] >= self._idle_ms)
+        split = (splits_inside(p, self._idle_ms)
                  | (p["last_ns"] // 1_000_000 - flow_first_ms >= self._active_ms)
                  | (cont & p["syn_later"] & tcp_seen))
         if not p["keyed_all"][split].all():

@@ -297,6 +297,13 @@ def _checks(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.ndarray, s
             "reuse": np.logical_or.reduceat(closed & syn_only, spos), "keyed_all": np.ones(len(spos), dtype=bool)}
 
 
+def splits_inside(p: PartialFlows, idle_ms: int) -> np.ndarray:
+    """The keys whose packets split a flow among themselves whatever the table holds: a port reused, or a gap as
+    long as the idle timeout."""
+    split: np.ndarray = p["reuse"] | (p["max_gap_ms"] >= idle_ms)
+    return split
+
+
 class KeyedPacketsMissing(Exception):
     """The flow table needs keyed packets that a thin keyed table (:func:`thin`) left out: give it the batch's
     every keyed packet."""
@@ -314,9 +321,10 @@ def thin(k: PacketKeys, p: PartialFlows, idle_ms: int, active_ms: int, keep_rows
     Most packets simply continue their flows: a 1M-packet replay then moves ~2% of its keyed packets between
     processes (each batch's keyed table is ~14 MB in shared memory).
     """
-    p.arrays["keyed_all"] = (p["reuse"] | p["syn_later"] | (p["max_gap_ms"] >= idle_ms)
-                             | (p["last_ns"] // 1_000_000 - p["first_ns"] // 1_000_000 >= active_ms))
-    keep = np.isin(k.hash, p["hash"][p["keyed_all"]])
+    complete = (splits_inside(p, idle_ms) | p["syn_later"]
+                | (p["last_ns"] // 1_000_000 - p["first_ns"] // 1_000_000 >= active_ms))
+    p = PartialFlows({**p.arrays, "keyed_all": complete}, p.server_name, p.cid)
+    keep = np.isin(k.hash, p["hash"][complete])
     keep[:1] = True
     if len(k.rows):  # a row that is no keyed packet's (a later fragment) keeps a neighbour: harmless
         keep[np.minimum(np.searchsorted(k.rows, keep_rows), len(k.rows) - 1)] = True
