@@ -54,6 +54,7 @@ from ingest.privacy import Pseudonymizer
 from ingest.workers import (
     STATS_COLUMNS,
     BatchStats,
+    Outputs,
     can_fork,
     default_processes,
     packet_batches,
@@ -165,7 +166,8 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
     """Capture files (in time order) or a live interface -> one part per packet batch, with its traffic counters.
 
     Decoding and every stateless stage after it run in forked processes when
-    ``processes`` > 1 (the default on a fork-capable machine with 2+ cores).
+    ``processes`` > 1 (the default on a fork-capable machine with 2+ cores); they
+    start at this call, so the caller's own setup overlaps their first batches.
     Batches are named in sensor_stats by ``source.label`` (the file, or the
     interface).  ``in_flight``: batches a live capture may have waiting for decoders.
     ``retention``: keeps every frame (in the decoders), for the console's flow downloads.
@@ -212,6 +214,14 @@ def sensor_parts(source: FrameSource, engine: DetectionEngine | None, pseudonyms
                                         else functools.partial(stage, thin_keyed=True))
     else:
         batches = packet_batches(source, damages, stage, keep=retention, decoder=decoder)
+    return _parts(source, batches, flow_tables, decoder, pseudonyms, first_seq, retention)
+
+
+def _parts(source: FrameSource, batches: Iterator[tuple[Outputs, BatchStats]],
+           flow_tables: Callable[[pa.RecordBatch], tuple[PacketKeys, PartialFlows]],
+           decoder: Callable[[FrameBatch], pa.RecordBatch], pseudonyms: Pseudonymizer, first_seq: int,
+           retention: Retention | None) -> Iterator[tuple[Part, BatchStats]]:
+    """:func:`sensor_parts`' parts, from its decoded batches."""
     evidence = retention.directory if retention is not None else None
     sbi = SbiStage(pseudonyms)
     file_index = 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Semaphore
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -160,6 +160,9 @@ def packet_batches_forked(
 ) -> Iterator[tuple[Outputs, BatchStats]]:
     """The same as :func:`packet_batches`, computed by ``decoders`` forked processes (see module docstring).
 
+    The processes start now, not at the first batch asked for: the caller's own setup overlaps their first
+    batches.  They stop when the iterator ends, is closed or is dropped.
+
     A live source's reader only captures: ``decoders`` helpers decode, and up to
     ``in_flight`` batches wait for them (the capture's backlog) before the
     reader stops draining the ring and the kernel drops (and counts) packets.
@@ -173,9 +176,16 @@ def packet_batches_forked(
 
     in_flight = in_flight or MAX_IN_FLIGHT + decoders - 1
     chunked = source.chunked() if isinstance(source, CaptureFiles) and keep is None else None
-    if chunked is not None:
-        yield from _chunk_batches(chunked, damages, transform, decoders, in_flight, decoder, chunk_transform)
-        return
+    batches = (_chunk_batches(chunked, damages, transform, decoders, in_flight, decoder, chunk_transform)
+               if chunked is not None else _reader_batches(source, damages, transform, decoders, in_flight, keep, decoder))
+    next(batches)  # up to its first yield: the processes started
+    return cast(Iterator[tuple[Outputs, BatchStats]], batches)
+
+
+def _reader_batches(source: FrameSource, damages: list[Damage], transform: Transform | None, decoders: int,
+                    in_flight: int, keep: FrameSink | None, decoder: Decoder
+                    ) -> Iterator[tuple[Outputs, BatchStats] | None]:
+    """Inputs walked in order by a reader (see module docstring); yields None first, once its processes started."""
     ctx = mp.get_context("fork")
     helpers = decoders if source.live else decoders - 1
     slots = ctx.Semaphore(in_flight)
@@ -194,6 +204,7 @@ def packet_batches_forked(
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
         conn.close()  # the children hold these ends
     try:
+        yield None
         while True:
             kind, payload = _receive(reader_rx, procs)
             if kind == "helper":  # this batch was decoded by a helper: its result is next on that helper's pipe
@@ -357,11 +368,11 @@ def _helper_main(requests: Connection, out: Connection, transform: Transform | N
 
 def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: Transform | None, decoders: int,
                    in_flight: int, decoder: Decoder, chunk_transform: Transform | None = None
-                   ) -> Iterator[tuple[Outputs, BatchStats]]:
+                   ) -> Iterator[tuple[Outputs, BatchStats] | None]:
     """Plain pcap files: ``decoders`` symmetric processes each take the next chunk, walk and decode it
     (:mod:`sensors.capture.chunks`), so no frame index crosses and each page is faulted in once; the
     chunks are taken in order here, each accepted only if its walk began where the previous one stopped
-    (else it is read again here from there).
+    (else it is read again here from there).  Yields None first, once its processes started.
 
     Chunks are handed out as the processes ask, not dealt in turn: with three busy processes on two cores
     the scheduler keeps one decoder on a core of its own and the other beside this process, and dealt
@@ -383,6 +394,7 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
     for _, tx in pipes:
         tx.close()
     try:
+        yield None
         expected: dict[int, int] = {}  # per file: where its next chunk must begin
         damaged: set[int] = set()
         ready: dict[int, Any] = {}  # chunks decoded ahead of the next one, by number

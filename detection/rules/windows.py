@@ -100,6 +100,9 @@ class WindowCounter:
         self.warned: set[tuple[int, str]] = set()  # (rule, group) announced early, until its episode closes
         self.warnings: list[Episode] = []  # announced since the caller last took them
         self._hit_keys = np.empty(0, dtype=np.int64)  # the last hits' gkeys (see _keyed)
+        self._reach_of: pa.Table | None = None  # the partials that _reach is for (see _reachable)
+        self._reach = np.empty(0, dtype=bool)
+        self._reach_groups = (self._hit_keys, self._hit_keys, self._reach)  # its (rule, group)s, rows' group, theirs
 
     def update(self, hits: pa.RecordBatch | pa.Table, watermark_ns: int | None = None) -> list[Episode]:
         """Add hits; ``watermark_ns`` is the event time reached by the input (default: the latest hit)."""
@@ -127,14 +130,9 @@ class WindowCounter:
         if self.partials is None or not self.partials.num_rows:
             return
         p = self.partials
-        key = p.column("gkey").to_numpy()
-        # a group's windows count at most its partials' events (a distinct count: at most its rows), so only
-        # groups whose events reach their rule's threshold can fire: usually none, and the rest is skipped
-        pairs, inverse = np.unique(key, return_inverse=True)
-        events = np.bincount(inverse, weights=np.maximum(p.column("n").to_numpy(zero_copy_only=False), 1))
-        reachable = events >= self.threshold[pairs >> GROUP_BITS]
-        if not reachable.any():
+        if not self._reachable(p).any():
             return
+        pairs, inverse, reachable = self._reach_groups
         # the (rule, group)s the hits touched, among the partials' (a shed or late hit's may be missing)
         at = np.minimum(np.searchsorted(pairs, self._hit_keys), len(pairs) - 1)
         touched = np.zeros(len(pairs), dtype=bool)
@@ -159,6 +157,19 @@ class WindowCounter:
             if (e.rule, e.group) not in self.warned:  # the first episode of a group, if its windows split
                 self.warned.add((e.rule, e.group))
                 self.warnings.append(e)
+
+    def _reachable(self, p: pa.Table) -> np.ndarray:
+        """The partials' rows whose (rule, group) may fire: a group's windows count at most its partials' events
+        (a distinct count: at most its rows), so only groups whose events reach their rule's threshold can;
+        usually none, and the windows of the rest need not be counted.  Kept for the table it was found for."""
+        if self._reach_of is not p:
+            pairs, inverse = np.unique(p.column("gkey").to_numpy(), return_inverse=True)
+            events = np.bincount(inverse, weights=np.maximum(p.column("n").to_numpy(zero_copy_only=False), 1))
+            reachable = events >= self.threshold[pairs >> GROUP_BITS]
+            self._reach_groups = (pairs, inverse, reachable)
+            self._reach = reachable[inverse]
+            self._reach_of = p
+        return self._reach
 
     def reset(self) -> None:
         """Forget the event time reached (after ``flush``): the next hits start a new timeline."""
@@ -227,7 +238,10 @@ class WindowCounter:
         if p is not None:
             found = self._windows(p, self.done, last_window)
             if found is not None:
-                closed = self._episodes(self._fired(found), p, found.rows, self.open)
+                reachable = self._reachable(p)[found.rows]
+                if reachable.any():
+                    found = Windows(p, found.rows[reachable], found.window[reachable])
+                    closed = self._episodes(self._fired(found), p, found.rows, self.open)
         if final:
             self.partials = None
             return closed
