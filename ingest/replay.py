@@ -221,22 +221,22 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
     # the three stages of ingest/pipeline.py, in this process, one partition
     flow_stage = FlowStage(idle_timeout_s, active_timeout_s, max_flows)
     detect: FlowsOnlyStage | DetectStage = FlowsOnlyStage()
+    # two writer threads, one per sink: Parquet encoding and the EVE string kernels
+    # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
+    # and each other; one write per sink in flight.  A third one writes the signalling
+    # tables and feeds the store.
+    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(3)]
+    # the sinks' Parquet module (~12 ms to import) loads on a writer thread while the decoders fill the first
+    # batch, not later in whichever thread writes first
+    writers[2].submit(importlib.import_module, "pyarrow.parquet")
     alert_sink, control = None, None
     if engine is not None:  # stage 3 with detection: its modules load only here
         from detection.alerts import ALERT_SCHEMA
         from ingest.detect import DetectStage
 
         alert_sink = ParquetSink(out_dir / "alerts.parquet", ALERT_SCHEMA)
-        control = ControlPlane(out_dir, max_sessions)
+        control = ControlPlane(out_dir, max_sessions, writer=writers[2])
         detect = DetectStage(engine, control, trend)
-
-    # two writer threads, one per sink: Parquet encoding and the EVE string kernels
-    # run in Arrow's C++ without the GIL, overlapping the next batch's flow work
-    # and each other; one write per sink in flight.  A third one feeds the store.
-    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"liaowang-sink-{i}") for i in range(3)]
-    # the sinks' Parquet module (~12 ms to import) loads on a writer thread while the decoders fill the first
-    # batch, not later in whichever thread writes first (the signalling tables' sinks write on this one)
-    writers[2].submit(importlib.import_module, "pyarrow.parquet")
     pending: list[Future[Any]] = []
     to_store: PendingWrites | None = None
     snapshots: ControlSnapshots | None = None
@@ -325,8 +325,9 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
         if on_batch is not None:
             summary.seconds = time.perf_counter() - started
             on_batch(summary, stats)
+    closing: list[Future[Any]] = []
     if control is not None:  # no more messages: their files close beside the last flows' detection
-        writers[2].submit(control.close_messages)
+        closing.append(writers[2].submit(control.close_messages))
 
     def write_last_flows(table: pa.Table) -> None:
         """The flows still open at the end: written, and their file closed, beside their detection."""
@@ -387,7 +388,7 @@ def run(source: FrameSource, out_dir: Path, engine: DetectionEngine | None, *, i
         pq.write_table(pa.concat_tables(trend_warnings) if trend_warnings else TREND_WARNING_SCHEMA.empty_table(),
                        out_dir / "trend_warnings.parquet")
 
-    closing = [writers[0].submit(finish_parquet), writers[1].submit(finish_tables)]
+    closing += [writers[0].submit(finish_parquet), writers[1].submit(finish_tables)]
     if control is not None:
         closing.append(writers[2].submit(control.close))
     for f in closing:
