@@ -598,13 +598,13 @@ def _distinct_pfcp(a: Session, b: Session) -> bool:
 def message_rows(protos: dict[str, pa.Table]) -> list[tuple[str, dict[str, Any]]]:
     """The messages of ``proto.*`` tables as (protocol, row) in time order (ts as ns), read once for
     the session table and the inventory."""
+    tables = [(name, t) for name in PROTO_ORDER if (t := protos.get(name)) is not None and t.num_rows]
     rows: list[tuple[int, int, str, dict[str, Any]]] = []
-    for rank, name in enumerate(PROTO_ORDER):
-        t = protos.get(name)
-        if t is None or not t.num_rows:
-            continue
-        t = t.set_column(0, "ts", t.column("ts").cast(pa.int64()))
-        t = t.select([c for c in t.column_names if c in READ_COLUMNS])
+    for rank, (name, t) in enumerate(tables):
+        ts = t.column("ts").cast(pa.int64())
+        t = t.set_column(0, "ts", ts).select([c for c in t.column_names if c in READ_COLUMNS])
+        if len(tables) == 1 and (len(ts) < 2 or bool(np.all(np.diff(ts.to_numpy()) >= 0))):
+            return [(name, r) for r in t.to_pylist()]  # the usual batch: one protocol, in time order already
         rows.extend((r["ts"], rank, name, r) for r in t.to_pylist())
     rows.sort(key=lambda x: (x[0], x[1]))  # stable: a table's own order breaks remaining ties
     return [(name, r) for _, _, name, r in rows]

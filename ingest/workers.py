@@ -203,6 +203,7 @@ def _reader_batches(source: FrameSource, damages: list[Damage], transform: Trans
         p.start()
     for conn in [reader_tx, *(rx for rx, _ in requests), *(tx for _, tx in requests), *(tx for _, tx in results)]:
         conn.close()  # the children hold these ends
+    finished = False
     try:
         yield None
         while True:
@@ -217,11 +218,12 @@ def _reader_batches(source: FrameSource, damages: list[Damage], transform: Trans
                 slots.release()
             elif kind == "done":
                 damages.extend(payload)
+                finished = True
                 return
             else:
                 raise RuntimeError(f"decoder process failed:\n{payload}")
-    finally:
-        _shut_down(procs, workdir)
+    finally:  # packets being retained are given their time to be written, whatever the end
+        _shut_down(procs, workdir, finished or keep is not None)
 
 
 def _read_outputs(paths: dict[str, str]) -> Outputs:
@@ -234,8 +236,14 @@ def _read_outputs(paths: dict[str, str]) -> Outputs:
     return outputs
 
 
-def _shut_down(procs: Sequence[BaseProcess], workdir: str) -> None:
-    """The decoder processes ended (killed if they do not end by themselves) and their work directory removed."""
+def _shut_down(procs: Sequence[BaseProcess], workdir: str, finished: bool) -> None:
+    """The decoder processes ended and their work directory removed.  ``finished``: they delivered everything and
+    end by themselves (killed if they do not within 5 s); else (an error, the batches dropped unread) they are
+    killed now: they may wait for a slot that is never released."""
+    if not finished:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
     for p in procs:
         p.join(timeout=5)
         if p.is_alive():
@@ -393,6 +401,7 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
         p.start()
     for _, tx in pipes:
         tx.close()
+    finished = False
     try:
         yield None
         expected: dict[int, int] = {}  # per file: where its next chunk must begin
@@ -425,8 +434,9 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
                 yield outputs, stats
             del outputs
             slots.release()
+        finished = True
     finally:
-        _shut_down(procs, workdir)
+        _shut_down(procs, workdir, finished)
 
 
 def _reread(chunks: PcapChunks, k: int, start: int) -> FrameBatch:

@@ -156,3 +156,27 @@ def test_thin_keyed_tables_are_read_again_where_the_flow_table_needs_more(tmp_pa
             assert a.equals(b), (name, table)
         assert (tmp_path / f"{name}1" / "eve.json").read_text().splitlines()[:-1] == \
             (tmp_path / f"{name}2" / "eve.json").read_text().splitlines()[:-1]
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_decoders_start_at_the_call_and_stop_when_their_batches_are_dropped(tmp_path: Path, gzipped: bool) -> None:
+    """The decoder processes start before the first batch is asked for (the caller's setup overlaps their first
+    batches), and an iterator dropped unread stops them and removes their work directory."""
+    import gc
+    import multiprocessing as mp
+    import os
+
+    from ingest.workers import SHM_DIR, packet_batches_forked
+
+    capture = str(capture_path("generated_mixed_10k.pcap"))
+    if gzipped:  # read in order by a reader process, not in chunks
+        capture = _inputs(tmp_path)[2]
+    before = {n for n in os.listdir(SHM_DIR) if n.startswith("liaowang-")}
+    batches = packet_batches_forked(CaptureFiles([capture], 64 << 10), [], decoders=2)
+    started = [p for p in mp.active_children() if p.is_alive()]
+    workdirs = {n for n in os.listdir(SHM_DIR) if n.startswith("liaowang-")} - before
+    assert len(started) == 2 and len(workdirs) == 1
+    del batches
+    gc.collect()
+    assert not [p for p in started if p.is_alive()]
+    assert not (workdirs & set(os.listdir(SHM_DIR)))
