@@ -54,8 +54,21 @@ def flow_ids(key_hash: np.ndarray, first_ns: np.ndarray) -> np.ndarray:
     return (fid & np.uint64((1 << 53) - 1)).astype(np.int64)
 
 
+class _Rows(dict[str, np.ndarray]):
+    """The flow state's arrays at some slots, each gathered when first read: a gather is ~one cache miss per
+    slot and field, and some fields are never exported (or only for a few flows)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], slots: np.ndarray) -> None:
+        super().__init__()
+        self._arrays, self._slots = arrays, slots
+
+    def __missing__(self, name: str) -> np.ndarray:
+        values = self[name] = self._arrays[name][self._slots]
+        return values
+
+
 def build_flow_batch(st: FlowState, slots: np.ndarray, reasons: np.ndarray) -> pa.RecordBatch:
-    a = {name: arr[slots] for name, arr in st.arrays.items()}
+    a = _Rows(st.arrays, slots)
     n = len(slots)
     proto = a["proto"]
     has_ports = np.isin(proto, PORT_PROTOS)
