@@ -41,16 +41,19 @@ def key_parts(col: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
     return [valid.astype(np.int64), values.astype(np.int64)]
 
 
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values begins in a sorted array (positions; none for an empty one)."""
+    first = np.empty(len(values), dtype=bool)
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    return np.flatnonzero(first)
+
+
 def unique(values: np.ndarray) -> np.ndarray:
     """``np.unique`` of an integer array, by one sort: numpy 2.4's own takes ~20x longer on 40,000 values
     and ~100x on 500,000."""
     v = np.sort(values)
-    if len(v) < 2:
-        return v
-    new = np.empty(len(v), dtype=bool)
-    new[0] = True
-    np.not_equal(v[1:], v[:-1], out=new[1:])
-    return v[new]
+    return v[run_starts(v)]
 
 
 def group_by_hash(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,4 +174,4 @@ class Groups:
         return ufunc.reduceat(values[self.rows], self.starts)
 
 
-__all__ = ["Groups", "group_by_hash", "grouped", "key_parts", "unique"]
+__all__ = ["Groups", "group_by_hash", "grouped", "key_parts", "run_starts", "unique"]

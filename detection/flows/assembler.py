@@ -37,7 +37,7 @@ from detection.flows.partial import (
 )
 from detection.flows.schema import FLOW_SCHEMA, SPLT_PACKETS, TCP_FLAGS
 from detection.flows.state import FlowState
-from detection.grouping import group_by_hash
+from detection.grouping import group_by_hash, run_starts
 from sensors.schema import empty_table
 
 REASON_IDLE, REASON_ACTIVE, REASON_REUSE, REASON_END, REASON_EVICTED = 1, 2, 3, 4, 5
@@ -283,8 +283,7 @@ class FlowAssembler:
             cand = np.flatnonzero(active | reuse)
             if not len(cand):
                 break
-            seg = sid[cand]  # ascending: each segment's first candidate is where it changes
-            new = cand[np.append(True, seg[1:] != seg[:-1])]
+            new = cand[run_starts(sid[cand])]  # each segment's first candidate (sid ascends)
             split[new] = True
             reason[new] = np.where(active[new], REASON_ACTIVE, REASON_REUSE)
         seg_start = split | gstart

@@ -34,7 +34,7 @@ import pyarrow as pa
 from detection.flows.community import CID_CHARS, community_id_chars
 from detection.flows.keys import PacketKeys
 from detection.flows.schema import SPLT_PACKETS, TCP_FLAG_BIT, TCP_FLAGS
-from detection.grouping import group_by_hash
+from detection.grouping import group_by_hash, run_starts
 from sensors.masks import one_chunk, present
 
 SYN, ACK, RST, FIN = 0x02, 0x10, 0x04, 0x01
@@ -194,7 +194,7 @@ def partial_flows(k: PacketKeys, community_ids: bool = True) -> PartialFlows:
         return PartialFlows.empty()
     order, h = group_by_hash(k.hash)
     t = np.maximum.accumulate(k.ts_ns)[order]
-    spos = _run_starts(h)  # one segment per key
+    spos = run_starts(h)  # one segment per key
     sid = np.repeat(np.arange(len(spos)), np.diff(np.append(spos, len(h))))
     return segment_partials(k, order, t, spos, sid, h, checks=True, community_ids=community_ids)
 
@@ -219,7 +219,7 @@ def segment_partials(k: PacketKeys, order: np.ndarray, t: np.ndarray, spos: np.n
     key2 = sid * 2 + ~fwd
     o2 = np.argsort(key2, kind="stable")
     k2, t2, fr2 = key2[o2], t[o2], frame[o2]
-    runs = _run_starts(k2)
+    runs = run_starts(k2)
     rs, rd = k2[runs] // 2, k2[runs] % 2
 
     def per_dir(values: np.ndarray, fill: float | int, dtype: type = np.float64) -> np.ndarray:
@@ -341,14 +341,6 @@ def count_before(flag: np.ndarray, spos: np.ndarray, sid: np.ndarray) -> np.ndar
     return c - c[spos][sid]
 
 
-def _run_starts(keys: np.ndarray) -> np.ndarray:
-    """Start positions of runs of equal values in a sorted array."""
-    first = np.empty(len(keys), dtype=bool)
-    first[:1] = True
-    np.not_equal(keys[1:], keys[:-1], out=first[1:])
-    return np.flatnonzero(first)
-
-
 def _bits(flags: np.ndarray, index: np.ndarray) -> np.ndarray:
     """(packets, len(index)) 0/1 bytes: the TCP flag bits ``index`` of each packet (one unpack, not a
     compare per flag)."""
@@ -358,10 +350,7 @@ def _bits(flags: np.ndarray, index: np.ndarray) -> np.ndarray:
 def _first_per_run(run_id: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Position of the first valid element of each run (``run_id`` sorted ascending)."""
     pos = np.flatnonzero(valid)
-    if len(pos) < 2:
-        return pos
-    r = run_id[pos]
-    return pos[np.concatenate([[True], r[1:] != r[:-1]])]
+    return pos[run_starts(run_id[pos])]
 
 
 def _first_value(run_id: np.ndarray, values: np.ndarray, valid: np.ndarray, runs: int

@@ -35,10 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from detection.grouping import Groups
+from detection.grouping import Groups, key_parts
 from detection.rules.hits import TUPLE_FIELDS
 from detection.rules.model import Rule
-from sensors.masks import one_chunk
 
 TUPLE = [f.name for f in TUPLE_FIELDS]
 NEVER = -(1 << 62)
@@ -340,14 +339,9 @@ def _keyed(t: pa.Table) -> pa.Table:
     """Hits or partials with integer keys for their (rule, group) (``gkey``) and their value (``vkey``, -1 for
     none), valid among the table's own rows: every grouping here is then on integers, not text."""
     rule = t.column("rule").to_numpy(zero_copy_only=False).astype(np.int64)
-    return t.append_column("gkey", pa.array(rule << GROUP_BITS | _codes(t.column("group")))).append_column(
-        "vkey", pa.array(_codes(t.column("value"))))
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Equal texts, equal codes; null: -1."""
-    codes = pc.dictionary_encode(one_chunk(col)).indices
-    return np.asarray(pc.fill_null(codes, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    # a text column's key part is its dictionary code, -1 for null
+    return t.append_column("gkey", pa.array(rule << GROUP_BITS | key_parts(t.column("group"))[-1])).append_column(
+        "vkey", pa.array(key_parts(t.column("value"))[-1]))
 
 
 def _combine(t: pa.Table) -> pa.Table:
