@@ -207,9 +207,9 @@ def _reader_batches(source: FrameSource, damages: list[Damage], transform: Trans
     try:
         yield None
         while True:
-            kind, payload = _receive(reader_rx, procs)
+            kind, payload = _receive([reader_rx], procs)
             if kind == "helper":  # this batch was decoded by a helper: its result is next on that helper's pipe
-                kind, payload = _receive(results[payload][0], procs)
+                kind, payload = _receive([results[payload][0]], procs)
             if kind == "batch":
                 paths, stats = payload
                 outputs = _read_outputs(paths)
@@ -253,8 +253,9 @@ def _shut_down(procs: Sequence[BaseProcess], workdir: str, finished: bool) -> No
     os.rmdir(workdir)
 
 
-def _receive_any(conns: MutableSequence[Connection], procs: Sequence[BaseProcess]) -> tuple[str, Any]:
-    """The next message from any of ``conns``; those whose process closed them (it is done) are removed."""
+def _receive(conns: MutableSequence[Connection], procs: Sequence[BaseProcess]) -> tuple[str, Any]:
+    """The next message from any of ``conns`` (those whose process closed them, being done, are removed), or an
+    error if a decoder died without saying why (e.g. killed) or every one ended without a last message."""
     while conns:
         for ready in wait(conns, timeout=0.5):
             conn: Connection = ready  # type: ignore[assignment]  # wait() returns what it was given
@@ -266,17 +267,7 @@ def _receive_any(conns: MutableSequence[Connection], procs: Sequence[BaseProcess
         dead = [p for p in procs if p.exitcode not in (None, 0)]
         if dead:
             return "error", f"decoder process {dead[0].pid} exited with code {dead[0].exitcode}"
-    return "error", "every decoder process ended before the last chunk"
-
-
-def _receive(conn: Connection, procs: Sequence[BaseProcess]) -> tuple[str, Any]:
-    """The next message, or an error if a decoder died without saying why (e.g. killed)."""
-    while not conn.poll(0.5):
-        dead = [p for p in procs if p.exitcode not in (None, 0)]
-        if dead:
-            return "error", f"decoder process {dead[0].pid} exited with code {dead[0].exitcode}"
-    message: tuple[str, Any] = conn.recv()
-    return message
+    return "error", "the decoder processes ended before the last batch"
 
 
 def _write_outputs(workdir: str, n: int, outputs: Outputs) -> dict[str, str]:
@@ -410,7 +401,7 @@ def _chunk_batches(chunked: list[PcapChunks], damages: list[Damage], transform: 
         receiving = [rx for rx, _ in pipes]
         for j, (i, k) in enumerate(jobs):
             while j not in ready:
-                kind, payload = _receive_any(receiving, procs)
+                kind, payload = _receive(receiving, procs)
                 if kind != "chunk":
                     raise RuntimeError(f"decoder process failed:\n{payload}")
                 ready[payload[0]] = payload[1:]

@@ -180,3 +180,26 @@ def test_decoders_start_at_the_call_and_stop_when_their_batches_are_dropped(tmp_
     gc.collect()
     assert not [p for p in started if p.is_alive()]
     assert not (workdirs & set(os.listdir(SHM_DIR)))
+
+
+def _die(packets: object) -> dict[str, object]:
+    """A transform that ends its decoder process at once, as a kill would: it sends no message."""
+    import os
+
+    os._exit(3)
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_decoder_that_dies_without_a_word_is_an_error_not_a_hang(tmp_path: Path, gzipped: bool) -> None:
+    """A decoder process that exits without sending its batch (killed, out of memory) ends the iteration with an
+    error naming it, for chunked and reader inputs, and its work directory goes."""
+    import os
+
+    from ingest.workers import SHM_DIR, packet_batches_forked
+
+    capture = _inputs(tmp_path)[2] if gzipped else str(capture_path("generated_mixed_10k.pcap"))
+    before = {n for n in os.listdir(SHM_DIR) if n.startswith("liaowang-")}
+    with pytest.raises(RuntimeError, match="exited with code 3"):
+        for _ in packet_batches_forked(CaptureFiles([capture], 64 << 10), [], transform=_die, decoders=2):
+            pass
+    assert {n for n in os.listdir(SHM_DIR) if n.startswith("liaowang-")} == before
